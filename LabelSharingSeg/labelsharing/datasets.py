@@ -1,0 +1,298 @@
+"""Task datasets in nnU-Net v2's raw layout: reading and validating them.
+
+A task is one folder::
+
+    dataset.json            name, channel_names, labels, numTraining, file_ending[, modality, colors]
+    imagesTr/<case>_0000<file_ending>
+    labelsTr/<case><file_ending>   or   labelsTr/<case>.seg.nrrd   (a Slicer segmentation)
+    imagesTs/, labelsTs/    optional test split, same naming
+
+This is the layout annotators already have for nnU-Net, so the same folder works for both.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Mapping
+
+import numpy as np
+
+from labelsharing.errors import LabelSharingError
+from labelsharing.imageio import SEG_NRRD, case_id_from_path, geometry_mismatch, read_image, read_label
+from labelsharing.plan import LabelStats, measure_label_sizes
+
+__all__ = ["MODALITIES", "Case", "TaskDataset", "TaskSummary", "read_task_dataset", "inspect_task_dataset", "load_case"]
+
+MODALITIES = ("CT", "MR", "XR", "other")
+_MODALITY_WORDS = {
+    "CT": ("ct", "cect", "ncct"),
+    "MR": ("mr", "mri", "t1", "t2", "flair", "dwi", "adc", "pd", "t1w", "t2w", "t1c", "t1ce"),
+    "XR": ("xr", "x-ray", "xray", "cr", "dx", "radiograph", "projection"),
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One image and its label file (``label`` is None for unlabelled images)."""
+
+    case_id: str
+    image: Path
+    label: Path | None
+
+
+@dataclass(frozen=True)
+class TaskDataset:
+    """A task dataset folder, read but not yet loaded.
+
+    Attributes:
+        name: task name (``dataset.json`` ``name``, else the folder name).
+        root: the folder.
+        labels: label name -> value, background excluded.
+        modality: ``CT``, ``MR``, ``XR`` or ``other``; chooses intensity normalisation.
+        file_ending: image file ending, e.g. ``.nii.gz``.
+        training: labelled training cases (``imagesTr``/``labelsTr``).
+        test: labelled test cases (``imagesTs``/``labelsTs``), possibly empty.
+        colors: label name -> RGB in 0..1 given by ``dataset.json`` ``colors`` (optional).
+    """
+
+    name: str
+    root: Path
+    labels: dict[str, int]
+    modality: str
+    file_ending: str
+    training: tuple[Case, ...]
+    test: tuple[Case, ...] = ()
+    colors: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskSummary:
+    """What loading every training case of a task found."""
+
+    task: TaskDataset
+    stats: dict[str, LabelStats]
+    dimension: int
+    warnings: list[str]
+
+
+def read_task_dataset(folder: str | Path) -> TaskDataset:
+    """Read ``dataset.json`` and pair image and label files (no pixels are loaded).
+
+    Raises:
+        LabelSharingError: missing or malformed ``dataset.json``, no cases, unpaired files,
+            several input channels.
+    """
+    root = Path(folder)
+    meta = _read_dataset_json(root)
+    labels = _parse_labels(root, meta.get("labels"))
+    channels = meta.get("channel_names", {"0": "unknown"})
+    if not isinstance(channels, dict) or len(channels) != 1:
+        raise LabelSharingError(
+            f"{root}: {len(channels) if isinstance(channels, dict) else '?'} input channels in 'channel_names'. "
+            "Only single-channel tasks are supported for now; keep one channel (e.g. {\"0\": \"CT\"})."
+        )
+    file_ending = meta.get("file_ending")
+    if not isinstance(file_ending, str) or not file_ending.startswith("."):
+        raise LabelSharingError(f'{root}/dataset.json: add the image file ending, e.g. "file_ending": ".nii.gz".')
+    training = _pair_cases(root, "imagesTr", "labelsTr", file_ending)
+    if not training:
+        raise LabelSharingError(
+            f"{root}: no training cases. Put images in imagesTr/<case>_0000{file_ending} "
+            f"and labels in labelsTr/<case>{file_ending}."
+        )
+    test = _pair_cases(root, "imagesTs", "labelsTs", file_ending) if (root / "imagesTs").is_dir() else ()
+    declared = meta.get("numTraining")
+    if isinstance(declared, int) and declared != len(training):
+        warnings.warn(f"{root}: numTraining is {declared} but {len(training)} training cases were found.")
+    return TaskDataset(
+        name=str(meta.get("name") or root.name),
+        root=root,
+        labels=labels,
+        modality=_modality(root, meta, channels),
+        file_ending=file_ending,
+        training=training,
+        test=tuple(c for c in test if c.label is not None),
+        colors=_parse_colors(root, meta.get("colors", {}), labels),
+    )
+
+
+def inspect_task_dataset(task: TaskDataset, progress: Callable[[int, int], None] | None = None) -> TaskSummary:
+    """Load every training pair, check it, and measure each label's size.
+
+    Checks: image/label size and geometry agree, label values are declared, all cases have
+    the same dimension. A declared label that never occurs is a warning.
+
+    Args:
+        task: the dataset.
+        progress: called as ``progress(done, total)`` after each case.
+
+    Raises:
+        LabelSharingError: naming the file and the fix, on the first broken case.
+    """
+    dims: set[int] = set()
+
+    def arrays() -> Iterator[np.ndarray]:
+        for index, case in enumerate(task.training):
+            image, label = load_case(task, case)
+            dims.add(image.GetDimension())
+            yield _sitk_array(label)
+            if progress is not None:
+                progress(index + 1, len(task.training))
+
+    stats = measure_label_sizes(arrays(), task.labels)
+    if len(dims) > 1:
+        raise LabelSharingError(f"Task '{task.name}' mixes 2D and 3D images; split it into two tasks.")
+    notes = [
+        f"Task '{task.name}': label '{name}' (value {s.value}) never occurs in the training labels."
+        for name, s in stats.items()
+        if s.presence == 0
+    ]
+    return TaskSummary(task=task, stats=stats, dimension=dims.pop(), warnings=notes)
+
+
+def load_case(task: TaskDataset, case: Case):
+    """Load one case as (image, label) SimpleITK images, checked against each other.
+
+    Raises:
+        LabelSharingError: unreadable files, geometry mismatch, undeclared label values.
+    """
+    image = read_image(case.image)
+    if case.label is None:
+        raise LabelSharingError(f"Case '{case.case_id}' of task '{task.name}' has no label file.")
+    label = read_label(case.label, task.labels, reference=image)
+    mismatch = geometry_mismatch(label, image)
+    if mismatch:
+        raise LabelSharingError(
+            f"{case.label} does not match its image {case.image.name}: {mismatch}. "
+            "Save the label on the image's grid (same size, spacing, origin and direction)."
+        )
+    values = np.unique(_sitk_array(label))
+    undeclared = sorted(set(int(v) for v in values) - set(task.labels.values()) - {0})
+    if undeclared:
+        raise LabelSharingError(
+            f"{case.label} holds label value(s) {undeclared} not declared in {task.root / 'dataset.json'} "
+            f"'labels' ({_labels_text(task.labels)}). Declare them or fix the label file."
+        )
+    return image, label
+
+
+def _sitk_array(image) -> np.ndarray:
+    import SimpleITK as sitk
+
+    return sitk.GetArrayViewFromImage(image)
+
+
+def _read_dataset_json(root: Path) -> dict:
+    if not root.is_dir():
+        raise LabelSharingError(f"Dataset folder not found: {root}")
+    path = root / "dataset.json"
+    if not path.is_file():
+        raise LabelSharingError(
+            f"{root} has no dataset.json. A task folder needs dataset.json, imagesTr/ and labelsTr/ "
+            "(nnU-Net v2 raw layout; see the README)."
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise LabelSharingError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise LabelSharingError(f"{path} must hold a JSON object.")
+    return meta
+
+
+def _parse_labels(root: Path, labels: object) -> dict[str, int]:
+    path = root / "dataset.json"
+    if not isinstance(labels, dict) or not labels:
+        raise LabelSharingError(f'{path}: "labels" must map names to values, e.g. {{"background": 0, "liver": 1}}.')
+    parsed: dict[str, int] = {}
+    for name, value in labels.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise LabelSharingError(
+                f"{path}: label '{name}' has value {value!r}; values must be non-negative integers "
+                "(region-based labels with lists are not supported)."
+            )
+        parsed[name] = value
+    if parsed.get("background") != 0:
+        raise LabelSharingError(f'{path}: "labels" must contain "background": 0.')
+    if len(set(parsed.values())) != len(parsed):
+        raise LabelSharingError(f"{path}: two labels share one value ({_labels_text(parsed)}).")
+    del parsed["background"]
+    if not parsed:
+        raise LabelSharingError(f"{path}: no labels besides background.")
+    return parsed
+
+
+def _pair_cases(root: Path, image_dir: str, label_dir: str, file_ending: str) -> tuple[Case, ...]:
+    images_path, labels_path = root / image_dir, root / label_dir
+    if not images_path.is_dir():
+        return ()
+    images = sorted(p for p in images_path.iterdir() if p.name.endswith(file_ending))
+    stems = [p.name[: -len(file_ending)] for p in images]
+    unnamed = [s for s in stems if not re.search(r"_\d{4}$", s)]
+    if unnamed:
+        raise LabelSharingError(
+            f"{images_path}: image file(s) {', '.join(unnamed[:3])} lack the channel suffix; "
+            f"name them <case>_0000{file_ending} (nnU-Net v2 layout)."
+        )
+    channels = sorted({s[-4:] for s in stems} - {"0000"})
+    if channels:
+        raise LabelSharingError(
+            f"{images_path}: found extra input channels (_{', _'.join(channels)}); "
+            "only single-channel tasks (_0000) are supported for now."
+        )
+    labels = {case_id_from_path(p): p for p in labels_path.iterdir()} if labels_path.is_dir() else {}
+    cases, missing = [], []
+    for image in images:
+        case_id = case_id_from_path(image)
+        label = labels_path / f"{case_id}{file_ending}"
+        if not label.is_file():
+            label = labels_path / f"{case_id}{SEG_NRRD}"
+        if not label.is_file():
+            missing.append(case_id)
+        cases.append(Case(case_id, image, label if label.is_file() else None))
+    if missing:
+        raise LabelSharingError(
+            f"{root}: {len(missing)} image(s) in {image_dir} have no label in {label_dir}: "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}. "
+            f"Expected {label_dir}/<case>{file_ending} or <case>{SEG_NRRD}."
+        )
+    orphans = sorted(set(labels) - {c.case_id for c in cases})
+    if orphans:
+        raise LabelSharingError(
+            f"{root}: label(s) in {label_dir} without an image in {image_dir}: {', '.join(orphans[:5])}. "
+            f"Expected {image_dir}/<case>_0000{file_ending}."
+        )
+    return tuple(cases)
+
+
+def _modality(root: Path, meta: Mapping, channels: Mapping) -> str:
+    given = meta.get("modality")
+    if given is not None:
+        if given not in MODALITIES:
+            raise LabelSharingError(f"{root}/dataset.json: modality {given!r} must be one of {', '.join(MODALITIES)}.")
+        return str(given)
+    channel = str(next(iter(channels.values()))).strip().lower()
+    for modality, words in _MODALITY_WORDS.items():
+        if channel in words:
+            return modality
+    return "other"
+
+
+def _parse_colors(root: Path, colors: object, labels: Mapping[str, int]) -> dict[str, tuple[float, float, float]]:
+    if not isinstance(colors, dict):
+        raise LabelSharingError(f'{root}/dataset.json: "colors" must map label names to [r, g, b].')
+    parsed = {}
+    for name, rgb in colors.items():
+        if name not in labels or not isinstance(rgb, (list, tuple)) or len(rgb) != 3:
+            raise LabelSharingError(f"{root}/dataset.json: colour of '{name}' must be [r, g, b] for a declared label.")
+        scale = 255.0 if max(rgb) > 1 else 1.0
+        parsed[name] = tuple(float(c) / scale for c in rgb)
+    return parsed
+
+
+def _labels_text(labels: Mapping[str, int]) -> str:
+    return ", ".join(f"{name}={value}" for name, value in labels.items())

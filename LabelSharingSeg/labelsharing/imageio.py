@@ -1,0 +1,269 @@
+"""Reading and writing images and label maps, keeping their geometry.
+
+Images go through SimpleITK (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, ``.png``, ...). Label
+maps may also be Slicer segmentations (``.seg.nrrd``, read with ``slicerio``): their segments
+are matched to the task's labels **by segment name**, because the label values stored in a
+``.seg.nrrd`` are an accident of the order in which the annotator created the segments.
+
+Axis conventions: ``sitk.GetArrayFromImage`` gives (z, y, x) for 3D and (y, x) for 2D;
+SimpleITK spacing/origin are (x, y, z) in LPS. slicerio's voxels are (i, j, k) with an
+``ijkToLPS`` 4x4 matrix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from labelsharing.errors import LabelSharingError
+
+__all__ = [
+    "SEG_NRRD",
+    "read_image",
+    "read_label",
+    "write_label",
+    "case_id_from_path",
+    "geometry_mismatch",
+]
+
+SEG_NRRD = ".seg.nrrd"
+_KNOWN_ENDINGS = (SEG_NRRD, ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff")
+
+
+def _ending(path: Path) -> str:
+    name = path.name.lower()
+    for ending in _KNOWN_ENDINGS:
+        if name.endswith(ending):
+            return ending
+    return path.suffix.lower()
+
+
+def case_id_from_path(path: str | Path) -> str:
+    """Case identifier of an image or label file: its name without ending and channel suffix.
+
+    nnU-Net names image files ``<case>_0000<ending>``; the ``_0000`` channel suffix is removed.
+
+    Example:
+        >>> case_id_from_path("imagesTr/liver_003_0000.nii.gz")
+        'liver_003'
+        >>> case_id_from_path("labelsTr/liver_003.seg.nrrd")
+        'liver_003'
+    """
+    path = Path(path)
+    stem = path.name[: len(path.name) - len(_ending(path))]
+    if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit():
+        stem = stem[:-5]
+    return stem
+
+
+def read_image(path: str | Path) -> sitk.Image:
+    """Read an image with its geometry. Raises ``LabelSharingError`` naming the file on failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise LabelSharingError(f"Image file not found: {path}")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise LabelSharingError(f"Cannot read image {path}: {_first_line(exc)}") from exc
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        if _ending(path) == ".png":
+            # RGB(A) PNGs of grey X-rays are common: keep the luminance only.
+            image = sitk.VectorIndexSelectionCast(image, 0)
+        else:
+            raise LabelSharingError(
+                f"{path} has {image.GetNumberOfComponentsPerPixel()} components per pixel; "
+                "only single-channel images are supported."
+            )
+    return image
+
+
+def read_label(path: str | Path, labels: Mapping[str, int], reference: sitk.Image | None = None) -> sitk.Image:
+    """Read a label map in the task's own label values.
+
+    Args:
+        path: an integer label image (any SimpleITK format) or a Slicer ``.seg.nrrd``.
+        labels: label name -> value of the task (background may be included or not).
+        reference: the image the labels belong to. A ``.seg.nrrd`` whose grid is a crop or
+            shift of the reference grid (same spacing and direction) is resampled onto it.
+
+    Returns:
+        uint8/uint16 label image with the label's geometry (or ``reference``'s for ``.seg.nrrd``).
+
+    Raises:
+        LabelSharingError: unreadable file, non-integer values, a segment name that is not a
+            label of the task, or overlapping segments.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LabelSharingError(f"Label file not found: {path}")
+    if path.name.lower().endswith(SEG_NRRD):
+        return _read_seg_nrrd(path, labels, reference)
+    image = read_image(path)
+    array = sitk.GetArrayViewFromImage(image)
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.all(np.equal(np.mod(array, 1), 0)):
+            raise LabelSharingError(
+                f"{path} holds non-integer values; a label map must hold integer label values "
+                "(was it saved with linear interpolation?)."
+            )
+    return sitk.Cast(image, sitk.sitkUInt16 if array.max(initial=0) > 255 else sitk.sitkUInt8)
+
+
+def _read_seg_nrrd(path: Path, labels: Mapping[str, int], reference: sitk.Image | None) -> sitk.Image:
+    import slicerio
+
+    try:
+        segmentation = slicerio.read_segmentation(str(path))
+    except (OSError, ValueError) as exc:
+        raise LabelSharingError(f"Cannot read Slicer segmentation {path}: {exc}") from exc
+    voxels = np.asarray(segmentation["voxels"])
+    if voxels.ndim == 4:
+        if voxels.shape[0] > 1:
+            raise LabelSharingError(
+                f"{path} has overlapping segments ({voxels.shape[0]} layers). Overlapping labels are "
+                "not supported yet: make the segments exclusive in Slicer's Segment Editor "
+                "(Masking: 'Overwrite other segments') and save again."
+            )
+        voxels = voxels[0]
+    values = np.zeros(voxels.shape, dtype=np.uint8 if max(labels.values(), default=0) < 256 else np.uint16)
+    for segment in segmentation.get("segments", []):
+        name = segment.get("name", "")
+        if name not in labels:
+            known = ", ".join(sorted(n for n in labels if n != "background"))
+            raise LabelSharingError(
+                f"{path}: segment '{name}' is not a label of this task (labels: {known}). "
+                "Rename the segment in Slicer or add it to dataset.json 'labels'."
+            )
+        values[voxels == int(segment["labelValue"])] = labels[name]
+    ijk_to_lps = np.asarray(segmentation["ijkToLPS"], dtype=float)
+    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
+    direction = ijk_to_lps[:3, :3] / spacing
+    image = sitk.GetImageFromArray(np.transpose(values, (2, 1, 0)))  # (i, j, k) -> (k, j, i)
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetOrigin([float(v) for v in ijk_to_lps[:3, 3]])
+    image.SetDirection([float(v) for v in direction.ravel()])
+    if reference is None:
+        return image
+    if reference.GetDimension() == 2 and image.GetSize()[2] == 1:
+        image = image[:, :, 0]
+    if geometry_mismatch(image, reference) is None:
+        image.CopyInformation(reference)
+        return image
+    if image.GetDimension() == reference.GetDimension() and np.allclose(
+        image.GetSpacing(), reference.GetSpacing(), rtol=1e-4
+    ) and np.allclose(image.GetDirection(), reference.GetDirection(), atol=1e-4):
+        # A cropped or shifted segmentation of the same grid: place it on the image's grid.
+        return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, image.GetPixelID())
+    return image
+
+
+def geometry_mismatch(label: sitk.Image, image: sitk.Image, tolerance: float = 1e-3) -> str | None:
+    """Describe how a label's grid differs from its image's, or ``None`` if they match.
+
+    Spacing and direction are compared relatively, the origin in units of the image spacing.
+    """
+    if label.GetSize() != image.GetSize():
+        return f"size {label.GetSize()} != image size {image.GetSize()}"
+    spacing = np.asarray(image.GetSpacing())
+    if not np.allclose(label.GetSpacing(), spacing, rtol=tolerance, atol=0):
+        return f"spacing {_fmt(label.GetSpacing())} != image spacing {_fmt(image.GetSpacing())}"
+    if not np.allclose(label.GetDirection(), image.GetDirection(), atol=tolerance):
+        return f"direction {_fmt(label.GetDirection())} != image direction {_fmt(image.GetDirection())}"
+    offset = np.abs(np.asarray(label.GetOrigin()) - np.asarray(image.GetOrigin())) / spacing
+    if np.any(offset > tolerance * 10):
+        return f"origin {_fmt(label.GetOrigin())} != image origin {_fmt(image.GetOrigin())}"
+    return None
+
+
+def write_label(
+    labels: np.ndarray,
+    reference: sitk.Image,
+    path: str | Path,
+    segments: Sequence[tuple[str, int, Sequence[float]]] = (),
+) -> Path:
+    """Write a label map on the grid of ``reference``.
+
+    Args:
+        labels: integer array shaped like ``sitk.GetArrayFromImage(reference)``: (z, y, x) or (y, x).
+        reference: image whose size, spacing, origin and direction the output takes exactly.
+        path: output file. ``.seg.nrrd`` writes a Slicer segmentation with one segment per entry
+            of ``segments``; other endings write a plain label image with SimpleITK.
+        segments: (name, value, colour as 0..1 RGB) for each label; needed for ``.seg.nrrd``.
+
+    Returns:
+        the written path.
+    """
+    path = Path(path)
+    reference_shape = sitk.GetArrayViewFromImage(reference).shape
+    if labels.shape != reference_shape:
+        raise ValueError(f"labels shape {labels.shape} != reference array shape {reference_shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dtype = np.uint8 if labels.max(initial=0) < 256 else np.uint16
+    if not path.name.lower().endswith(SEG_NRRD):
+        image = sitk.GetImageFromArray(labels.astype(dtype))
+        image.CopyInformation(reference)
+        sitk.WriteImage(image, str(path), useCompression=True)
+        return path
+    _write_seg_nrrd(labels.astype(dtype), reference, path, segments)
+    return path
+
+
+def _write_seg_nrrd(
+    labels: np.ndarray, reference: sitk.Image, path: Path, segments: Sequence[tuple[str, int, Sequence[float]]]
+) -> None:
+    import slicerio
+
+    if reference.GetDimension() == 2:
+        labels = labels[np.newaxis]
+        spacing = list(reference.GetSpacing()) + [1.0]
+        origin = list(reference.GetOrigin()) + [0.0]
+        direction2 = np.asarray(reference.GetDirection()).reshape(2, 2)
+        direction = np.eye(3)
+        direction[:2, :2] = direction2
+    else:
+        spacing = list(reference.GetSpacing())
+        origin = list(reference.GetOrigin())
+        direction = np.asarray(reference.GetDirection()).reshape(3, 3)
+    ijk_to_lps = np.eye(4)
+    ijk_to_lps[:3, :3] = direction * np.asarray(spacing)
+    ijk_to_lps[:3, 3] = origin
+    voxels = np.transpose(labels, (2, 1, 0))  # (k, j, i) -> (i, j, k)
+    segmentation = {
+        "voxels": np.ascontiguousarray(voxels),
+        "ijkToLPS": ijk_to_lps,
+        "encoding": "gzip",
+        "containedRepresentationNames": ["Binary labelmap"],
+        "masterRepresentation": "Binary labelmap",
+        "referenceImageExtentOffset": [0, 0, 0],
+        "segments": [
+            {
+                "id": f"Segment_{value}",
+                "name": name,
+                "labelValue": int(value),
+                "layer": 0,
+                "color": [float(c) for c in color],
+                "extent": _extent(voxels == value),
+            }
+            for name, value, color in segments
+        ],
+    }
+    slicerio.write_segmentation(str(path), segmentation)
+
+
+def _extent(mask: np.ndarray) -> list[int]:
+    if not mask.any():
+        return [0, -1, 0, -1, 0, -1]
+    indices = np.nonzero(mask)
+    return [int(v) for axis in indices for v in (axis.min(), axis.max())]
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
