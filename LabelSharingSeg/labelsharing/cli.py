@@ -48,6 +48,66 @@ def _cmd_demo_data(args: argparse.Namespace, progress: ProgressReporter) -> int:
     return 0
 
 
+def _log_for(progress: ProgressReporter):
+    """Print messages without breaking a progress bar."""
+    if progress.mode == "bar":
+        from tqdm import tqdm
+
+        return lambda message: tqdm.write(message, file=sys.stdout)
+    return lambda message: print(message, flush=True)
+
+
+def _cmd_train(args: argparse.Namespace, progress: ProgressReporter) -> int:
+    from labelsharing.plan import read_pins
+    from labelsharing.training import TrainingOptions, train
+
+    options = TrainingOptions(epochs=args.epochs, batch_size=args.batch_size, input_size=args.input_size,
+                              features=args.features, learning_rate=args.lr, val_fraction=args.val_fraction,
+                              device=args.device, seed=args.seed, axis=args.axis)
+    train(args.datasets, args.out, options, pins=read_pins(args.pins) if args.pins else None, force=args.force,
+          progress=progress, log=_log_for(progress))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace, progress: ProgressReporter) -> int:
+    from labelsharing.inference import Predictor, describe_device
+
+    predictor = Predictor.from_model_dir(args.model, device=args.device, batch_size=args.batch_size)
+    log = _log_for(progress)
+    log(f"device: {describe_device(predictor.device)}")
+    written = predictor.predict_files(args.inputs, args.task, args.out, file_format=args.format,
+                                      probabilities=args.probabilities, progress=progress)
+    for path in written:
+        log(f"wrote {path}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace, progress: ProgressReporter) -> int:
+    from labelsharing.datasets import read_task_dataset
+    from labelsharing.evaluation import evaluate_model, evaluation_table
+    from labelsharing.inference import Predictor
+
+    predictor = Predictor.from_model_dir(args.model, device=args.device)
+    tasks = [read_task_dataset(folder) for folder in args.datasets]
+    for task in tasks:
+        if not task.test:
+            print(f"warning: {task.name} has no test split (imagesTs/labelsTs); evaluating on its TRAINING cases, "
+                  "which the model has seen.", file=sys.stderr)
+    result = evaluate_model(predictor, tasks, progress=progress)
+    print(evaluation_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"Dice written to {args.json}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace, progress: ProgressReporter) -> int:
+    from labelsharing.model_info import describe_model
+
+    print(describe_model(args.model))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labelsharing",
@@ -72,7 +132,65 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cases", type=_positive_int, default=20, help="[OPTIONAL] training cases per task (20)")
     demo.add_argument("--seed", type=int, default=0, help="[OPTIONAL] random seed (0); same seed, same files")
     demo.set_defaults(handler=_cmd_demo_data)
+
+    train = commands.add_parser("train", help="train one shared-label model on several task datasets")
+    train.add_argument("datasets", nargs="+", metavar="DATASET", help="[REQUIRED] task dataset folders")
+    train.add_argument("--out", required=True, metavar="MODEL", help="[REQUIRED] model folder to write")
+    _add_training_flags(train)
+    train.add_argument("--input-size", type=int, default=None, metavar="S",
+                       help="[OPTIONAL] square network input size, a multiple of 16 (default: from the tasks' "
+                            "slice sizes, at most 256)")
+    train.add_argument("--features", type=_positive_int, default=16,
+                       help="[OPTIONAL] UNet width: features of the first level (16: ~1.6 M parameters, good on "
+                            "a CPU; 32 or more on a GPU)")
+    train.add_argument("--val-fraction", type=float, default=0.2,
+                       help="[OPTIONAL] fraction of each task's training cases held out for validation Dice (0.2)")
+    train.add_argument("--axis", type=int, choices=(0, 1, 2), default=None,
+                       help="[OPTIONAL] slice 3D volumes along this image axis (0=i, 1=j, 2=k); default: the axis "
+                            "with the largest spacing")
+    train.add_argument("--pins", metavar="FILE", help="[OPTIONAL] pins file (see 'plan')")
+    train.add_argument("--force", action="store_true", help="[OPTIONAL] replace an existing MODEL folder")
+    train.set_defaults(handler=_cmd_train)
+
+    predict = commands.add_parser("predict", help="segment images with a model, in one task's own labels")
+    predict.add_argument("model", metavar="MODEL", help="[REQUIRED] model folder")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="[REQUIRED] image files")
+    predict.add_argument("--task", required=True, help="[REQUIRED] task name (see 'labelsharing info MODEL')")
+    predict.add_argument("--out", required=True, metavar="OUTDIR", help="[REQUIRED] output folder")
+    predict.add_argument("--format", choices=("nii.gz", "nrrd", "seg.nrrd"), default="nii.gz",
+                         help="[OPTIONAL] output format (nii.gz); seg.nrrd keeps segment names and colours for Slicer")
+    predict.add_argument("--probabilities", action="store_true",
+                         help="[OPTIONAL] also write <case>_probabilities.nii.gz (one component per task label)")
+    _add_device_flag(predict)
+    predict.add_argument("--batch-size", type=_positive_int, default=16, help="[OPTIONAL] slices per batch (16)")
+    predict.set_defaults(handler=_cmd_predict)
+
+    evaluate = commands.add_parser("evaluate", help="Dice per task and label on the datasets' test splits")
+    evaluate.add_argument("model", metavar="MODEL", help="[REQUIRED] model folder")
+    evaluate.add_argument("datasets", nargs="+", metavar="DATASET", help="[REQUIRED] task dataset folders")
+    evaluate.add_argument("--json", metavar="FILE", help="[OPTIONAL] write the Dice JSON here")
+    _add_device_flag(evaluate)
+    evaluate.set_defaults(handler=_cmd_evaluate)
+
+    info = commands.add_parser("info", help="describe a model folder: tasks, labels, shared labels, history")
+    info.add_argument("model", metavar="MODEL", help="[REQUIRED] model folder")
+    info.set_defaults(handler=_cmd_info)
     return parser
+
+
+def _add_device_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                        help="[OPTIONAL] auto (default) picks CUDA, then MPS, then the CPU")
+
+
+def _add_training_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epochs", type=_positive_int, default=25,
+                        help="[OPTIONAL] epochs (25); an epoch is one pass over the pooled training slices of all "
+                             "tasks, drawn task-balanced")
+    parser.add_argument("--batch-size", type=_positive_int, default=16, help="[OPTIONAL] slices per batch (16)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="[OPTIONAL] peak AdamW learning rate (2e-3)")
+    parser.add_argument("--seed", type=int, default=0, help="[OPTIONAL] random seed (0); repeatable on the CPU")
+    _add_device_flag(parser)
 
 
 def _positive_int(text: str) -> int:

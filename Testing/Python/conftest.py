@@ -37,7 +37,7 @@ def write_task(
     """Write a task folder whose images are noisy copies of ``label_arrays``."""
     rng = np.random.default_rng(0)
     for index, label in enumerate(label_arrays):
-        image = (label * 100 + rng.normal(0, 5, label.shape)).astype(np.float32)
+        image = (label.astype(np.float32) * 100 + rng.normal(0, 5, label.shape)).astype(np.float32)
         write_image(image, root / "imagesTr" / f"case{index:03d}_0000{file_ending}", spacing=spacing)
         write_image(label.astype(np.uint8), root / "labelsTr" / f"case{index:03d}{file_ending}", spacing=spacing)
     meta = {

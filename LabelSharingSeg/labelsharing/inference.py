@@ -1,0 +1,270 @@
+"""Prediction: from an image and a task name to a label map in the task's own label values.
+
+The network predicts shared labels (background + Λ_1..Λ_n*) on 2D ``S x S`` slices. A volume
+is normalised as the task was in training, cut into slices along the task's axis, each batch
+of slices is fitted into ``S x S``, run through the network, its softmax scaled back onto the
+slice grid, and the shared-label argmax is mapped back through the task's inverse map (shared
+labels the task does not use become background, as in the paper). Memory stays bounded: only
+one batch of logits exists at a time; labels go straight into a preallocated uint8/uint16 array.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from labelsharing.errors import LabelSharingError
+from labelsharing.imageio import case_id_from_path, read_image, write_label
+from labelsharing.model import SegmentationModel, label_color
+from labelsharing.preprocessing import SquareFit, choose_slice_axis, normalize_intensities, to_slices
+from labelsharing.progress import SILENT, ProgressReporter
+
+__all__ = ["OUTPUT_FORMATS", "select_device", "describe_device", "Predictor"]
+
+#: Output file formats of :meth:`Predictor.predict_files`.
+OUTPUT_FORMATS = ("nii.gz", "nrrd", "seg.nrrd")
+_DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def select_device(requested: str = "auto"):
+    """The torch device to run on.
+
+    Args:
+        requested: ``auto`` (CUDA, then Apple MPS, then CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+
+    Returns:
+        a ``torch.device``.
+
+    Raises:
+        LabelSharingError: an unknown name, or a GPU that this torch build cannot use.
+    """
+    import torch
+
+    name = str(requested).strip().lower()
+    kind = name.split(":", 1)[0]
+    if kind not in _DEVICES or (":" in name and kind != "cuda"):
+        raise LabelSharingError(f"Unknown device '{requested}'; choose one of {', '.join(_DEVICES)} (or cuda:N).")
+    mps_ok = _mps_available()
+    if kind == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"a CUDA {torch.version.cuda} build"
+            raise LabelSharingError(
+                f"CUDA was requested but is not available (torch {torch.__version__} is {build}, or no NVIDIA "
+                "GPU/driver was found). Install a CUDA build of torch matching your driver "
+                "(https://pytorch.org/get-started/locally/), or use --device cpu."
+            )
+        device = torch.device(name)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise LabelSharingError(
+                f"{name} was requested but only {torch.cuda.device_count()} CUDA device(s) exist (cuda:0 ...)."
+            )
+        return device
+    if kind == "mps" and not mps_ok:
+        raise LabelSharingError(
+            "Apple MPS was requested but is not available (it needs an Apple-silicon Mac, macOS 12.3+ and a "
+            "torch build with MPS). Use --device cpu."
+        )
+    return torch.device(kind)
+
+
+def describe_device(device) -> str:
+    """Human-readable device, e.g. ``cuda:0 (NVIDIA A100)`` or ``cpu (8 threads)``."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    if device.type == "mps":
+        return "mps (Apple GPU)"
+    return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
+class Predictor:
+    """Runs a :class:`SegmentationModel` on images of any of its tasks.
+
+    Args:
+        model: the model (network + ``model.json`` config).
+        device: a ``torch.device`` or name (see :func:`select_device`); the network is moved there.
+        batch_size: slices per forward pass; lower it if the GPU runs out of memory.
+
+    Example:
+        >>> predictor = Predictor.from_model_dir("my_model", device="cpu")  # doctest: +SKIP
+        >>> labels = predictor.predict_image(sitk.ReadImage("ct.nii.gz"), "Dataset001_AbdomenCT")  # doctest: +SKIP
+    """
+
+    def __init__(self, model: SegmentationModel, device="cpu", batch_size: int = 16):
+        import torch
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.device = device if isinstance(device, torch.device) else select_device(device)
+        self.batch_size = int(batch_size)
+        self.plan = model.plan  # built once; model.plan re-parses the JSON on every access
+        self.network = model.network.to(self.device).eval()
+
+    @classmethod
+    def from_model_dir(cls, folder: str | Path, device="auto", batch_size: int = 16) -> Predictor:
+        """Load a model folder (``model.json`` + ``model.safetensors``) for prediction on ``device``."""
+        device = select_device(device) if isinstance(device, str) else device
+        return cls(SegmentationModel.load(folder, device="cpu"), device, batch_size)
+
+    # ------------------------------------------------------------------------------ images
+    def task_labels(self, task: str) -> list[tuple[str, int, list[float]]]:
+        """(name, value, colour) of a task's labels, by ascending value (the probability order)."""
+        config = self.model.task(task)
+        assignments = self.plan.labels(task)
+        entries = [
+            (name, int(entry["value"]), list(entry.get("color") or label_color(assignments[name].shared)))
+            for name, entry in config["labels"].items()
+        ]
+        return sorted(entries, key=lambda entry: entry[1])
+
+    def predict_image(self, image: sitk.Image, task: str) -> np.ndarray:
+        """Label map of ``image`` in ``task``'s own label values.
+
+        Returns:
+            uint8 (uint16 if a label value exceeds 255) array shaped like
+            ``sitk.GetArrayFromImage(image)``: (z, y, x) or (y, x).
+
+        Raises:
+            LabelSharingError: unknown task (the closest name is suggested).
+        """
+        return self._predict(image, task, probabilities=False)[0]
+
+    def predict_probabilities(self, image: sitk.Image, task: str) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and per-task-label probabilities of ``image``.
+
+        Returns:
+            ``(labels, probabilities)``: ``labels`` as :meth:`predict_image`; ``probabilities`` a
+            float16 array (C, *labels.shape), channel 0 = background, channel i = the i-th task
+            label by ascending value (:meth:`task_labels`). Background includes the probability
+            of the shared labels the task does not use, so the channels sum to 1.
+        """
+        return self._predict(image, task, probabilities=True)
+
+    def _predict(self, image: sitk.Image, task: str, probabilities: bool):
+        import torch
+
+        config = self.model.task(task)  # raises LabelSharingError with a suggestion
+        labels = self.task_labels(task)
+        shared_of = self.plan.labels(task)
+        channels = [shared_of[name].shared for name, _, _ in labels]  # network channel of each task label
+        unused = [s for s in range(1, self.plan.n_shared + 1) if s not in channels]
+
+        array = normalize_intensities(sitk.GetArrayViewFromImage(image), config["normalization"])
+        axis = _slice_axis(image, config.get("axis"))
+        slices = to_slices(array, axis)  # (n, H, W) view
+        n, height, width = slices.shape
+        fit = SquareFit(height, width, self.model.input_size)
+
+        max_value = max((value for _, value, _ in labels), default=0)
+        output = np.zeros(array.shape, dtype=np.uint8 if max_value < 256 else np.uint16)
+        out_slices = to_slices(output, axis)  # a view: writing into it fills ``output``
+        probs = np.zeros((len(labels) + 1,) + array.shape, dtype=np.float16) if probabilities else None
+        prob_slices = [to_slices(probs[c], axis) for c in range(len(labels) + 1)] if probabilities else []
+
+        autocast = (torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda"
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
+            for start in range(0, n, self.batch_size):
+                stop = min(start + self.batch_size, n)
+                batch = torch.from_numpy(np.ascontiguousarray(slices[start:stop]))[:, None].to(self.device)
+                logits = self.network(fit.forward(batch, mode="bilinear"))
+                soft = fit.backward(logits.float().softmax(dim=1))  # (B, n_shared + 1, H, W)
+                shared = soft.argmax(dim=1).to(torch.uint8).cpu().numpy()
+                out_slices[start:stop] = self.plan.from_shared(task, shared)
+                if probabilities:
+                    background = soft[:, [0] + unused].sum(dim=1)
+                    prob_slices[0][start:stop] = background.half().cpu().numpy()
+                    for c, channel in enumerate(channels, start=1):
+                        prob_slices[c][start:stop] = soft[:, channel].half().cpu().numpy()
+        return output, probs
+
+    # ------------------------------------------------------------------------------ files
+    def predict_files(
+        self,
+        inputs: Sequence[str | Path],
+        task: str,
+        out_dir: str | Path,
+        file_format: str = "nii.gz",
+        probabilities: bool = False,
+        progress: ProgressReporter = SILENT,
+    ) -> list[Path]:
+        """Predict image files and write ``out_dir/<case>.<file_format>`` for each.
+
+        ``<case>`` is the input's name without ending and nnU-Net channel suffix
+        (``ct_0000.nii.gz`` -> ``ct``). Outputs have exactly the input's grid. ``seg.nrrd`` is a
+        Slicer segmentation with the task's label names and colours. With ``probabilities``,
+        ``<case>_probabilities.nii.gz`` is also written: a float32 vector image on the input grid,
+        one component per task label, background first (order of :meth:`task_labels`).
+
+        Returns:
+            the written label files, in input order.
+
+        Raises:
+            LabelSharingError: unknown task or format, missing/unreadable input, two inputs
+                with the same case name.
+        """
+        file_format = file_format.lower().lstrip(".")
+        if file_format not in OUTPUT_FORMATS:
+            raise LabelSharingError(f"Unknown output format '{file_format}'; choose one of {', '.join(OUTPUT_FORMATS)}.")
+        self.model.task(task)
+        paths = [Path(p) for p in inputs]
+        if not paths:
+            raise LabelSharingError("No input images given.")
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise LabelSharingError(f"Input image(s) not found: {', '.join(missing[:5])}{' ...' * (len(missing) > 5)}")
+        cases = [case_id_from_path(p) for p in paths]
+        duplicates = sorted({c for c in cases if cases.count(c) > 1})
+        if duplicates:
+            raise LabelSharingError(
+                f"Several inputs would write the same output ({', '.join(duplicates)}); predict them into "
+                "separate --out folders."
+            )
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        segments = self.task_labels(task)
+        written = []
+        with progress.track("predicting", total=len(paths), unit="image") as advance:
+            for path, case in zip(paths, cases):
+                image = read_image(path)
+                labels, probs = self._predict(image, task, probabilities)
+                written.append(write_label(labels, image, out_dir / f"{case}.{file_format}", segments))
+                if probs is not None:
+                    _write_probabilities(probs, image, out_dir / f"{case}_probabilities.nii.gz")
+                advance(case=case)
+        return written
+
+
+def _slice_axis(image: sitk.Image, stored_axis: int | None) -> int | None:
+    """Axis to cut ``image`` along: none for 2D; for 3D the task's stored axis, unless the
+    image is a 2D image stored as 3D (a singleton axis) or the task was trained on 2D images."""
+    if image.GetDimension() == 2:
+        return None
+    if stored_axis is None or 1 in image.GetSize():
+        return choose_slice_axis(image.GetSpacing(), image.GetSize())
+    return int(stored_axis)
+
+
+def _write_probabilities(probs: np.ndarray, reference: sitk.Image, path: Path) -> Path:
+    """(C, *shape) probabilities -> float32 vector image with ``reference``'s geometry."""
+    vector = sitk.GetImageFromArray(np.moveaxis(probs, 0, -1).astype(np.float32), isVector=True)
+    vector.CopyInformation(reference)
+    sitk.WriteImage(vector, str(path), useCompression=True)
+    return path
+
+
+def _mps_available() -> bool:
+    import torch
+
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())

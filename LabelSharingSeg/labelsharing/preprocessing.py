@@ -1,0 +1,175 @@
+"""From images to network input and back: intensity normalisation, 2D slicing, square fitting.
+
+The network is a 2D UNet on square ``S x S`` inputs. A 3D volume is cut into 2D slices along
+one image axis; each slice is scaled (aspect ratio kept) and padded to ``S x S``. Predictions
+are cropped and scaled back onto the slice's own grid before labels are decided, so the
+output has exactly the input's size and geometry.
+
+Conventions: a 3D ``sitk.GetArrayFromImage`` array is (z, y, x) = (k, j, i); ``axis`` is an
+image index axis (0 = i, 1 = j, 2 = k) as in SimpleITK, so numpy axis = 2 - axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from labelsharing.errors import LabelSharingError
+
+__all__ = [
+    "NORMALIZATION_BY_MODALITY",
+    "fit_ct_normalization",
+    "normalize_intensities",
+    "choose_slice_axis",
+    "to_slices",
+    "from_slices",
+    "SquareFit",
+    "choose_input_size",
+]
+
+#: modality -> normalisation scheme (nnU-Net-like: CT uses dataset-wide foreground statistics).
+NORMALIZATION_BY_MODALITY = {"CT": "ct", "MR": "zscore_foreground", "XR": "percentile", "other": "percentile"}
+
+
+def fit_ct_normalization(images: Iterable[np.ndarray], labels: Iterable[np.ndarray], samples: int = 20000) -> dict:
+    """CT normalisation from a task's training data, as nnU-Net does.
+
+    Intensities inside the labelled foreground of all training images are pooled (a random
+    subsample of each); the window is their 0.5–99.5 percentile and the mean/std are taken
+    after clipping to it.
+
+    Args:
+        images: HU arrays, any shape.
+        labels: the matching label arrays (foreground > 0).
+        samples: foreground voxels kept per image.
+
+    Returns:
+        ``{"scheme": "ct", "clip": [lo, hi], "mean": m, "std": s}``.
+    """
+    rng = np.random.default_rng(0)
+    pooled = []
+    for image, label in zip(images, labels):
+        values = np.asarray(image)[np.asarray(label) > 0]
+        if values.size > samples:
+            values = rng.choice(values, samples, replace=False)
+        pooled.append(values.astype(np.float64))
+    values = np.concatenate(pooled) if pooled else np.zeros(0)
+    if values.size == 0:
+        raise LabelSharingError("CT normalisation needs labelled foreground in the training images; none was found.")
+    lo, hi = np.percentile(values, [0.5, 99.5])
+    clipped = np.clip(values, lo, hi)
+    return {"scheme": "ct", "clip": [float(lo), float(hi)], "mean": float(clipped.mean()),
+            "std": float(max(clipped.std(), 1e-6))}
+
+
+def normalize_intensities(image: np.ndarray, normalization: Mapping) -> np.ndarray:
+    """Normalise one image (any shape) with a stored scheme; returns float32.
+
+    Schemes: ``ct`` (clip to the stored window, z-score with stored statistics),
+    ``zscore_foreground`` (per-image z-score over voxels brighter than 5 % of the range,
+    i.e. not the air around an MR head), ``percentile`` (per image, 1st..99th percentile
+    -> 0..1, clipped; suits X-ray projections whose exposure varies).
+    """
+    x = np.asarray(image, dtype=np.float32)
+    scheme = normalization.get("scheme")
+    if scheme == "ct":
+        lo, hi = normalization["clip"]
+        return ((np.clip(x, lo, hi) - normalization["mean"]) / normalization["std"]).astype(np.float32)
+    if scheme == "zscore_foreground":
+        lo, hi = float(x.min()), float(np.percentile(x, 99))
+        mask = x > lo + 0.05 * (hi - lo)
+        values = x[mask] if mask.sum() > 0.05 * x.size else x.ravel()
+        return ((x - values.mean()) / max(float(values.std()), 1e-6)).astype(np.float32)
+    if scheme == "percentile":
+        lo, hi = np.percentile(x, [1, 99])
+        return np.clip((x - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0).astype(np.float32)
+    raise ValueError(f"unknown normalisation scheme {scheme!r}")
+
+
+def choose_slice_axis(spacing: Sequence[float], size: Sequence[int]) -> int | None:
+    """Image axis to cut a volume along: the one with the largest spacing.
+
+    That is the axis across the acquisition plane (e.g. k for axial CT with thick slices).
+    On ties the last image axis wins (axial for standard orientations). 2D images: ``None``.
+    Axes of size 1 (a 2D image stored as 3D) are chosen first.
+    """
+    if len(spacing) == 2:
+        return None
+    singleton = [axis for axis, n in enumerate(size) if n == 1]
+    if singleton:
+        return singleton[-1]
+    largest = max(spacing)
+    return max(axis for axis, s in enumerate(spacing) if np.isclose(s, largest, rtol=1e-3))
+
+
+def to_slices(array: np.ndarray, axis: int | None) -> np.ndarray:
+    """(z, y, x) volume -> (n, H, W) slices along image ``axis``; a (y, x) image -> (1, y, x)."""
+    if axis is None:
+        return array[np.newaxis]
+    return np.moveaxis(array, 2 - axis, 0)
+
+
+def from_slices(slices: np.ndarray, axis: int | None) -> np.ndarray:
+    """Inverse of :func:`to_slices`: (n, H, W) -> the original (z, y, x) or (y, x) layout."""
+    if axis is None:
+        return slices[0]
+    return np.moveaxis(slices, 0, 2 - axis)
+
+
+@dataclass(frozen=True)
+class SquareFit:
+    """How an (H, W) slice is scaled (aspect kept) and padded (centred) into ``size x size``."""
+
+    height: int
+    width: int
+    size: int
+
+    @property
+    def scaled(self) -> tuple[int, int]:
+        scale = self.size / max(self.height, self.width)
+        return max(1, min(self.size, round(self.height * scale))), max(1, min(self.size, round(self.width * scale)))
+
+    @property
+    def offset(self) -> tuple[int, int]:
+        h, w = self.scaled
+        return (self.size - h) // 2, (self.size - w) // 2
+
+    def forward(self, batch, mode: str = "bilinear", pad_value: float | None = None):
+        """(B, C, H, W) tensor -> (B, C, size, size). ``pad_value`` None pads with each slice's minimum."""
+        import torch
+        import torch.nn.functional as F
+
+        h, w = self.scaled
+        kwargs = {"align_corners": False} if mode == "bilinear" else {}
+        resized = F.interpolate(batch, size=(h, w), mode=mode, **kwargs) if (h, w) != batch.shape[-2:] else batch
+        if pad_value is None:
+            fill = resized.amin(dim=(1, 2, 3), keepdim=True)
+        else:
+            fill = torch.full((batch.shape[0], 1, 1, 1), float(pad_value), dtype=batch.dtype, device=batch.device)
+        out = fill.expand(batch.shape[0], batch.shape[1], self.size, self.size).clone()
+        top, left = self.offset
+        out[:, :, top : top + h, left : left + w] = resized
+        return out
+
+    def backward(self, batch):
+        """(B, C, size, size) tensor (e.g. logits) -> (B, C, H, W) on the slice's own grid (bilinear)."""
+        import torch.nn.functional as F
+
+        h, w = self.scaled
+        top, left = self.offset
+        cropped = batch[:, :, top : top + h, left : left + w]
+        if (h, w) == (self.height, self.width):
+            return cropped
+        return F.interpolate(cropped, size=(self.height, self.width), mode="bilinear", align_corners=False)
+
+
+def choose_input_size(slice_shapes: Iterable[tuple[int, int]], multiple: int = 16, maximum: int = 256) -> int:
+    """Default network input size: the median of the slices' longer sides, rounded up to a
+    multiple of ``multiple`` and capped at ``maximum``."""
+    sides = [max(shape) for shape in slice_shapes]
+    if not sides:
+        raise ValueError("no slices")
+    median = float(np.median(sides))
+    return int(min(maximum, max(multiple, multiple * int(np.ceil(median / multiple)))))

@@ -1,0 +1,275 @@
+"""Training one shared-label UNet on all tasks.
+
+All tasks' slices are pooled with shared labels and drawn with task-balanced weights; the
+loss is Dice + cross-entropy (MONAI ``DiceCELoss``), the optimiser AdamW with a linear
+warm-up then cosine decay. Each epoch ends with Dice per task and label on held-out cases,
+computed by the same :class:`~labelsharing.inference.Predictor` that inference uses, and the
+best weights (mean Dice over tasks) are kept. The model folder is written only at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from labelsharing.datasets import TaskDataset, load_case
+from labelsharing.errors import LabelSharingError
+from labelsharing.model import FORMAT_VERSION, SegmentationModel, build_network, default_architecture, label_color, package_versions
+from labelsharing.plan import SharedLabelPlan
+from labelsharing.planning import plan_tasks, summarise_tasks
+from labelsharing.preprocessing import choose_input_size, choose_slice_axis
+from labelsharing.progress import SILENT, ProgressReporter
+from labelsharing.training_data import PreparedTask, SharedSliceDataset, prepare_task, sampling_weights, \
+    slice_shape, training_transforms
+
+__all__ = ["TrainingOptions", "FitResult", "train", "fit", "task_config", "validation_dice", "load_tasks"]
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class TrainingOptions:
+    """Settings of a training run (the command line's flags).
+
+    An epoch is one pass over the pooled training slices of all tasks (drawn task-balanced).
+    """
+
+    epochs: int = 25
+    batch_size: int = 16
+    input_size: int | None = None
+    features: int = 16
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+    val_fraction: float = 0.2
+    device: str = "auto"
+    seed: int = 0
+    axis: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise LabelSharingError("--epochs and --batch-size must be at least 1.")
+        if self.input_size is not None and (self.input_size < 16 or self.input_size % 16):
+            raise LabelSharingError(f"--input-size must be a multiple of 16 (the UNet halves it 4 times), "
+                                    f"got {self.input_size}.")
+        if not 0 <= self.val_fraction < 1:
+            raise LabelSharingError(f"--val-fraction must lie in [0, 1), got {self.val_fraction}.")
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` learnt: the best weights and the per-epoch log."""
+
+    best_state: dict
+    epochs: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_dice: float = float("nan")
+    seconds: float = 0.0
+
+
+def load_tasks(folders: Sequence[str | Path], pins: Mapping[str, Mapping[str, int]] | None,
+               progress: ProgressReporter, log: Log) -> tuple[SharedLabelPlan, list[TaskDataset]]:
+    """Check and measure the datasets, build the plan, and report its warnings."""
+    summaries = summarise_tasks(folders, progress)
+    plan = plan_tasks(summaries, pins)
+    for note in [w for s in summaries for w in s.warnings] + plan.warnings:
+        log(f"warning: {note}")
+    return plan, [s.task for s in summaries]
+
+
+def task_config(task: PreparedTask, plan: SharedLabelPlan) -> dict:
+    """The ``model.json`` entry of a task: preprocessing, labels, colours, source folder."""
+    labels = {
+        name: {"value": a.value, "shared": a.shared,
+               "color": list(task.dataset.colors.get(name, label_color(a.shared)))}
+        for name, a in plan.labels(task.name).items()
+    }
+    return {"modality": task.modality, "axis": task.axis, "normalization": task.normalization,
+            "labels": labels, "dataset": str(Path(task.dataset.root).resolve())}
+
+
+def train(
+    datasets: Sequence[str | Path],
+    out: str | Path,
+    options: TrainingOptions | None = None,
+    pins: Mapping[str, Mapping[str, int]] | None = None,
+    force: bool = False,
+    progress: ProgressReporter = SILENT,
+    log: Log = print,
+) -> SegmentationModel:
+    """Train one shared-label model on several task datasets and write it to ``out``.
+
+    Raises:
+        LabelSharingError: ``out`` exists (without ``force``), invalid datasets or pins.
+    """
+    import torch
+
+    from labelsharing.inference import describe_device, select_device
+
+    options = options or TrainingOptions()
+    out = Path(out)
+    if out.exists() and not force:
+        raise LabelSharingError(f"{out} already exists; choose another --out or pass --force to replace it.")
+    plan, datasets_read = load_tasks(datasets, pins, progress, log)
+    device = select_device(options.device)
+    log(f"device: {describe_device(device)}")
+
+    loaded = {t.name: [load_case(t, c) for c in t.training] for t in datasets_read}
+    input_size = options.input_size or _default_input_size(loaded, options.axis)
+    tasks = [prepare_task(t, plan, input_size, options.val_fraction, options.seed, options.axis, loaded[t.name])
+             for t in datasets_read]
+    log(f"{sum(len(t.images) for t in tasks)} training slices of {input_size}x{input_size} from "
+        f"{len(tasks)} tasks; {plan.n_shared} shared labels")
+
+    torch.manual_seed(options.seed)
+    architecture = default_architecture(plan.n_shared + 1, options.features)
+    config = {
+        "format_version": FORMAT_VERSION,
+        "labelsharing_version": package_versions()["labelsharing"],
+        "architecture": architecture,
+        "input_size": [input_size, input_size],
+        "plan": plan.to_dict(),
+        "tasks": {t.name: task_config(t, plan) for t in tasks},
+        "history": [],
+        "parent": None,
+        "versions": package_versions(),
+    }
+    model = SegmentationModel(config=config, network=build_network(architecture).to(device))
+    config["parameters"] = sum(p.numel() for p in model.network.parameters())
+    result = fit(model, tasks, options, device, progress=progress, log=log)
+    model.network.load_state_dict(result.best_state)
+    config["history"].append(history_entry("train", options, device, result, [t.name for t in tasks]))
+    model.save(out, overwrite=force)
+    log(f"model written to {out} (best epoch {result.best_epoch}, mean validation Dice {result.best_dice:.3f}, "
+        f"{result.seconds:.0f} s)")
+    return model
+
+
+def history_entry(kind: str, options: TrainingOptions, device, result: FitResult, tasks: Sequence[str]) -> dict:
+    """A ``model.json`` history record of one training run."""
+    return {
+        "kind": kind, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "tasks": list(tasks),
+        "device": str(device), "seconds": round(result.seconds, 1), "best_epoch": result.best_epoch,
+        "best_mean_dice": result.best_dice, "options": {k: v for k, v in vars(options).items()},
+        "epochs": result.epochs,
+    }
+
+
+def _default_input_size(loaded: Mapping[str, Sequence], axis: int | None) -> int:
+    per_task = []
+    for pairs in loaded.values():
+        sides = []
+        for image, _ in pairs:
+            image_axis = axis if (axis is not None and image.GetDimension() == 3) else choose_slice_axis(
+                image.GetSpacing(), image.GetSize())
+            sides.append(max(slice_shape(image, image_axis)))
+        per_task.append((int(np.median(sides)),) * 2)
+    return choose_input_size(per_task)
+
+
+def fit(
+    model: SegmentationModel,
+    tasks: Sequence[PreparedTask],
+    options: TrainingOptions,
+    device,
+    shares: Mapping[str, float] | None = None,
+    progress: ProgressReporter = SILENT,
+    log: Log = print,
+) -> FitResult:
+    """Train ``model.network`` in place on the pooled slices of ``tasks``; keep the best weights.
+
+    Args:
+        model: network and config (the config's ``tasks`` entries drive validation).
+        tasks: prepared tasks; their ``validation`` cases give the per-epoch Dice.
+        options: epochs, batch size, learning rate, seed.
+        device: torch device.
+        shares: fraction of draws per task (default: equal), e.g. for replay when adding a task.
+    """
+    import torch
+    from monai.losses import DiceCELoss
+
+    network = model.network
+    dataset = SharedSliceDataset(tasks, training_transforms(model.input_size, options.seed))
+    generator = torch.Generator().manual_seed(options.seed)
+    sampler = torch.utils.data.WeightedRandomSampler(
+        torch.as_tensor(sampling_weights(tasks, shares), dtype=torch.double), num_samples=len(dataset),
+        replacement=True, generator=generator)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=options.batch_size, sampler=sampler, drop_last=False)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
+    total_steps = options.epochs * len(loader)
+    warmup = max(1, int(options.warmup_fraction * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, s / total_steps))))
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    result = FitResult(best_state=copy.deepcopy(network.state_dict()), best_dice=-1.0)
+    start = time.perf_counter()
+    with progress.track("training", total=total_steps, unit="batch") as advance:
+        for epoch in range(1, options.epochs + 1):
+            network.train()
+            losses = []
+            for batch in loader:
+                images, labels = batch["image"].to(device), batch["label"].to(device)
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                    loss = loss_fn(network(images), labels)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                losses.append(float(loss.detach()))
+                advance(epoch=f"{epoch}/{options.epochs}", loss=float(np.mean(losses[-20:])))
+            network.eval()
+            dice = validation_dice(model, tasks, device)
+            mean = float(np.mean([d["mean"] for d in dice.values()])) if dice else -float(np.mean(losses))
+            improved = mean > result.best_dice
+            if improved:
+                result.best_dice, result.best_epoch = mean, epoch
+                result.best_state = copy.deepcopy(network.state_dict())
+            result.epochs.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_dice": dice,
+                                  "seconds": round(time.perf_counter() - start, 1)})
+            log(_epoch_line(epoch, options.epochs, float(np.mean(losses)), dice, improved))
+    result.seconds = time.perf_counter() - start
+    if not any(t.validation for t in tasks):
+        result.best_dice = float("nan")
+        result.best_state = copy.deepcopy(network.state_dict())
+        result.best_epoch = options.epochs
+    return result
+
+
+def validation_dice(model: SegmentationModel, tasks: Sequence[PreparedTask], device) -> dict[str, dict]:
+    """Dice per task and label on each task's held-out cases (mean over cases).
+
+    Returns:
+        ``{task: {"mean": m, "labels": {label: dice}}}`` for tasks that have validation cases.
+    """
+    from labelsharing.evaluation import dice_per_label
+    from labelsharing.inference import Predictor
+
+    predictor = Predictor(model, device)
+    result = {}
+    for task in tasks:
+        if not task.validation:
+            continue
+        labels = {name: entry["value"] for name, entry in model.config["tasks"][task.name]["labels"].items()}
+        per_case = [dice_per_label(predictor.predict_image(image, task.name), truth, labels)
+                    for image, truth in task.validation]
+        per_label = {name: float(np.mean([case[name] for case in per_case])) for name in labels}
+        result[task.name] = {"mean": float(np.mean(list(per_label.values()))), "labels": per_label}
+    return result
+
+
+def _epoch_line(epoch: int, epochs: int, loss: float, dice: Mapping[str, dict], improved: bool) -> str:
+    parts = [f"epoch {epoch:>3}/{epochs}", f"loss {loss:.3f}"]
+    if dice:
+        parts.append("val Dice " + "  ".join(f"{task} {d['mean']:.3f}" for task, d in dice.items()))
+        parts.append(f"mean {np.mean([d['mean'] for d in dice.values()]):.3f}")
+    return " | ".join(parts) + ("  *best*" if improved else "")

@@ -1,0 +1,204 @@
+"""Training data: every task's cases as normalised, square 2D slices with shared labels.
+
+Each task is prepared once (:func:`prepare_task`): its cases are read, a normalisation is fitted
+(CT) or chosen (MR, X-ray), volumes are cut along the task's slicing axis and each slice is
+scaled and padded to ``S x S``. Labels are mapped to shared labels through the plan. Slices of
+all tasks are then pooled (:class:`SharedSliceDataset`) and drawn with task-balanced weights
+(:func:`sampling_weights`) so that a task with many slices does not drown a small one.
+
+Memory: slices are kept in memory as float16 images and uint8 labels, ``2 * S * S * 1.5``
+bytes per slice (about 200 kB at S=256).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from labelsharing.datasets import Case, TaskDataset, load_case
+from labelsharing.plan import SharedLabelPlan
+from labelsharing.preprocessing import (
+    NORMALIZATION_BY_MODALITY,
+    SquareFit,
+    choose_slice_axis,
+    fit_ct_normalization,
+    normalize_intensities,
+    to_slices,
+)
+
+__all__ = ["PreparedTask", "prepare_task", "split_cases", "SharedSliceDataset", "sampling_weights",
+           "training_transforms", "slice_shape"]
+
+
+@dataclass
+class PreparedTask:
+    """One task, ready for training.
+
+    Attributes:
+        name: task name.
+        dataset: the task's dataset folder.
+        modality, axis, normalization: preprocessing stored in the model for inference.
+        images: (n, S, S) float16 normalised slices. labels: (n, S, S) uint8 shared labels.
+        foreground: (n,) bool, slice holds any label.
+        validation: held-out cases as (image, task-label array) for Dice during training.
+    """
+
+    name: str
+    dataset: TaskDataset
+    modality: str
+    axis: int | None
+    normalization: dict
+    images: np.ndarray
+    labels: np.ndarray
+    foreground: np.ndarray
+    validation: list[tuple[sitk.Image, np.ndarray]] = field(default_factory=list)
+
+
+def split_cases(cases: Sequence[Case], val_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
+    """Hold out ``val_fraction`` of the cases (at least one if there are two or more)."""
+    order = np.random.default_rng(seed).permutation(len(cases))
+    n_val = 0 if len(cases) < 2 or val_fraction <= 0 else max(1, int(round(val_fraction * len(cases))))
+    n_val = min(n_val, len(cases) - 1)
+    val = [cases[i] for i in sorted(order[:n_val])]
+    train = [cases[i] for i in sorted(order[n_val:])]
+    return train, val
+
+
+def slice_shape(image: sitk.Image, axis: int | None) -> tuple[int, int]:
+    """(H, W) of the 2D slices of ``image`` cut along image ``axis``."""
+    size = image.GetSize()[::-1]  # numpy order
+    if axis is None:
+        return size[-2], size[-1]
+    shape = list(size)
+    del shape[2 - axis]
+    return shape[0], shape[1]
+
+
+def prepare_task(
+    dataset: TaskDataset,
+    plan: SharedLabelPlan,
+    input_size: int,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    axis: int | None = None,
+    loaded: Sequence[tuple[sitk.Image, sitk.Image]] | None = None,
+) -> PreparedTask:
+    """Load, normalise, slice and square-fit one task's training cases.
+
+    Args:
+        dataset: the task.
+        plan: maps the task's labels to shared labels.
+        input_size: the network's square input size S.
+        val_fraction: fraction of cases held out for validation Dice.
+        seed: fixes the validation split.
+        axis: force the slicing axis of 3D images (0 = i, 1 = j, 2 = k); default: per task,
+            the most common :func:`choose_slice_axis` of its images.
+        loaded: the (image, label) pairs of ``dataset.training`` if already loaded.
+    """
+    pairs = list(loaded) if loaded is not None else [load_case(dataset, case) for case in dataset.training]
+    train_cases, val_cases = split_cases(dataset.training, val_fraction, seed)
+    by_id = {case.case_id: pair for case, pair in zip(dataset.training, pairs)}
+    train_pairs = [by_id[c.case_id] for c in train_cases]
+    arrays = [(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(label)) for image, label in train_pairs]
+
+    scheme = NORMALIZATION_BY_MODALITY[dataset.modality]
+    normalization = (fit_ct_normalization([a for a, _ in arrays], [b for _, b in arrays])
+                     if scheme == "ct" else {"scheme": scheme})
+    if axis is None or train_pairs[0][0].GetDimension() == 2:
+        votes = Counter(choose_slice_axis(img.GetSpacing(), img.GetSize()) for img, _ in train_pairs)
+        axis = votes.most_common(1)[0][0]
+
+    images, labels = [], []
+    for (image, label), (img_arr, lab_arr) in zip(train_pairs, arrays):
+        slices = to_slices(normalize_intensities(img_arr, normalization), axis)
+        shared = to_slices(plan.to_shared(dataset.name, lab_arr), axis)
+        fitted_images, fitted_labels = _fit_slices(slices, shared, input_size)
+        images.append(fitted_images)
+        labels.append(fitted_labels)
+    image_stack = np.concatenate(images)
+    label_stack = np.concatenate(labels)
+    validation = [(by_id[c.case_id][0], sitk.GetArrayFromImage(by_id[c.case_id][1])) for c in val_cases]
+    return PreparedTask(
+        name=dataset.name, dataset=dataset, modality=dataset.modality, axis=axis, normalization=normalization,
+        images=image_stack, labels=label_stack, foreground=label_stack.reshape(len(label_stack), -1).any(axis=1),
+        validation=validation,
+    )
+
+
+def _fit_slices(slices: np.ndarray, shared: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    fit = SquareFit(slices.shape[1], slices.shape[2], size)
+    image_t = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))[:, None]
+    label_t = torch.from_numpy(np.ascontiguousarray(shared, dtype=np.float32))[:, None]
+    fitted_image = fit.forward(image_t, mode="bilinear")[:, 0].numpy().astype(np.float16)
+    fitted_label = fit.forward(label_t, mode="nearest", pad_value=0)[:, 0].numpy().astype(np.uint8)
+    return fitted_image, fitted_label
+
+
+def sampling_weights(tasks: Sequence[PreparedTask], shares: Mapping[str, float] | None = None) -> np.ndarray:
+    """Per-slice sampling weights over the pooled slices (task order, then slice order).
+
+    Each task receives ``shares[task]`` of the draws (default: equal shares). Within a task,
+    slices holding labels are drawn twice as often as empty ones, as nnU-Net oversamples
+    foreground; the weights sum to 1.
+    """
+    shares = dict(shares) if shares else {t.name: 1.0 / len(tasks) for t in tasks}
+    total = sum(shares.get(t.name, 0.0) for t in tasks)
+    if total <= 0:
+        raise ValueError("task shares must have a positive sum")
+    weights = []
+    for task in tasks:
+        w = np.where(task.foreground, 2.0, 1.0)
+        weights.append(w / w.sum() * shares.get(task.name, 0.0) / total)
+    return np.concatenate(weights)
+
+
+def training_transforms(input_size: int, seed: int):
+    """MONAI augmentation suited to medical slices: small affine, intensity scale/shift, noise.
+
+    No flips: left/right laterality matters (left vs right kidney or lung).
+    """
+    from monai.transforms import Compose, RandAffined, RandGaussianNoised, RandScaleIntensityd, RandShiftIntensityd
+
+    transforms = Compose([
+        RandAffined(keys=("image", "label"), prob=0.5, rotate_range=(np.pi / 18,), scale_range=(0.1, 0.1),
+                    translate_range=(0.05 * input_size, 0.05 * input_size), mode=("bilinear", "nearest"),
+                    padding_mode=("border", "zeros")),
+        RandScaleIntensityd(keys="image", factors=0.1, prob=0.3),
+        RandShiftIntensityd(keys="image", offsets=0.1, prob=0.3),
+        RandGaussianNoised(keys="image", std=0.03, prob=0.2),
+    ])
+    transforms.set_random_state(seed=seed)
+    return transforms
+
+
+class SharedSliceDataset:
+    """torch-style dataset over the pooled slices of several prepared tasks.
+
+    Items are ``{"image": (1, S, S) float32, "label": (1, S, S) int64, "task": index}`` tensors.
+    """
+
+    def __init__(self, tasks: Sequence[PreparedTask], transforms=None):
+        self.images = np.concatenate([t.images for t in tasks])
+        self.labels = np.concatenate([t.labels for t in tasks])
+        self.task_index = np.concatenate([np.full(len(t.images), i) for i, t in enumerate(tasks)])
+        self.transforms = transforms
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        import torch
+
+        item = {"image": torch.from_numpy(self.images[index].astype(np.float32))[None],
+                "label": torch.from_numpy(self.labels[index].astype(np.float32))[None]}
+        if self.transforms is not None:
+            item = self.transforms(item)
+        image = torch.as_tensor(item["image"], dtype=torch.float32)
+        label = torch.as_tensor(item["label"]).round().long()
+        return {"image": image, "label": label, "task": int(self.task_index[index])}

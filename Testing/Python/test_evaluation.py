@@ -1,0 +1,117 @@
+"""Dice scores and model evaluation.
+
+``evaluate_model`` is run with ``IntensityNetwork`` in place of a trained UNet (see
+``tiny_model.py``): images written by ``conftest.write_task`` have intensity ``100 * label``,
+normalised by 100, so TaskA (task values = shared labels) is predicted perfectly while TaskB
+(whose two labels swap shared labels) is predicted swapped, i.e. Dice 0.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.metrics import DiceMetric, compute_dice
+from monai.networks.utils import one_hot
+
+from conftest import write_task
+from labelsharing.datasets import read_task_dataset
+from labelsharing.errors import LabelSharingError
+from labelsharing.evaluation import DiceAccumulator, dice_per_label, evaluate_model, evaluation_table
+from labelsharing.inference import Predictor
+from tiny_model import make_model
+
+
+def _monai_dice(prediction: np.ndarray, reference: np.ndarray, n_classes: int) -> np.ndarray:
+    pred = one_hot(torch.from_numpy(prediction)[None, None].long(), n_classes)
+    ref = one_hot(torch.from_numpy(reference)[None, None].long(), n_classes)
+    return compute_dice(pred, ref, include_background=False, ignore_empty=False)[0].numpy()
+
+
+@pytest.mark.parametrize("seed, shape", [(0, (17, 23)), (1, (4, 9, 11)), (2, (64,))])
+def test_dice_matches_monai(seed: int, shape):
+    rng = np.random.default_rng(seed)
+    prediction, reference = rng.integers(0, 4, shape), rng.integers(0, 4, shape)
+    ours = dice_per_label(prediction, reference, {"a": 1, "b": 2, "c": 3})
+    np.testing.assert_allclose(list(ours.values()), _monai_dice(prediction, reference, 4), rtol=1e-6)
+
+
+def test_dice_edge_cases():
+    empty = np.zeros((5, 5), dtype=np.uint8)
+    one = empty.copy()
+    one[1, 1] = 1
+    assert dice_per_label(empty, empty, {"a": 1}) == {"a": 1.0}
+    assert dice_per_label(one, empty, {"a": 1}) == {"a": 0.0}
+    assert dice_per_label(empty, one, {"a": 1}) == {"a": 0.0}
+    np.testing.assert_allclose(_monai_dice(empty, empty, 2), [1.0])
+    with pytest.raises(ValueError, match="shape"):
+        dice_per_label(empty, empty[:4], {"a": 1})
+
+
+def test_accumulator_mean_over_cases_matches_monai_metric():
+    rng = np.random.default_rng(5)
+    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=False)
+    accumulator = DiceAccumulator({"a": 1, "b": 2})
+    for _ in range(4):
+        prediction, reference = rng.integers(0, 3, (12, 12)), rng.integers(0, 3, (12, 12))
+        accumulator.add(prediction, reference)
+        metric(one_hot(torch.from_numpy(prediction)[None, None], 3), one_hot(torch.from_numpy(reference)[None, None], 3))
+    np.testing.assert_allclose(list(accumulator.mean_dice().values()), metric.aggregate().numpy(), rtol=1e-6)
+    small, large = np.zeros(4, int), np.zeros(100, int)
+    pooled = DiceAccumulator({"a": 1})
+    pooled.add(np.array([1, 0, 0, 0]), np.array([0, 1, 0, 0]))  # Dice 0 on a tiny case
+    large[:50] = 1
+    pooled.add(large, large)  # Dice 1 on a large case
+    assert pooled.mean_dice() == {"a": 0.5}
+    assert pooled.global_dice()["a"] == pytest.approx(100 / 102)
+
+
+@pytest.fixture
+def tasks(tmp_path: Path):
+    shape = (32, 32)  # int64: conftest.write_task computes the image as label * 100
+    a_label = np.zeros(shape, np.int64)
+    a_label[2:18, 2:30], a_label[20:26, 4:20], a_label[27:30, 10:14] = 1, 2, 3
+    b_label = np.zeros(shape, np.int64)
+    b_label[4:8, 4:8], b_label[10:30, 5:30] = 1, 2
+    a = write_task(tmp_path / "a", {"big": 1, "mid": 2, "small": 3}, [a_label] * 2, name="TaskA")
+    b = write_task(tmp_path / "b", {"tiny": 1, "large": 2}, [b_label] * 3, name="TaskB")
+    shutil.copytree(a / "imagesTr", a / "imagesTs")  # TaskA gets a test split, TaskB does not
+    shutil.copytree(a / "labelsTr", a / "labelsTs")
+    return [read_task_dataset(a), read_task_dataset(b)]
+
+
+@pytest.fixture
+def predictor() -> Predictor:
+    return Predictor(make_model(fake=True, std=100.0), "cpu")
+
+
+def test_evaluate_model_shape_and_split(predictor: Predictor, tasks):
+    result = evaluate_model(predictor, tasks)
+    json.dumps(result)  # plain JSON
+    assert result == {
+        "tasks": {
+            "TaskA": {"mean_dice": 1.0, "labels": {"big": {"dice": 1.0}, "mid": {"dice": 1.0}, "small": {"dice": 1.0}},
+                      "cases": 2, "split": "test"},
+            "TaskB": {"mean_dice": 0.0, "labels": {"tiny": {"dice": 0.0}, "large": {"dice": 0.0}},
+                      "cases": 3, "split": "train"},
+        }
+    }
+    table = evaluation_table(result)
+    lines = table.splitlines()
+    assert lines[0].split() == ["task", "label", "dice", "cases", "split"]
+    assert len(lines) == 2 + 4 + 3
+    assert any(line.split() == ["TaskB", "(mean)", "0.000", "3", "train"] for line in lines)
+
+
+def test_evaluate_model_rejects_foreign_datasets(predictor: Predictor, tasks, tmp_path: Path):
+    other = read_task_dataset(write_task(tmp_path / "c", {"x": 1}, [np.ones((8, 8), np.uint8)], name="TaskC"))
+    with pytest.raises(LabelSharingError, match="its tasks are: TaskA, TaskB"):
+        evaluate_model(predictor, [tasks[0], other])
+    relabelled = read_task_dataset(write_task(tmp_path / "d", {"tiny": 2, "large": 1}, [np.ones((8, 8), np.uint8)],
+                                              name="TaskB"))
+    with pytest.raises(LabelSharingError, match="differ from those the model was trained with"):
+        evaluate_model(predictor, [relabelled])

@@ -1,0 +1,107 @@
+"""Training: task-balanced sampling, validation split, the model folder, and a real short run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from labelsharing.demo_data import make_demo_datasets
+from labelsharing.errors import LabelSharingError
+from labelsharing.training import TrainingOptions, train
+from labelsharing.training_data import PreparedTask, sampling_weights, split_cases
+
+TINY = dict(epochs=1, batch_size=8, input_size=32, features=4, device="cpu", seed=3)
+
+
+@pytest.fixture(scope="module")
+def demo_tasks(tmp_path_factory) -> list[Path]:
+    return make_demo_datasets(tmp_path_factory.mktemp("demo"), cases=4, seed=1)
+
+
+def _prepared(name: str, foreground: list[bool]) -> PreparedTask:
+    n = len(foreground)
+    return PreparedTask(name=name, dataset=None, modality="CT", axis=None, normalization={},
+                        images=np.zeros((n, 2, 2)), labels=np.zeros((n, 2, 2)), foreground=np.array(foreground))
+
+
+def test_sampling_weights_balance_tasks_and_favour_foreground():
+    big, small = _prepared("big", [True] * 90 + [False] * 10), _prepared("small", [True, False])
+    weights = sampling_weights([big, small])
+    assert weights.sum() == pytest.approx(1.0)
+    assert weights[:100].sum() == pytest.approx(0.5) and weights[100:].sum() == pytest.approx(0.5)
+    assert weights[100] == pytest.approx(2 * weights[101])  # foreground slice drawn twice as often
+    replay = sampling_weights([big, small], shares={"big": 0.25, "small": 0.75})
+    assert replay[:100].sum() == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("n, fraction, expected_val", [(1, 0.2, 0), (2, 0.2, 1), (10, 0.2, 2), (10, 0.0, 0), (3, 0.9, 2)])
+def test_split_cases_keeps_training_data(n, fraction, expected_val):
+    cases = [f"c{i}" for i in range(n)]
+    train_cases, val = split_cases(cases, fraction, seed=0)
+    assert len(val) == expected_val and len(train_cases) == n - expected_val
+    assert sorted(train_cases + val) == sorted(cases)
+
+
+def test_invalid_options_are_user_errors():
+    with pytest.raises(LabelSharingError, match="multiple of 16"):
+        TrainingOptions(input_size=40)
+    with pytest.raises(LabelSharingError, match="val-fraction"):
+        TrainingOptions(val_fraction=1.5)
+
+
+def test_existing_model_folder_is_refused_before_any_work(tmp_path, demo_tasks):
+    out = tmp_path / "model"
+    out.mkdir()
+    with pytest.raises(LabelSharingError, match="already exists.*--force"):
+        train(demo_tasks[:1], out, TrainingOptions(**TINY), log=lambda m: None)
+
+
+def test_interrupted_training_leaves_no_model(tmp_path, demo_tasks, monkeypatch):
+    import labelsharing.training as training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(demo_tasks[:2], tmp_path / "model", TrainingOptions(**TINY), log=lambda m: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_folder_contents_and_repeatability(tmp_path, demo_tasks):
+    messages: list[str] = []
+    train(demo_tasks[2:4], tmp_path / "a", TrainingOptions(**TINY), log=messages.append)
+    train(demo_tasks[2:4], tmp_path / "b", TrainingOptions(**TINY), log=lambda m: None)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["model.json", "model.safetensors"]
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    config = json.loads((tmp_path / "a" / "model.json").read_text())
+    assert config["format_version"] == 1 and config["input_size"] == [32, 32]
+    assert config["architecture"]["kwargs"]["out_channels"] == config["plan"]["n_shared"] + 1 == 5
+    knee = config["tasks"]["KneeXR"]
+    assert knee["axis"] is None and knee["normalization"] == {"scheme": "percentile"}
+    assert set(knee["labels"]) == {"femur", "tibia", "patella", "fibula"}
+    assert all(len(entry["color"]) == 3 for entry in knee["labels"].values())
+    history = config["history"][0]
+    assert history["kind"] == "train" and len(history["epochs"]) == 1 and "KneeXR" in history["epochs"][0]["val_dice"]
+    assert set(config["versions"]) >= {"torch", "monai", "labelsharing"}
+    assert any(m.startswith("device: cpu") for m in messages)
+
+
+@pytest.mark.slow
+def test_short_training_run_learns_three_tasks(tmp_path, demo_tasks):
+    """A few CPU epochs on tiny demo data must clearly beat chance on every task."""
+    from labelsharing.datasets import read_task_dataset
+    from labelsharing.evaluation import evaluate_model
+    from labelsharing.inference import Predictor
+
+    options = TrainingOptions(epochs=6, batch_size=8, input_size=48, features=8, device="cpu", seed=0)
+    train(demo_tasks[:3], tmp_path / "model", options, log=lambda m: None)
+    result = evaluate_model(Predictor.from_model_dir(tmp_path / "model", device="cpu"),
+                            [read_task_dataset(t) for t in demo_tasks[:3]])
+    means = {task: r["mean_dice"] for task, r in result["tasks"].items()}
+    assert all(r["split"] == "test" for r in result["tasks"].values())
+    assert all(m > 0.35 for m in means.values()), means
+    assert np.mean(list(means.values())) > 0.5, means
