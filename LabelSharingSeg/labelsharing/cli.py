@@ -69,6 +69,19 @@ def _cmd_train(args: argparse.Namespace, progress: ProgressReporter) -> int:
     return 0
 
 
+def _cmd_add_task(args: argparse.Namespace, progress: ProgressReporter) -> int:
+    from labelsharing.incremental import add_task
+    from labelsharing.plan import read_pins
+    from labelsharing.training import TrainingOptions
+
+    options = TrainingOptions(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                              val_fraction=args.val_fraction, device=args.device, seed=args.seed)
+    add_task(args.model, args.dataset, args.out, options, replay=args.replay,
+             pins=read_pins(args.pins) if args.pins else None, force=args.force, progress=progress,
+             log=_log_for(progress))
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace, progress: ProgressReporter) -> int:
     from labelsharing.inference import Predictor, describe_device
 
@@ -152,6 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--force", action="store_true", help="[OPTIONAL] replace an existing MODEL folder")
     train.set_defaults(handler=_cmd_train)
 
+    add = commands.add_parser("add-task", help="teach a trained model one more task (fine-tuning with replay)")
+    add.add_argument("model", metavar="MODEL", help="[REQUIRED] trained model folder (left unchanged)")
+    add.add_argument("dataset", metavar="DATASET", help="[REQUIRED] the new task's dataset folder")
+    add.add_argument("--out", required=True, metavar="NEW_MODEL", help="[REQUIRED] folder for the new model")
+    add.add_argument("--replay", type=float, default=0.5,
+                     help="[OPTIONAL] fraction of each batch drawn from the old tasks' training cases (0.5); "
+                          "0 needs no old data but does not guard against forgetting")
+    add.add_argument("--val-fraction", type=float, default=0.2,
+                     help="[OPTIONAL] fraction of the new task's cases held out for validation Dice (0.2)")
+    add.add_argument("--pins", metavar="FILE", help="[OPTIONAL] pins file for the new task (see 'plan')")
+    add.add_argument("--force", action="store_true", help="[OPTIONAL] replace an existing NEW_MODEL folder")
+    _add_training_flags(add, epochs=10, lr=5e-4)
+    add.set_defaults(handler=_cmd_add_task)
+
     predict = commands.add_parser("predict", help="segment images with a model, in one task's own labels")
     predict.add_argument("model", metavar="MODEL", help="[REQUIRED] model folder")
     predict.add_argument("inputs", nargs="+", metavar="INPUT", help="[REQUIRED] image files")
@@ -183,12 +210,12 @@ def _add_device_flag(parser: argparse.ArgumentParser) -> None:
                         help="[OPTIONAL] auto (default) picks CUDA, then MPS, then the CPU")
 
 
-def _add_training_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epochs", type=_positive_int, default=25,
-                        help="[OPTIONAL] epochs (25); an epoch is one pass over the pooled training slices of all "
-                             "tasks, drawn task-balanced")
+def _add_training_flags(parser: argparse.ArgumentParser, epochs: int = 25, lr: float = 2e-3) -> None:
+    parser.add_argument("--epochs", type=_positive_int, default=epochs,
+                        help=f"[OPTIONAL] epochs ({epochs}); an epoch is one pass over the pooled training slices of "
+                             "all tasks, drawn task-balanced")
     parser.add_argument("--batch-size", type=_positive_int, default=16, help="[OPTIONAL] slices per batch (16)")
-    parser.add_argument("--lr", type=float, default=2e-3, help="[OPTIONAL] peak AdamW learning rate (2e-3)")
+    parser.add_argument("--lr", type=float, default=lr, help=f"[OPTIONAL] peak AdamW learning rate ({lr:g})")
     parser.add_argument("--seed", type=int, default=0, help="[OPTIONAL] random seed (0); repeatable on the CPU")
     _add_device_flag(parser)
 

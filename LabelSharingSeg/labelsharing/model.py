@@ -25,6 +25,7 @@ __all__ = [
     "PALETTE",
     "default_architecture",
     "build_network",
+    "grow_output_channels",
     "label_color",
     "SegmentationModel",
     "read_model_config",
@@ -171,3 +172,63 @@ def package_versions() -> dict[str, str]:
 
     return {"labelsharing": __version__, "torch": torch.__version__, "monai": monai.__version__,
             "numpy": numpy.__version__, "SimpleITK": SimpleITK.Version_VersionString()}
+
+
+def grow_output_channels(network, architecture: Mapping[str, Any], n_outputs: int):
+    """A copy of ``network`` with ``n_outputs`` output channels; every old weight is kept.
+
+    Used when a new task has more labels than the model has shared labels. Each layer whose
+    channel count follows the output count gets the new channels appended: new output filters
+    start as copies of the **background** filter (so new shared labels begin as background, and
+    fine-tuning separates them), and weights from new input channels to old outputs are zero,
+    so the old outputs stay numerically identical until fine-tuning changes them.
+
+    Args:
+        network: the trained network (``build_network(architecture)``).
+        architecture: its ``model.json`` architecture entry.
+        n_outputs: the new number of outputs (background + shared labels), > the old one.
+
+    Returns:
+        ``(new_network, new_architecture)``.
+    """
+    import torch
+
+    old_outputs = int(architecture["kwargs"]["out_channels"])
+    if n_outputs <= old_outputs:
+        raise ValueError(f"n_outputs must exceed the current {old_outputs}")
+    new_architecture = {**architecture, "kwargs": {**architecture["kwargs"], "out_channels": int(n_outputs)}}
+    grown = build_network(new_architecture)
+    old_modules = dict(network.named_modules())
+    with torch.no_grad():
+        for name, new in grown.named_modules():
+            old = old_modules.get(name)
+            if isinstance(new, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and old is not None:
+                _copy_grown_conv(old, new)
+        grown_names = {n for n, m in grown.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))}
+        state = grown.state_dict()
+        for key, value in network.state_dict().items():
+            if key.rsplit(".", 1)[0] not in grown_names and state[key].shape == value.shape:
+                state[key].copy_(value)
+    return grown.to(next(network.parameters()).device), new_architecture
+
+
+def _copy_grown_conv(old, new) -> None:
+    """Copy conv weights into a conv with more in/out channels (see grow_output_channels)."""
+    import torch
+
+    transposed = isinstance(new, torch.nn.ConvTranspose2d)
+    out_dim, in_dim = (1, 0) if transposed else (0, 1)
+    old_w, new_w = old.weight, new.weight
+    new_w.zero_()
+    n_out, n_in = old_w.shape[out_dim], old_w.shape[in_dim]
+    index_old = [slice(None)] * new_w.dim()
+    index_old[out_dim], index_old[in_dim] = slice(0, n_out), slice(0, n_in)
+    new_w[tuple(index_old)] = old_w
+    if new_w.shape[out_dim] > n_out:
+        background = old_w.narrow(out_dim, 0, 1)  # filter of output channel 0 (background)
+        extra = [slice(None)] * new_w.dim()
+        extra[out_dim], extra[in_dim] = slice(n_out, None), slice(0, n_in)
+        new_w[tuple(extra)] = background.expand_as(new_w[tuple(extra)])
+    if new.bias is not None:
+        new.bias[:n_out] = old.bias
+        new.bias[n_out:] = old.bias[0]

@@ -86,6 +86,7 @@ def prepare_task(
     seed: int = 0,
     axis: int | None = None,
     loaded: Sequence[tuple[sitk.Image, sitk.Image]] | None = None,
+    normalization: dict | None = None,
 ) -> PreparedTask:
     """Load, normalise, slice and square-fit one task's training cases.
 
@@ -98,6 +99,8 @@ def prepare_task(
         axis: force the slicing axis of 3D images (0 = i, 1 = j, 2 = k); default: per task,
             the most common :func:`choose_slice_axis` of its images.
         loaded: the (image, label) pairs of ``dataset.training`` if already loaded.
+        normalization: a stored normalisation to reuse (an existing model's task) instead of
+            fitting one.
     """
     pairs = list(loaded) if loaded is not None else [load_case(dataset, case) for case in dataset.training]
     train_cases, val_cases = split_cases(dataset.training, val_fraction, seed)
@@ -106,8 +109,9 @@ def prepare_task(
     arrays = [(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(label)) for image, label in train_pairs]
 
     scheme = NORMALIZATION_BY_MODALITY[dataset.modality]
-    normalization = (fit_ct_normalization([a for a, _ in arrays], [b for _, b in arrays])
-                     if scheme == "ct" else {"scheme": scheme})
+    if normalization is None:
+        normalization = (fit_ct_normalization([a for a, _ in arrays], [b for _, b in arrays])
+                         if scheme == "ct" else {"scheme": scheme})
     if axis is None or train_pairs[0][0].GetDimension() == 2:
         votes = Counter(choose_slice_axis(img.GetSpacing(), img.GetSize()) for img, _ in train_pairs)
         axis = votes.most_common(1)[0][0]

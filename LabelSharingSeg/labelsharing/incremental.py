@@ -1,0 +1,140 @@
+"""Adding a task to a trained label-sharing model without forgetting the old ones.
+
+The new task's labels are ranked by size and mapped onto the existing shared labels (old
+tasks keep their mapping). If it has more labels than the model has shared labels, the output
+layer grows (:func:`~labelsharing.model.grow_output_channels`) — beyond the paper, which stops
+there. The model is then fine-tuned on the new task's slices mixed with a *replay* of the old
+tasks' training slices (``replay`` = fraction of each batch drawn from old tasks). Dice on every
+task's held-out cases before and after is stored as a forgetting table in the new model's
+history. The input model folder is only read.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Mapping
+
+from labelsharing.datasets import read_task_dataset
+from labelsharing.errors import LabelSharingError
+from labelsharing.model import SegmentationModel, grow_output_channels, package_versions
+from labelsharing.planning import summarise_tasks
+from labelsharing.progress import SILENT, ProgressReporter
+from labelsharing.tables import format_table
+from labelsharing.training import Log, TrainingOptions, fit, history_entry, task_config, validation_dice
+from labelsharing.training_data import PreparedTask, prepare_task
+
+__all__ = ["DEFAULT_REPLAY", "add_task", "forgetting_table"]
+
+#: Share of each batch drawn from the old tasks (see the README's replay measurements).
+DEFAULT_REPLAY = 0.5
+
+
+def add_task(
+    model_dir: str | Path,
+    dataset: str | Path,
+    out: str | Path,
+    options: TrainingOptions | None = None,
+    replay: float = DEFAULT_REPLAY,
+    pins: Mapping[str, Mapping[str, int]] | None = None,
+    force: bool = False,
+    progress: ProgressReporter = SILENT,
+    log: Log = print,
+) -> SegmentationModel:
+    """Fine-tune a copy of the model at ``model_dir`` on one more task and write it to ``out``.
+
+    Args:
+        model_dir: the trained model folder (never modified).
+        dataset: the new task's dataset folder.
+        out: the new model folder; records ``model_dir`` as its parent.
+        options: fine-tuning settings (epochs, learning rate, ...); input size and width are the model's.
+        replay: fraction of each batch drawn from the old tasks' training cases, in [0, 1).
+            The old tasks' dataset folders (recorded in ``model.json``) must exist unless 0.
+        pins: optional pins for the new task.
+
+    Raises:
+        LabelSharingError: same input and output folder, existing output, unknown or duplicate
+            task, missing old data with ``replay > 0``.
+    """
+    from labelsharing.inference import describe_device, select_device
+
+    options = options or TrainingOptions(epochs=10, learning_rate=5e-4)
+    model_dir, out = Path(model_dir), Path(out)
+    if not 0 <= replay < 1:
+        raise LabelSharingError(f"--replay must lie in [0, 1), got {replay}.")
+    if out.resolve() == model_dir.resolve():
+        raise LabelSharingError("--out must be a new folder: add-task never changes the input model.")
+    if out.exists() and not force:
+        raise LabelSharingError(f"{out} already exists; choose another --out or pass --force to replace it.")
+    device = select_device(options.device)
+    log(f"device: {describe_device(device)}")
+    parent = SegmentationModel.load(model_dir, device=str(device))
+    summary = summarise_tasks([dataset], progress)[0]
+    name = summary.task.name
+    plan = parent.plan.add_task(name, summary.stats, (pins or {}).get(name))
+    for note in summary.warnings + plan.warnings[len(parent.plan.warnings):]:
+        log(f"warning: {note}")
+
+    config = copy.deepcopy(parent.config)
+    network = parent.network
+    if plan.n_shared > parent.plan.n_shared:
+        network, config["architecture"] = grow_output_channels(network, config["architecture"], plan.n_shared + 1)
+        log(f"'{name}' has {len(summary.stats)} labels, more than the model's {parent.plan.n_shared} shared labels: "
+            f"the output layer grows to {plan.n_shared} shared labels (new channels start from background).")
+    input_size = parent.input_size
+    new_task = prepare_task(summary.task, plan, input_size, options.val_fraction, options.seed, options.axis)
+    old_tasks = _prepare_old_tasks(parent, plan, replay, log)
+    config.update(plan=plan.to_dict(), parent=str(model_dir.resolve()), versions=package_versions(),
+                  parameters=sum(p.numel() for p in network.parameters()))
+    config["tasks"][name] = task_config(new_task, plan)
+    model = SegmentationModel(config=config, network=network.to(device))
+
+    tasks = [new_task, *old_tasks]
+    before = validation_dice(model, tasks, device)
+    shares = {new_task.name: 1.0 - replay, **{t.name: replay / len(old_tasks) for t in old_tasks}}
+    result = fit(model, tasks, options, device, shares=shares, progress=progress, log=log)
+    model.network.load_state_dict(result.best_state)
+    after = result.epochs[result.best_epoch - 1]["val_dice"] if result.epochs else {}
+    forgetting = {task: {"before": before[task]["mean"], "after": after[task]["mean"]}
+                  for task in after if task in before}
+    record = history_entry("add-task", options, device, result, [name])
+    record.update(replay=replay, forgetting=forgetting, parent=str(model_dir.resolve()))
+    config["history"].append(record)
+    model.save(out, overwrite=force)
+    log(forgetting_table(forgetting, new_task=name))
+    if replay == 0:
+        log("note: trained with --replay 0: forgetting of the old tasks was not guarded against.")
+    log(f"model written to {out}")
+    return model
+
+
+def _prepare_old_tasks(parent: SegmentationModel, plan, replay: float, log: Log) -> list[PreparedTask]:
+    """Old tasks' data, prepared with their stored preprocessing and their original validation split."""
+    trained = next((h for h in parent.config.get("history", []) if h.get("kind") == "train"), {})
+    split = trained.get("options", {})
+    prepared, missing = [], []
+    for task_name, entry in parent.config["tasks"].items():
+        folder = entry.get("dataset")
+        if not folder or not (Path(folder) / "dataset.json").is_file():
+            missing.append(f"{task_name} ({folder or 'no folder recorded'})")
+            continue
+        dataset = read_task_dataset(folder)
+        prepared.append(prepare_task(dataset, plan, parent.input_size, split.get("val_fraction", 0.2),
+                                     split.get("seed", 0), entry["axis"], normalization=entry["normalization"]))
+    if missing and replay > 0:
+        raise LabelSharingError(
+            "Replay needs the old tasks' training data, but these dataset folders are missing: "
+            f"{', '.join(missing)}. Restore them at those paths, or pass --replay 0 (forgetting is then not "
+            "guarded against)."
+        )
+    if missing:
+        log(f"warning: old task data not found ({', '.join(missing)}); their Dice before/after cannot be measured.")
+    return prepared
+
+
+def forgetting_table(forgetting: Mapping[str, Mapping[str, float]], new_task: str = "") -> str:
+    """Dice per task before and after adding a task (mean over held-out cases)."""
+    rows = [[task + (" (new)" if task == new_task else ""), f"{d['before']:.3f}", f"{d['after']:.3f}",
+             f"{d['after'] - d['before']:+.3f}"] for task, d in forgetting.items()]
+    return "Dice on held-out cases, before -> after adding the task\n" + format_table(
+        ["task", "before", "after", "change"], rows)

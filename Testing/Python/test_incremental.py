@@ -1,0 +1,122 @@
+"""Adding tasks: mapping onto existing shared labels, output growth, replay, forgetting."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from labelsharing.demo_data import make_demo_datasets
+from labelsharing.errors import LabelSharingError
+from labelsharing.incremental import add_task
+from labelsharing.model import build_network, default_architecture, grow_output_channels
+from labelsharing.training import TrainingOptions, train
+
+TINY = dict(epochs=1, batch_size=8, input_size=32, features=4, device="cpu", seed=0)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> dict[str, Path]:
+    folders = make_demo_datasets(tmp_path_factory.mktemp("demo"), cases=3, seed=2)
+    return {f.name.split("_", 1)[1]: f for f in folders}
+
+
+@pytest.fixture(scope="module")
+def chest_model(demo, tmp_path_factory) -> Path:
+    """A tiny model trained on ChestXR only (3 labels -> 3 shared labels)."""
+    out = tmp_path_factory.mktemp("models") / "chest"
+    train([demo["ChestXR"]], out, TrainingOptions(**TINY), log=lambda m: None)
+    return out
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_grown_network_keeps_old_outputs_identical():
+    architecture = default_architecture(4, features=4)
+    network = build_network(architecture).eval()
+    grown, grown_architecture = grow_output_channels(network, architecture, 6)
+    grown.eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        old, new = network(x), grown(x)
+    assert grown_architecture["kwargs"]["out_channels"] == 6 and architecture["kwargs"]["out_channels"] == 4
+    torch.testing.assert_close(new[:, :4], old, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(new[:, 4], old[:, 0], atol=1e-5, rtol=1e-5)  # new channels start as background
+
+
+@pytest.mark.parametrize(
+    "new_task, n_shared, grew",
+    [("BrainMR", 3, False),   # equal label count
+     ("KneeXR", 4, True)],    # more labels than n*: the output layer grows
+)
+def test_add_task_maps_onto_shared_labels_and_leaves_input_untouched(demo, chest_model, tmp_path, new_task,
+                                                                     n_shared, grew):
+    before = _digest(chest_model)
+    messages: list[str] = []
+    add_task(chest_model, demo[new_task], tmp_path / "new", TrainingOptions(**TINY), replay=0.5,
+             log=messages.append)
+    assert _digest(chest_model) == before
+    config = json.loads((tmp_path / "new" / "model.json").read_text())
+    parent = json.loads((chest_model / "model.json").read_text())
+    assert config["plan"]["n_shared"] == n_shared
+    assert config["architecture"]["kwargs"]["out_channels"] == n_shared + 1
+    assert config["plan"]["tasks"]["ChestXR"] == parent["plan"]["tasks"]["ChestXR"]  # old mapping untouched
+    shared = sorted(entry["shared"] for entry in config["plan"]["tasks"][new_task]["labels"].values())
+    assert shared == list(range(1, len(shared) + 1))
+    assert config["parent"] == str(chest_model.resolve())
+    record = config["history"][-1]
+    assert record["kind"] == "add-task" and record["replay"] == 0.5
+    assert set(record["forgetting"]) == {"ChestXR", new_task}
+    assert any("output layer grows" in m for m in messages) == grew
+
+
+def test_fewer_labels_than_shared(demo, tmp_path):
+    knee = tmp_path / "knee"
+    train([demo["KneeXR"]], knee, TrainingOptions(**TINY), log=lambda m: None)
+    add_task(knee, demo["ChestXR"], tmp_path / "new", TrainingOptions(**TINY), replay=0.3, log=lambda m: None)
+    config = json.loads((tmp_path / "new" / "model.json").read_text())
+    assert config["plan"]["n_shared"] == 4 and len(config["plan"]["tasks"]["ChestXR"]["labels"]) == 3
+
+
+def test_missing_old_data_needs_replay_zero(demo, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(demo["ChestXR"], data / "ChestXR")
+    train([data / "ChestXR"], tmp_path / "m", TrainingOptions(**TINY), log=lambda m: None)
+    shutil.rmtree(data)
+    with pytest.raises(LabelSharingError, match="pass --replay 0"):
+        add_task(tmp_path / "m", demo["KneeXR"], tmp_path / "n", TrainingOptions(**TINY), replay=0.5,
+                 log=lambda m: None)
+    messages: list[str] = []
+    add_task(tmp_path / "m", demo["KneeXR"], tmp_path / "n", TrainingOptions(**TINY), replay=0.0,
+             log=messages.append)
+    assert any("not guarded against" in m for m in messages)
+
+
+def test_invalid_add_task_requests(demo, chest_model, tmp_path):
+    with pytest.raises(LabelSharingError, match="never changes the input model"):
+        add_task(chest_model, demo["KneeXR"], chest_model, TrainingOptions(**TINY))
+    with pytest.raises(LabelSharingError, match="already has a task named 'ChestXR'"):
+        add_task(chest_model, demo["ChestXR"], tmp_path / "x", TrainingOptions(**TINY), log=lambda m: None)
+    with pytest.raises(LabelSharingError, match="replay must lie"):
+        add_task(chest_model, demo["KneeXR"], tmp_path / "x", TrainingOptions(**TINY), replay=1.0)
+
+
+@pytest.mark.slow
+def test_incremental_run_does_not_collapse_old_task(tmp_path):
+    """Train on KneeXR, add ChestXR with replay: knee Dice must stay close to where it was."""
+    demo = {f.name.split("_", 1)[1]: f for f in make_demo_datasets(tmp_path / "demo", cases=16, seed=4)}
+    options = TrainingOptions(epochs=25, batch_size=8, input_size=48, features=8, device="cpu", seed=0)
+    train([demo["KneeXR"]], tmp_path / "knee", options, log=lambda m: None)
+    fine_tune = TrainingOptions(epochs=8, batch_size=8, learning_rate=5e-4, device="cpu", seed=0)
+    add_task(tmp_path / "knee", demo["ChestXR"], tmp_path / "both", fine_tune, replay=0.5, log=lambda m: None)
+    forgetting = json.loads((tmp_path / "both" / "model.json").read_text())["history"][-1]["forgetting"]
+    knee = forgetting["KneeXR"]
+    assert knee["before"] > 0.4, knee
+    assert knee["after"] > knee["before"] - 0.1, knee
+    assert forgetting["ChestXR"]["after"] > forgetting["ChestXR"]["before"] + 0.2, forgetting
