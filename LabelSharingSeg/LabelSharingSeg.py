@@ -1,0 +1,277 @@
+"""LabelSharingSeg: one network for many segmentation tasks, by label sharing, in 3D Slicer.
+
+This file holds the module metadata, the parameter node, a thin widget, the logic facade (usable
+from the Python console) and the in-Slicer self-test. The work is done by the helpers in
+``LabelSharingSegLib/`` and by the engine (``labelsharing``, bundled next to this file), which
+runs in a ``PythonSlicer`` subprocess. Importing this file or building the widget never imports
+torch, installs anything or touches the network.
+
+No ``from __future__ import annotations`` here on purpose: ``parameterNodeWrapper`` resolves the
+field annotations with ``typing.get_type_hints``; plain annotations (valid on Python 3.9) keep that
+independent of how Slicer registers the module.
+"""
+
+import os
+import pathlib
+from typing import Annotated, Any, List, Optional, Sequence
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+from LabelSharingSegLib.Dependencies import Dependencies
+from LabelSharingSegLib.EngineCommands import DEVICES, trainArgs
+from LabelSharingSegLib.EngineJob import EngineJob
+from LabelSharingSegLib.Export import EXPORT_FORMATS, SegmentationExporter
+from LabelSharingSegLib.ExportPanel import ExportPanel
+from LabelSharingSegLib.JobPanel import JobPanel
+from LabelSharingSegLib.ModelInfo import ModelInfo
+from LabelSharingSegLib.ModuleError import ModuleError
+from LabelSharingSegLib.SceneIO import SceneIO
+from LabelSharingSegLib.SegmentPanel import SegmentPanel
+from LabelSharingSegLib.Segmenter import Segmenter
+from LabelSharingSegLib.TaskDefinition import MODALITIES, TaskDefinition, uniqueCaseIds
+from LabelSharingSegLib.TaskPanel import TaskPanel
+
+MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class LabelSharingSeg(ScriptedLoadableModule):
+    """Module metadata (title, category, help)."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "LabelSharingSeg"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["LabelSharingSeg contributors"]
+        self.parent.helpText = (
+            "Segment volumes with one network trained on many independent tasks (label sharing, "
+            "Anand et al., MICCAI ADSMI 2024); define new tasks from segmentations in the scene, "
+            "train or extend models in the background, and export segmentations. "
+            "See the <a href='https://github.com/labelsharingseg/LabelSharingSeg#using-it-in-3d-slicer'>"
+            "documentation</a>."
+        )
+        self.parent.acknowledgementText = (
+            "Method: Anand et al., 'Label Sharing Incremental Learning Framework for Independent "
+            "Multi-Label Segmentation Tasks'. Built on 3D Slicer, PyTorch and MONAI."
+        )
+
+
+@parameterNodeWrapper
+class LabelSharingSegParameterNode:
+    """Settings of the panel, saved with the scene. Names match ``SlicerParameterName`` in the .ui."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    outputSegmentation: vtkMRMLSegmentationNode
+    modelFolder: pathlib.Path = pathlib.Path.home()
+    task: str = ""
+    device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    taskName: str = ""
+    modality: Annotated[str, Choice(list(MODALITIES))] = "CT"
+    datasetFolder: pathlib.Path = pathlib.Path.home()
+    newModelFolder: pathlib.Path = pathlib.Path.home()
+    epochs: Annotated[int, WithinRange(1, 100000)] = 50
+    replay: Annotated[float, WithinRange(0.0, 1.0)] = 0.2
+    exportSegmentation: vtkMRMLSegmentationNode
+    exportAll: bool = False
+    exportFolder: pathlib.Path = pathlib.Path.home()
+    exportFormat: Annotated[str, Choice(list(EXPORT_FORMATS))] = "seg.nrrd"
+
+
+class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Thin widget: loads the .ui, binds it to the parameter node, delegates to the panels."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/LabelSharingSeg.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = LabelSharingSegLogic()
+        buttons = [self.ui.applyButton, self.ui.trainButton, self.ui.addTaskButton, self.ui.exportDatasetButton]
+        self.jobs = JobPanel(self.ui, EngineJob(MODULE_DIR), buttons, slicer)
+        self.segmentPanel = SegmentPanel(self.ui, self.logic, self.jobs, lambda: self._parameterNode, slicer)
+        self.taskPanel = TaskPanel(self.ui, self.logic, self.jobs, lambda: self._parameterNode,
+                                   lambda: self.segmentPanel.model, slicer, qt)
+        self.exportPanel = ExportPanel(self.ui, self.logic, lambda: self._parameterNode,
+                                       self.segmentPanel.taskLabels, slicer, qt)
+        self.jobs.onIdle = self._checkCanApply
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+        self.segmentPanel.onModelFolderChanged(str(self._parameterNode.modelFolder))
+
+    def cleanup(self) -> None:
+        self.jobs.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, parameterNode: Optional[LabelSharingSegParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        if self.jobs.isRunning:
+            return
+        ok, reason = self.segmentPanel.canApply()
+        self.ui.applyButton.enabled = ok
+        self.ui.applyButton.toolTip = reason
+
+
+class LabelSharingSegLogic(ScriptedLoadableModuleLogic):
+    """Facade for scripts and the widget; see the helpers it holds for details.
+
+    Example (Python console)::
+
+        logic = slicer.util.getModuleLogic("LabelSharingSeg")
+        seg = logic.segment(slicer.util.getNode("CTChest"), "/models/abdomen", "abdomen_ct")
+    """
+
+    def __init__(self, sceneIO: Optional[SceneIO] = None, segmenter: Optional[Segmenter] = None,
+                 dependencies: Optional[Dependencies] = None) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.sceneIO = sceneIO or SceneIO(slicer, vtk)
+        self.segmenter = segmenter or Segmenter(self.sceneIO, slicerModule=slicer)
+        self.dependencies = dependencies or Dependencies(slicer)
+        self.exporter = SegmentationExporter(self.sceneIO, slicer)
+
+    def getParameterNode(self) -> LabelSharingSegParameterNode:
+        return LabelSharingSegParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def loadModel(folder: Any) -> ModelInfo:
+        """The tasks, labels and colours of a model folder (reads model.json only)."""
+        return ModelInfo.load(folder)
+
+    def defineTask(self, name: str, modality: str, segmentationNodes: Sequence[Any]) -> TaskDefinition:
+        """A task from segmentation nodes (each with its reference volume)."""
+        caseIds = uniqueCaseIds(node.GetName() for node in segmentationNodes)
+        cases = [self.sceneIO.caseFromSegmentation(n, c) for n, c in zip(segmentationNodes, caseIds)]
+        return TaskDefinition(name, modality, cases)
+
+    def segment(self, inputVolume: Any, modelFolder: Any, task: str, device: str = "auto",
+                outputSegmentation: Any = None) -> Any:
+        """Segment a volume and wait for the result (blocking; the UI uses the background path)."""
+        request = self.segmenter.prepare(inputVolume, self.loadModel(modelFolder), task, device, outputSegmentation)
+        self._runEngine(request.args)
+        return self.segmenter.load(request)
+
+    def train(self, datasets: List[Any], outFolder: Any, epochs: int = 50, device: str = "auto") -> ModelInfo:
+        """Train a new model from task dataset folders and wait for it (blocking)."""
+        self._runEngine(trainArgs(datasets, outFolder, epochs, device))
+        return self.loadModel(outFolder)
+
+    def _runEngine(self, args: List[str]) -> None:
+        self.dependencies.ensureInstalled()
+        result = EngineJob(MODULE_DIR).runBlocking(args)
+        if not result.succeeded:
+            raise ModuleError(result.errorMessage, result.log)
+
+
+class LabelSharingSegTest(ScriptedLoadableModuleTest):
+    """In-Slicer self-test: segment import from a known label map, and a real engine run."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_importKnownLabelmap()
+        self.setUp()
+        self.test_segmentWithTinyModel()
+
+    def _boxVolume(self):
+        import numpy as np
+
+        voxels = np.zeros((8, 32, 32), dtype=np.int16)
+        voxels[2:6, 8:24, 8:20] = 200  # "organ"
+        voxels[3:5, 12:16, 10:14] = 400  # "lesion" inside it
+        ijkToRas = np.diag([-0.8, -0.7, 2.5, 1.0])
+        return slicer.util.addVolumeFromArray(voxels, ijkToRas, "box"), voxels
+
+    def test_importKnownLabelmap(self):
+        """Segments get the task's names, colours and exactly the label map's voxels."""
+        import numpy as np
+        from LabelSharingSegLib.SegmentImport import SegmentImporter, SegmentSpec
+
+        volume, voxels = self._boxVolume()
+        labels = (voxels == 200).astype(np.uint8) + 2 * (voxels == 400).astype(np.uint8)
+        labelmap = SceneIO().addLabelmapFromArray(labels, SceneIO().ijkToRas(volume), "known")
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        specs = [SegmentSpec("organ", 1, (0.9, 0.5, 0.1)), SegmentSpec("lesion", 2, (0.1, 0.2, 0.9))]
+        ids = SegmentImporter().importLabelmap(labelmap, segmentation, specs, volume)
+        for spec, segmentId in zip(specs, ids):
+            segment = segmentation.GetSegmentation().GetSegment(segmentId)
+            self.assertEqual(segment.GetName(), spec.name)
+            np.testing.assert_allclose(segment.GetColor(), spec.color, atol=1e-6)
+            mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
+            np.testing.assert_array_equal(mask > 0, labels == spec.value)
+
+    def test_segmentWithTinyModel(self):
+        """Train a tiny model on the box task in a subprocess, then segment with it."""
+        import importlib.util
+        import tempfile
+
+        if importlib.util.find_spec("torch") is None:
+            self.delayDisplay("torch is not installed: skipping the engine run")
+            return
+        from LabelSharingSegLib.SegmentImport import SegmentImporter, SegmentSpec
+
+        volume, voxels = self._boxVolume()
+        labels = (voxels >= 200).astype("uint8") + (voxels == 400).astype("uint8")
+        labelmap = SceneIO().addLabelmapFromArray(labels, SceneIO().ijkToRas(volume), "train")
+        training = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "box_case")
+        specs = [SegmentSpec("organ", 1, (0.9, 0.5, 0.1)), SegmentSpec("lesion", 2, (0.1, 0.2, 0.9))]
+        SegmentImporter().importLabelmap(labelmap, training, specs, volume)
+        logic = LabelSharingSegLogic()
+        work = tempfile.mkdtemp(dir=slicer.app.temporaryPath)
+        logic.defineTask("box", "CT", [training]).writeDataset(os.path.join(work, "box"))
+        model = logic.train([os.path.join(work, "box")], os.path.join(work, "model"), epochs=2, device="cpu")
+        result = logic.segment(volume, model.folder, "box", device="cpu")
+        task = model.task("box")
+        names = [result.GetSegmentation().GetNthSegment(i).GetName() for i in range(len(task.labels))]
+        self.assertEqual(names, [label.name for label in task.labels])
+        first = result.GetSegmentation().GetNthSegment(0)
+        self.assertEqual(tuple(round(c, 4) for c in first.GetColor()), tuple(round(c, 4) for c in task.labels[0].color))
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(result, result.GetSegmentation().GetNthSegmentID(0), volume)
+        self.assertEqual(mask.shape, voxels.shape)

@@ -1,0 +1,77 @@
+"""The one place where module settings become ``labelsharing`` command-line arguments.
+
+Commands and options are those of ``docs/CONTRACTS.md`` ("Command line").
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Mapping, Optional, Sequence, Union
+
+from .ModuleError import ModuleError
+
+__all__ = ["DEVICES", "predictArgs", "trainArgs", "addTaskArgs", "writePins", "isSetPath"]
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PathLike = Union[str, Path]
+
+
+def isSetPath(path: Optional[PathLike]) -> bool:
+    """False for ``None``, ``""`` and ``"."`` (an empty path field of the parameter node)."""
+    return path is not None and str(path).strip() not in ("", ".")
+
+
+def predictArgs(modelFolder: PathLike, task: str, inputFile: PathLike, outFolder: PathLike, device: str) -> List[str]:
+    """``predict MODEL --task NAME INPUT --out OUTDIR --format nrrd --device D``."""
+    _checkDevice(device)
+    if not task:
+        raise ModuleError("Choose the task to segment (the list is filled from the model).")
+    return [
+        "predict", str(modelFolder), "--task", task, str(inputFile),
+        "--out", str(outFolder), "--format", "nrrd", "--device", device,
+    ]
+
+
+def trainArgs(
+    datasets: Sequence[PathLike], outFolder: PathLike, epochs: int, device: str, pinsFile: Optional[PathLike] = None
+) -> List[str]:
+    """``train DATASET... --out MODEL --epochs N --device D [--pins FILE]``."""
+    _checkDevice(device)
+    if not datasets:
+        raise ModuleError("Add at least one task dataset folder to train on.")
+    if not isSetPath(outFolder):
+        raise ModuleError("Choose the folder where the new model is written.")
+    args = ["train", *[str(d) for d in datasets], "--out", str(outFolder), "--epochs", str(int(epochs)), "--device", device]
+    return args + (["--pins", str(pinsFile)] if pinsFile else [])
+
+
+def addTaskArgs(
+    modelFolder: PathLike, dataset: PathLike, outFolder: PathLike, epochs: int, replay: float, device: str,
+    pinsFile: Optional[PathLike] = None,
+) -> List[str]:
+    """``add-task MODEL DATASET --out NEW_MODEL --epochs N --replay F --device D [--pins FILE]``."""
+    _checkDevice(device)
+    if not isSetPath(outFolder):
+        raise ModuleError("Choose the folder where the extended model is written.")
+    if Path(outFolder).resolve() == Path(modelFolder).resolve():
+        raise ModuleError("Write the extended model to a new folder: the chosen model stays unchanged.")
+    args = [
+        "add-task", str(modelFolder), str(dataset), "--out", str(outFolder),
+        "--epochs", str(int(epochs)), "--replay", f"{float(replay):g}", "--device", device,
+    ]
+    return args + (["--pins", str(pinsFile)] if pinsFile else [])
+
+
+def writePins(path: PathLike, task: str, pins: Mapping[str, int]) -> Optional[Path]:
+    """Write a pins file ``{"<task>": {"<label>": shared}}``; ``None`` (no file) when there are no pins."""
+    if not pins:
+        return None
+    path = Path(path)
+    path.write_text(json.dumps({task: {label: int(shared) for label, shared in pins.items()}}, indent=2) + "\n")
+    return path
+
+
+def _checkDevice(device: str) -> None:
+    if device not in DEVICES:
+        raise ModuleError(f"Device must be one of {', '.join(DEVICES)}, not '{device}'.")

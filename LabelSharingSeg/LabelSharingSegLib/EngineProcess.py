@@ -1,0 +1,286 @@
+"""Run one ``labelsharing`` command in a child process and follow it without blocking.
+
+The engine prints ``PROGRESS <percent> <text>`` lines on stdout (``--progress lines``) and, on a
+user error, ``error: <message>`` on stderr with exit code 2 (see ``docs/CONTRACTS.md``).
+
+``EngineProcess`` is plain Python: two reader threads move the child's output lines into a
+queue, and the owner calls :meth:`EngineProcess.poll` from the main thread (in Slicer, from a
+``qt.QTimer``; see ``EngineJob``), where the callbacks run. Threads never touch MRML or Qt.
+Cancel kills the whole process tree (the engine may start data-loader workers).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import subprocess
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+
+__all__ = [
+    "ProgressUpdate",
+    "EngineResult",
+    "EngineProcess",
+    "parseProgressLine",
+    "parseErrorLine",
+    "engineCommand",
+    "killProcessTree",
+]
+
+_PROGRESS = re.compile(r"^PROGRESS\s+([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(.*)$")
+_ERROR = re.compile(r"^error:\s*(.*)$")
+_STDOUT, _STDERR = "stdout", "stderr"
+
+
+@dataclass(frozen=True)
+class ProgressUpdate:
+    """One progress line: ``percent`` clamped to 0..100 and its free text."""
+
+    percent: float
+    text: str
+
+
+@dataclass
+class EngineResult:
+    """How a run ended. ``errorMessage`` is readable; ``log`` is the full output, for details."""
+
+    returnCode: Optional[int]
+    cancelled: bool
+    errorMessage: str = ""
+    log: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.returnCode == 0 and not self.cancelled
+
+
+def parseProgressLine(line: str) -> Optional[ProgressUpdate]:
+    """Parse ``PROGRESS <percent> <text>``; ``None`` for any other line.
+
+    Example:
+        >>> parseProgressLine("PROGRESS 12.5 epoch 1/8")
+        ProgressUpdate(percent=12.5, text='epoch 1/8')
+    """
+    match = _PROGRESS.match(line.strip())
+    if not match:
+        return None
+    percent = min(100.0, max(0.0, float(match.group(1))))
+    return ProgressUpdate(percent, match.group(2).strip())
+
+
+def parseErrorLine(line: str) -> Optional[str]:
+    """The message of an ``error: <message>`` line; ``None`` for any other line."""
+    match = _ERROR.match(line.strip())
+    return match.group(1).strip() if match else None
+
+
+def engineCommand(python: str, moduleDir: str, environment: Mapping[str, str]) -> Tuple[List[str], Dict[str, str]]:
+    """The command prefix and environment that run the engine bundled with the module.
+
+    Args:
+        python: the Python executable (``PythonSlicer`` inside Slicer).
+        moduleDir: folder holding the ``labelsharing`` package (the module's folder).
+        environment: base environment (Slicer's startup environment).
+
+    Returns:
+        ``[python, "-m", "labelsharing", "--progress", "lines"]`` and the environment with
+        ``moduleDir`` first on ``PYTHONPATH`` and unbuffered output.
+    """
+    env = dict(environment)
+    paths = [moduleDir] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONUNBUFFERED"] = "1"
+    return [python, "-m", "labelsharing", "--progress", "lines"], env
+
+
+@dataclass
+class _Callbacks:
+    onProgress: Optional[Callable[[ProgressUpdate], None]] = None
+    onLog: Optional[Callable[[str], None]] = None
+    onFinished: Optional[Callable[[EngineResult], None]] = None
+
+
+@dataclass
+class _State:
+    log: List[str] = field(default_factory=list)
+    stderrTail: Deque[str] = field(default_factory=lambda: deque(maxlen=20))
+    errors: List[str] = field(default_factory=list)
+    openStreams: int = 2
+
+
+class EngineProcess:
+    """One child process, followed by :meth:`poll` from the owner's (main) thread.
+
+    Args:
+        onProgress: called with each ``ProgressUpdate``.
+        onLog: called with every output line (stdout and stderr, progress lines included).
+        onFinished: called once with the ``EngineResult`` when the process has ended and its
+            output is read.
+        maxLogLines: lines kept for the log shown to the user (the oldest are dropped).
+
+    Example:
+        >>> process = EngineProcess()
+        >>> process.start(["python", "-c", "print('PROGRESS 50 half')"])
+        >>> process.wait().returnCode
+        0
+        >>> process.progress
+        ProgressUpdate(percent=50.0, text='half')
+    """
+
+    def __init__(
+        self,
+        onProgress: Optional[Callable[[ProgressUpdate], None]] = None,
+        onLog: Optional[Callable[[str], None]] = None,
+        onFinished: Optional[Callable[[EngineResult], None]] = None,
+        maxLogLines: int = 5000,
+    ) -> None:
+        self._callbacks = _Callbacks(onProgress, onLog, onFinished)
+        self._maxLogLines = maxLogLines
+        self._process: Optional[subprocess.Popen] = None
+        self._queue: "queue.Queue[tuple[str, Optional[str]]]" = queue.Queue()
+        self._state = _State()
+        self._cancelled = False
+        self.progress: Optional[ProgressUpdate] = None
+        self.result: Optional[EngineResult] = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, command: Sequence[str], env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None) -> None:
+        """Start ``command``. Raises ``RuntimeError`` if this object already ran a process."""
+        if self._process is not None:
+            raise RuntimeError("EngineProcess runs one command; create a new one for the next command.")
+        creationFlags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if os.name == "nt" else 0
+        self._process = subprocess.Popen(
+            list(command),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            universal_newlines=True,
+            encoding="utf-8",
+            errors="replace",
+            bufsize=1,
+            creationflags=creationFlags,
+        )
+        for name, stream in ((_STDOUT, self._process.stdout), (_STDERR, self._process.stderr)):
+            threading.Thread(target=self._readLines, args=(name, stream), daemon=True).start()
+
+    @property
+    def isRunning(self) -> bool:
+        """True from :meth:`start` until :meth:`poll` has delivered the result."""
+        return self._process is not None and self.result is None
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._process.pid if self._process is not None else None
+
+    def poll(self) -> Optional[EngineResult]:
+        """Handle the output received so far; return the result once the run has ended."""
+        if self._process is None or self.result is not None:
+            return self.result
+        while True:
+            try:
+                name, line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is None:
+                self._state.openStreams -= 1
+            else:
+                self._handleLine(name, line)
+        if self._state.openStreams == 0 and self._process.poll() is not None:
+            self.result = self._makeResult(self._process.returncode)
+            if self._callbacks.onFinished:
+                self._callbacks.onFinished(self.result)
+        return self.result
+
+    def wait(self, timeout: Optional[float] = None, interval: float = 0.05) -> EngineResult:
+        """Poll until the run ends (for scripts and tests). Cancels and raises ``TimeoutError`` on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            result = self.poll()
+            if result is not None:
+                return result
+            if deadline is not None and time.monotonic() > deadline:
+                self.cancel()
+                raise TimeoutError(f"engine command did not finish within {timeout} s")
+            time.sleep(interval)
+
+    def cancel(self) -> None:
+        """Kill the process and all its descendants. The result then says ``cancelled``."""
+        if self._process is None or self.result is not None:
+            return
+        self._cancelled = True
+        killProcessTree(self._process)
+
+    # ------------------------------------------------------------------ internals
+    def _readLines(self, name: str, stream) -> None:
+        for line in stream:
+            self._queue.put((name, line.rstrip("\r\n")))
+        stream.close()
+        self._queue.put((name, None))
+
+    def _handleLine(self, name: str, line: str) -> None:
+        state = self._state
+        state.log.append(line)
+        if len(state.log) > self._maxLogLines:
+            del state.log[0]
+        if self._callbacks.onLog:
+            self._callbacks.onLog(line)
+        if name == _STDOUT:
+            update = parseProgressLine(line)
+            if update is not None:
+                self.progress = update
+                if self._callbacks.onProgress:
+                    self._callbacks.onProgress(update)
+            return
+        state.stderrTail.append(line)
+        message = parseErrorLine(line)
+        if message is not None:
+            state.errors.append(message)
+
+    def _makeResult(self, returnCode: int) -> EngineResult:
+        state = self._state
+        log = "\n".join(state.log)
+        if self._cancelled:
+            return EngineResult(returnCode, True, "Cancelled.", log)
+        if returnCode == 0:
+            return EngineResult(returnCode, False, "", log)
+        if state.errors:
+            message = state.errors[-1]
+        else:
+            tail = [line for line in state.stderrTail if line.strip()]
+            last = f" Last message: {tail[-1].strip()}" if tail else ""
+            message = f"The engine stopped with exit code {returnCode}.{last}"
+        return EngineResult(returnCode, False, message, log)
+
+
+def killProcessTree(process: subprocess.Popen) -> None:
+    """Kill ``process`` and its descendants (psutil), or only ``process`` if psutil is missing."""
+    try:
+        import psutil
+    except ImportError:
+        _killQuietly(process)
+        return
+    try:
+        parent = psutil.Process(process.pid)
+        victims = parent.children(recursive=True) + [parent]
+    except psutil.NoSuchProcess:
+        return
+    for victim in victims:
+        try:
+            victim.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(victims, timeout=5)
+
+
+def _killQuietly(process: subprocess.Popen) -> None:
+    try:
+        process.kill()
+    except ProcessLookupError:
+        return
+    process.wait(timeout=5)

@@ -1,0 +1,155 @@
+"""Export segmentations as ``.seg.nrrd`` or as label maps in a task's label values.
+
+A batch is exported one segmentation per call of :meth:`BatchExport.exportNext`, which the
+widget calls from a ``qt.QTimer`` so the UI stays responsive for large batches (MRML must be
+used from the main thread, so this is chunking, not threading).
+
+Slicer call used: ``slicer.util.exportNode(node, filename, properties={}, world=False)``
+(``Base/Python/slicer/util.py``; unlike ``saveNode`` it does not change the node's storage
+node). It fills ``properties`` in, so a new dict is passed each time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .ModuleError import ModuleError
+from .SceneIO import SceneIO
+
+__all__ = ["EXPORT_FORMATS", "SegmentationExporter", "BatchExport", "labelValuesFor"]
+
+EXPORT_FORMATS = ("seg.nrrd", "nii.gz", "nrrd")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def labelValuesFor(segmentNames: Sequence[str], taskLabels: Optional[Mapping[str, int]] = None) -> Dict[str, int]:
+    """Label value of each segment: the task's value when the name is a task label, else the next free one.
+
+    Example:
+        >>> labelValuesFor(["kidney", "tumour", "liver"], {"liver": 1, "kidney": 2})
+        {'kidney': 2, 'tumour': 3, 'liver': 1}
+    """
+    taskLabels = dict(taskLabels or {})
+    values: Dict[str, int] = {}
+    nextFree = max(taskLabels.values(), default=0) + 1
+    for name in segmentNames:
+        if name in taskLabels:
+            values[name] = int(taskLabels[name])
+        else:
+            values[name] = nextFree
+            nextFree += 1
+    return values
+
+
+class SegmentationExporter:
+    """Writes one segmentation node to a file.
+
+    Args:
+        sceneIO: node <-> array conversions (a default ``SceneIO`` when omitted).
+        slicerModule: the ``slicer`` module (injected by tests; imported when omitted).
+    """
+
+    def __init__(self, sceneIO: Optional[SceneIO] = None, slicerModule: Any = None) -> None:
+        if slicerModule is None:
+            import slicer as slicerModule
+        self._slicer = slicerModule
+        self._sceneIO = sceneIO or SceneIO(slicerModule)
+
+    def export(
+        self, segmentationNode: Any, folder: Union[str, Path], fileFormat: str,
+        taskLabels: Optional[Mapping[str, int]] = None,
+    ) -> Path:
+        """Export to ``folder/<node name>.<fileFormat>``; label maps also get ``<name>.labels.json``.
+
+        Raises:
+            ModuleError: unknown format, no reference volume (label maps), or a failed write.
+        """
+        if fileFormat not in EXPORT_FORMATS:
+            raise ModuleError(f"Unknown export format '{fileFormat}'; choose one of {', '.join(EXPORT_FORMATS)}.")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = _UNSAFE.sub("_", segmentationNode.GetName()).strip("_") or "segmentation"
+        path = folder / f"{stem}.{fileFormat}"
+        if fileFormat == "seg.nrrd":
+            self._write(segmentationNode, path)
+            return path
+        volume = self._sceneIO.referenceVolume(segmentationNode)
+        if volume is None:
+            raise ModuleError(
+                f"Segmentation '{segmentationNode.GetName()}' has no reference volume, so it has no grid "
+                "to write a label map on. Export it as .seg.nrrd, or set its source volume in the Segment Editor."
+            )
+        masks = self._sceneIO.segmentMasks(segmentationNode, volume)
+        values = labelValuesFor(list(masks), taskLabels)
+        labelArray = np.zeros(np.shape(next(iter(masks.values()))) if masks else (1, 1, 1), dtype=np.uint16)
+        for name, mask in masks.items():
+            labelArray[mask] = values[name]
+        if labelArray.max(initial=0) < 256:
+            labelArray = labelArray.astype(np.uint8)
+        node = self._sceneIO.addLabelmapFromArray(labelArray, self._sceneIO.ijkToRas(volume), f"{stem}_labels")
+        try:
+            self._write(node, path)
+        finally:
+            self._sceneIO.removeNode(node)
+        sidecar = folder / f"{stem}.labels.json"
+        sidecar.write_text(json.dumps(
+            {"labels": {"background": 0, **values}, "colors": _segmentColors(segmentationNode)}, indent=2
+        ) + "\n", encoding="utf-8")
+        return path
+
+    def _write(self, node: Any, path: Path) -> None:
+        if not self._slicer.util.exportNode(node, str(path), {}):
+            raise ModuleError(f"Could not write {path} (see the application log for Slicer's message).")
+
+
+def _segmentColors(segmentationNode: Any) -> Dict[str, List[float]]:
+    segmentation = segmentationNode.GetSegmentation()
+    colors = {}
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetSegment(segmentation.GetNthSegmentID(index))
+        colors[segment.GetName()] = [round(float(c), 4) for c in segment.GetColor()]
+    return colors
+
+
+@dataclass
+class BatchExport:
+    """Export several segmentations, one per :meth:`exportNext` call.
+
+    ``written`` collects the written paths, ``errors`` the (node name, message) of failures; a
+    failure does not stop the batch.
+    """
+
+    exporter: SegmentationExporter
+    nodes: Sequence[Any]
+    folder: Union[str, Path]
+    fileFormat: str
+    taskLabels: Optional[Mapping[str, int]] = None
+    written: List[Path] = field(default_factory=list)
+    errors: List[Tuple[str, str]] = field(default_factory=list)
+    _next: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self._next >= len(self.nodes)
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self._next / max(1, len(self.nodes))
+
+    def exportNext(self) -> bool:
+        """Export the next segmentation; return True while more remain."""
+        if self.done:
+            return False
+        node = self.nodes[self._next]
+        self._next += 1
+        try:
+            self.written.append(self.exporter.export(node, self.folder, self.fileFormat, self.taskLabels))
+        except ModuleError as exc:
+            self.errors.append((node.GetName(), str(exc)))
+        return not self.done

@@ -1,0 +1,75 @@
+"""The "Export" section: one or all segmentations to a folder, without blocking the UI.
+
+One segmentation is written per timer tick (``qt.QTimer.singleShot(0, f)``, as Slicer's own
+``slicer.util`` process polling does), so the progress bar moves and the UI stays responsive.
+``slicer.util.getNodesByClass(className)`` lists the segmentations (``Base/Python/slicer/util.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional
+
+from .EngineCommands import isSetPath
+from .Export import BatchExport, SegmentationExporter
+from .JobPanel import reportErrors
+from .ModuleError import ModuleError
+
+__all__ = ["ExportPanel"]
+
+
+class ExportPanel:
+    """Controller of the Export section.
+
+    Args:
+        ui: the module's ``ui``.
+        logic: the module logic (``exporter``).
+        parameterNode: returns the current parameter node (or None).
+        taskLabels: returns the chosen task's label values (for label-map export).
+        slicerModule, qtModule: the ``slicer`` and ``qt`` modules.
+    """
+
+    def __init__(self, ui: Any, logic: Any, parameterNode: Callable[[], Any],
+                 taskLabels: Callable[[], Dict[str, int]], slicerModule: Any, qtModule: Any) -> None:
+        self.ui = ui
+        self.logic = logic
+        self.slicer = slicerModule
+        self.qt = qtModule
+        self._parameterNode = parameterNode
+        self._taskLabels = taskLabels
+        self.batch: Optional[BatchExport] = None
+        ui.exportButton.connect("clicked(bool)", self.onExport)
+
+    @reportErrors
+    def onExport(self, checked: bool = False) -> None:
+        """Start exporting the chosen segmentation, or all of them."""
+        if self.batch is not None and not self.batch.done:
+            return
+        node = self._parameterNode()
+        if not isSetPath(node.exportFolder):
+            raise ModuleError("Choose the folder to export into.")
+        if node.exportAll:
+            nodes = list(self.slicer.util.getNodesByClass("vtkMRMLSegmentationNode"))
+        else:
+            nodes = [node.exportSegmentation] if node.exportSegmentation is not None else []
+        if not nodes:
+            raise ModuleError("There is no segmentation to export.")
+        exporter: SegmentationExporter = self.logic.exporter
+        self.batch = BatchExport(exporter, nodes, node.exportFolder, node.exportFormat, self._taskLabels())
+        self.ui.exportButton.enabled = False
+        self.ui.progressBar.value = 0
+        self.qt.QTimer.singleShot(0, self._exportNext)
+
+    def _exportNext(self) -> None:
+        batch = self.batch
+        more = batch.exportNext()
+        self.ui.progressBar.value = int(batch.percent)
+        self.ui.statusLabel.text = f"Exported {len(batch.written)} of {len(batch.nodes)} segmentation(s)."
+        if more:
+            self.qt.QTimer.singleShot(0, self._exportNext)
+            return
+        self.ui.exportButton.enabled = True
+        if batch.errors:
+            details = "\n".join(f"{name}: {message}" for name, message in batch.errors)
+            self.slicer.util.errorDisplay(
+                f"{len(batch.errors)} of {len(batch.nodes)} segmentation(s) could not be exported.", detailedText=details
+            )

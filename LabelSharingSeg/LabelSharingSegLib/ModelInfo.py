@@ -1,0 +1,112 @@
+"""What the module needs from a model folder's ``model.json``: tasks, labels, colours, plan.
+
+Format: ``docs/CONTRACTS.md`` ("Model folder"). Reading it needs only ``json``; the weights are
+never touched in Slicer's process.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple, Union
+
+from .ModuleError import ModuleError
+
+__all__ = ["LabelInfo", "TaskInfo", "ModelInfo", "defaultColor"]
+
+Color = Tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class LabelInfo:
+    """One label of a task: its name, value in the task's label maps, shared label, colour.
+
+    ``terminology`` is a Slicer terminology entry string, if the model gives one (optional
+    ``"terminology"`` key of the label in ``model.json``).
+    """
+
+    name: str
+    value: int
+    shared: int
+    color: Color
+    terminology: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """One task of a model."""
+
+    name: str
+    modality: str
+    labels: Tuple[LabelInfo, ...]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The parts of ``model.json`` the module shows and uses."""
+
+    folder: Path
+    tasks: Dict[str, TaskInfo]
+    plan: dict
+    version: str
+
+    @classmethod
+    def load(cls, folder: Union[str, Path]) -> "ModelInfo":
+        """Read ``<folder>/model.json``.
+
+        Raises:
+            ModuleError: if the folder has no readable ``model.json`` or it lacks tasks/labels.
+        """
+        folder = Path(folder)
+        path = folder / "model.json"
+        if not path.is_file():
+            raise ModuleError(
+                f"{folder} is not a LabelSharingSeg model folder: it has no model.json. "
+                "Choose the folder written by 'labelsharing train' or by the Train button."
+            )
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModuleError(f"Cannot read {path}: {exc}") from exc
+        try:
+            tasks = {name: _task(name, body) for name, body in data["tasks"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ModuleError(f"{path} has no valid 'tasks' section ({type(exc).__name__}: {exc}).") from exc
+        if not tasks:
+            raise ModuleError(f"{path} lists no tasks.")
+        return cls(folder, tasks, dict(data.get("plan") or {}), str(data.get("labelsharing_version", "")))
+
+    @property
+    def taskNames(self) -> List[str]:
+        return list(self.tasks)
+
+    def task(self, name: str) -> TaskInfo:
+        """One task; raises ``ModuleError`` naming the known tasks for an unknown one."""
+        if name not in self.tasks:
+            raise ModuleError(f"The model has no task '{name}'. Its tasks: {', '.join(self.tasks)}.")
+        return self.tasks[name]
+
+
+def defaultColor(index: int) -> Color:
+    """A distinct, saturated colour for the label of rank ``index`` when the model gives none."""
+    hue = (index * 0.618033988749895) % 1.0
+    red, green, blue = colorsys.hsv_to_rgb(hue, 0.75, 0.9)
+    return (round(red, 4), round(green, 4), round(blue, 4))
+
+
+def _task(name: str, body: dict) -> TaskInfo:
+    labels = []
+    for index, (labelName, entry) in enumerate(sorted(body["labels"].items(), key=lambda item: int(item[1]["value"]))):
+        color = entry.get("color")
+        labels.append(
+            LabelInfo(
+                name=labelName,
+                value=int(entry["value"]),
+                shared=int(entry.get("shared", 0)),
+                color=tuple(float(c) for c in color[:3]) if color else defaultColor(index),
+                terminology=entry.get("terminology") or None,
+            )
+        )
+    return TaskInfo(name, str(body.get("modality", "other")), tuple(labels))

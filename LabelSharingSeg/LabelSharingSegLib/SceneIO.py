@@ -1,0 +1,105 @@
+"""Scene <-> files: volumes and segmentations to arrays and NRRD files, results back to nodes.
+
+Only the main thread may call these methods (they touch MRML). The Slicer calls used, and
+where their signatures come from (Slicer ``Base/Python/slicer/util.py`` unless noted):
+
+- ``vtkMRMLVolumeNode.GetIJKToRASMatrix(vtkMatrix4x4)`` (``Libs/MRML/Core/vtkMRMLVolumeNode.h``)
+  and ``slicer.util.arrayFromVTKMatrix(vmatrix)``;
+- ``slicer.util.arrayFromVolume(volumeNode)`` -> (k, j, i) view of the voxels;
+- ``slicer.util.addVolumeFromArray(narray, ijkToRAS, name, nodeClassName)``;
+- ``slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, referenceVolumeNode)``;
+- ``vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()`` and
+  ``vtkMRMLNode.GetNodeReference(role)`` (``Libs/MRML/Core/vtkMRMLSegmentationNode.h``);
+- ``vtkSegmentation.GetNumberOfSegments()`` / ``GetNthSegmentID(i)`` / ``GetSegment(id)``
+  (``Libs/vtkSegmentationCore/vtkSegmentation.h``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import numpy as np
+
+from .ModuleError import ModuleError
+from .NrrdIO import readNrrd, writeNrrd
+from .TaskDefinition import TaskCase
+
+__all__ = ["SceneIO"]
+
+
+class SceneIO:
+    """Conversions between MRML nodes and files/arrays.
+
+    Args:
+        slicerModule: the ``slicer`` module (injected by tests; imported when omitted).
+        vtkModule: the ``vtk`` module (injected by tests; imported when omitted).
+    """
+
+    def __init__(self, slicerModule: Any = None, vtkModule: Any = None) -> None:
+        if slicerModule is None:
+            import slicer as slicerModule
+        if vtkModule is None:
+            import vtk as vtkModule
+        self._slicer = slicerModule
+        self._vtk = vtkModule
+
+    def ijkToRas(self, volumeNode: Any) -> np.ndarray:
+        """The volume's 4x4 IJK->RAS matrix as a numpy array (parent transforms not applied)."""
+        matrix = self._vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(matrix)
+        return np.asarray(self._slicer.util.arrayFromVTKMatrix(matrix), dtype=float)
+
+    def writeVolume(self, volumeNode: Any, path: Union[str, Path]) -> Path:
+        """Write a scalar volume as an LPS ``.nrrd`` file the engine reads."""
+        if volumeNode is None or volumeNode.GetImageData() is None:
+            raise ModuleError("The input volume has no image data.")
+        return writeNrrd(path, self._slicer.util.arrayFromVolume(volumeNode), self.ijkToRas(volumeNode))
+
+    def addLabelmapFromFile(self, path: Union[str, Path], name: str, transformNodeId: Optional[str] = None) -> Any:
+        """Load a label map file written by the engine into a new labelmap volume node."""
+        voxels, ijkToRas = readNrrd(path)
+        node = self._slicer.util.addVolumeFromArray(voxels, ijkToRas, name, "vtkMRMLLabelMapVolumeNode")
+        if transformNodeId:
+            node.SetAndObserveTransformNodeID(transformNodeId)
+        return node
+
+    def addLabelmapFromArray(self, voxels: np.ndarray, ijkToRas: np.ndarray, name: str) -> Any:
+        """A new labelmap volume node holding ``voxels`` (k, j, i) on the given grid."""
+        return self._slicer.util.addVolumeFromArray(voxels, ijkToRas, name, "vtkMRMLLabelMapVolumeNode")
+
+    def removeNode(self, node: Any) -> None:
+        """Remove a temporary node from the scene."""
+        if node is not None:
+            self._slicer.mrmlScene.RemoveNode(node)
+
+    def referenceVolume(self, segmentationNode: Any) -> Any:
+        """The volume whose grid the segmentation was drawn on, or ``None``."""
+        role = segmentationNode.GetReferenceImageGeometryReferenceRole()
+        return segmentationNode.GetNodeReference(role)
+
+    def segmentMasks(self, segmentationNode: Any, referenceVolume: Any) -> Dict[str, np.ndarray]:
+        """segment name -> binary mask (k, j, i) on the reference volume's grid."""
+        segmentation = segmentationNode.GetSegmentation()
+        masks: Dict[str, np.ndarray] = {}
+        for index in range(segmentation.GetNumberOfSegments()):
+            segmentId = segmentation.GetNthSegmentID(index)
+            name = segmentation.GetSegment(segmentId).GetName()
+            mask = self._slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, referenceVolume)
+            masks[name] = np.asarray(mask) > 0 if name not in masks else masks[name] | (np.asarray(mask) > 0)
+        return masks
+
+    def caseFromSegmentation(self, segmentationNode: Any, caseId: str) -> TaskCase:
+        """A ``TaskCase`` (image, geometry, masks) from a segmentation and its reference volume.
+
+        Raises:
+            ModuleError: if the segmentation has no reference volume.
+        """
+        volume = self.referenceVolume(segmentationNode)
+        if volume is None or volume.GetImageData() is None:
+            raise ModuleError(
+                f"Segmentation '{segmentationNode.GetName()}' has no reference volume. Open it in the "
+                "Segment Editor and choose its source volume, then try again."
+            )
+        image = np.array(self._slicer.util.arrayFromVolume(volume))
+        return TaskCase(caseId, image, self.ijkToRas(volume), self.segmentMasks(segmentationNode, volume))

@@ -1,0 +1,111 @@
+"""Segment a volume with a model: export it, run ``labelsharing predict``, import the result.
+
+The run is split in three steps so the widget can run the middle one in the background:
+:meth:`Segmenter.prepare` (main thread, writes the input), the engine process, and
+:meth:`Segmenter.load` (main thread, creates the segments).
+
+Slicer calls: ``slicer.mrmlScene.AddNewNodeByClass(className, name)``,
+``vtkMRMLSegmentationNode.CreateDefaultDisplayNodes()``,
+``vtkMRMLTransformableNode.GetTransformNodeID()`` / ``SetAndObserveTransformNodeID(id)``
+(``Libs/MRML/Core``), ``slicer.app.temporaryPath`` (used by ``slicer.util.tempDirectory``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Optional
+
+from .EngineCommands import predictArgs
+from .ModelInfo import ModelInfo
+from .ModuleError import ModuleError
+from .SceneIO import SceneIO
+from .SegmentImport import SegmentImporter, SegmentSpec
+
+__all__ = ["SegmentationRequest", "Segmenter"]
+
+_CASE = "volume"
+
+
+@dataclass
+class SegmentationRequest:
+    """One segmentation run: inputs, the engine arguments and its temporary folder."""
+
+    inputVolume: Any
+    model: ModelInfo
+    task: str
+    outputSegmentation: Any
+    workDir: Path
+    args: List[str]
+
+    @property
+    def resultFile(self) -> Path:
+        return self.workDir / "output" / f"{_CASE}.nrrd"
+
+
+class Segmenter:
+    """Prepares engine runs and turns their results into segments.
+
+    Args:
+        sceneIO: node <-> file conversions.
+        importer: segment creation.
+        slicerModule: the ``slicer`` module (injected by tests; imported when omitted).
+    """
+
+    def __init__(self, sceneIO: Optional[SceneIO] = None, importer: Optional[SegmentImporter] = None,
+                 slicerModule: Any = None) -> None:
+        if slicerModule is None:
+            import slicer as slicerModule
+        self._slicer = slicerModule
+        self._sceneIO = sceneIO or SceneIO(slicerModule)
+        self._importer = importer or SegmentImporter(slicerModule)
+
+    def prepare(self, inputVolume: Any, model: ModelInfo, task: str, device: str,
+                outputSegmentation: Any = None) -> SegmentationRequest:
+        """Write the input volume to a temporary folder and build the ``predict`` arguments."""
+        if inputVolume is None:
+            raise ModuleError("Choose the input volume.")
+        model.task(task)
+        workDir = Path(tempfile.mkdtemp(prefix="LabelSharingSeg-", dir=self._slicer.app.temporaryPath))
+        inputFile = self._sceneIO.writeVolume(inputVolume, workDir / "input" / f"{_CASE}.nrrd")
+        args = predictArgs(model.folder, task, inputFile, workDir / "output", device)
+        return SegmentationRequest(inputVolume, model, task, outputSegmentation, workDir, args)
+
+    def load(self, request: SegmentationRequest) -> Any:
+        """Create (or fill) the output segmentation from the engine's result, then clean up.
+
+        Returns:
+            the segmentation node, one segment per task label, named and coloured as the task says.
+        """
+        try:
+            if not request.resultFile.is_file():
+                raise ModuleError(f"The engine finished but wrote no result ({request.resultFile.name}).")
+            volume = request.inputVolume
+            segmentation = request.outputSegmentation
+            if segmentation is None:
+                segmentation = self._slicer.mrmlScene.AddNewNodeByClass(
+                    "vtkMRMLSegmentationNode", f"{volume.GetName()} {request.task}"
+                )
+                segmentation.CreateDefaultDisplayNodes()
+            segmentation.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
+            labelmap = self._sceneIO.addLabelmapFromFile(
+                request.resultFile, "LabelSharingSeg result", volume.GetTransformNodeID()
+            )
+            try:
+                specs = [
+                    SegmentSpec(label.name, label.value, label.color, label.terminology)
+                    for label in request.model.task(request.task).labels
+                ]
+                self._importer.importLabelmap(labelmap, segmentation, specs, volume)
+            finally:
+                self._sceneIO.removeNode(labelmap)
+            return segmentation
+        finally:
+            self.cleanup(request)
+
+    @staticmethod
+    def cleanup(request: SegmentationRequest) -> None:
+        """Delete the temporary folder of a run."""
+        shutil.rmtree(request.workDir, ignore_errors=True)

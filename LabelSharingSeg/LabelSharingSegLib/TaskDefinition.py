@@ -1,0 +1,207 @@
+"""Define a task from segmentations: label names, sizes, shared-label grouping, dataset folder.
+
+Everything here is numpy plus the engine's own ``labelsharing.plan`` (numpy only), so the
+grouping shown in Slicer is the grouping the engine will train with. The Slicer side
+(``SceneIO.caseFromSegmentation``) turns segmentation nodes into :class:`TaskCase` objects.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from labelsharing.errors import LabelSharingError
+from labelsharing.plan import LabelStats, SharedLabelPlan, measure_label_sizes
+
+from .ModuleError import ModuleError
+from .NrrdIO import writeNrrd
+
+__all__ = ["TaskCase", "GroupingRow", "Grouping", "TaskDefinition", "MODALITIES", "unionOfSegmentNames", "uniqueCaseIds"]
+
+MODALITIES = ("CT", "MR", "XR", "other")
+_CASE_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
+
+
+@dataclass
+class TaskCase:
+    """One annotated case: image voxels (k, j, i), IJK->RAS, and a binary mask per segment name."""
+
+    caseId: str
+    image: np.ndarray
+    ijkToRas: np.ndarray
+    segments: Dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class GroupingRow:
+    """One row of the grouping table.
+
+    ``others`` lists "task: label" of the model's existing tasks on the same shared label.
+    """
+
+    label: str
+    value: int
+    relativeSize: float
+    presence: float
+    shared: int
+    others: Tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """The plan with the new task added, the table rows of the new task and the plan warnings."""
+
+    plan: SharedLabelPlan
+    rows: Tuple[GroupingRow, ...]
+    warnings: Tuple[str, ...]
+
+
+class TaskDefinition:
+    """A task being defined by an annotator: its name, modality and cases."""
+
+    def __init__(self, name: str, modality: str, cases: Sequence[TaskCase]) -> None:
+        name = name.strip()
+        if not name:
+            raise ModuleError("Give the task a name (for example 'abdomen_ct').")
+        if modality not in MODALITIES:
+            raise ModuleError(f"Modality must be one of {', '.join(MODALITIES)}, not '{modality}'.")
+        if not cases:
+            raise ModuleError("Select at least one segmentation (with its reference volume) to define a task.")
+        self.name = name
+        self.modality = modality
+        self.cases = list(cases)
+        self.labelNames, self.warnings = unionOfSegmentNames({c.caseId: list(c.segments) for c in self.cases})
+        if not self.labelNames:
+            raise ModuleError("The selected segmentations have no segments.")
+        #: label name -> value in the task's label maps (1, 2, ... in order of first appearance)
+        self.labels: Dict[str, int] = {label: index + 1 for index, label in enumerate(self.labelNames)}
+
+    def labelArray(self, case: TaskCase) -> np.ndarray:
+        """The case's label map in the task's values; a voxel in two segments gets the later label."""
+        shape = case.image.shape
+        dtype = np.uint8 if len(self.labels) < 256 else np.uint16
+        values = np.zeros(shape, dtype=dtype)
+        for name, mask in case.segments.items():
+            mask = np.asarray(mask)
+            if mask.shape != shape:
+                raise ModuleError(
+                    f"Case '{case.caseId}': segment '{name}' has shape {mask.shape}, its volume {shape}."
+                )
+            values[mask > 0] = self.labels[name]
+        return values
+
+    def measure(self) -> Dict[str, LabelStats]:
+        """Average relative size and presence of each label (the engine's ``measure_label_sizes``)."""
+        return measure_label_sizes((self.labelArray(case) for case in self.cases), self.labels)
+
+    def grouping(
+        self, modelPlan: Optional[Mapping] = None, pins: Optional[Mapping[str, int]] = None
+    ) -> Grouping:
+        """Shared-label grouping of this task, alone or added to an existing model's plan.
+
+        Args:
+            modelPlan: the ``plan`` of the chosen model's ``model.json``, or ``None``.
+            pins: label name -> shared label the annotator pinned in the table.
+
+        Raises:
+            ModuleError: with the engine's message for invalid pins or a task name already in
+                the model.
+        """
+        stats = self.measure()
+        try:
+            if modelPlan:
+                plan = SharedLabelPlan.from_dict(modelPlan).add_task(self.name, stats, dict(pins or {}))
+            else:
+                plan = SharedLabelPlan.build({self.name: stats}, {self.name: dict(pins or {})})
+        except LabelSharingError as exc:
+            raise ModuleError(str(exc)) from exc
+        rows = []
+        for label, assignment in plan.labels(self.name).items():
+            others = tuple(
+                f"{task}: {other}" for task, other in plan.group(assignment.shared).items() if task != self.name
+            )
+            rows.append(
+                GroupingRow(
+                    label, assignment.value, assignment.relative_size, assignment.presence, assignment.shared, others
+                )
+            )
+        rows.sort(key=lambda row: row.shared)
+        return Grouping(plan, tuple(rows), tuple(self.warnings) + tuple(plan.warnings))
+
+    def writeDataset(
+        self,
+        folder: Union[str, Path],
+        colors: Optional[Mapping[str, Sequence[float]]] = None,
+        overwrite: bool = False,
+    ) -> Path:
+        """Write the task as an nnU-Net-style dataset folder the engine reads (CONTRACTS.md).
+
+        Layout: ``dataset.json``, ``imagesTr/<case>_0000.nrrd``, ``labelsTr/<case>.nrrd``.
+
+        Raises:
+            ModuleError: if the folder already holds a dataset and ``overwrite`` is False.
+        """
+        folder = Path(folder)
+        if (folder / "dataset.json").exists() and not overwrite:
+            raise ModuleError(f"{folder} already holds a dataset (dataset.json). Choose an empty folder.")
+        for case in self.cases:
+            writeNrrd(folder / "imagesTr" / f"{case.caseId}_0000.nrrd", case.image, case.ijkToRas)
+            writeNrrd(folder / "labelsTr" / f"{case.caseId}.nrrd", self.labelArray(case), case.ijkToRas)
+        description = {
+            "name": self.name,
+            "channel_names": {"0": self.modality},
+            "labels": {"background": 0, **self.labels},
+            "numTraining": len(self.cases),
+            "file_ending": ".nrrd",
+            "modality": self.modality,
+        }
+        if colors:
+            description["colors"] = {name: [float(c) for c in colors[name][:3]] for name in self.labels if name in colors}
+        (folder / "dataset.json").write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
+        return folder
+
+
+def unionOfSegmentNames(caseSegmentNames: Mapping[str, Sequence[str]]) -> Tuple[List[str], List[str]]:
+    """All segment names over the cases, in order of first appearance, and warnings.
+
+    Segments are matched by name. A name missing from some cases is kept (the label is
+    simply absent there) but reported, since it is often a typo.
+
+    Example:
+        >>> unionOfSegmentNames({"a": ["liver", "kidney"], "b": ["liver"]})
+        (['liver', 'kidney'], ["'kidney' is in 1 of 2 cases (missing in: b)."])
+    """
+    names: List[str] = []
+    for segmentNames in caseSegmentNames.values():
+        for name in segmentNames:
+            if name not in names:
+                names.append(name)
+    warnings = []
+    for name in names:
+        missing = [case for case, segmentNames in caseSegmentNames.items() if name not in segmentNames]
+        if missing:
+            present = len(caseSegmentNames) - len(missing)
+            warnings.append(
+                f"'{name}' is in {present} of {len(caseSegmentNames)} cases (missing in: {', '.join(missing)})."
+            )
+    return names, warnings
+
+
+def uniqueCaseIds(names: Iterable[str]) -> List[str]:
+    """File-safe, unique case identifiers for node names (no ``_0000``-like ending)."""
+    ids: List[str] = []
+    for name in names:
+        base = _CASE_ID_UNSAFE.sub("_", name).strip("_") or "case"
+        if _CHANNEL_SUFFIX.search(base):
+            base += "_case"
+        candidate, number = base, 2
+        while candidate in ids:
+            candidate, number = f"{base}_{number}", number + 1
+        ids.append(candidate)
+    return ids
