@@ -114,6 +114,14 @@ def _cmd_evaluate(args: argparse.Namespace, progress: ProgressReporter) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace, progress: ProgressReporter) -> int:
+    from labelsharing.demo import DemoSettings, run_demo
+
+    settings = DemoSettings.quick() if args.quick else DemoSettings()
+    run_demo(args.out, settings, device=args.device, seed=args.seed, progress=progress, log=_log_for(progress))
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace, progress: ProgressReporter) -> int:
     from labelsharing.model_info import describe_model
 
@@ -198,6 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", metavar="FILE", help="[OPTIONAL] write the Dice JSON here")
     _add_device_flag(evaluate)
     evaluate.set_defaults(handler=_cmd_evaluate)
+
+    demo_run = commands.add_parser("demo", help="the whole story on the built-in data: plan, train 3 tasks, add a "
+                                                "4th, evaluate, write a report (make demo)")
+    demo_run.add_argument("--out", default="demo_output", help="[OPTIONAL] output folder (demo_output)")
+    demo_run.add_argument("--quick", action="store_true", help="[OPTIONAL] a small run of about two minutes")
+    demo_run.add_argument("--seed", type=int, default=0, help="[OPTIONAL] random seed (0)")
+    _add_device_flag(demo_run)
+    demo_run.set_defaults(handler=_cmd_demo)
 
     info = commands.add_parser("info", help="describe a model folder: tasks, labels, shared labels, history")
     info.add_argument("model", metavar="MODEL", help="[REQUIRED] model folder")
