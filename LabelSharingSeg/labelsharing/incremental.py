@@ -15,6 +15,7 @@ import copy
 from pathlib import Path
 from typing import Mapping
 
+from labelsharing.appearance import similar_task_warnings
 from labelsharing.datasets import read_task_dataset
 from labelsharing.errors import LabelSharingError
 from labelsharing.model import SegmentationModel, grow_output_channels, package_versions
@@ -90,6 +91,9 @@ def add_task(
     model = SegmentationModel(config=config, network=network.to(device))
 
     tasks = [new_task, *old_tasks]
+    for note in similar_task_warnings([t.name for t in tasks], [t.images for t in tasks]):
+        if f"'{name}'" in note:  # old tasks' pairs were reported when the model was trained
+            log(f"warning: {note}")
     before = validation_dice(model, tasks, device)
     shares = {new_task.name: 1.0 - replay, **{t.name: replay / len(old_tasks) for t in old_tasks}}
     result = fit(model, tasks, options, device, shares=shares, progress=progress, log=log)

@@ -19,6 +19,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from labelsharing.appearance import similar_task_warnings
 from labelsharing.datasets import TaskDataset, load_case
 from labelsharing.errors import LabelSharingError
 from labelsharing.model import FORMAT_VERSION, SegmentationModel, build_network, default_architecture, label_color, package_versions
@@ -127,6 +128,8 @@ def train(
              for t in datasets_read]
     log(f"{sum(len(t.images) for t in tasks)} training slices of {input_size}x{input_size} from "
         f"{len(tasks)} tasks; {plan.n_shared} shared labels")
+    for note in similar_task_warnings([t.name for t in tasks], [t.images for t in tasks]):
+        log(f"warning: {note}")
 
     torch.manual_seed(options.seed)
     architecture = default_architecture(plan.n_shared + 1, options.features)
