@@ -192,11 +192,12 @@ class LabelSharingSegLogic(ScriptedLoadableModuleLogic):
     def segment(self, inputVolume: Any, modelFolder: Any, task: str, device: str = "auto",
                 outputSegmentation: Any = None) -> Any:
         """Segment a volume and wait for the result (blocking; the UI uses the background path)."""
+        self.dependencies.ensureInstalled()  # writing the input volume already needs pynrrd
         request = self.segmenter.prepare(inputVolume, self.loadModel(modelFolder), task, device, outputSegmentation)
         self._runEngine(request.args)
         return self.segmenter.load(request)
 
-    def train(self, datasets: List[Any], outFolder: Any, epochs: int = 50, device: str = "auto") -> ModelInfo:
+    def train(self, datasets: List[Any], outFolder: Any, epochs: int = 25, device: str = "auto") -> ModelInfo:
         """Train a new model from task dataset folders and wait for it (blocking)."""
         self._runEngine(trainArgs(datasets, outFolder, epochs, device))
         return self.loadModel(outFolder)
@@ -264,6 +265,7 @@ class LabelSharingSegTest(ScriptedLoadableModuleTest):
         specs = [SegmentSpec("organ", 1, (0.9, 0.5, 0.1)), SegmentSpec("lesion", 2, (0.1, 0.2, 0.9))]
         SegmentImporter().importLabelmap(labelmap, training, specs, volume)
         logic = LabelSharingSegLogic()
+        logic.dependencies.ensureInstalled()  # writeDataset needs pynrrd
         work = tempfile.mkdtemp(dir=slicer.app.temporaryPath)
         logic.defineTask("box", "CT", [training]).writeDataset(os.path.join(work, "box"))
         model = logic.train([os.path.join(work, "box")], os.path.join(work, "model"), epochs=2, device="cpu")

@@ -19,7 +19,7 @@ import importlib.metadata
 import importlib.util
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Sequence
 
 from .ModuleError import ModuleError
 
@@ -86,19 +86,35 @@ class Dependencies:
         needTorch = not torchLogic.torchInstalled()
         missing = self.missingEnginePackages()
         if needTorch or missing:
-            packages = (["torch (through the PyTorch extension)"] if needTorch else []) + missing
-            ask = confirm or self._confirmDialog
-            if not ask(
-                "LabelSharingSeg needs Python packages that are not installed yet. Installing them needs a "
-                "network connection and may take several minutes. Install now?",
-                "Packages: " + ", ".join(packages),
-            ):
-                raise ModuleError("Installation cancelled: the model cannot run without these packages.")
+            self._ask(confirm, (["torch (through the PyTorch extension)"] if needTorch else []) + missing)
             if needTorch and self._installTorch(torchLogic) is None:
                 raise ModuleError("PyTorch was not installed. Install it from the PyTorch Utils module and try again.")
             if missing:
                 self._slicer.util.pip_install(missing + self._pins())
         return self.torchInfo()
+
+    def ensurePackages(self, importNames: Sequence[str], confirm: Optional[Callable[[str, str], bool]] = None) -> None:
+        """Install just these engine packages if missing (after ``confirm``), without torch.
+
+        For steps that need one engine package but not the engine itself, e.g. ``["nrrd"]`` before
+        ``NrrdIO`` writes a task dataset.
+
+        Raises:
+            ModuleError: the user cancelled.
+        """
+        missing = [ENGINE_REQUIREMENTS[name] for name in importNames if self._findSpec(name) is None]
+        if missing:
+            self._ask(confirm, missing)
+            self._slicer.util.pip_install(missing + self._pins())
+
+    def _ask(self, confirm: Optional[Callable[[str, str], bool]], packages: List[str]) -> None:
+        ask = confirm or self._confirmDialog
+        if not ask(
+            "LabelSharingSeg needs Python packages that are not installed yet. Installing them needs a "
+            "network connection and may take several minutes. Install now?",
+            "Packages: " + ", ".join(packages),
+        ):
+            raise ModuleError("Installation cancelled: LabelSharingSeg cannot continue without these packages.")
 
     def torchInfo(self) -> TorchInfo:
         """Version of the installed torch and its best device (imports torch)."""

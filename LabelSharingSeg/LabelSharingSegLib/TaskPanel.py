@@ -137,6 +137,7 @@ class TaskPanel:
             f"{folder} already holds a dataset. Replace its dataset.json and files of the same cases?"
         )
         colors = self._segmentColors()
+        self.logic.dependencies.ensurePackages(["nrrd"])  # NrrdIO writes through pynrrd
         with self.slicer.util.WaitCursor():
             definition.writeDataset(folder, colors, overwrite=overwrite)
         self._addDatasetFolder(str(folder))

@@ -10,6 +10,7 @@ import pytest
 
 from .fakes import FakeVolumeNode, fakeSlicer, fakeVtk
 from LabelSharingSegLib.Geometry import ijkToRasFromLpsGeometry, lpsGeometryFromIjkToRas
+from LabelSharingSegLib.ModuleError import ModuleError
 from LabelSharingSegLib.NrrdIO import readNrrd, writeNrrd
 from LabelSharingSegLib.SceneIO import SceneIO
 
@@ -55,13 +56,37 @@ def test_nrrd_round_trip_keeps_voxels_and_geometry(tmp_path, dtype, compress):
     np.testing.assert_allclose(backIjkToRas, ijkToRas, atol=1e-12)
 
 
-def test_simpleitk_reads_our_file_at_the_same_physical_points(tmp_path):
+def _obliqueSliceIjkToRas() -> np.ndarray:
+    """A single-slice volume: oblique in-plane axes, anisotropic in-plane spacing, slice normal = z."""
+    a = np.deg2rad(30.0)
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]]) * [0.6, 1.7, 2.5]
+    matrix[:3, 3] = [12.5, -40.75, 3.0]
+    return matrix
+
+
+def _assertSameLpsGeometry(image, ijkToRas, atol=1e-9):
+    origin, spacing, direction = lpsGeometryFromIjkToRas(ijkToRas)
+    np.testing.assert_allclose(image.GetSpacing(), spacing, atol=atol)
+    np.testing.assert_allclose(image.GetOrigin(), origin, atol=atol)
+    np.testing.assert_allclose(np.reshape(image.GetDirection(), (3, 3)), direction, atol=atol)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+@pytest.mark.parametrize(
+    "ijkToRasOf, shape",
+    [(_obliqueAnisotropicIjkToRas, (4, 5, 6)), (_obliqueSliceIjkToRas, (1, 5, 6))],
+    ids=["oblique-3d", "single-slice"],
+)
+def test_simpleitk_reads_our_file_with_the_same_voxels_and_geometry(tmp_path, compress, ijkToRasOf, shape):
     sitk = pytest.importorskip("SimpleITK")
-    voxels = np.random.default_rng(0).integers(0, 1000, size=(4, 5, 6)).astype(np.int16)
-    ijkToRas = _obliqueAnisotropicIjkToRas()
-    image = sitk.ReadImage(str(writeNrrd(tmp_path / "v.nrrd", voxels, ijkToRas)))
+    voxels = np.random.default_rng(0).integers(-1000, 1000, size=shape).astype(np.int16)
+    ijkToRas = ijkToRasOf()
+    image = sitk.ReadImage(str(writeNrrd(tmp_path / "v.nrrd", voxels, ijkToRas, compress=compress)))
+    assert image.GetSize() == shape[::-1]
     np.testing.assert_array_equal(sitk.GetArrayFromImage(image), voxels)  # both (k, j, i)
-    for ijk in [(0, 0, 0), (5, 4, 3), (2, 1, 3)]:
+    _assertSameLpsGeometry(image, ijkToRas)
+    for ijk in [(0, 0, 0), (5, 4, shape[0] - 1), (2, 1, 0)]:
         lps = np.array(image.TransformIndexToPhysicalPoint(ijk))
         ras = ijkToRas @ np.array([*ijk, 1.0])
         np.testing.assert_allclose(lps, ras[:3] * [-1, -1, 1], atol=1e-6)
@@ -80,8 +105,55 @@ def test_we_read_what_simpleitk_writes(tmp_path):
         path = tmp_path / f"labels{int(compress)}.nrrd"
         sitk.WriteImage(image, str(path), useCompression=compress)
         voxels, ijkToRas = readNrrd(path)
+        assert voxels.dtype == np.uint8
         np.testing.assert_array_equal(voxels, labels)
         np.testing.assert_allclose(ijkToRas, _obliqueAnisotropicIjkToRas(), atol=1e-6)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_we_read_a_2d_image_simpleitk_writes_as_one_slice(tmp_path, compress):
+    """A 2D file (``space dimension: 2``) comes back as (1, j, i); its third axis is the unit normal."""
+    sitk = pytest.importorskip("SimpleITK")
+    pixels = np.random.default_rng(1).normal(size=(4, 6)).astype(np.float32)
+    image = sitk.GetImageFromArray(pixels)
+    sliceIjkToRas = _obliqueSliceIjkToRas()
+    origin, spacing, direction = lpsGeometryFromIjkToRas(sliceIjkToRas)
+    image.SetOrigin(origin[:2].tolist())
+    image.SetSpacing(spacing[:2].tolist())
+    image.SetDirection(direction[:2, :2].ravel().tolist())
+    path = tmp_path / "slice.nrrd"
+    sitk.WriteImage(image, str(path), useCompression=compress)
+    voxels, ijkToRas = readNrrd(path)
+    np.testing.assert_array_equal(voxels, pixels[np.newaxis])
+    expected = sliceIjkToRas.copy()
+    expected[:3, 2], expected[2, 3] = [0.0, 0.0, 1.0], 0.0  # a 2D file has no slice spacing or z origin
+    np.testing.assert_allclose(ijkToRas, expected, atol=1e-6)
+
+
+def test_unreadable_files_are_readable_errors(tmp_path):
+    with pytest.raises(ModuleError, match="Cannot read .*missing.nrrd"):
+        readNrrd(tmp_path / "missing.nrrd")
+    (tmp_path / "text.nrrd").write_text("hello\n")
+    with pytest.raises(ModuleError, match="Cannot read .*text.nrrd"):
+        readNrrd(tmp_path / "text.nrrd")
+    good = writeNrrd(tmp_path / "good.nrrd", np.ones((3, 4, 5), np.int16), np.eye(4), compress=False)
+    (tmp_path / "cut.nrrd").write_bytes(good.read_bytes()[:-10])
+    with pytest.raises(ModuleError, match="Cannot read .*cut.nrrd"):
+        readNrrd(tmp_path / "cut.nrrd")
+    with pytest.raises(ValueError, match="3D"):
+        writeNrrd(tmp_path / "flat.nrrd", np.ones((4, 5)), np.eye(4))
+
+
+def test_nrrd_io_imports_pynrrd_only_when_used_and_says_so_if_missing(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nrrd", None)  # "import nrrd" now raises ImportError
+    module = importlib.reload(sys.modules["LabelSharingSegLib.NrrdIO"])  # importing needs no pynrrd
+    with pytest.raises(ModuleError, match="pynrrd"):
+        module.writeNrrd(tmp_path / "v.nrrd", np.zeros((1, 2, 3), np.uint8), np.eye(4))
+    with pytest.raises(ModuleError, match="pynrrd"):
+        module.readNrrd(tmp_path / "v.nrrd")
 
 
 def test_scene_io_writes_the_volume_with_its_geometry_using_a_fake_slicer(tmp_path):

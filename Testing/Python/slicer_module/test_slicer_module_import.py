@@ -14,7 +14,7 @@ import pytest
 from .fakes import MODULE_DIR
 from .test_slicer_ui_and_parameters import uiWidgets
 
-FORBIDDEN = ("torch", "monai", "SimpleITK", "safetensors", "slicerio")
+FORBIDDEN = ("torch", "monai", "SimpleITK", "safetensors", "slicerio", "nrrd")
 
 
 class _Forbid(importlib.abc.MetaPathFinder):

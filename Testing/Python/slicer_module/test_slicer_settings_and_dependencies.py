@@ -92,6 +92,18 @@ def test_missing_packages_are_installed_after_asking_with_numpy_pinned():
     assert any(r.startswith("numpy==") for r in requirements)
 
 
+def test_ensure_packages_installs_only_the_missing_ones_without_torch():
+    dependencies, slicer, torchLogic, asked, ask = _dependencies(False, {"nrrd", "monai"})
+    dependencies.ensurePackages(["nrrd"], ask)
+    assert asked == ["Packages: pynrrd>=1.0"]
+    [requirements] = slicer.util.pip_install.call_args[0]
+    assert requirements[0] == "pynrrd>=1.0" and "monai>=1.3" not in requirements
+    torchLogic.installTorch.assert_not_called()
+    installed, slicer, _, asked, ask = _dependencies(False, {"monai"})
+    installed.ensurePackages(["nrrd"], ask)
+    assert asked == [] and not slicer.util.pip_install.called
+
+
 def test_cancelled_installation_and_missing_extension_are_readable_errors():
     dependencies, slicer, _, _, ask = _dependencies(True, {"tqdm"}, confirm=False)
     with pytest.raises(ModuleError, match="cancelled"):
