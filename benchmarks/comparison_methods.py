@@ -1,0 +1,249 @@
+"""The methods of the paper comparison, each trained and tested on the same data and budget.
+
+Every ``run_*`` function trains one method on task dataset folders and returns a JSON-ready
+dict: ``train_seconds`` (``time.perf_counter`` around everything training does: reading,
+preprocessing, the epochs with their validation), ``parameters`` and ``test`` (the engine's
+:func:`~labelsharing.evaluation.evaluate_model` on each task's test split).
+
+Budget: the label-sharing model draws ``epochs x N`` slices (``N`` = pooled training slices
+of all K tasks), ``epochs x N / K`` per task (task-balanced sampling). The baselines that see
+all tasks (merged, DoDNet) use exactly the engine's sampler and epoch, so the same draws. A
+per-task model gets ``round(epochs x N / (K x n_t))`` epochs over its ``n_t`` slices, i.e.
+the same number of draws of its task (the engine's epoch is one pass over the training set).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from labelsharing.datasets import read_task_dataset
+from labelsharing.evaluation import dice_per_label, evaluate_model
+from labelsharing.inference import Predictor, select_device
+from labelsharing.model import SegmentationModel, default_architecture, package_versions
+from labelsharing.training import FitResult, TrainingOptions, load_tasks, task_config, train
+from labelsharing.training_data import SharedSliceDataset, prepare_task, sampling_weights, training_transforms
+
+from comparison_models import (
+    DynamicHeadNetwork,
+    MergedNetwork,
+    TaskPredictor,
+    allowed_channels,
+    count_parameters,
+    dodnet_plan,
+    merged_plan,
+    task_indices,
+)
+
+__all__ = ["run_per_task", "run_label_sharing", "run_merged", "run_dodnet", "run_incremental_base",
+           "run_incremental_add", "fit_conditioned"]
+
+Log = Callable[[str], None]
+
+
+def _quiet(message: str) -> None:
+    if not message.startswith("epoch"):
+        print(f"    {message}", flush=True)
+
+
+def _test(predictor, folders: Sequence[Path]) -> dict:
+    datasets = [read_task_dataset(f) for f in folders]
+    start = time.perf_counter()
+    result = evaluate_model(predictor, datasets)["tasks"]
+    return {"tasks": result, "seconds": time.perf_counter() - start}
+
+
+def _prepared(folders: Sequence[Path], options: TrainingOptions, plan_of=None):
+    """The engine's preparation (as ``train`` does it), optionally with another label encoding."""
+    plan, datasets = load_tasks(folders, None, _silent_progress(), _quiet)
+    method_plan = plan_of(plan) if plan_of else plan
+    tasks = [prepare_task(t, method_plan, options.input_size, options.val_fraction, options.seed, options.axis)
+             for t in datasets]
+    return method_plan, tasks
+
+
+def _silent_progress():
+    from labelsharing.progress import SILENT
+
+    return SILENT
+
+
+# --------------------------------------------------------------------------- engine methods
+def run_label_sharing(folders: Sequence[Path], work: Path, options: TrainingOptions, log: Log = _quiet) -> dict:
+    """The engine's ``train`` on all tasks (label sharing)."""
+    start = time.perf_counter()
+    model = train(folders, work / "label_sharing", options, force=True, log=log)
+    seconds = time.perf_counter() - start
+    device = select_device(options.device)
+    return {"train_seconds": seconds, "parameters": count_parameters(model.network),
+            "n_outputs": model.plan.n_shared + 1, "test": _test(Predictor(model, device), folders)}
+
+
+def run_per_task(folders: Sequence[Path], work: Path, options: TrainingOptions, log: Log = _quiet,
+                 budget: str = "task") -> dict:
+    """One engine model per task (a one-task label-sharing model is a plain per-task UNet).
+
+    Args:
+        budget: ``task``: each model draws ``epochs x N / K`` slices, as many of its task as the
+            joint models draw (all K models together cost one joint model); ``joint``: each model
+            draws ``epochs x N`` slices, as many optimiser steps as one joint model (K x the cost).
+    """
+    if budget not in ("task", "joint"):
+        raise ValueError(f"budget must be 'task' or 'joint', got {budget!r}")
+    _, tasks = _prepared(folders, options)
+    slices = {t.name: len(t.images) for t in tasks}
+    draws_per_task = options.epochs * sum(slices.values()) / (len(tasks) if budget == "task" else 1)
+    device = select_device(options.device)
+    result = {"train_seconds": 0.0, "parameters": 0, "test": {"tasks": {}, "seconds": 0.0}, "models": {}}
+    for folder, task in zip(folders, tasks):
+        epochs = max(1, int(round(draws_per_task / slices[task.name])))
+        task_options = dataclasses.replace(options, epochs=epochs)
+        start = time.perf_counter()
+        model = train([folder], work / f"per_task_{task.name}", task_options, force=True, log=log)
+        seconds = time.perf_counter() - start
+        test = _test(Predictor(model, device), [folder])
+        result["train_seconds"] += seconds
+        result["parameters"] += count_parameters(model.network)
+        result["test"]["tasks"].update(test["tasks"])
+        result["test"]["seconds"] += test["seconds"]
+        result["models"][task.name] = {"epochs": epochs, "slices": slices[task.name], "draws": epochs * slices[task.name],
+                                       "train_seconds": seconds, "parameters": count_parameters(model.network),
+                                       "outputs": model.plan.n_shared + 1}
+        log(f"per-task {task.name}: {epochs} epochs x {slices[task.name]} slices, {seconds:.0f} s")
+    result["draws_per_task_target"] = draws_per_task
+    result["per_task_budget"] = budget
+    result["n_outputs"] = "+".join(str(m["outputs"]) for m in result["models"].values())
+    return result
+
+
+def run_incremental_base(folders: Sequence[Path], work: Path, options: TrainingOptions, log: Log = _quiet) -> dict:
+    """``train`` on tasks 1..K-1; the model is kept in ``work/incremental_base`` for the add step."""
+    start = time.perf_counter()
+    model = train(folders[:-1], work / "incremental_base", options, force=True, log=log)
+    seconds = time.perf_counter() - start
+    device = select_device(options.device)
+    return {"train_seconds": seconds, "parameters": count_parameters(model.network),
+            "n_outputs": model.plan.n_shared + 1, "test": _test(Predictor(model, device), folders[:-1])}
+
+
+def run_incremental_add(folders: Sequence[Path], work: Path, options: TrainingOptions, replay: float,
+                        log: Log = _quiet) -> dict:
+    """``add_task`` of task K onto the base model, with ``replay`` of old-task slices per batch."""
+    from labelsharing.incremental import add_task  # the lead's module; may be missing
+
+    out = work / f"incremental_replay_{replay:g}"
+    start = time.perf_counter()
+    model = add_task(work / "incremental_base", folders[-1], out, options, replay=replay, force=True, log=log)
+    seconds = time.perf_counter() - start
+    device = select_device(options.device)
+    history = model.config.get("history", [])
+    last = {k: v for k, v in history[-1].items() if k != "epochs"} if history else {}
+    return {"train_seconds": seconds, "parameters": count_parameters(model.network),
+            "n_outputs": model.plan.n_shared + 1, "replay": replay,
+            "test": _test(Predictor(model, device), folders), "add_task_history": last}
+
+
+# --------------------------------------------------------------------------- baselines
+def run_merged(folders: Sequence[Path], work: Path, options: TrainingOptions, log: Log = _quiet) -> dict:
+    """Merged multi-channel model: one channel per label of every task, loss on the task's own."""
+    return _run_conditioned("merged", folders, options, log)
+
+
+def run_dodnet(folders: Sequence[Path], work: Path, options: TrainingOptions, log: Log = _quiet) -> dict:
+    """DoDNet-style model: task code -> controller -> dynamic 1x1-conv head on decoder features."""
+    return _run_conditioned("dodnet", folders, options, log)
+
+
+def _run_conditioned(kind: str, folders: Sequence[Path], options: TrainingOptions, log: Log) -> dict:
+    device = select_device(options.device)
+    start = time.perf_counter()
+    plan, tasks = _prepared(folders, options, merged_plan if kind == "merged" else dodnet_plan)
+    torch.manual_seed(options.seed)
+    allowed = allowed_channels(plan)
+    if kind == "merged":
+        architecture = default_architecture(plan.n_shared + 1, options.features)
+        network = MergedNetwork(architecture, allowed)
+    else:
+        architecture = default_architecture(options.features, options.features)
+        network = DynamicHeadNetwork(architecture, allowed)
+    config = {"architecture": architecture, "input_size": [options.input_size] * 2, "plan": plan.to_dict(),
+              "tasks": {t.name: task_config(t, plan) for t in tasks}, "history": [], "parent": None,
+              "versions": package_versions()}
+    model = SegmentationModel(config=config, network=network.to(device))
+    index = task_indices(plan.task_names)
+    fitted = fit_conditioned(model, tasks, options, device, index, log)
+    model.network.load_state_dict(fitted.best_state)
+    seconds = time.perf_counter() - start
+    log(f"{kind}: best epoch {fitted.best_epoch}, validation Dice {fitted.best_dice:.3f}")
+    return {"train_seconds": seconds, "parameters": count_parameters(network), "n_outputs": plan.n_shared + 1,
+            "best_epoch": fitted.best_epoch, "test": _test(TaskPredictor(model, device, index), folders)}
+
+
+def fit_conditioned(model: SegmentationModel, tasks, options: TrainingOptions, device, task_index,
+                    log: Log = _quiet) -> FitResult:
+    """The engine's ``fit`` with the task passed to the network (same sampler, loss, optimiser,
+    schedule and best-epoch selection on validation Dice); only ``network(images, task)`` differs."""
+    from monai.losses import DiceCELoss
+
+    network = model.network
+    dataset = SharedSliceDataset(tasks, training_transforms(model.input_size, options.seed))
+    generator = torch.Generator().manual_seed(options.seed)
+    sampler = torch.utils.data.WeightedRandomSampler(
+        torch.as_tensor(sampling_weights(tasks), dtype=torch.double), num_samples=len(dataset), replacement=True,
+        generator=generator)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=options.batch_size, sampler=sampler, drop_last=False)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
+    total_steps = options.epochs * len(loader)
+    warmup = max(1, int(options.warmup_fraction * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, s / total_steps))))
+    # the dataset's task index follows ``tasks``; the network's follows the plan's task order
+    order = torch.as_tensor([task_index[t.name] for t in tasks], dtype=torch.long)
+    result = FitResult(best_state=copy.deepcopy(network.state_dict()), best_dice=-1.0)
+    start = time.perf_counter()
+    for epoch in range(1, options.epochs + 1):
+        network.train()
+        losses = []
+        for batch in loader:
+            images, labels = batch["image"].to(device), batch["label"].to(device)
+            task = order[batch["task"]].to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(network(images, task), labels)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+        network.eval()
+        dice = _validation_dice(model, tasks, device, task_index)
+        mean = float(np.mean([d for d in dice.values()])) if dice else -float(np.mean(losses))
+        if mean > result.best_dice:
+            result.best_dice, result.best_epoch = mean, epoch
+            result.best_state = copy.deepcopy(network.state_dict())
+        result.epochs.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_dice": dice})
+        log(f"epoch {epoch}/{options.epochs} loss {np.mean(losses):.3f} val Dice {mean:.3f}")
+    result.seconds = time.perf_counter() - start
+    if not any(t.validation for t in tasks):
+        result.best_state, result.best_epoch = copy.deepcopy(network.state_dict()), options.epochs
+    return result
+
+
+def _validation_dice(model: SegmentationModel, tasks, device, task_index) -> dict[str, float]:
+    """Mean Dice per task on the held-out cases, as the engine's ``validation_dice`` computes it."""
+    predictor = TaskPredictor(model, device, task_index)
+    result = {}
+    for task in tasks:
+        if not task.validation:
+            continue
+        labels = {name: entry["value"] for name, entry in model.config["tasks"][task.name]["labels"].items()}
+        per_case = [dice_per_label(predictor.predict_image(image, task.name), truth, labels)
+                    for image, truth in task.validation]
+        result[task.name] = float(np.mean([np.mean([case[n] for n in labels]) for case in per_case]))
+    return result
