@@ -14,22 +14,19 @@ the same number of draws of its task (the engine's epoch is one pass over the tr
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import math
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
 from labelsharing.datasets import read_task_dataset
-from labelsharing.evaluation import dice_per_label, evaluate_model
+from labelsharing.evaluation import evaluate_model
 from labelsharing.inference import Predictor, select_device
 from labelsharing.model import SegmentationModel, default_architecture, package_versions
-from labelsharing.training import FitResult, TrainingOptions, load_tasks, task_config, train
-from labelsharing.training_data import SharedSliceDataset, prepare_task, sampling_weights, training_transforms
+from labelsharing.training import FitResult, TrainingOptions, fit, load_tasks, task_config, train
+from labelsharing.training_data import prepare_task
 
 from comparison_models import (
     DynamicHeadNetwork,
@@ -190,60 +187,10 @@ def fit_conditioned(model: SegmentationModel, tasks, options: TrainingOptions, d
                     log: Log = _quiet) -> FitResult:
     """The engine's ``fit`` with the task passed to the network (same sampler, loss, optimiser,
     schedule and best-epoch selection on validation Dice); only ``network(images, task)`` differs."""
-    from monai.losses import DiceCELoss
-
-    network = model.network
-    dataset = SharedSliceDataset(tasks, training_transforms(model.input_size, options.seed))
-    generator = torch.Generator().manual_seed(options.seed)
-    sampler = torch.utils.data.WeightedRandomSampler(
-        torch.as_tensor(sampling_weights(tasks), dtype=torch.double), num_samples=len(dataset), replacement=True,
-        generator=generator)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=options.batch_size, sampler=sampler, drop_last=False)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
-    total_steps = options.epochs * len(loader)
-    warmup = max(1, int(options.warmup_fraction * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(1.0, s / total_steps))))
     # the dataset's task index follows ``tasks``; the network's follows the plan's task order
-    order = torch.as_tensor([task_index[t.name] for t in tasks], dtype=torch.long)
-    result = FitResult(best_state=copy.deepcopy(network.state_dict()), best_dice=-1.0)
-    start = time.perf_counter()
-    for epoch in range(1, options.epochs + 1):
-        network.train()
-        losses = []
-        for batch in loader:
-            images, labels = batch["image"].to(device), batch["label"].to(device)
-            task = order[batch["task"]].to(device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(network(images, task), labels)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-        network.eval()
-        dice = _validation_dice(model, tasks, device, task_index)
-        mean = float(np.mean([d for d in dice.values()])) if dice else -float(np.mean(losses))
-        if mean > result.best_dice:
-            result.best_dice, result.best_epoch = mean, epoch
-            result.best_state = copy.deepcopy(network.state_dict())
-        result.epochs.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_dice": dice})
-        log(f"epoch {epoch}/{options.epochs} loss {np.mean(losses):.3f} val Dice {mean:.3f}")
-    result.seconds = time.perf_counter() - start
-    if not any(t.validation for t in tasks):
-        result.best_state, result.best_epoch = copy.deepcopy(network.state_dict()), options.epochs
-    return result
+    order = torch.as_tensor([task_index[t.name] for t in tasks], dtype=torch.long, device=device)
+    return fit(model, tasks, options, device, log=log,
+               forward=lambda network, images, task: network(images, order[task]),
+               predictor_factory=lambda m, d: TaskPredictor(m, d, task_index))
 
 
-def _validation_dice(model: SegmentationModel, tasks, device, task_index) -> dict[str, float]:
-    """Mean Dice per task on the held-out cases, as the engine's ``validation_dice`` computes it."""
-    predictor = TaskPredictor(model, device, task_index)
-    result = {}
-    for task in tasks:
-        if not task.validation:
-            continue
-        labels = {name: entry["value"] for name, entry in model.config["tasks"][task.name]["labels"].items()}
-        per_case = [dice_per_label(predictor.predict_image(image, task.name), truth, labels)
-                    for image, truth in task.validation]
-        result[task.name] = float(np.mean([np.mean([case[n] for n in labels]) for case in per_case]))
-    return result

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -154,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="[OPTIONAL] random seed (0); same seed, same files")
     demo.set_defaults(handler=_cmd_demo_data)
 
-    train = commands.add_parser("train", help="train one shared-label model on several task datasets")
+    train = commands.add_parser("train", help="train one shared-label model on several task datasets",
+                                epilog=_SEVERAL_GPUS.format(command="train DATASET... --out MODEL"))
     train.add_argument("datasets", nargs="+", metavar="DATASET", help="[REQUIRED] task dataset folders")
     train.add_argument("--out", required=True, metavar="MODEL", help="[REQUIRED] model folder to write")
     _add_training_flags(train)
@@ -173,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--force", action="store_true", help="[OPTIONAL] replace an existing MODEL folder")
     train.set_defaults(handler=_cmd_train)
 
-    add = commands.add_parser("add-task", help="teach a trained model one more task (fine-tuning with replay)")
+    add = commands.add_parser("add-task", help="teach a trained model one more task (fine-tuning with replay)",
+                              epilog=_SEVERAL_GPUS.format(command="add-task MODEL DATASET --out NEW_MODEL"))
     add.add_argument("model", metavar="MODEL", help="[REQUIRED] trained model folder (left unchanged)")
     add.add_argument("dataset", metavar="DATASET", help="[REQUIRED] the new task's dataset folder")
     add.add_argument("--out", required=True, metavar="NEW_MODEL", help="[REQUIRED] folder for the new model")
@@ -230,10 +233,17 @@ def _add_training_flags(parser: argparse.ArgumentParser, epochs: int = 25, lr: f
     parser.add_argument("--epochs", type=_positive_int, default=epochs,
                         help=f"[OPTIONAL] epochs ({epochs}); an epoch is one pass over the pooled training slices of "
                              "all tasks, drawn task-balanced")
-    parser.add_argument("--batch-size", type=_positive_int, default=16, help="[OPTIONAL] slices per batch (16)")
+    parser.add_argument("--batch-size", type=_positive_int, default=16,
+                        help="[OPTIONAL] slices per batch (16), per process under torchrun (N processes: N x 16 "
+                             "slices per step)")
     parser.add_argument("--lr", type=float, default=lr, help=f"[OPTIONAL] peak AdamW learning rate ({lr:g})")
     parser.add_argument("--seed", type=int, default=0, help="[OPTIONAL] random seed (0); repeatable on the CPU")
     _add_device_flag(parser)
+
+
+_SEVERAL_GPUS = ("Several GPUs: torchrun --nproc_per_node=N -m labelsharing {command} starts one process per GPU "
+                 "(DistributedDataParallel, NCCL; with --device cpu, N CPU processes over gloo). Each epoch is "
+                 "shared between the processes; --batch-size is per process; process 0 logs and writes the model.")
 
 
 def _positive_int(text: str) -> int:
@@ -249,6 +259,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
+    # OpenMP threads that spin while waiting make torch on a busy CPU (Slicer beside it, other
+    # jobs) many times slower; passive waiting costs little on an idle one. Set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     progress = ProgressReporter(args.progress)
     if not args.debug:

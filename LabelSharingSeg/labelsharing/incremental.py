@@ -6,7 +6,8 @@ layer grows (:func:`~labelsharing.model.grow_output_channels`) — beyond the pa
 there. The model is then fine-tuned on the new task's slices mixed with a *replay* of the old
 tasks' training slices (``replay`` = fraction of each batch drawn from old tasks). Dice on every
 task's held-out cases before and after is stored as a forgetting table in the new model's
-history. The input model folder is only read.
+history. The input model folder is only read. Runs under ``torchrun`` like
+:func:`~labelsharing.training.train` (the main process measures, logs and writes).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from typing import Mapping
 
 from labelsharing.appearance import similar_task_warnings
 from labelsharing.datasets import read_task_dataset
+from labelsharing.distributed import DistributedContext, start_distributed
 from labelsharing.errors import LabelSharingError
 from labelsharing.model import SegmentationModel, grow_output_channels, package_versions
 from labelsharing.planning import summarise_tasks
 from labelsharing.progress import SILENT, ProgressReporter
 from labelsharing.tables import format_table
-from labelsharing.training import Log, TrainingOptions, fit, history_entry, task_config, validation_dice
+from labelsharing.training import Log, TrainingOptions, main_process_output, describe_processes, fit, history_entry, \
+    task_config, validation_dice
 from labelsharing.training_data import PreparedTask, prepare_task
 
 __all__ = ["DEFAULT_REPLAY", "add_task", "forgetting_table"]
@@ -57,18 +60,30 @@ def add_task(
         LabelSharingError: same input and output folder, existing output, unknown or duplicate
             task, missing old data with ``replay > 0``.
     """
-    from labelsharing.inference import describe_device, select_device
-
     options = options or TrainingOptions(epochs=10, learning_rate=5e-4)
     model_dir, out = Path(model_dir), Path(out)
     if not 0 <= replay < 1:
         raise LabelSharingError(f"--replay must lie in [0, 1), got {replay}.")
     if out.resolve() == model_dir.resolve():
         raise LabelSharingError("--out must be a new folder: add-task never changes the input model.")
-    if out.exists() and not force:
+    if out.exists() and not force:  # checked by every process before they meet: none is left waiting
         raise LabelSharingError(f"{out} already exists; choose another --out or pass --force to replace it.")
-    device = select_device(options.device)
-    log(f"device: {describe_device(device)}")
+    context = start_distributed(options.device)
+    try:
+        with context.together():
+            model, tasks, shares, before = _prepare(model_dir, dataset, options, replay, pins, context,
+                                                    *main_process_output(context, progress, log))
+        return _fine_tune(model, tasks, shares, before, model_dir, out, options, replay, force, context,
+                          *main_process_output(context, progress, log))
+    finally:
+        context.close()
+
+
+def _prepare(model_dir: Path, dataset, options: TrainingOptions, replay: float, pins, context: DistributedContext,
+             progress: ProgressReporter, log: Log):
+    """The parent model grown for the new task, the prepared tasks, draw shares and Dice before."""
+    device = context.device
+    log(describe_processes(context))
     parent = SegmentationModel.load(model_dir, device=str(device))
     summary = summarise_tasks([dataset], progress)[0]
     name = summary.task.name
@@ -94,21 +109,34 @@ def add_task(
     for note in similar_task_warnings([t.name for t in tasks], [t.images for t in tasks]):
         if f"'{name}'" in note:  # old tasks' pairs were reported when the model was trained
             log(f"warning: {note}")
-    before = validation_dice(model, tasks, device)
+    before = validation_dice(model, tasks, device) if context.is_main else {}
     shares = {new_task.name: 1.0 - replay, **{t.name: replay / len(old_tasks) for t in old_tasks}}
-    result = fit(model, tasks, options, device, shares=shares, progress=progress, log=log)
-    model.network.load_state_dict(result.best_state)
-    after = result.epochs[result.best_epoch - 1]["val_dice"] if result.epochs else {}
-    forgetting = {task: {"before": before[task]["mean"], "after": after[task]["mean"]}
-                  for task in after if task in before}
-    record = history_entry("add-task", options, device, result, [name])
-    record.update(replay=replay, forgetting=forgetting, parent=str(model_dir.resolve()))
-    config["history"].append(record)
-    model.save(out, overwrite=force)
-    log(forgetting_table(forgetting, new_task=name))
-    if replay == 0:
-        log("note: trained with --replay 0: forgetting of the old tasks was not guarded against.")
-    log(f"model written to {out}")
+    return model, tasks, shares, before
+
+
+def _fine_tune(model: SegmentationModel, tasks: list[PreparedTask], shares: dict, before: dict, model_dir: Path,
+               out: Path, options: TrainingOptions, replay: float, force: bool, context: DistributedContext,
+               progress: ProgressReporter, log: Log) -> SegmentationModel:
+    name = tasks[0].name
+    # Without replay the old tasks are not trained on, so selecting the epoch on their Dice would
+    # just keep an early, under-trained model: select on the new task alone.
+    select_on = [name] if replay == 0 else None
+    result = fit(model, tasks, options, context.device, shares=shares, progress=progress, log=log, context=context,
+                 select_on=select_on)
+    with context.together():  # the others wait for the main process to write (and hear if it fails)
+        if context.is_main:
+            model.network.load_state_dict(result.best_state)
+            after = result.epochs[result.best_epoch - 1]["val_dice"] if result.epochs else {}
+            forgetting = {task: {"before": before[task]["mean"], "after": after[task]["mean"]}
+                          for task in after if task in before}
+            record = history_entry("add-task", options, context.device, result, [name], context.world_size)
+            record.update(replay=replay, forgetting=forgetting, parent=str(model_dir.resolve()))
+            model.config["history"].append(record)
+            model.save(out, overwrite=force)
+            log(forgetting_table(forgetting, new_task=name))
+            if replay == 0:
+                log("note: trained with --replay 0: forgetting of the old tasks was not guarded against.")
+            log(f"model written to {out}")
     return model
 
 

@@ -5,6 +5,10 @@ loss is Dice + cross-entropy (MONAI ``DiceCELoss``), the optimiser AdamW with a 
 warm-up then cosine decay. Each epoch ends with Dice per task and label on held-out cases,
 computed by the same :class:`~labelsharing.inference.Predictor` that inference uses, and the
 best weights (mean Dice over tasks) are kept. The model folder is written only at the end.
+
+Under ``torchrun`` (see :mod:`labelsharing.distributed`) every process trains a
+``DistributedDataParallel`` copy on its own draws (batch size per process, each epoch split
+between the processes); only the main process validates, logs, keeps the best weights and writes.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 
 from labelsharing.appearance import similar_task_warnings
 from labelsharing.datasets import TaskDataset, load_case
+from labelsharing.distributed import DistributedContext, start_distributed
 from labelsharing.errors import LabelSharingError
 from labelsharing.model import FORMAT_VERSION, SegmentationModel, build_network, default_architecture, label_color, package_versions
 from labelsharing.plan import SharedLabelPlan
@@ -30,7 +35,8 @@ from labelsharing.progress import SILENT, ProgressReporter
 from labelsharing.training_data import PreparedTask, SharedSliceDataset, prepare_task, sampling_weights, \
     slice_shape, training_transforms
 
-__all__ = ["TrainingOptions", "FitResult", "train", "fit", "task_config", "validation_dice", "load_tasks"]
+__all__ = ["TrainingOptions", "FitResult", "train", "fit", "task_config", "validation_dice", "load_tasks",
+           "main_process_output", "describe_processes"]
 
 Log = Callable[[str], None]
 
@@ -39,7 +45,8 @@ Log = Callable[[str], None]
 class TrainingOptions:
     """Settings of a training run (the command line's flags).
 
-    An epoch is one pass over the pooled training slices of all tasks (drawn task-balanced).
+    An epoch is one pass over the pooled training slices of all tasks (drawn task-balanced),
+    shared between the processes of a ``torchrun`` launch; ``batch_size`` is per process.
     """
 
     epochs: int = 25
@@ -107,29 +114,55 @@ def train(
 ) -> SegmentationModel:
     """Train one shared-label model on several task datasets and write it to ``out``.
 
+    Under ``torchrun`` every process calls this; the main process writes ``out`` and the others
+    return (with the last epoch's weights) once it is written.
+
     Raises:
         LabelSharingError: ``out`` exists (without ``force``), invalid datasets or pins.
     """
-    import torch
-
-    from labelsharing.inference import describe_device, select_device
-
     options = options or TrainingOptions()
     out = Path(out)
-    if out.exists() and not force:
+    if out.exists() and not force:  # checked by every process before they meet: none is left waiting
         raise LabelSharingError(f"{out} already exists; choose another --out or pass --force to replace it.")
-    plan, datasets_read = load_tasks(datasets, pins, progress, log)
-    device = select_device(options.device)
-    log(f"device: {describe_device(device)}")
+    context = start_distributed(options.device)
+    try:
+        return _train(datasets, out, options, pins, force, context, *main_process_output(context, progress, log))
+    finally:
+        context.close()
 
-    loaded = {t.name: [load_case(t, c) for c in t.training] for t in datasets_read}
-    input_size = options.input_size or _default_input_size(loaded, options.axis)
-    tasks = [prepare_task(t, plan, input_size, options.val_fraction, options.seed, options.axis, loaded[t.name])
-             for t in datasets_read]
-    log(f"{sum(len(t.images) for t in tasks)} training slices of {input_size}x{input_size} from "
-        f"{len(tasks)} tasks; {plan.n_shared} shared labels")
-    for note in similar_task_warnings([t.name for t in tasks], [t.images for t in tasks]):
-        log(f"warning: {note}")
+
+def main_process_output(context: DistributedContext, progress: ProgressReporter, log: Log) -> tuple[ProgressReporter, Log]:
+    """Progress and messages of the main process; the other processes stay quiet."""
+    return (progress, log) if context.is_main else (SILENT, lambda message: None)
+
+
+def describe_processes(context: DistributedContext) -> str:
+    """``device: ...`` line, with the number of processes and the backend under torchrun."""
+    from labelsharing.inference import describe_device
+
+    text = f"device: {describe_device(context.device)}"
+    if context.world_size > 1:
+        text += f" in each of {context.world_size} processes ({context.backend})"
+    return text
+
+
+def _train(datasets, out: Path, options: TrainingOptions, pins, force: bool, context: DistributedContext,
+           progress: ProgressReporter, log: Log) -> SegmentationModel:
+    import torch
+
+    device = context.device
+    with context.together():
+        plan, datasets_read = load_tasks(datasets, pins, progress, log)
+        log(describe_processes(context))
+        loaded = {t.name: [load_case(t, c) for c in t.training] for t in datasets_read}
+        input_size = options.input_size or _default_input_size(loaded, options.axis)
+        tasks = [prepare_task(t, plan, input_size, options.val_fraction, options.seed, options.axis, loaded[t.name])
+                 for t in datasets_read]
+        log(f"{sum(len(t.images) for t in tasks)} training slices of {input_size}x{input_size} from "
+            f"{len(tasks)} tasks; {plan.n_shared} shared labels")
+        if context.is_main:
+            for note in similar_task_warnings([t.name for t in tasks], [t.images for t in tasks]):
+                log(f"warning: {note}")
 
     torch.manual_seed(options.seed)
     architecture = default_architecture(plan.n_shared + 1, options.features)
@@ -146,20 +179,25 @@ def train(
     }
     model = SegmentationModel(config=config, network=build_network(architecture).to(device))
     config["parameters"] = sum(p.numel() for p in model.network.parameters())
-    result = fit(model, tasks, options, device, progress=progress, log=log)
-    model.network.load_state_dict(result.best_state)
-    config["history"].append(history_entry("train", options, device, result, [t.name for t in tasks]))
-    model.save(out, overwrite=force)
-    log(f"model written to {out} (best epoch {result.best_epoch}, mean validation Dice {result.best_dice:.3f}, "
-        f"{result.seconds:.0f} s)")
+    result = fit(model, tasks, options, device, progress=progress, log=log, context=context)
+    with context.together():  # the others wait for the main process to write (and hear if it fails)
+        if context.is_main:
+            model.network.load_state_dict(result.best_state)
+            config["history"].append(history_entry("train", options, device, result, [t.name for t in tasks],
+                                                   context.world_size))
+            model.save(out, overwrite=force)
+            log(f"model written to {out} (best epoch {result.best_epoch}, mean validation Dice "
+                f"{result.best_dice:.3f}, {result.seconds:.0f} s)")
     return model
 
 
-def history_entry(kind: str, options: TrainingOptions, device, result: FitResult, tasks: Sequence[str]) -> dict:
-    """A ``model.json`` history record of one training run."""
+def history_entry(kind: str, options: TrainingOptions, device, result: FitResult, tasks: Sequence[str],
+                  processes: int = 1) -> dict:
+    """A ``model.json`` history record of one training run (``processes``: torchrun world size)."""
     return {
         "kind": kind, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "tasks": list(tasks),
-        "device": str(device), "seconds": round(result.seconds, 1), "best_epoch": result.best_epoch,
+        "device": str(device), "processes": processes, "seconds": round(result.seconds, 1),
+        "best_epoch": result.best_epoch,
         "best_mean_dice": result.best_dice, "options": {k: v for k, v in vars(options).items()},
         "epochs": result.epochs,
     }
@@ -185,25 +223,48 @@ def fit(
     shares: Mapping[str, float] | None = None,
     progress: ProgressReporter = SILENT,
     log: Log = print,
+    context: DistributedContext | None = None,
+    select_on: Sequence[str] | None = None,
+    forward: Callable | None = None,
+    predictor_factory: Callable | None = None,
 ) -> FitResult:
     """Train ``model.network`` in place on the pooled slices of ``tasks``; keep the best weights.
 
     Args:
         model: network and config (the config's ``tasks`` entries drive validation).
         tasks: prepared tasks; their ``validation`` cases give the per-epoch Dice.
-        options: epochs, batch size, learning rate, seed.
+        options: epochs, batch size (per process), learning rate, seed.
         device: torch device.
         shares: fraction of draws per task (default: equal), e.g. for replay when adding a task.
+        context: the torchrun launch (default: one process). With several processes the network
+            trains wrapped in ``DistributedDataParallel``; each process draws
+            ``ceil(slices / processes)`` slices per epoch (seed + rank); only the main process
+            validates, logs and keeps the best weights (the others return the last weights).
+            Every process returns together.
+        select_on: tasks whose mean validation Dice picks the best epoch (default: all tasks
+            with validation cases). ``add_task`` without replay selects on the new task alone.
+        forward: ``forward(network, images, task_indices) -> logits`` with ``task_indices`` the
+            (B,) index of each slice's task in ``tasks``; default ``network(images)``. Lets
+            task-conditioned baselines (benchmarks/) train with exactly this loop.
+        predictor_factory: ``(model, device) -> Predictor`` used for validation (default
+            :class:`~labelsharing.inference.Predictor`).
     """
     import torch
     from monai.losses import DiceCELoss
 
+    context = context or DistributedContext(device)
+    progress, log = main_process_output(context, progress, log)
     network = model.network
-    dataset = SharedSliceDataset(tasks, training_transforms(model.input_size, options.seed))
-    generator = torch.Generator().manual_seed(options.seed)
+    trainee = network
+    if context.world_size > 1:
+        trainee = torch.nn.parallel.DistributedDataParallel(
+            network, device_ids=[device.index] if device.type == "cuda" else None)
+    seed = options.seed + context.rank
+    dataset = SharedSliceDataset(tasks, training_transforms(model.input_size, seed))
+    generator = torch.Generator().manual_seed(seed)
     sampler = torch.utils.data.WeightedRandomSampler(
-        torch.as_tensor(sampling_weights(tasks, shares), dtype=torch.double), num_samples=len(dataset),
-        replacement=True, generator=generator)
+        torch.as_tensor(sampling_weights(tasks, shares), dtype=torch.double),
+        num_samples=math.ceil(len(dataset) / context.world_size), replacement=True, generator=generator)
     loader = torch.utils.data.DataLoader(dataset, batch_size=options.batch_size, sampler=sampler, drop_last=False)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     optimizer = torch.optim.AdamW(network.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
@@ -213,43 +274,54 @@ def fit(
         1 + math.cos(math.pi * min(1.0, s / total_steps))))
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    result = FitResult(best_state=copy.deepcopy(network.state_dict()), best_dice=-1.0)
+    result = FitResult(best_state=copy.deepcopy(network.state_dict()) if context.is_main else {}, best_dice=-1.0)
     start = time.perf_counter()
     with progress.track("training", total=total_steps, unit="batch") as advance:
         for epoch in range(1, options.epochs + 1):
-            network.train()
+            trainee.train()
             losses = []
             for batch in loader:
                 images, labels = batch["image"].to(device), batch["label"].to(device)
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    loss = loss_fn(network(images), labels)
+                    logits = trainee(images) if forward is None else forward(trainee, images, batch["task"].to(device))
+                    loss = loss_fn(logits, labels)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
                 losses.append(float(loss.detach()))
                 advance(epoch=f"{epoch}/{options.epochs}", loss=float(np.mean(losses[-20:])))
+            epoch_loss = context.mean(float(np.mean(losses)))  # every process, same place: no desynchronisation
+            if not context.is_main:
+                continue  # validation and best weights are the main process's business
             network.eval()
-            dice = validation_dice(model, tasks, device)
-            mean = float(np.mean([d["mean"] for d in dice.values()])) if dice else -float(np.mean(losses))
+            dice = validation_dice(model, tasks, device, predictor_factory)
+            selected = [d["mean"] for task, d in dice.items() if select_on is None or task in select_on]
+            mean = float(np.mean(selected)) if selected else -epoch_loss
             improved = mean > result.best_dice
             if improved:
                 result.best_dice, result.best_epoch = mean, epoch
                 result.best_state = copy.deepcopy(network.state_dict())
-            result.epochs.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_dice": dice,
+            result.epochs.append({"epoch": epoch, "loss": epoch_loss, "val_dice": dice,
                                   "seconds": round(time.perf_counter() - start, 1)})
-            log(_epoch_line(epoch, options.epochs, float(np.mean(losses)), dice, improved))
+            log(_epoch_line(epoch, options.epochs, epoch_loss, dice, improved))
+    context.barrier()  # the others wait for the main process's last validation, then all leave together
     result.seconds = time.perf_counter() - start
     if not any(t.validation for t in tasks):
         result.best_dice = float("nan")
         result.best_state = copy.deepcopy(network.state_dict())
         result.best_epoch = options.epochs
+    elif not context.is_main:
+        result.best_state = network.state_dict()
     return result
 
 
-def validation_dice(model: SegmentationModel, tasks: Sequence[PreparedTask], device) -> dict[str, dict]:
+def validation_dice(model: SegmentationModel, tasks: Sequence[PreparedTask], device,
+                    predictor_factory: Callable | None = None) -> dict[str, dict]:
     """Dice per task and label on each task's held-out cases (mean over cases).
+
+    ``predictor_factory(model, device)`` builds the predictor (default: ``Predictor``).
 
     Returns:
         ``{task: {"mean": m, "labels": {label: dice}}}`` for tasks that have validation cases.
@@ -257,7 +329,7 @@ def validation_dice(model: SegmentationModel, tasks: Sequence[PreparedTask], dev
     from labelsharing.evaluation import dice_per_label
     from labelsharing.inference import Predictor
 
-    predictor = Predictor(model, device)
+    predictor = (predictor_factory or Predictor)(model, device)
     result = {}
     for task in tasks:
         if not task.validation:
