@@ -57,6 +57,8 @@ class TaskDataset:
         training: labelled training cases (``imagesTr``/``labelsTr``).
         test: labelled test cases (``imagesTs``/``labelsTs``), possibly empty.
         colors: label name -> RGB in 0..1 given by ``dataset.json`` ``colors`` (optional).
+        terminology: label name -> Slicer terminology entry string, given by ``dataset.json``
+            ``terminology`` (optional); the Slicer module tags the segments with it.
     """
 
     name: str
@@ -67,6 +69,7 @@ class TaskDataset:
     training: tuple[Case, ...]
     test: tuple[Case, ...] = ()
     colors: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    terminology: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,7 @@ def read_task_dataset(folder: str | Path) -> TaskDataset:
         training=training,
         test=tuple(c for c in test if c.label is not None),
         colors=_parse_colors(root, meta.get("colors", {}), labels),
+        terminology=_parse_terminology(root, meta.get("terminology", {}), labels),
     )
 
 
@@ -292,6 +296,16 @@ def _parse_colors(root: Path, colors: object, labels: Mapping[str, int]) -> dict
         scale = 255.0 if max(rgb) > 1 else 1.0
         parsed[name] = tuple(float(c) / scale for c in rgb)
     return parsed
+
+
+def _parse_terminology(root: Path, terminology: object, labels: Mapping[str, int]) -> dict[str, str]:
+    if not isinstance(terminology, dict) or not all(
+        name in labels and isinstance(entry, str) for name, entry in terminology.items()
+    ):
+        raise LabelSharingError(
+            f'{root}/dataset.json: "terminology" must map declared label names to Slicer terminology strings.'
+        )
+    return dict(terminology)
 
 
 def _labels_text(labels: Mapping[str, int]) -> str:

@@ -99,6 +99,8 @@ def task_config(task: PreparedTask, plan: SharedLabelPlan) -> dict:
                "color": list(task.dataset.colors.get(name, label_color(a.shared)))}
         for name, a in plan.labels(task.name).items()
     }
+    for name, entry in task.dataset.terminology.items():
+        labels[name]["terminology"] = entry
     return {"modality": task.modality, "axis": task.axis, "normalization": task.normalization,
             "labels": labels, "dataset": str(Path(task.dataset.root).resolve())}
 

@@ -171,3 +171,16 @@ def test_cropped_seg_nrrd_is_placed_on_the_image_grid(tmp_path):
     label = sitk.GetArrayFromImage(read_label(tmp_path / "crop.seg.nrrd", {"lesion": 4}, reference))
     assert label.shape == (3, 6, 8)
     assert label.sum() == 4 * 4 and (label[1, 2:4, 3:5] == 4).all()
+
+
+def test_optional_colors_and_terminology(tmp_path):
+    entry = "Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure~SCT^10200004^Liver~^^~Anatomic codes - DICOM master list~^^~^^"
+    root = write_task(tmp_path / "T", {"liver": 1}, [boxes((4, 4), {1: 3})],
+                      extra={"colors": {"liver": [255, 0, 0]}, "terminology": {"liver": entry}})
+    task = read_task_dataset(root)
+    assert task.colors == {"liver": (1.0, 0.0, 0.0)} and task.terminology == {"liver": entry}
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["terminology"] = {"kidney": entry}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(LabelSharingError, match="terminology"):
+        read_task_dataset(root)

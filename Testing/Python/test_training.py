@@ -106,3 +106,20 @@ def test_short_training_run_learns_three_tasks(tmp_path):
     assert all(r["split"] == "test" for r in result["tasks"].values())
     assert all(m > 0.3 for m in means.values()), means  # chance is about 0.05; measured 0.45-0.54
     assert np.mean(list(means.values())) > 0.4, means
+
+
+def test_task_config_carries_colors_and_terminology(tmp_path):
+    from conftest import boxes, write_task
+    from labelsharing.datasets import read_task_dataset
+    from labelsharing.plan import LabelStats, SharedLabelPlan
+    from labelsharing.training import task_config
+
+    root = write_task(tmp_path / "T", {"a": 1, "b": 2}, [boxes((4, 4), {1: 6, 2: 2})],
+                      extra={"colors": {"a": [0, 0, 255]}, "terminology": {"b": "ctx~SCT^1^x~SCT^2^y~^^~a~^^~^^"}})
+    dataset = read_task_dataset(root)
+    plan = SharedLabelPlan.build({"T": {"a": LabelStats(1, 0.4, 1.0), "b": LabelStats(2, 0.1, 1.0)}})
+    prepared = PreparedTask(name="T", dataset=dataset, modality="CT", axis=None, normalization={"scheme": "ct"},
+                            images=np.zeros((1, 2, 2)), labels=np.zeros((1, 2, 2)), foreground=np.array([True]))
+    labels = task_config(prepared, plan)["labels"]
+    assert labels["a"] == {"value": 1, "shared": 1, "color": [0.0, 0.0, 1.0]}
+    assert labels["b"]["terminology"] == "ctx~SCT^1^x~SCT^2^y~^^~a~^^~^^" and len(labels["b"]["color"]) == 3
