@@ -235,10 +235,9 @@ NOTES = [
     "With replay, old tasks may score *higher* after add_task than in the base model: add_task trains "
     "another --epochs that include old-task slices, so 'before' is the less-trained model. The replay-0 "
     "row is the forgetting measurement.",
-    "add_task keeps the epoch with the best mean validation Dice over the new *and* old tasks. With replay 0 "
-    "that tends to be an early epoch (before the old tasks are forgotten further), so the replay-0 row shows "
-    "an early model: the new task under-trained and forgetting at its mildest. See the best epoch in the "
-    "forgetting table.",
+    "add_task keeps the epoch with the best mean validation Dice over the new and old tasks when it replays "
+    "them, and over the new task alone with replay 0 (the old tasks are not trained on then, so their Dice "
+    "would only pick an early, under-trained epoch). The replay-0 row therefore shows full forgetting.",
     "The 'base' row is the model on tasks 1..K-1 only; its mean is over those tasks.",
     "DoDNet-style head (8-channel dynamic 1x1 convolutions, as in DoDNet) converges more slowly than the "
     "plain heads within this short budget (its training loss stays higher); in a 10-epoch trial a "
