@@ -136,9 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train one segmentation network for many independent multi-label tasks by label sharing.",
     )
     parser.add_argument("--version", action="version", version=f"labelsharing {__version__}")
-    parser.add_argument("--progress", choices=PROGRESS_MODES, default="bar",
-                        help="[OPTIONAL] progress display: a bar (default), 'lines' (PROGRESS <percent> <text> "
-                             "on stdout, for programs) or none.")
+    parser.add_argument("--progress", choices=PROGRESS_MODES, default=None,
+                        help="[OPTIONAL] progress display: a bar (default on a terminal), 'lines' (PROGRESS "
+                             "<percent> <text> on stdout, for programs) or none (default when stderr is not a "
+                             "terminal, so logs stay readable).")
     parser.add_argument("--debug", action="store_true", help="[OPTIONAL] show tracebacks for user errors too.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -263,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # jobs) many times slower; passive waiting costs little on an idle one. Set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
-    progress = ProgressReporter(args.progress)
+    progress = ProgressReporter(args.progress or ("bar" if sys.stderr.isatty() else "none"))
     if not args.debug:
         warnings.showwarning = _show_warning
     try:
