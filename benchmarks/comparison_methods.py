@@ -25,7 +25,8 @@ from labelsharing.datasets import read_task_dataset
 from labelsharing.evaluation import evaluate_model
 from labelsharing.inference import Predictor, select_device
 from labelsharing.model import SegmentationModel, default_architecture, package_versions
-from labelsharing.training import FitResult, TrainingOptions, fit, load_tasks, task_config, train
+from labelsharing.planning import plan_task_datasets
+from labelsharing.training import FitResult, TrainingOptions, fit, task_config, train
 from labelsharing.training_data import prepare_task
 
 from comparison_models import (
@@ -59,17 +60,11 @@ def _test(predictor, folders: Sequence[Path]) -> dict:
 
 def _prepared(folders: Sequence[Path], options: TrainingOptions, plan_of=None):
     """The engine's preparation (as ``train`` does it), optionally with another label encoding."""
-    plan, datasets = load_tasks(folders, None, _silent_progress(), _quiet)
+    plan, summaries = plan_task_datasets(folders, log=_quiet, keep_cases=True)
     method_plan = plan_of(plan) if plan_of else plan
-    tasks = [prepare_task(t, method_plan, options.input_size, options.val_fraction, options.seed, options.axis)
-             for t in datasets]
+    tasks = [prepare_task(s.task, method_plan, options.input_size, options.val_fraction, options.seed, options.axis,
+                          s.cases) for s in summaries]
     return method_plan, tasks
-
-
-def _silent_progress():
-    from labelsharing.progress import SILENT
-
-    return SILENT
 
 
 # --------------------------------------------------------------------------- engine methods

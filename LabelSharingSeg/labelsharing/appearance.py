@@ -63,14 +63,20 @@ def task_confusion(names: Sequence[str], images: Sequence[np.ndarray], per_task:
     return confusion
 
 
-def similar_task_warnings(names: Sequence[str], images: Sequence[np.ndarray]) -> list[str]:
-    """Warnings for task pairs whose images look alike (see the module docstring)."""
+def similar_task_warnings(names: Sequence[str], images: Sequence[np.ndarray], involving: str | None = None) -> list[str]:
+    """Warnings for task pairs whose images look alike (see the module docstring).
+
+    ``involving`` keeps only the pairs that include this task (e.g. a task being added, whose
+    old partners were checked when the model was trained).
+    """
     if len(names) < 2:
         return []
     confusion = task_confusion(names, images)
     warnings = []
     for i, a in enumerate(names):
         for j, b in enumerate(names):
+            if involving is not None and involving not in (a, b):
+                continue
             if i != j and confusion[i, j] > CONFUSION_WARNING:
                 warnings.append(
                     f"{confusion[i, j]:.0%} of '{a}' slices look most like '{b}' slices: the network may not tell "

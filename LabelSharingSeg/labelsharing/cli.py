@@ -23,12 +23,10 @@ __all__ = ["main", "build_parser"]
 
 def _cmd_plan(args: argparse.Namespace, progress: ProgressReporter) -> int:
     from labelsharing.plan import read_pins
-    from labelsharing.planning import plan_table, plan_tasks, summarise_tasks
+    from labelsharing.planning import plan_table, plan_task_datasets
 
-    summaries = summarise_tasks(args.datasets, progress)
-    plan = plan_tasks(summaries, read_pins(args.pins) if args.pins else None)
-    for note in [w for s in summaries for w in s.warnings] + plan.warnings:
-        print(f"warning: {note}", file=sys.stderr)
+    plan, _ = plan_task_datasets(args.datasets, read_pins(args.pins) if args.pins else None, progress,
+                                 log=lambda message: print(message, file=sys.stderr))
     print(plan_table(plan))
     print(f"\n{plan.n_shared} shared labels for {len(plan.task_names)} task(s).")
     if args.json:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
 import numpy as np
+import SimpleITK as sitk
 
 from labelsharing.errors import LabelSharingError
 from labelsharing.imageio import SEG_NRRD, case_id_from_path, geometry_mismatch, read_image, read_label
@@ -80,6 +81,7 @@ class TaskSummary:
     stats: dict[str, LabelStats]
     dimension: int
     warnings: list[str]
+    cases: tuple[tuple[sitk.Image, sitk.Image], ...] = ()
 
 
 def read_task_dataset(folder: str | Path) -> TaskDataset:
@@ -124,7 +126,8 @@ def read_task_dataset(folder: str | Path) -> TaskDataset:
     )
 
 
-def inspect_task_dataset(task: TaskDataset, progress: Callable[[int, int], None] | None = None) -> TaskSummary:
+def inspect_task_dataset(task: TaskDataset, progress: Callable[[int, int], None] | None = None,
+                         keep_cases: bool = False) -> TaskSummary:
     """Load every training pair, check it, and measure each label's size.
 
     Checks: image/label size and geometry agree, label values are declared, all cases have
@@ -133,17 +136,22 @@ def inspect_task_dataset(task: TaskDataset, progress: Callable[[int, int], None]
     Args:
         task: the dataset.
         progress: called as ``progress(done, total)`` after each case.
+        keep_cases: keep the loaded (image, label) pairs in ``TaskSummary.cases``, so that
+            training does not read every file a second time.
 
     Raises:
         LabelSharingError: naming the file and the fix, on the first broken case.
     """
     dims: set[int] = set()
+    kept: list[tuple[sitk.Image, sitk.Image]] = []
 
     def arrays() -> Iterator[np.ndarray]:
         for index, case in enumerate(task.training):
             image, label = load_case(task, case)
             dims.add(image.GetDimension())
-            yield _sitk_array(label)
+            if keep_cases:
+                kept.append((image, label))
+            yield sitk.GetArrayViewFromImage(label)
             if progress is not None:
                 progress(index + 1, len(task.training))
 
@@ -155,7 +163,7 @@ def inspect_task_dataset(task: TaskDataset, progress: Callable[[int, int], None]
         for name, s in stats.items()
         if s.presence == 0
     ]
-    return TaskSummary(task=task, stats=stats, dimension=dims.pop(), warnings=notes)
+    return TaskSummary(task=task, stats=stats, dimension=dims.pop(), warnings=notes, cases=tuple(kept))
 
 
 def load_case(task: TaskDataset, case: Case):
@@ -174,7 +182,7 @@ def load_case(task: TaskDataset, case: Case):
             f"{case.label} does not match its image {case.image.name}: {mismatch}. "
             "Save the label on the image's grid (same size, spacing, origin and direction)."
         )
-    values = np.unique(_sitk_array(label))
+    values = np.unique(sitk.GetArrayViewFromImage(label))
     undeclared = sorted(set(int(v) for v in values) - set(task.labels.values()) - {0})
     if undeclared:
         raise LabelSharingError(
@@ -182,12 +190,6 @@ def load_case(task: TaskDataset, case: Case):
             f"'labels' ({_labels_text(task.labels)}). Declare them or fix the label file."
         )
     return image, label
-
-
-def _sitk_array(image) -> np.ndarray:
-    import SimpleITK as sitk
-
-    return sitk.GetArrayViewFromImage(image)
 
 
 def _read_dataset_json(root: Path) -> dict:

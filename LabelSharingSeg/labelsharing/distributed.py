@@ -116,16 +116,6 @@ class DistributedContext:
         dist.all_reduce(tensor)
         return float(tensor) / self.world_size
 
-    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
-        """``obj`` of rank ``src``, on every rank (picklable objects)."""
-        if self.world_size == 1:
-            return obj
-        import torch.distributed as dist
-
-        box = [obj]
-        dist.broadcast_object_list(box, src=src)
-        return box[0]
-
     @contextmanager
     def together(self) -> Iterator[None]:
         """Run a step on every rank; if it fails on any rank, every rank raises (none waits forever).

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 
 from labelsharing.datasets import TaskDataset, load_case
 from labelsharing.errors import LabelSharingError
@@ -136,7 +137,7 @@ def evaluate_model(predictor, tasks: Sequence[TaskDataset], progress: ProgressRe
             for case in cases:
                 image, label = load_case(task, case)
                 prediction = predictor.predict_image(image, task.name)
-                scores = accumulator.add(prediction, _array(label))
+                scores = accumulator.add(prediction, sitk.GetArrayViewFromImage(label))
                 advance(task=task.name, dice=float(np.mean(list(scores.values()))))
             per_label = accumulator.mean_dice()
             result["tasks"][task.name] = {
@@ -156,12 +157,6 @@ def evaluation_table(result: Mapping) -> str:
             rows.append([task, label, f"{entry['dice']:.3f}", "", ""])
         rows.append([task, "(mean)", f"{body['mean_dice']:.3f}", body["cases"], body["split"]])
     return format_table(["task", "label", "dice", "cases", "split"], rows)
-
-
-def _array(image) -> np.ndarray:
-    import SimpleITK as sitk
-
-    return sitk.GetArrayViewFromImage(image)
 
 
 def _labels_text(labels: Mapping[str, int]) -> str:

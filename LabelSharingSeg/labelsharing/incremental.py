@@ -85,7 +85,7 @@ def _prepare(model_dir: Path, dataset, options: TrainingOptions, replay: float, 
     device = context.device
     log(describe_processes(context))
     parent = SegmentationModel.load(model_dir, device=str(device))
-    summary = summarise_tasks([dataset], progress)[0]
+    summary = summarise_tasks([dataset], progress, keep_cases=True)[0]
     name = summary.task.name
     plan = parent.plan.add_task(name, summary.stats, (pins or {}).get(name))
     for note in summary.warnings + plan.warnings[len(parent.plan.warnings):]:
@@ -98,7 +98,8 @@ def _prepare(model_dir: Path, dataset, options: TrainingOptions, replay: float, 
         log(f"'{name}' has {len(summary.stats)} labels, more than the model's {parent.plan.n_shared} shared labels: "
             f"the output layer grows to {plan.n_shared} shared labels (new channels start from background).")
     input_size = parent.input_size
-    new_task = prepare_task(summary.task, plan, input_size, options.val_fraction, options.seed, options.axis)
+    new_task = prepare_task(summary.task, plan, input_size, options.val_fraction, options.seed, options.axis,
+                            summary.cases)
     old_tasks = _prepare_old_tasks(parent, plan, replay, log)
     config.update(plan=plan.to_dict(), parent=str(model_dir.resolve()), versions=package_versions(),
                   parameters=sum(p.numel() for p in network.parameters()))
@@ -106,9 +107,8 @@ def _prepare(model_dir: Path, dataset, options: TrainingOptions, replay: float, 
     model = SegmentationModel(config=config, network=network.to(device))
 
     tasks = [new_task, *old_tasks]
-    for note in similar_task_warnings([t.name for t in tasks], [t.images for t in tasks]):
-        if f"'{name}'" in note:  # old tasks' pairs were reported when the model was trained
-            log(f"warning: {note}")
+    for note in similar_task_warnings([t.name for t in tasks], [t.images for t in tasks], involving=name):
+        log(f"warning: {note}")
     before = validation_dice(model, tasks, device) if context.is_main else {}
     shares = {new_task.name: 1.0 - replay, **{t.name: replay / len(old_tasks) for t in old_tasks}}
     return model, tasks, shares, before

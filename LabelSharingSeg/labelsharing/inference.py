@@ -107,7 +107,7 @@ class Predictor:
         self.model = model
         self.device = device if isinstance(device, torch.device) else select_device(device)
         self.batch_size = int(batch_size)
-        self.plan = model.plan  # built once; model.plan re-parses the JSON on every access
+        self.plan = model.plan
         self.network = model.network.to(self.device).eval()
 
     @classmethod

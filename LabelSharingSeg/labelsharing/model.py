@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -107,8 +108,10 @@ class SegmentationModel:
     config: dict
     network: Any  # torch.nn.Module
 
-    @property
+    @cached_property
     def plan(self) -> SharedLabelPlan:
+        """The shared-label plan of ``config["plan"]`` (parsed once; the config is not changed
+        after the model is built)."""
         return SharedLabelPlan.from_dict(self.config["plan"])
 
     @property

@@ -24,18 +24,17 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from labelsharing.appearance import similar_task_warnings
-from labelsharing.datasets import TaskDataset, load_case
 from labelsharing.distributed import DistributedContext, start_distributed
 from labelsharing.errors import LabelSharingError
 from labelsharing.model import FORMAT_VERSION, SegmentationModel, build_network, default_architecture, label_color, package_versions
 from labelsharing.plan import SharedLabelPlan
-from labelsharing.planning import plan_tasks, summarise_tasks
+from labelsharing.planning import plan_task_datasets
 from labelsharing.preprocessing import choose_input_size, choose_slice_axis
 from labelsharing.progress import SILENT, ProgressReporter
 from labelsharing.training_data import PreparedTask, SharedSliceDataset, prepare_task, sampling_weights, \
     slice_shape, training_transforms
 
-__all__ = ["TrainingOptions", "FitResult", "train", "fit", "task_config", "validation_dice", "load_tasks",
+__all__ = ["TrainingOptions", "FitResult", "train", "fit", "task_config", "validation_dice",
            "main_process_output", "describe_processes"]
 
 Log = Callable[[str], None]
@@ -80,16 +79,6 @@ class FitResult:
     best_epoch: int = 0
     best_dice: float = float("nan")
     seconds: float = 0.0
-
-
-def load_tasks(folders: Sequence[str | Path], pins: Mapping[str, Mapping[str, int]] | None,
-               progress: ProgressReporter, log: Log) -> tuple[SharedLabelPlan, list[TaskDataset]]:
-    """Check and measure the datasets, build the plan, and report its warnings."""
-    summaries = summarise_tasks(folders, progress)
-    plan = plan_tasks(summaries, pins)
-    for note in [w for s in summaries for w in s.warnings] + plan.warnings:
-        log(f"warning: {note}")
-    return plan, [s.task for s in summaries]
 
 
 def task_config(task: PreparedTask, plan: SharedLabelPlan) -> dict:
@@ -154,12 +143,12 @@ def _train(datasets, out: Path, options: TrainingOptions, pins, force: bool, con
 
     device = context.device
     with context.together():
-        plan, datasets_read = load_tasks(datasets, pins, progress, log)
+        plan, summaries = plan_task_datasets(datasets, pins, progress, log, keep_cases=True)
         log(describe_processes(context))
-        loaded = {t.name: [load_case(t, c) for c in t.training] for t in datasets_read}
+        loaded = {s.task.name: s.cases for s in summaries}
         input_size = options.input_size or _default_input_size(loaded, options.axis)
-        tasks = [prepare_task(t, plan, input_size, options.val_fraction, options.seed, options.axis, loaded[t.name])
-                 for t in datasets_read]
+        tasks = [prepare_task(s.task, plan, input_size, options.val_fraction, options.seed, options.axis, s.cases)
+                 for s in summaries]
         log(f"{sum(len(t.images) for t in tasks)} training slices of {input_size}x{input_size} from "
             f"{len(tasks)} tasks; {plan.n_shared} shared labels")
         if context.is_main:
@@ -200,7 +189,7 @@ def history_entry(kind: str, options: TrainingOptions, device, result: FitResult
         "kind": kind, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "tasks": list(tasks),
         "device": str(device), "processes": processes, "seconds": round(result.seconds, 1),
         "best_epoch": result.best_epoch,
-        "best_mean_dice": result.best_dice, "options": {k: v for k, v in vars(options).items()},
+        "best_mean_dice": result.best_dice, "options": dict(vars(options)),
         "epochs": result.epochs,
     }
 
@@ -328,7 +317,7 @@ def validation_dice(model: SegmentationModel, tasks: Sequence[PreparedTask], dev
     Returns:
         ``{task: {"mean": m, "labels": {label: dice}}}`` for tasks that have validation cases.
     """
-    from labelsharing.evaluation import dice_per_label
+    from labelsharing.evaluation import DiceAccumulator
     from labelsharing.inference import Predictor
 
     predictor = (predictor_factory or Predictor)(model, device)
@@ -337,9 +326,10 @@ def validation_dice(model: SegmentationModel, tasks: Sequence[PreparedTask], dev
         if not task.validation:
             continue
         labels = {name: entry["value"] for name, entry in model.config["tasks"][task.name]["labels"].items()}
-        per_case = [dice_per_label(predictor.predict_image(image, task.name), truth, labels)
-                    for image, truth in task.validation]
-        per_label = {name: float(np.mean([case[name] for case in per_case])) for name in labels}
+        accumulator = DiceAccumulator(labels)
+        for image, truth in task.validation:
+            accumulator.add(predictor.predict_image(image, task.name), truth)
+        per_label = accumulator.mean_dice()
         result[task.name] = {"mean": float(np.mean(list(per_label.values()))), "labels": per_label}
     return result
 

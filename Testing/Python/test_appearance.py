@@ -34,6 +34,9 @@ def test_look_alike_tasks_are_warned_about():
     assert any("'A' slices look most like 'B'" in w for w in warnings)
     assert not any("'C'" in w for w in warnings)
     assert all("Pin their labels" in w for w in warnings)
+    only_c = similar_task_warnings(["A", "B", "C"], [_blobs(rng, 40, True), _blobs(rng, 40, True),
+                                                     _blobs(rng, 40, False)], involving="C")
+    assert only_c == []
 
 
 def test_single_task_needs_no_check():

@@ -69,7 +69,7 @@ def test_single_process_context_without_torchrun(monkeypatch):
     context = start_distributed("cpu")
     assert (context.rank, context.world_size, context.is_main, str(context.device)) == (0, 1, True, "cpu")
     context.barrier()
-    assert context.broadcast_object({"a": 1}) == {"a": 1} and context.mean(2.5) == 2.5
+    assert context.mean(2.5) == 2.5
     with pytest.raises(ValueError, match="unchanged"):
         with context.together():
             raise ValueError("unchanged")

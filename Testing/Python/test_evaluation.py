@@ -61,7 +61,7 @@ def test_accumulator_mean_over_cases_matches_monai_metric():
         accumulator.add(prediction, reference)
         metric(one_hot(torch.from_numpy(prediction)[None, None], 3), one_hot(torch.from_numpy(reference)[None, None], 3))
     np.testing.assert_allclose(list(accumulator.mean_dice().values()), metric.aggregate().numpy(), rtol=1e-6)
-    small, large = np.zeros(4, int), np.zeros(100, int)
+    large = np.zeros(100, int)
     pooled = DiceAccumulator({"a": 1})
     pooled.add(np.array([1, 0, 0, 0]), np.array([0, 1, 0, 0]))  # Dice 0 on a tiny case
     large[:50] = 1
@@ -72,7 +72,7 @@ def test_accumulator_mean_over_cases_matches_monai_metric():
 
 @pytest.fixture
 def tasks(tmp_path: Path):
-    shape = (32, 32)  # int64: conftest.write_task computes the image as label * 100
+    shape = (32, 32)
     a_label = np.zeros(shape, np.int64)
     a_label[2:18, 2:30], a_label[20:26, 4:20], a_label[27:30, 10:14] = 1, 2, 3
     b_label = np.zeros(shape, np.int64)
