@@ -1,13 +1,15 @@
 """The ``labelsharing`` command line: argparse only; every command calls the typed API.
 
-User errors (``LabelSharingError``) print ``error: <message>`` on stderr and exit with 2;
-anything else is a bug and keeps its traceback (``--debug`` re-raises user errors too).
+User errors (``LabelSharingError``, bad flags) print one ``error: <message>`` line on stderr and
+exit with 2. Anything else is a bug: the command says "internal error", writes the traceback to
+a file and exits with 1. ``--debug`` shows every traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import warnings
@@ -64,7 +66,7 @@ def _cmd_train(args: argparse.Namespace, progress: ProgressReporter) -> int:
                               features=args.features, learning_rate=args.lr, val_fraction=args.val_fraction,
                               device=args.device, seed=args.seed, axis=args.axis)
     train(args.datasets, args.out, options, pins=read_pins(args.pins) if args.pins else None, force=args.force,
-          progress=progress, log=_log_for(progress))
+          progress=progress, log=_log_for(progress), resume=args.resume, command=args.argv)
     return 0
 
 
@@ -77,7 +79,7 @@ def _cmd_add_task(args: argparse.Namespace, progress: ProgressReporter) -> int:
                               val_fraction=args.val_fraction, device=args.device, seed=args.seed)
     add_task(args.model, args.dataset, args.out, options, replay=args.replay,
              pins=read_pins(args.pins) if args.pins else None, force=args.force, progress=progress,
-             log=_log_for(progress))
+             log=_log_for(progress), resume=args.resume, command=args.argv)
     return 0
 
 
@@ -151,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo-data", help="write the built-in synthetic demo tasks")
     demo.add_argument("out", metavar="OUT", help="[REQUIRED] output folder (one sub-folder per task)")
     demo.add_argument("--cases", type=_positive_int, default=20, help="[OPTIONAL] training cases per task (20)")
-    demo.add_argument("--seed", type=int, default=0, help="[OPTIONAL] random seed (0); same seed, same files")
+    demo.add_argument("--seed", type=_seed, default=0, help="[OPTIONAL] random seed (0); same seed, same files")
     demo.set_defaults(handler=_cmd_demo_data)
 
     train = commands.add_parser("train", help="train one shared-label model on several task datasets",
@@ -159,13 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("datasets", nargs="+", metavar="DATASET", help="[REQUIRED] task dataset folders")
     train.add_argument("--out", required=True, metavar="MODEL", help="[REQUIRED] model folder to write")
     _add_training_flags(train)
-    train.add_argument("--input-size", type=int, default=None, metavar="S",
+    train.add_argument("--input-size", type=_positive_int, default=None, metavar="S",
                        help="[OPTIONAL] square network input size, a multiple of 16 (default: from the tasks' "
                             "slice sizes, at most 256)")
     train.add_argument("--features", type=_positive_int, default=16,
                        help="[OPTIONAL] UNet width: features of the first level (16: ~1.6 M parameters, good on "
                             "a CPU; 32 or more on a GPU)")
-    train.add_argument("--val-fraction", type=float, default=0.2,
+    train.add_argument("--val-fraction", type=_fraction, default=0.2,
                        help="[OPTIONAL] fraction of each task's training cases held out for validation Dice (0.2)")
     train.add_argument("--axis", type=int, choices=(0, 1, 2), default=None,
                        help="[OPTIONAL] slice 3D volumes along this image axis (0=i, 1=j, 2=k); default: the axis "
@@ -179,10 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("model", metavar="MODEL", help="[REQUIRED] trained model folder (left unchanged)")
     add.add_argument("dataset", metavar="DATASET", help="[REQUIRED] the new task's dataset folder")
     add.add_argument("--out", required=True, metavar="NEW_MODEL", help="[REQUIRED] folder for the new model")
-    add.add_argument("--replay", type=float, default=0.5,
+    add.add_argument("--replay", type=_fraction, default=0.5,
                      help="[OPTIONAL] fraction of each batch drawn from the old tasks' training cases (0.5); "
                           "0 needs no old data but does not guard against forgetting")
-    add.add_argument("--val-fraction", type=float, default=0.2,
+    add.add_argument("--val-fraction", type=_fraction, default=0.2,
                      help="[OPTIONAL] fraction of the new task's cases held out for validation Dice (0.2)")
     add.add_argument("--pins", metavar="FILE", help="[OPTIONAL] pins file for the new task (see 'plan')")
     add.add_argument("--force", action="store_true", help="[OPTIONAL] replace an existing NEW_MODEL folder")
@@ -213,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "4th, evaluate, write a report (make demo)")
     demo_run.add_argument("--out", default="demo_output", help="[OPTIONAL] output folder (demo_output)")
     demo_run.add_argument("--quick", action="store_true", help="[OPTIONAL] a small run of about two minutes")
-    demo_run.add_argument("--seed", type=int, default=0, help="[OPTIONAL] random seed (0)")
+    demo_run.add_argument("--seed", type=_seed, default=0, help="[OPTIONAL] random seed (0)")
     _add_device_flag(demo_run)
     demo_run.set_defaults(handler=_cmd_demo)
 
@@ -235,8 +237,11 @@ def _add_training_flags(parser: argparse.ArgumentParser, epochs: int = 25, lr: f
     parser.add_argument("--batch-size", type=_positive_int, default=16,
                         help="[OPTIONAL] slices per batch (16), per process under torchrun (N processes: N x 16 "
                              "slices per step)")
-    parser.add_argument("--lr", type=float, default=lr, help=f"[OPTIONAL] peak AdamW learning rate ({lr:g})")
-    parser.add_argument("--seed", type=int, default=0, help="[OPTIONAL] random seed (0); repeatable on the CPU")
+    parser.add_argument("--lr", type=_learning_rate, default=lr, help=f"[OPTIONAL] peak AdamW learning rate ({lr:g})")
+    parser.add_argument("--seed", type=_seed, default=0, help="[OPTIONAL] random seed (0); repeatable on the CPU")
+    parser.add_argument("--resume", action="store_true",
+                        help="[OPTIONAL] continue an interrupted run of this same command from its last end-of-epoch "
+                             "checkpoint (kept in <out's folder>/.<out's name>.work/ until the model is written)")
     _add_device_flag(parser)
 
 
@@ -246,9 +251,47 @@ _SEVERAL_GPUS = ("Several GPUs: torchrun --nproc_per_node=N -m labelsharing {com
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = _integer(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**32 - 1, got {value}")
+    return value
+
+
+def _learning_rate(text: str) -> float:
+    value = _number(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text} (AdamW is usually run at 1e-4 to 1e-2)")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
     return value
 
 
@@ -261,7 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # OpenMP threads that spin while waiting make torch on a busy CPU (Slicer beside it, other
     # jobs) many times slower; passive waiting costs little on an idle one. Set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     progress = ProgressReporter(args.progress or ("bar" if sys.stderr.isatty() else "none"))
     if not args.debug:
         warnings.showwarning = _show_warning
@@ -275,3 +320,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; nothing was written for the unfinished step.", file=sys.stderr)
         return 130
+    except OSError as exc:  # the environment: a full disk, a missing or read-only file
+        if args.debug or exc.filename is None:
+            raise
+        print(f"error: {exc.strerror or exc}: {exc.filename}. Check the path, its permissions and the free space.",
+              file=sys.stderr)
+        return 2
+    except Exception:  # a bug, not the user's doing: say so in one line, keep the traceback in a file
+        if args.debug:
+            raise
+        print(f"error: internal error ({_describe_exception()}); the traceback was written to {_save_traceback()}. "
+              "Please report it with that file; --debug shows it here.", file=sys.stderr)
+        return 1
+
+
+def _describe_exception() -> str:
+    kind, value, _ = sys.exc_info()
+    text = str(value).strip().splitlines()
+    return f"{kind.__name__}: {text[0]}" if text else kind.__name__
+
+
+def _save_traceback() -> str:
+    """Write the current exception's traceback to a new file in the temporary folder; its path."""
+    import tempfile
+    import traceback
+
+    handle, path = tempfile.mkstemp(prefix="labelsharing-error-", suffix=".txt")
+    with os.fdopen(handle, "w") as stream:
+        stream.write(f"labelsharing {__version__}, python {sys.version.split()[0]}\n")
+        traceback.print_exc(file=stream)
+    return path

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from labelsharing.appearance import similar_task_warnings
 from labelsharing.datasets import read_task_dataset
@@ -24,8 +24,9 @@ from labelsharing.model import SegmentationModel, grow_output_channels, package_
 from labelsharing.planning import summarise_tasks
 from labelsharing.progress import SILENT, ProgressReporter
 from labelsharing.tables import format_table
-from labelsharing.training import Log, TrainingOptions, main_process_output, describe_processes, fit, history_entry, \
-    task_config, validation_dice
+from labelsharing.checkpoint import RunFolder
+from labelsharing.training import Log, TrainingOptions, check_finite_weights, describe_processes, fit, history_entry, \
+    main_process_output, open_run, run_options, task_config, validation_dice
 from labelsharing.training_data import PreparedTask, prepare_task
 
 __all__ = ["DEFAULT_REPLAY", "add_task", "forgetting_table"]
@@ -44,6 +45,8 @@ def add_task(
     force: bool = False,
     progress: ProgressReporter = SILENT,
     log: Log = print,
+    resume: bool = False,
+    command: Sequence[str] | None = None,
 ) -> SegmentationModel:
     """Fine-tune a copy of the model at ``model_dir`` on one more task and write it to ``out``.
 
@@ -55,10 +58,14 @@ def add_task(
         replay: fraction of each batch drawn from the old tasks' training cases, in [0, 1).
             The old tasks' dataset folders (recorded in ``model.json``) must exist unless 0.
         pins: optional pins for the new task.
+        resume, command: as for :func:`~labelsharing.training.train`.
+
+    The forgetting table (Dice before and after, stored in the history) is measured on the
+    weights that are written.
 
     Raises:
         LabelSharingError: same input and output folder, existing output, unknown or duplicate
-            task, missing old data with ``replay > 0``.
+            task, missing old data with ``replay > 0``, a leftover interrupted run without ``resume``.
     """
     options = options or TrainingOptions(epochs=10, learning_rate=5e-4)
     model_dir, out = Path(model_dir), Path(out)
@@ -68,12 +75,17 @@ def add_task(
         raise LabelSharingError("--out must be a new folder: add-task never changes the input model.")
     if out.exists() and not force:  # checked by every process before they meet: none is left waiting
         raise LabelSharingError(f"{out} already exists; choose another --out or pass --force to replace it.")
+    identity = {"command": "add-task", "model": str(model_dir.resolve()), "dataset": str(Path(dataset).resolve()),
+                "options": run_options(options), "replay": replay, "pins": pins}
+    run = open_run(out, identity, resume, command)
     context = start_distributed(options.device)
     try:
         with context.together():
             model, tasks, shares, before = _prepare(model_dir, dataset, options, replay, pins, context,
                                                     *main_process_output(context, progress, log))
-        return _fine_tune(model, tasks, shares, before, model_dir, out, options, replay, force, context,
+            if context.is_main and not resume:
+                run.start()
+        return _fine_tune(model, tasks, shares, before, model_dir, out, options, replay, force, context, run,
                           *main_process_output(context, progress, log))
     finally:
         context.close()
@@ -116,23 +128,25 @@ def _prepare(model_dir: Path, dataset, options: TrainingOptions, replay: float, 
 
 def _fine_tune(model: SegmentationModel, tasks: list[PreparedTask], shares: dict, before: dict, model_dir: Path,
                out: Path, options: TrainingOptions, replay: float, force: bool, context: DistributedContext,
-               progress: ProgressReporter, log: Log) -> SegmentationModel:
+               run: RunFolder, progress: ProgressReporter, log: Log) -> SegmentationModel:
     name = tasks[0].name
     # Without replay the old tasks are not trained on, so selecting the epoch on their Dice would
     # just keep an early, under-trained model: select on the new task alone.
     select_on = [name] if replay == 0 else None
     result = fit(model, tasks, options, context.device, shares=shares, progress=progress, log=log, context=context,
-                 select_on=select_on)
+                 select_on=select_on, run=run)
     with context.together():  # the others wait for the main process to write (and hear if it fails)
         if context.is_main:
+            check_finite_weights(result.best_state, "Adding the task")
             model.network.load_state_dict(result.best_state)
-            after = result.epochs[result.best_epoch - 1]["val_dice"] if result.epochs else {}
+            after = validation_dice(model, tasks, context.device)  # the weights that are written
             forgetting = {task: {"before": before[task]["mean"], "after": after[task]["mean"]}
                           for task in after if task in before}
             record = history_entry("add-task", options, context.device, result, [name], context.world_size)
             record.update(replay=replay, forgetting=forgetting, parent=str(model_dir.resolve()))
             model.config["history"].append(record)
             model.save(out, overwrite=force)
+            run.remove()
             log(forgetting_table(forgetting, new_task=name))
             if replay == 0:
                 log("note: trained with --replay 0: forgetting of the old tasks was not guarded against.")

@@ -6,6 +6,11 @@ warm-up then cosine decay. Each epoch ends with Dice per task and label on held-
 computed by the same :class:`~labelsharing.inference.Predictor` that inference uses, and the
 best weights (mean Dice over tasks) are kept. The model folder is written only at the end.
 
+Nothing is lost to an interruption: every epoch ends with a checkpoint in the run's working
+folder (:mod:`labelsharing.checkpoint`), and ``resume=True`` continues from it with the same
+result as an uninterrupted run. A loss that becomes NaN or infinite stops the run with an error;
+a model whose weights are not finite is never written.
+
 Under ``torchrun`` (see :mod:`labelsharing.distributed`) every process trains a
 ``DistributedDataParallel`` copy on its own draws (batch size per process, each epoch split
 between the processes); only the main process validates, logs, keeps the best weights and writes.
@@ -24,6 +29,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from labelsharing.appearance import similar_task_warnings
+from labelsharing.checkpoint import RunFolder, epoch_seed, work_folder_for
 from labelsharing.distributed import DistributedContext, start_distributed
 from labelsharing.errors import LabelSharingError
 from labelsharing.model import FORMAT_VERSION, SegmentationModel, build_network, default_architecture, label_color, package_versions
@@ -35,7 +41,7 @@ from labelsharing.training_data import PreparedTask, SharedSliceDataset, prepare
     slice_shape, training_transforms
 
 __all__ = ["TrainingOptions", "FitResult", "train", "fit", "task_config", "validation_dice",
-           "main_process_output", "describe_processes"]
+           "main_process_output", "describe_processes", "open_run", "run_options", "check_finite_weights"]
 
 Log = Callable[[str], None]
 
@@ -61,8 +67,17 @@ class TrainingOptions:
     axis: int | None = None
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise LabelSharingError("--epochs and --batch-size must be at least 1.")
+        if self.epochs < 1 or self.batch_size < 1 or self.features < 1:
+            raise LabelSharingError("--epochs, --batch-size and --features must be at least 1.")
+        if not (math.isfinite(self.learning_rate) and 0 < self.learning_rate <= 1):
+            raise LabelSharingError(f"--lr must be a number in (0, 1], got {self.learning_rate}; "
+                                    "AdamW is usually run at 1e-4 to 1e-2.")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise LabelSharingError(f"weight decay must be a finite number >= 0, got {self.weight_decay}.")
+        if not 0 <= self.warmup_fraction < 1:
+            raise LabelSharingError(f"warm-up fraction must lie in [0, 1), got {self.warmup_fraction}.")
+        if not 0 <= self.seed < 2**32:
+            raise LabelSharingError(f"--seed must be an integer in [0, 2**32), got {self.seed}.")
         if self.input_size is not None and (self.input_size < 16 or self.input_size % 16):
             raise LabelSharingError(f"--input-size must be a multiple of 16 (the UNet halves it 4 times), "
                                     f"got {self.input_size}.")
@@ -102,24 +117,76 @@ def train(
     force: bool = False,
     progress: ProgressReporter = SILENT,
     log: Log = print,
+    resume: bool = False,
+    command: Sequence[str] | None = None,
 ) -> SegmentationModel:
     """Train one shared-label model on several task datasets and write it to ``out``.
 
     Under ``torchrun`` every process calls this; the main process writes ``out`` and the others
     return (with the last epoch's weights) once it is written.
 
+    Args:
+        resume: continue the interrupted run into ``out`` from its last checkpoint; the datasets,
+            options and pins must be the interrupted run's.
+        command: the command-line arguments of this run, recorded so that an interrupted run
+            can say how to resume it (default: the Python call with ``resume=True``).
+
     Raises:
-        LabelSharingError: ``out`` exists (without ``force``), invalid datasets or pins.
+        LabelSharingError: ``out`` exists (without ``force``), a leftover working folder of an
+            interrupted run (without ``resume``), invalid datasets or pins.
     """
     options = options or TrainingOptions()
     out = Path(out)
     if out.exists() and not force:  # checked by every process before they meet: none is left waiting
         raise LabelSharingError(f"{out} already exists; choose another --out or pass --force to replace it.")
+    identity = {"command": "train", "datasets": [str(Path(d).resolve()) for d in datasets],
+                "options": run_options(options), "pins": pins}
+    run = open_run(out, identity, resume, command)
     context = start_distributed(options.device)
     try:
-        return _train(datasets, out, options, pins, force, context, *main_process_output(context, progress, log))
+        return _train(datasets, out, options, pins, force, context, run, resume,
+                      *main_process_output(context, progress, log))
     finally:
         context.close()
+
+
+def open_run(out: Path, identity: Mapping, resume: bool, command: Sequence[str] | None) -> RunFolder:
+    """The working folder of a run into ``out``, checked: ``resume`` needs the same run's folder,
+    a new run refuses a leftover one (and says how to resume it)."""
+    run = RunFolder(work_folder_for(out), identity, _resume_command(command))
+    if resume:
+        run.check_resumable()
+    elif run.exists():
+        raise LabelSharingError(run.describe_leftover())
+    return run
+
+
+def _resume_command(command: Sequence[str] | None) -> str:
+    import shlex
+
+    if command is None:
+        return "the same Python call with resume=True"
+    arguments = list(command) + ([] if "--resume" in command else ["--resume"])
+    return " ".join(shlex.quote(a) for a in ["labelsharing", *arguments])
+
+
+def run_options(options: TrainingOptions) -> dict:
+    """The options that must not change between an interrupted run and its resumption."""
+    return {key: value for key, value in vars(options).items() if key != "device"}
+
+
+def check_finite_weights(state: Mapping, what: str) -> None:
+    """Refuse to write weights holding NaN or infinity.
+
+    Raises:
+        LabelSharingError: naming the first non-finite tensor.
+    """
+    import torch
+
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise LabelSharingError(f"{what}: the weights hold NaN or infinite values ({name}); nothing was written. "
+                                    "Lower --lr and train again.")
 
 
 def main_process_output(context: DistributedContext, progress: ProgressReporter, log: Log) -> tuple[ProgressReporter, Log]:
@@ -138,7 +205,7 @@ def describe_processes(context: DistributedContext) -> str:
 
 
 def _train(datasets, out: Path, options: TrainingOptions, pins, force: bool, context: DistributedContext,
-           progress: ProgressReporter, log: Log) -> SegmentationModel:
+           run: RunFolder, resume: bool, progress: ProgressReporter, log: Log) -> SegmentationModel:
     import torch
 
     device = context.device
@@ -170,13 +237,17 @@ def _train(datasets, out: Path, options: TrainingOptions, pins, force: bool, con
     }
     model = SegmentationModel(config=config, network=build_network(architecture).to(device))
     config["parameters"] = sum(p.numel() for p in model.network.parameters())
-    result = fit(model, tasks, options, device, progress=progress, log=log, context=context)
+    if context.is_main and not resume:
+        run.start()
+    result = fit(model, tasks, options, device, progress=progress, log=log, context=context, run=run)
     with context.together():  # the others wait for the main process to write (and hear if it fails)
         if context.is_main:
+            check_finite_weights(result.best_state, "Training")
             model.network.load_state_dict(result.best_state)
             config["history"].append(history_entry("train", options, device, result, [t.name for t in tasks],
                                                    context.world_size))
             model.save(out, overwrite=force)
+            run.remove()
             log(f"model written to {out} (best epoch {result.best_epoch}, mean validation Dice "
                 f"{result.best_dice:.3f}, {result.seconds:.0f} s)")
     return model
@@ -218,6 +289,7 @@ def fit(
     select_on: Sequence[str] | None = None,
     forward: Callable | None = None,
     predictor_factory: Callable | None = None,
+    run: RunFolder | None = None,
 ) -> FitResult:
     """Train ``model.network`` in place on the pooled slices of ``tasks``; keep the best weights.
 
@@ -234,11 +306,17 @@ def fit(
             Every process returns together.
         select_on: tasks whose mean validation Dice picks the best epoch (default: all tasks
             with validation cases). ``add_task`` without replay selects on the new task alone.
+            If none of them has validation cases, the last epoch is kept.
         forward: ``forward(network, images, task_indices) -> logits`` with ``task_indices`` the
             (B,) index of each slice's task in ``tasks``; default ``network(images)``. Lets
             task-conditioned baselines (benchmarks/) train with exactly this loop.
         predictor_factory: ``(model, device) -> Predictor`` used for validation (default
             :class:`~labelsharing.inference.Predictor`).
+        run: the run's working folder: a checkpoint is written there after every epoch (main
+            process), and training continues after the checkpoint found there, if any.
+
+    Raises:
+        LabelSharingError: the loss became NaN or infinite (the run stops at once).
     """
     import torch
     from monai.losses import DiceCELoss
@@ -250,9 +328,8 @@ def fit(
     if context.world_size > 1:
         trainee = torch.nn.parallel.DistributedDataParallel(
             network, device_ids=[device.index] if device.type == "cuda" else None)
-    seed = options.seed + context.rank
-    dataset = SharedSliceDataset(tasks, training_transforms(model.input_size, seed))
-    generator = torch.Generator().manual_seed(seed)
+    dataset = SharedSliceDataset(tasks, training_transforms(model.input_size, options.seed))
+    generator = torch.Generator()
     sampler = torch.utils.data.WeightedRandomSampler(
         torch.as_tensor(sampling_weights(tasks, shares), dtype=torch.double),
         num_samples=math.ceil(len(dataset) / context.world_size), replacement=True, generator=generator)
@@ -265,47 +342,99 @@ def fit(
         1 + math.cos(math.pi * min(1.0, s / total_steps))))
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    result = FitResult(best_state=copy.deepcopy(network.state_dict()) if context.is_main else {}, best_dice=-1.0)
-    start = time.perf_counter()
+    selectable = [t.name for t in tasks if t.validation and (select_on is None or t.name in select_on)]
+    result = FitResult(best_state={}, best_dice=-math.inf)
+    trainer_state = {"network": network, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    first_epoch, elapsed = _restore(run, trainer_state, result, log)
+    if not selectable:
+        log("note: no validation cases to choose the best epoch on; the last epoch's weights are kept.")
+    start = time.perf_counter() - elapsed
     with progress.track("training", total=total_steps, unit="batch") as advance:
-        for epoch in range(1, options.epochs + 1):
+        advance((first_epoch - 1) * len(loader))
+        for epoch in range(first_epoch, options.epochs + 1):
+            _reseed(epoch_seed(options.seed, context.rank, epoch), generator, dataset.transforms)
             trainee.train()
             losses = []
-            for batch in loader:
+            for step, batch in enumerate(loader, start=1):
                 images, labels = batch["image"].to(device), batch["label"].to(device)
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                     logits = trainee(images) if forward is None else forward(trainee, images, batch["task"].to(device))
                     loss = loss_fn(logits, labels)
+                value = float(loss.detach())
+                if not use_amp and not math.isfinite(value):  # AMP's scaler skips such steps itself
+                    raise _diverged(epoch, step, value, options)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
-                losses.append(float(loss.detach()))
+                losses.append(value)
                 advance(epoch=f"{epoch}/{options.epochs}", loss=float(np.mean(losses[-20:])))
             epoch_loss = context.mean(float(np.mean(losses)))  # every process, same place: no desynchronisation
+            if not math.isfinite(epoch_loss):
+                raise _diverged(epoch, len(losses), epoch_loss, options)
             if not context.is_main:
-                continue  # validation and best weights are the main process's business
+                continue  # validation, best weights and checkpoints are the main process's business
             network.eval()
             dice = validation_dice(model, tasks, device, predictor_factory)
-            selected = [d["mean"] for task, d in dice.items() if select_on is None or task in select_on]
-            mean = float(np.mean(selected)) if selected else -epoch_loss
-            improved = mean > result.best_dice
-            if improved:
-                result.best_dice, result.best_epoch = mean, epoch
-                result.best_state = copy.deepcopy(network.state_dict())
+            improved = False
+            if selectable:
+                mean = float(np.mean([dice[task]["mean"] for task in selectable]))
+                improved = mean > result.best_dice
+                if improved:
+                    result.best_dice, result.best_epoch = mean, epoch
+                    result.best_state = copy.deepcopy(network.state_dict())
             result.epochs.append({"epoch": epoch, "loss": epoch_loss, "val_dice": dice,
                                   "seconds": round(time.perf_counter() - start, 1)})
             log(_epoch_line(epoch, options.epochs, epoch_loss, dice, improved))
+            if run is not None:
+                run.save(_checkpoint(trainer_state, result, epoch, time.perf_counter() - start), epoch, options.epochs)
     context.barrier()  # the others wait for the main process's last validation, then all leave together
     result.seconds = time.perf_counter() - start
-    if not any(t.validation for t in tasks):
-        result.best_dice = float("nan")
+    if not selectable or not context.is_main:
         result.best_state = copy.deepcopy(network.state_dict())
         result.best_epoch = options.epochs
-    elif not context.is_main:
-        result.best_state = network.state_dict()
+        if not selectable:
+            result.best_dice = float("nan")
     return result
+
+
+def _reseed(seed: int, generator, transforms) -> None:
+    """Seed every random stream of one epoch (sampler, augmentation, torch) from ``seed``."""
+    import torch
+
+    generator.manual_seed(seed)
+    transforms.set_random_state(seed=seed)
+    torch.manual_seed(seed)
+
+
+def _checkpoint(trainer_state: Mapping, result: FitResult, epoch: int, seconds: float) -> dict:
+    """What the next epoch needs (see :mod:`labelsharing.checkpoint`)."""
+    state = {key: value.state_dict() for key, value in trainer_state.items()}
+    state.update(epoch=epoch, seconds=seconds, best_state=result.best_state, best_dice=result.best_dice,
+                 best_epoch=result.best_epoch, epochs=result.epochs)
+    return state
+
+
+def _restore(run: RunFolder | None, trainer_state: Mapping, result: FitResult, log: Log) -> tuple[int, float]:
+    """Load the run's last checkpoint into the trainer and ``result``; ``(first epoch, seconds)``."""
+    checkpoint = run.load() if run is not None else None
+    if checkpoint is None:
+        return 1, 0.0
+    for key, value in trainer_state.items():
+        value.load_state_dict(checkpoint[key])
+    result.best_state, result.best_dice = checkpoint["best_state"], float(checkpoint["best_dice"])
+    result.best_epoch, result.epochs = int(checkpoint["best_epoch"]), list(checkpoint["epochs"])
+    log(f"resuming after epoch {checkpoint['epoch']} (checkpoint in {run.folder})")
+    return int(checkpoint["epoch"]) + 1, float(checkpoint["seconds"])
+
+
+def _diverged(epoch: int, step: int, value: float, options: TrainingOptions) -> LabelSharingError:
+    return LabelSharingError(
+        f"Training stopped at epoch {epoch}, step {step}: the loss became {value}. The learning rate is probably too "
+        f"high for these data (--lr {options.learning_rate:g}); train again with a lower --lr (e.g. "
+        f"{options.learning_rate / 4:g}). Nothing was written."
+    )
 
 
 def validation_dice(model: SegmentationModel, tasks: Sequence[PreparedTask], device,

@@ -120,3 +120,37 @@ def test_incremental_run_does_not_collapse_old_task(tmp_path):
     assert knee["before"] > 0.4, knee
     assert knee["after"] > knee["before"] - 0.1, knee
     assert forgetting["ChestXR"]["after"] > forgetting["ChestXR"]["before"] + 0.2, forgetting
+
+
+def test_add_task_without_validation_cases_trains_and_reports_the_written_weights(demo, chest_model, tmp_path):
+    """A new task too small for a validation split, replay 0: nothing to select on. The old code kept
+    the parent's weights (best epoch 0) and reported the forgetting of weights it did not write."""
+    from safetensors.torch import load_file
+
+    from labelsharing.inference import Predictor
+    from labelsharing.model import SegmentationModel
+    from labelsharing.training import validation_dice
+    from labelsharing.training_data import prepare_task
+    from labelsharing.datasets import read_task_dataset
+
+    single = tmp_path / "OneCase"
+    shutil.copytree(demo["BrainMR"], single)
+    for folder, keep in (("imagesTr", "_0000"), ("labelsTr", "")):
+        for path in sorted((single / folder).iterdir())[1:]:
+            path.unlink()
+    meta = json.loads((single / "dataset.json").read_text())
+    (single / "dataset.json").write_text(json.dumps({**meta, "numTraining": 1}))
+
+    out = tmp_path / "grown"
+    add_task(chest_model, single, out, TrainingOptions(**{**TINY, "epochs": 2}), replay=0.0, log=lambda m: None)
+    parent = load_file(str(chest_model / "model.safetensors"))
+    written = load_file(str(out / "model.safetensors"))
+    assert any(not torch.equal(parent[k], written[k]) for k in parent), "the written model is its parent"
+    record = json.loads((out / "model.json").read_text())["history"][-1]
+    assert record["best_epoch"] == 2  # the last epoch, as nothing could be validated
+
+    model = SegmentationModel.load(out)
+    chest = prepare_task(read_task_dataset(demo["ChestXR"]), model.plan, model.input_size, 0.2, TINY["seed"],
+                         normalization=model.config["tasks"]["ChestXR"]["normalization"])
+    measured = validation_dice(model, [chest], torch.device("cpu"))
+    assert record["forgetting"]["ChestXR"]["after"] == pytest.approx(measured["ChestXR"]["mean"])

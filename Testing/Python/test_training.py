@@ -59,7 +59,7 @@ def test_existing_model_folder_is_refused_before_any_work(tmp_path, demo_tasks):
         train(demo_tasks[:1], out, TrainingOptions(**TINY), log=lambda m: None)
 
 
-def test_interrupted_training_leaves_no_model(tmp_path, demo_tasks, monkeypatch):
+def test_interrupted_training_leaves_no_model_and_reports_its_working_folder(tmp_path, demo_tasks, monkeypatch):
     import labelsharing.training as training
 
     def interrupted(*args, **kwargs):
@@ -67,8 +67,12 @@ def test_interrupted_training_leaves_no_model(tmp_path, demo_tasks, monkeypatch)
 
     monkeypatch.setattr(training, "fit", interrupted)
     with pytest.raises(KeyboardInterrupt):
+        train(demo_tasks[:2], tmp_path / "model", TrainingOptions(**TINY), log=lambda m: None,
+              command=["train", "A", "--out", "model"])
+    assert [p.name for p in tmp_path.iterdir()] == [".model.work"]  # no model folder, only the run's work
+    monkeypatch.undo()
+    with pytest.raises(LabelSharingError, match=r"interrupted run.*labelsharing train A --out model --resume"):
         train(demo_tasks[:2], tmp_path / "model", TrainingOptions(**TINY), log=lambda m: None)
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_model_folder_contents_and_repeatability(tmp_path, demo_tasks):
@@ -76,6 +80,7 @@ def test_model_folder_contents_and_repeatability(tmp_path, demo_tasks):
     train(demo_tasks[2:4], tmp_path / "a", TrainingOptions(**TINY), log=messages.append)
     train(demo_tasks[2:4], tmp_path / "b", TrainingOptions(**TINY), log=lambda m: None)
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["model.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # working folders removed on success
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
     config = json.loads((tmp_path / "a" / "model.json").read_text())
     assert config["format_version"] == 1 and config["input_size"] == [32, 32]

@@ -1,0 +1,169 @@
+"""Resumable training: the working folder of a run and its end-of-epoch checkpoint.
+
+``train`` and ``add-task`` keep a working folder beside their output, ``<parent>/.<name>.work/``:
+
+* ``run.json`` says which run it belongs to (command, inputs, options, the command that resumes
+  it), so ``--resume`` refuses to continue a different run;
+* ``checkpoint.pt`` holds, after every finished epoch, what the next epoch needs: network,
+  optimiser, scheduler and gradient-scaler states, the best weights so far, the epoch log and
+  the elapsed time. It is written to a temporary name and renamed, so a kill (even SIGKILL)
+  leaves the previous epoch's checkpoint whole.
+
+Random streams are not stored: every epoch re-seeds its sampler, augmentation and torch's global
+generator from ``(seed, rank, epoch)`` (:func:`epoch_seed`), so a run resumed after epoch ``e``
+draws exactly what the uninterrupted run drew, and on the CPU ends with the same weights.
+The working folder is removed once the model folder is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from labelsharing.errors import LabelSharingError
+
+__all__ = ["RunFolder", "work_folder_for", "epoch_seed"]
+
+CHECKPOINT_FILE = "checkpoint.pt"
+RUN_FILE = "run.json"
+
+
+def work_folder_for(out: str | Path) -> Path:
+    """The working folder of a run writing the model folder ``out``: ``<parent>/.<name>.work``."""
+    out = Path(out).absolute()
+    return out.parent / f".{out.name}.work"
+
+
+def epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    """The seed of one process's epoch: distinct per (seed, rank, epoch), below 2**32.
+
+    Example:
+        >>> epoch_seed(0, 0, 1) != epoch_seed(0, 0, 2) != epoch_seed(0, 1, 1)
+        True
+    """
+    return (seed * 1_000_003 + rank * 10_007 + epoch) % (2**32)
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The working folder of one training run (see the module docstring).
+
+    Args:
+        folder: the working folder, normally :func:`work_folder_for` of the output.
+        identity: what the run is (command, inputs, options); ``--resume`` must repeat it.
+        resume_command: how a user resumes the run, shown when it was interrupted.
+    """
+
+    folder: Path
+    identity: Mapping[str, Any] = field(default_factory=dict)
+    resume_command: str = "the same command with --resume"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.folder / CHECKPOINT_FILE
+
+    def exists(self) -> bool:
+        return self.folder.is_dir()
+
+    def start(self) -> None:
+        """Create the folder for a new run and record what the run is and how to resume it."""
+        if self.exists():
+            raise ValueError(f"{self.folder} exists; check it with check_resumable or remove it first")
+        self.folder.mkdir(parents=True)
+        _write_json(self.folder / RUN_FILE, {"identity": dict(self.identity), "resume_command": self.resume_command,
+                                             "epochs_done": 0})
+
+    def record(self) -> dict:
+        """The ``run.json`` of the run: ``identity``, ``resume_command``, ``epochs_done`` (empty if absent)."""
+        path = self.folder / RUN_FILE
+        if not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise LabelSharingError(f"{path} is damaged ({exc}); delete {self.folder} and start the run again.") from exc
+
+    def check_resumable(self) -> None:
+        """Refuse to resume a different run: the recorded identity must equal this run's.
+
+        Raises:
+            LabelSharingError: no working folder, no checkpoint yet, or another command,
+                other inputs or other options than the interrupted run.
+        """
+        if not self.exists():
+            raise LabelSharingError(f"Nothing to resume: {self.folder} does not exist. Start the run without --resume.")
+        record = self.record()
+        recorded = record.get("identity", {})
+        identity = json.loads(json.dumps(dict(self.identity)))  # as it reads back from run.json (tuples -> lists)
+        differences = [key for key in sorted(set(recorded) | set(identity)) if recorded.get(key) != identity.get(key)]
+        if differences:
+            details = "; ".join(f"{key}: interrupted run {recorded.get(key)!r}, now {identity.get(key)!r}"
+                                for key in differences)
+            raise LabelSharingError(
+                f"--resume must repeat the interrupted run's command, but {details}. Resume with "
+                f"'{record.get('resume_command', 'the same command')}', or delete {self.folder} to start over."
+            )
+
+    def describe_leftover(self) -> str:
+        """The message for a leftover working folder met without ``--resume``."""
+        record = self.record()
+        done = record.get("epochs_done", 0)
+        progress = f"{done} of {record['epochs']} epochs done" if "epochs" in record else f"{done} epochs done"
+        if self.checkpoint_path.is_file():
+            progress += f", last checkpoint {_age(self.checkpoint_path)}"
+        command = record.get("resume_command", "the same command with --resume")
+        return (f"An interrupted run left its working folder {self.folder} ({progress}). Continue it with: "
+                f"{command}  - or delete that folder to start over.")
+
+    def save(self, state: Mapping[str, Any], epoch: int, epochs: int) -> None:
+        """Write the checkpoint after ``epoch`` of ``epochs`` atomically (temporary file, fsync, rename)."""
+        import torch
+
+        temporary = self.folder / f".{CHECKPOINT_FILE}.tmp-{os.getpid()}"
+        try:
+            with open(temporary, "wb") as stream:
+                torch.save(dict(state), stream)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temporary, self.checkpoint_path)
+        finally:
+            temporary.unlink(missing_ok=True)
+        _write_json(self.folder / RUN_FILE, {**self.record(), "epochs_done": epoch, "epochs": epochs})
+
+    def load(self) -> dict | None:
+        """The last checkpoint (tensors on the CPU), or ``None`` if no epoch finished.
+
+        Raises:
+            LabelSharingError: the checkpoint cannot be read.
+        """
+        import pickle
+
+        import torch
+
+        if not self.checkpoint_path.is_file():
+            return None
+        try:
+            return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+            raise LabelSharingError(
+                f"The checkpoint {self.checkpoint_path} cannot be read ({exc}); delete {self.folder} and start over."
+            ) from exc
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _write_json(path: Path, content: Mapping[str, Any]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(dict(content), indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def _age(path: Path) -> str:
+    from datetime import datetime
+
+    return "on " + datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
