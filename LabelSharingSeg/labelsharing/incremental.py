@@ -155,9 +155,7 @@ def _fine_tune(model: SegmentationModel, tasks: list[PreparedTask], shares: dict
 
 
 def _prepare_old_tasks(parent: SegmentationModel, plan, replay: float, log: Log) -> list[PreparedTask]:
-    """Old tasks' data, prepared with their stored preprocessing and their original validation split."""
-    trained = next((h for h in parent.config.get("history", []) if h.get("kind") == "train"), {})
-    split = trained.get("options", {})
+    """Old tasks' data, prepared with their stored preprocessing and their own validation split."""
     prepared, missing = [], []
     for task_name, entry in parent.config["tasks"].items():
         folder = entry.get("dataset")
@@ -165,8 +163,10 @@ def _prepare_old_tasks(parent: SegmentationModel, plan, replay: float, log: Log)
             missing.append(f"{task_name} ({folder or 'no folder recorded'})")
             continue
         dataset = read_task_dataset(folder)
-        prepared.append(prepare_task(dataset, plan, parent.input_size, split.get("val_fraction", 0.2),
-                                     split.get("seed", 0), entry["axis"], normalization=entry["normalization"]))
+        val_fraction, seed = _split_options(parent.config.get("history", []), task_name)
+        prepared.append(prepare_task(dataset, plan, parent.input_size, val_fraction, seed, entry["axis"],
+                                     normalization=entry["normalization"],
+                                     validation_ids=entry.get("validation_cases")))
     if missing and replay > 0:
         raise LabelSharingError(
             "Replay needs the old tasks' training data, but these dataset folders are missing: "
@@ -176,6 +176,16 @@ def _prepare_old_tasks(parent: SegmentationModel, plan, replay: float, log: Log)
     if missing:
         log(f"warning: old task data not found ({', '.join(missing)}); their Dice before/after cannot be measured.")
     return prepared
+
+
+def _split_options(history: list, task_name: str) -> tuple[float, int]:
+    """``(val_fraction, seed)`` of the run that first trained ``task_name``: how models written
+    before ``validation_cases`` was stored drew that task's split."""
+    for record in history:
+        if task_name in record.get("tasks", ()):
+            options = record.get("options", {})
+            return options.get("val_fraction", 0.2), options.get("seed", 0)
+    return 0.2, 0
 
 
 def forgetting_table(forgetting: Mapping[str, Mapping[str, float]], new_task: str = "") -> str:

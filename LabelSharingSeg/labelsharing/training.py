@@ -106,7 +106,8 @@ def task_config(task: PreparedTask, plan: SharedLabelPlan) -> dict:
     for name, entry in task.dataset.terminology.items():
         labels[name]["terminology"] = entry
     return {"modality": task.modality, "axis": task.axis, "normalization": task.normalization,
-            "labels": labels, "dataset": str(Path(task.dataset.root).resolve())}
+            "labels": labels, "dataset": str(Path(task.dataset.root).resolve()),
+            "validation_cases": list(task.validation_ids)}
 
 
 def train(

@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from labelsharing.datasets import Case, TaskDataset, load_case
+from labelsharing.errors import LabelSharingError
 from labelsharing.plan import SharedLabelPlan
 from labelsharing.preprocessing import (
     NORMALIZATION_BY_MODALITY,
@@ -45,6 +46,8 @@ class PreparedTask:
         images: (n, S, S) float16 normalised slices. labels: (n, S, S) uint8 shared labels.
         foreground: (n,) bool, slice holds any label.
         validation: held-out cases as (image, task-label array) for Dice during training.
+        validation_ids: the held-out cases' ids, stored in ``model.json`` so that a later
+            ``add-task`` validates (and never trains) on exactly these cases.
     """
 
     name: str
@@ -56,6 +59,7 @@ class PreparedTask:
     labels: np.ndarray
     foreground: np.ndarray
     validation: list[tuple[sitk.Image, np.ndarray]] = field(default_factory=list)
+    validation_ids: tuple[str, ...] = ()
 
 
 def split_cases(cases: Sequence[Case], val_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
@@ -87,6 +91,7 @@ def prepare_task(
     axis: int | None = None,
     loaded: Sequence[tuple[sitk.Image, sitk.Image]] | None = None,
     normalization: dict | None = None,
+    validation_ids: Sequence[str] | None = None,
 ) -> PreparedTask:
     """Load, normalise, slice and square-fit one task's training cases.
 
@@ -101,9 +106,17 @@ def prepare_task(
         loaded: the (image, label) pairs of ``dataset.training`` if already loaded.
         normalization: a stored normalisation to reuse (an existing model's task) instead of
             fitting one.
+        validation_ids: a stored validation split (an existing model's task) to reuse instead
+            of drawing one with ``val_fraction`` and ``seed``.
+
+    Raises:
+        LabelSharingError: a stored validation case is no longer in the dataset.
     """
     pairs = list(loaded) if loaded is not None else [load_case(dataset, case) for case in dataset.training]
-    train_cases, val_cases = split_cases(dataset.training, val_fraction, seed)
+    if validation_ids is None:
+        train_cases, val_cases = split_cases(dataset.training, val_fraction, seed)
+    else:
+        train_cases, val_cases = _stored_split(dataset, validation_ids)
     by_id = {case.case_id: pair for case, pair in zip(dataset.training, pairs)}
     train_pairs = [by_id[c.case_id] for c in train_cases]
     arrays = [(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(label)) for image, label in train_pairs]
@@ -129,8 +142,22 @@ def prepare_task(
     return PreparedTask(
         name=dataset.name, dataset=dataset, modality=dataset.modality, axis=axis, normalization=normalization,
         images=image_stack, labels=label_stack, foreground=label_stack.reshape(len(label_stack), -1).any(axis=1),
-        validation=validation,
+        validation=validation, validation_ids=tuple(c.case_id for c in val_cases),
     )
+
+
+def _stored_split(dataset: TaskDataset, validation_ids: Sequence[str]) -> tuple[list[Case], list[Case]]:
+    """(training, validation) cases of ``dataset`` for a stored list of validation case ids."""
+    known = {case.case_id for case in dataset.training}
+    missing = sorted(set(validation_ids) - known)
+    if missing:
+        raise LabelSharingError(
+            f"Task '{dataset.name}': validation case(s) {', '.join(missing[:5])} recorded in the model are no longer "
+            f"in {dataset.root / 'imagesTr'}. Restore them, so that the task is validated on the same cases."
+        )
+    held_out = set(validation_ids)
+    return ([c for c in dataset.training if c.case_id not in held_out],
+            [c for c in dataset.training if c.case_id in held_out])
 
 
 def _fit_slices(slices: np.ndarray, shared: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -154,3 +154,27 @@ def test_add_task_without_validation_cases_trains_and_reports_the_written_weight
                          normalization=model.config["tasks"]["ChestXR"]["normalization"])
     measured = validation_dice(model, [chest], torch.device("cpu"))
     assert record["forgetting"]["ChestXR"]["after"] == pytest.approx(measured["ChestXR"]["mean"])
+
+
+def test_old_tasks_keep_their_own_validation_split_across_add_tasks(demo, tmp_path):
+    """Each task's held-out cases are stored and reused; re-deriving them from the first run's seed
+    and fraction would turn cases a task trained on into its 'validation'."""
+    from labelsharing.datasets import read_task_dataset
+    from labelsharing.incremental import _prepare_old_tasks
+    from labelsharing.model import SegmentationModel
+    from labelsharing.training_data import split_cases
+
+    first = tmp_path / "first"
+    train([demo["ChestXR"]], first, TrainingOptions(**TINY), log=lambda m: None)
+    second = tmp_path / "second"
+    add_task(first, demo["KneeXR"], second, TrainingOptions(**{**TINY, "seed": 7, "val_fraction": 0.6}),
+             log=lambda m: None)
+    knee_cases = read_task_dataset(demo["KneeXR"]).training
+    expected = [c.case_id for c in split_cases(knee_cases, 0.6, 7)[1]]
+    assert expected != [c.case_id for c in split_cases(knee_cases, 0.2, 0)[1]]  # the two seeds disagree
+
+    model = SegmentationModel.load(second)
+    assert model.config["tasks"]["KneeXR"]["validation_cases"] == expected
+    old = {t.name: t for t in _prepare_old_tasks(model, model.plan, 0.5, log=lambda m: None)}
+    assert list(old["KneeXR"].validation_ids) == expected
+    assert list(old["ChestXR"].validation_ids) == model.config["tasks"]["ChestXR"]["validation_cases"]

@@ -128,3 +128,31 @@ def test_task_config_carries_colors_and_terminology(tmp_path):
     labels = task_config(prepared, plan)["labels"]
     assert labels["a"] == {"value": 1, "shared": 1, "color": [0.0, 0.0, 1.0]}
     assert labels["b"]["terminology"] == "ctx~SCT^1^x~SCT^2^y~^^~a~^^~^^" and len(labels["b"]["color"]) == 3
+
+
+def test_training_slices_come_only_from_training_cases_and_validation_only_from_held_out_ones(tmp_path):
+    """Each case has its own constant intensity, so every prepared slice tells which case it came from."""
+    import SimpleITK as sitk
+
+    from conftest import boxes, write_image
+    from labelsharing.datasets import read_task_dataset
+    from labelsharing.plan import LabelStats, SharedLabelPlan
+    from labelsharing.training_data import prepare_task
+
+    root = tmp_path / "T"
+    for index in range(5):
+        write_image(np.full((3, 8, 8), 100.0 * (index + 1), dtype=np.float32),
+                    root / "imagesTr" / f"c{index}_0000.nii.gz")
+        write_image(boxes((3, 8, 8), {1: 40}), root / "labelsTr" / f"c{index}.nii.gz")
+    (root / "dataset.json").write_text(json.dumps({"name": "T", "channel_names": {"0": "CT"}, "file_ending": ".nii.gz",
+                                                   "labels": {"background": 0, "a": 1}, "numTraining": 5}))
+    plan = SharedLabelPlan.build({"T": {"a": LabelStats(1, 0.2, 1.0)}})
+    identity = {"scheme": "ct", "clip": [-1e6, 1e6], "mean": 0.0, "std": 1.0}
+    task = prepare_task(read_task_dataset(root), plan, 16, val_fraction=0.4, seed=1, normalization=identity)
+
+    marker = {f"c{i}": 100.0 * (i + 1) for i in range(5)}
+    assert len(task.validation_ids) == 2
+    held_out = {marker[c] for c in task.validation_ids}
+    trained_on = {float(v) for v in np.unique(task.images)}
+    assert trained_on == set(marker.values()) - held_out
+    assert {float(sitk.GetArrayViewFromImage(image).flat[0]) for image, _ in task.validation} == held_out
