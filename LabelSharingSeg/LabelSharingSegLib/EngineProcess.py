@@ -6,7 +6,10 @@ user error, ``error: <message>`` on stderr with exit code 2 (see ``docs/CONTRACT
 ``EngineProcess`` is plain Python: two reader threads move the child's output lines into a
 queue, and the owner calls :meth:`EngineProcess.poll` from the main thread (in Slicer, from a
 ``qt.QTimer``; see ``EngineJob``), where the callbacks run. Threads never touch MRML or Qt.
-Cancel kills the whole process tree (the engine may start data-loader workers).
+Cancel kills the whole process tree: ``PythonSlicer`` is a launcher whose child is the real
+interpreter, and Slicer ships no ``psutil``, so the child starts as the leader of a new process
+group (POSIX: a new session; Windows: a new process group) and Cancel ends the group
+(``killpg`` / ``taskkill /T``), which the engine's own children (data-loader workers) join too.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -88,12 +92,15 @@ def engineCommand(python: str, moduleDir: str, environment: Mapping[str, str]) -
 
     Returns:
         ``[python, "-m", "labelsharing", "--progress", "lines"]`` and the environment with
-        ``moduleDir`` first on ``PYTHONPATH`` and unbuffered output.
+        ``moduleDir`` first on ``PYTHONPATH``, unbuffered UTF-8 output.
     """
     env = dict(environment)
     paths = [moduleDir] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env["PYTHONUNBUFFERED"] = "1"
+    # the reader threads decode UTF-8: make the child write it whatever the system's locale
+    env["PYTHONIOENCODING"] = "utf-8"
+    env["PYTHONUTF8"] = "1"
     return [python, "-m", "labelsharing", "--progress", "lines"], env
 
 
@@ -152,7 +159,9 @@ class EngineProcess:
         """Start ``command``. Raises ``RuntimeError`` if this object already ran a process."""
         if self._process is not None:
             raise RuntimeError("EngineProcess runs one command; create a new one for the next command.")
-        creationFlags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if os.name == "nt" else 0
+        creationFlags = 0
+        if os.name == "nt":
+            creationFlags = subprocess.CREATE_NO_WINDOW | subprocess.CREATE_NEW_PROCESS_GROUP
         self._process = subprocess.Popen(
             list(command),
             stdout=subprocess.PIPE,
@@ -165,6 +174,7 @@ class EngineProcess:
             errors="replace",
             bufsize=1,
             creationflags=creationFlags,
+            start_new_session=os.name != "nt",  # its own process group, which Cancel ends as a whole
         )
         for name, stream in ((_STDOUT, self._process.stdout), (_STDERR, self._process.stderr)):
             threading.Thread(target=self._readLines, args=(name, stream), daemon=True).start()
@@ -259,28 +269,20 @@ class EngineProcess:
 
 
 def killProcessTree(process: subprocess.Popen) -> None:
-    """Kill ``process`` and its descendants (psutil), or only ``process`` if psutil is missing."""
-    try:
-        import psutil
-    except ImportError:
-        _killQuietly(process)
-        return
-    try:
-        parent = psutil.Process(process.pid)
-        victims = parent.children(recursive=True) + [parent]
-    except psutil.NoSuchProcess:
-        return
-    for victim in victims:
+    """Kill ``process``, started by :class:`EngineProcess` as a process-group leader, and its group.
+
+    POSIX: ``SIGKILL`` to the group, which outlives a launcher that died first. Windows:
+    ``taskkill /F /T`` ends the process and its descendants.
+    """
+    if os.name == "nt":
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+    else:
         try:
-            victim.kill()
-        except psutil.NoSuchProcess:
-            continue
-    psutil.wait_procs(victims, timeout=5)
-
-
-def _killQuietly(process: subprocess.Popen) -> None:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:  # the whole group has already ended
+            pass
     try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
         process.kill()
-    except ProcessLookupError:
-        return
-    process.wait(timeout=5)

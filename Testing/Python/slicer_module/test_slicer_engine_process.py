@@ -96,6 +96,32 @@ def test_cancel_kills_the_whole_process_tree(tmp_path):
     assert grandchild in gone and not alive
 
 
+def test_cancel_ends_the_launchers_tree_without_psutil(tmp_path, monkeypatch):
+    """Slicer ships no psutil, and PythonSlicer is a launcher that starts the real interpreter as
+    its child (Slicer's AppLauncher: ctkAppLauncher starts the launched program with QProcess and
+    waits for it). Cancel must still end the whole tree within 5 s."""
+    pidFile = tmp_path / "engine.pid"
+    engine = f"import os, time; open({str(pidFile)!r}, 'w').write(str(os.getpid())); print('PROGRESS 1 up', flush=True); time.sleep(600)"
+    launcher = f"import subprocess, sys; sys.exit(subprocess.call([sys.executable, '-c', {engine!r}]))"
+    process = EngineProcess()
+    process.start([PY, "-c", launcher])
+    while process.progress is None:
+        assert process.poll() is None, "the launcher ended early"
+        psutil.wait_procs([], timeout=0.05)
+    engineProcess = psutil.Process(int(pidFile.read_text()))
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "psutil", None)  # as in Slicer: "import psutil" raises ImportError
+        process.cancel()
+    gone, alive = psutil.wait_procs([engineProcess], timeout=5)
+    assert not alive, "the engine outlived Cancel"
+    assert process.wait(timeout=10).cancelled
+
+
+def test_engine_command_sets_utf8_for_the_child():
+    _, env = engineCommand("/opt/Slicer/bin/PythonSlicer", "/ext/LabelSharingSeg", {"LANG": "C"})
+    assert env["PYTHONIOENCODING"] == "utf-8" and env["PYTHONUTF8"] == "1"
+
+
 def test_a_process_object_runs_one_command():
     process = EngineProcess()
     process.start([PY, "-c", "pass"])
