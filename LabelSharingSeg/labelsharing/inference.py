@@ -201,8 +201,8 @@ class Predictor:
     ) -> list[Path]:
         """Predict image files and write ``out_dir/<case>.<file_format>`` for each.
 
-        ``<case>`` is the input's name without ending and nnU-Net's ``_0000`` channel suffix
-        (``ct_0000.nii.gz`` -> ``ct``; ``ct_0001.nii.gz`` keeps its name). Outputs have exactly the input's grid. ``seg.nrrd`` is a
+        ``<case>`` is the input's name without ending and nnU-Net channel suffix
+        (``ct_0000.nii.gz`` -> ``ct``). Outputs have exactly the input's grid. ``seg.nrrd`` is a
         Slicer segmentation with the task's label names and colours. With ``probabilities``,
         ``<case>_probabilities.nii.gz`` is also written: a float32 vector image on the input grid,
         one component per task label, background first (order of :meth:`task_labels`).
