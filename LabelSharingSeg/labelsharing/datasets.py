@@ -250,7 +250,7 @@ def _pair_cases(root: Path, image_dir: str, label_dir: str, file_ending: str) ->
             f"{images_path}: found extra input channels (_{', _'.join(channels)}); "
             "only single-channel tasks (_0000) are supported for now."
         )
-    labels = {case_id_from_path(p): p for p in labels_path.iterdir()} if labels_path.is_dir() else {}
+    labels = {case_id_from_path(p, is_label=True): p for p in labels_path.iterdir()} if labels_path.is_dir() else {}
     cases, missing = [], []
     for image in images:
         case_id = case_id_from_path(image)

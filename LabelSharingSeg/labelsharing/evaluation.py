@@ -1,8 +1,12 @@
 """Dice scores of a model on its tasks' labelled cases.
 
 Per-label Dice is computed per case and then averaged over cases (as nnU-Net and MONAI's
-``DiceMetric`` report it); a label absent from both prediction and reference in a case counts
-as 1.0 (MONAI's ``ignore_empty=False``). A task's mean Dice is the mean of its per-label Dice.
+``DiceMetric`` report it). As in nnU-Net, a label absent from both prediction and reference in a
+case has no Dice there (NaN) and is left out of that label's mean over cases; counting it as 1.0
+would reward every case that lacks a structure and inflate the validation score that picks the
+best epoch. A label absent from every case has no Dice at all (``None``/``null`` in the
+evaluation JSON) and is left out of the task's mean Dice, the mean of its labels' Dice. A label
+predicted where the reference has none scores 0.
 :class:`DiceAccumulator` also keeps the pooled ("global") Dice, summing intersections and sizes
 over all cases, which weights large cases more; it is available but not reported by default.
 """
@@ -19,7 +23,7 @@ from labelsharing.errors import LabelSharingError
 from labelsharing.progress import SILENT, ProgressReporter
 from labelsharing.tables import format_table
 
-__all__ = ["dice_per_label", "DiceAccumulator", "evaluate_model", "evaluation_table"]
+__all__ = ["dice_per_label", "DiceAccumulator", "evaluate_model", "evaluation_table", "format_dice"]
 
 
 def _label_counts(prediction: np.ndarray, reference: np.ndarray, labels: Mapping[str, int]):
@@ -35,7 +39,7 @@ def _label_counts(prediction: np.ndarray, reference: np.ndarray, labels: Mapping
 
 def _dice(intersection: int, pred_size: int, ref_size: int) -> float:
     total = pred_size + ref_size
-    return 1.0 if total == 0 else 2.0 * intersection / total
+    return float("nan") if total == 0 else 2.0 * intersection / total
 
 
 def dice_per_label(prediction: np.ndarray, reference: np.ndarray, labels: Mapping[str, int]) -> dict[str, float]:
@@ -47,11 +51,11 @@ def dice_per_label(prediction: np.ndarray, reference: np.ndarray, labels: Mappin
         labels: label name -> value (background is not scored unless listed).
 
     Returns:
-        label name -> Dice in 0..1; 1.0 if the label is absent from both maps.
+        label name -> Dice in 0..1; NaN if the label is absent from both maps (not scored).
 
     Example:
         >>> dice_per_label(np.array([1, 1, 0, 2]), np.array([1, 0, 0, 3]), {"a": 1, "b": 2, "c": 4})
-        {'a': 0.6666666666666666, 'b': 0.0, 'c': 1.0}
+        {'a': 0.6666666666666666, 'b': 0.0, 'c': nan}
     """
     return {name: _dice(*c) for name, c in _label_counts(prediction, reference, labels).items()}
 
@@ -60,13 +64,13 @@ class DiceAccumulator:
     """Collects Dice of one task's labels over cases.
 
     Example:
-        >>> acc = DiceAccumulator({"a": 1})
+        >>> acc = DiceAccumulator({"a": 1, "b": 2})
         >>> acc.add(np.array([1, 1]), np.array([1, 0]))  # returns this case's scores
-        {'a': 0.6666666666666666}
-        >>> acc.add(np.array([0, 0]), np.array([0, 0]))  # absent from both: 1.0
-        {'a': 1.0}
-        >>> acc.mean_dice(), acc.global_dice()
-        ({'a': 0.8333333333333333}, {'a': 0.6666666666666666})
+        {'a': 0.6666666666666666, 'b': nan}
+        >>> acc.add(np.array([0, 0]), np.array([1, 1]))  # 'a' missed; 'b' absent from both again
+        {'a': 0.0, 'b': nan}
+        >>> acc.mean_dice(), acc.global_dice()  # 'b' never occurred: it has no Dice
+        ({'a': 0.3333333333333333}, {'a': 0.4})
     """
 
     def __init__(self, labels: Mapping[str, int]):
@@ -84,14 +88,18 @@ class DiceAccumulator:
         return scores
 
     def mean_dice(self) -> dict[str, float]:
-        """label -> Dice averaged over cases (the reported score)."""
+        """label -> Dice averaged over the cases where the label occurs in prediction or
+        reference (the reported score). Labels that occur in no case are left out."""
         if not self.cases:
             raise ValueError("no cases added")
-        return {name: float(np.mean([case[name] for case in self.cases])) for name in self.labels}
+        scored = {name: [case[name] for case in self.cases if not np.isnan(case[name])] for name in self.labels}
+        return {name: float(np.mean(values)) for name, values in scored.items() if values}
 
     def global_dice(self) -> dict[str, float]:
-        """label -> Dice of intersections and sizes summed over all cases."""
-        return {name: _dice(*(int(v) for v in s)) for name, s in self._sums.items()}
+        """label -> Dice of intersections and sizes summed over all cases; labels that occur in
+        no case are left out."""
+        scores = {name: _dice(*(int(v) for v in s)) for name, s in self._sums.items()}
+        return {name: dice for name, dice in scores.items() if not np.isnan(dice)}
 
 
 def evaluate_model(predictor, tasks: Sequence[TaskDataset], progress: ProgressReporter = SILENT) -> dict:
@@ -107,7 +115,9 @@ def evaluate_model(predictor, tasks: Sequence[TaskDataset], progress: ProgressRe
 
     Returns:
         ``{"tasks": {task: {"mean_dice": float, "labels": {label: {"dice": float}}, "cases": int,
-        "split": "test" | "train"}}}``.
+        "split": "test" | "train"}}}``, plain JSON. A label absent from prediction and reference
+        in every case has ``"dice": None`` and is left out of ``mean_dice`` (``None`` if no label
+        has a Dice).
 
     Raises:
         LabelSharingError: a dataset that is not a task of the model, or whose labels differ
@@ -138,11 +148,12 @@ def evaluate_model(predictor, tasks: Sequence[TaskDataset], progress: ProgressRe
                 image, label = load_case(task, case)
                 prediction = predictor.predict_image(image, task.name)
                 scores = accumulator.add(prediction, sitk.GetArrayViewFromImage(label))
-                advance(task=task.name, dice=float(np.mean(list(scores.values()))))
+                scored = [dice for dice in scores.values() if not np.isnan(dice)]
+                advance(task=task.name, dice=float(np.mean(scored)) if scored else "-")
             per_label = accumulator.mean_dice()
             result["tasks"][task.name] = {
-                "mean_dice": float(np.mean(list(per_label.values()))),
-                "labels": {name: {"dice": dice} for name, dice in per_label.items()},
+                "mean_dice": float(np.mean(list(per_label.values()))) if per_label else None,
+                "labels": {name: {"dice": per_label.get(name)} for name in labels},
                 "cases": len(cases),
                 "split": split,
             }
@@ -150,13 +161,19 @@ def evaluate_model(predictor, tasks: Sequence[TaskDataset], progress: ProgressRe
 
 
 def evaluation_table(result: Mapping) -> str:
-    """Plain-text table of :func:`evaluate_model`'s result: one row per task label, then the task mean."""
+    """Plain-text table of :func:`evaluate_model`'s result: one row per task label, then the task
+    mean; ``-`` for a label without a Dice."""
     rows = []
     for task, body in result["tasks"].items():
         for label, entry in body["labels"].items():
-            rows.append([task, label, f"{entry['dice']:.3f}", "", ""])
-        rows.append([task, "(mean)", f"{body['mean_dice']:.3f}", body["cases"], body["split"]])
+            rows.append([task, label, format_dice(entry["dice"]), "", ""])
+        rows.append([task, "(mean)", format_dice(body["mean_dice"]), body["cases"], body["split"]])
     return format_table(["task", "label", "dice", "cases", "split"], rows)
+
+
+def format_dice(dice: float | None) -> str:
+    """A Dice for tables: ``0.912``, or ``-`` for a label without one (``None``)."""
+    return "-" if dice is None else f"{dice:.3f}"
 
 
 def _labels_text(labels: Mapping[str, int]) -> str:

@@ -41,20 +41,29 @@ def _ending(path: Path) -> str:
     return path.suffix.lower()
 
 
-def case_id_from_path(path: str | Path) -> str:
+def case_id_from_path(path: str | Path, is_label: bool = False) -> str:
     """Case identifier of an image or label file: its name without ending and channel suffix.
 
-    nnU-Net names image files ``<case>_0000<ending>``; the ``_0000`` channel suffix is removed.
+    nnU-Net names image files ``<case>_0000<ending>`` and label files ``<case><ending>``. An
+    image loses a trailing ``_0000`` (the single input channel supported); other four-digit
+    endings are part of the case id, so ``a_0001.nii.gz`` and ``a_0002.nii.gz`` stay apart. A
+    label file keeps its whole stem: AMOS-style ids such as ``amos_0001`` end in digits.
+
+    Args:
+        path: an image or label file.
+        is_label: ``path`` is a label file (``labelsTr``/``labelsTs``).
 
     Example:
-        >>> case_id_from_path("imagesTr/liver_003_0000.nii.gz")
-        'liver_003'
-        >>> case_id_from_path("labelsTr/liver_003.seg.nrrd")
-        'liver_003'
+        >>> case_id_from_path("imagesTr/amos_0001_0000.nii.gz")
+        'amos_0001'
+        >>> case_id_from_path("labelsTr/amos_0001.nii.gz", is_label=True)
+        'amos_0001'
+        >>> case_id_from_path("in/ct_0001.nrrd")
+        'ct_0001'
     """
     path = Path(path)
     stem = path.name[: len(path.name) - len(_ending(path))]
-    if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit():
+    if not is_label and len(stem) > 5 and stem.endswith("_0000"):
         stem = stem[:-5]
     return stem
 

@@ -177,7 +177,7 @@ class Predictor:
             for start in range(0, n, self.batch_size):
                 stop = min(start + self.batch_size, n)
                 batch = torch.from_numpy(np.ascontiguousarray(slices[start:stop]))[:, None].to(self.device)
-                logits = self.network(fit.forward(batch, mode="bilinear"))
+                logits = self.network(fit.forward(batch))
                 soft = fit.backward(logits.float().softmax(dim=1))  # (B, n_shared + 1, H, W)
                 # max().indices: the first maximum, like argmax, but ~8x faster over dim 1 on the CPU
                 shared = soft.max(dim=1).indices.to(torch.uint8).cpu().numpy()

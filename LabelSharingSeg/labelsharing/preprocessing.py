@@ -118,9 +118,26 @@ def from_slices(slices: np.ndarray, axis: int | None) -> np.ndarray:
     return np.moveaxis(slices, 0, 2 - axis)
 
 
+# Hand-written rather than MONAI ``Resize(size_mode="longest")`` + ``SpatialPad``: those pad with one
+# constant and invert through per-image MetaTensor bookkeeping, where this pads each slice with its
+# own minimum and maps a whole batch of logits back in one ``interpolate`` call.
 @dataclass(frozen=True)
 class SquareFit:
-    """How an (H, W) slice is scaled (aspect kept) and padded (centred) into ``size x size``."""
+    """How an (H, W) slice is scaled (aspect kept) and padded (centred) into ``size x size``.
+
+    Images, labels and logits share one pixel geometry: output pixel centres map onto input
+    pixel centres as in ``interpolate(..., align_corners=False)``, so a label stays on its image
+    pixels in training (:meth:`forward`, :meth:`forward_labels`) and back on the slice's own grid
+    at inference (:meth:`backward`).
+
+    Example:
+        >>> import torch
+        >>> fit = SquareFit(2, 4, 8)
+        >>> fit.scaled, fit.offset
+        ((4, 8), (2, 0))
+        >>> fit.forward_labels(torch.tensor([[[[0, 1, 1, 2], [0, 1, 1, 2]]]]))[0, 0, 2]
+        tensor([0, 0, 1, 1, 1, 1, 2, 2])
+    """
 
     height: int
     width: int
@@ -136,22 +153,41 @@ class SquareFit:
         h, w = self.scaled
         return (self.size - h) // 2, (self.size - w) // 2
 
-    def forward(self, batch, mode: str = "bilinear", pad_value: float | None = None):
-        """(B, C, H, W) tensor -> (B, C, size, size). ``pad_value`` None pads with each slice's minimum."""
+    def forward(self, batch):
+        """(B, C, H, W) float image tensor -> (B, C, size, size), bilinear; pads with each slice's minimum."""
+        import torch.nn.functional as F
+
+        h, w = self.scaled
+        resized = (F.interpolate(batch, size=(h, w), mode="bilinear", align_corners=False)
+                   if (h, w) != batch.shape[-2:] else batch)
+        return self._pad(resized, resized.amin(dim=(1, 2, 3), keepdim=True))
+
+    def forward_labels(self, labels):
+        """(B, 1, H, W) integer label tensor -> (B, 1, size, size), same dtype; pads with background 0.
+
+        Each label's mask is resampled bilinearly, exactly as :meth:`forward` resamples the
+        image, and an output pixel takes the label of largest weight (ties: the lower value, as
+        ``argmax`` at inference). This is nnU-Net's order-1 segmentation resampling; unlike any
+        nearest-neighbour rule it does not shift labels by a quarter pixel at a 2:1 downscale
+        (512 -> 256), where every output centre falls between two input pixels.
+        """
         import torch
         import torch.nn.functional as F
 
         h, w = self.scaled
-        kwargs = {"align_corners": False} if mode == "bilinear" else {}
-        resized = F.interpolate(batch, size=(h, w), mode=mode, **kwargs) if (h, w) != batch.shape[-2:] else batch
-        if pad_value is None:
-            fill = resized.amin(dim=(1, 2, 3), keepdim=True)
-        else:
-            fill = torch.full((batch.shape[0], 1, 1, 1), float(pad_value), dtype=batch.dtype, device=batch.device)
-        out = fill.expand(batch.shape[0], batch.shape[1], self.size, self.size).clone()
-        top, left = self.offset
-        out[:, :, top : top + h, left : left + w] = resized
-        return out
+        if (h, w) == labels.shape[-2:]:
+            return self._pad(labels, torch.zeros((), dtype=labels.dtype, device=labels.device))
+        resized = torch.zeros(labels.shape[:2] + (h, w), dtype=labels.dtype, device=labels.device)
+        best = torch.zeros(resized.shape, dtype=torch.float32, device=labels.device)
+        for value in range(int(labels.max()) + 1):
+            mask = labels == value
+            if not bool(mask.any()):
+                continue
+            weight = F.interpolate(mask.float(), size=(h, w), mode="bilinear", align_corners=False)
+            take = weight > best
+            resized = torch.where(take, torch.tensor(value, dtype=labels.dtype, device=labels.device), resized)
+            best = torch.maximum(weight, best)
+        return self._pad(resized, torch.zeros((), dtype=labels.dtype, device=labels.device))
 
     def backward(self, batch):
         """(B, C, size, size) tensor (e.g. logits) -> (B, C, H, W) on the slice's own grid (bilinear)."""
@@ -163,6 +199,14 @@ class SquareFit:
         if (h, w) == (self.height, self.width):
             return cropped
         return F.interpolate(cropped, size=(self.height, self.width), mode="bilinear", align_corners=False)
+
+    def _pad(self, resized, fill):
+        """(B, C, h, w) -> (B, C, size, size), centred; ``fill`` broadcasts to (B, C, size, size)."""
+        h, w = self.scaled
+        out = fill.expand(resized.shape[0], resized.shape[1], self.size, self.size).clone()
+        top, left = self.offset
+        out[:, :, top : top + h, left : left + w] = resized
+        return out
 
 
 def choose_input_size(slice_shapes: Iterable[tuple[int, int]], multiple: int = 16, maximum: int = 256) -> int:

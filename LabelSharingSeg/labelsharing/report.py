@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from labelsharing.datasets import TaskDataset, load_case
+from labelsharing.evaluation import format_dice
 from labelsharing.plan import SharedLabelPlan
 from labelsharing.planning import plan_table
 
@@ -32,7 +33,8 @@ def write_report(out: Path, plan: SharedLabelPlan, model_3: Path, model_4: Path,
         "| task | 3-task model | 4-task model |", "| --- | --- | --- |",
         *[f"| {t} | {_dice(before, t)} | {_dice(after, t)} |" for t in after["tasks"]], "",
         "## Dice per label (4-task model)", "", "| task | label | Dice |", "| --- | --- | --- |",
-        *[f"| {t} | {label} | {d['dice']:.3f} |" for t, r in after["tasks"].items() for label, d in r["labels"].items()],
+        *[f"| {t} | {label} | {format_dice(d['dice'])} |"
+          for t, r in after["tasks"].items() for label, d in r["labels"].items()],
         "",
     ]
     try:
@@ -60,7 +62,7 @@ def write_report(out: Path, plan: SharedLabelPlan, model_3: Path, model_4: Path,
 
 def _dice(result: Mapping, task: str) -> str:
     entry = result["tasks"].get(task)
-    return "-" if entry is None else f"{entry['mean_dice']:.3f}"
+    return "-" if entry is None else format_dice(entry["mean_dice"])
 
 
 def _plot_curves(history: Sequence[Mapping], path: Path) -> None:

@@ -165,9 +165,9 @@ def _fit_slices(slices: np.ndarray, shared: np.ndarray, size: int) -> tuple[np.n
 
     fit = SquareFit(slices.shape[1], slices.shape[2], size)
     image_t = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))[:, None]
-    label_t = torch.from_numpy(np.ascontiguousarray(shared, dtype=np.float32))[:, None]
-    fitted_image = fit.forward(image_t, mode="bilinear")[:, 0].numpy().astype(np.float16)
-    fitted_label = fit.forward(label_t, mode="nearest", pad_value=0)[:, 0].numpy().astype(np.uint8)
+    label_t = torch.from_numpy(np.ascontiguousarray(shared, dtype=np.uint8))[:, None]
+    fitted_image = fit.forward(image_t)[:, 0].numpy().astype(np.float16)
+    fitted_label = fit.forward_labels(label_t)[:, 0].numpy()
     return fitted_image, fitted_label
 
 

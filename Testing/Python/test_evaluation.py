@@ -29,35 +29,41 @@ from tiny_model import make_model
 def _monai_dice(prediction: np.ndarray, reference: np.ndarray, n_classes: int) -> np.ndarray:
     pred = one_hot(torch.from_numpy(prediction)[None, None].long(), n_classes)
     ref = one_hot(torch.from_numpy(reference)[None, None].long(), n_classes)
-    return compute_dice(pred, ref, include_background=False, ignore_empty=False)[0].numpy()
+    return compute_dice(pred, ref, include_background=False, ignore_empty=True)[0].numpy()
 
 
-@pytest.mark.parametrize("seed, shape", [(0, (17, 23)), (1, (4, 9, 11)), (2, (64,))])
-def test_dice_matches_monai(seed: int, shape):
+@pytest.mark.parametrize("seed, shape, absent", [(0, (17, 23), None), (1, (4, 9, 11), None), (2, (64,), None),
+                                                 (3, (12, 12), 2), (4, (5, 7, 3), 3)])
+def test_dice_matches_monai(seed: int, shape, absent):
     rng = np.random.default_rng(seed)
     prediction, reference = rng.integers(0, 4, shape), rng.integers(0, 4, shape)
+    if absent is not None:  # a label in neither map: not scored (NaN), as MONAI's ignore_empty=True
+        prediction[prediction == absent], reference[reference == absent] = 0, 0
     ours = dice_per_label(prediction, reference, {"a": 1, "b": 2, "c": 3})
     np.testing.assert_allclose(list(ours.values()), _monai_dice(prediction, reference, 4), rtol=1e-6)
 
 
 def test_dice_edge_cases():
+    """nnU-Net's rule: absent from both maps -> no Dice (NaN); absent from one -> 0."""
     empty = np.zeros((5, 5), dtype=np.uint8)
     one = empty.copy()
     one[1, 1] = 1
-    assert dice_per_label(empty, empty, {"a": 1}) == {"a": 1.0}
-    assert dice_per_label(one, empty, {"a": 1}) == {"a": 0.0}
+    assert np.isnan(dice_per_label(empty, empty, {"a": 1})["a"])
+    assert np.isnan(_monai_dice(empty, empty, 2)).all()
+    assert dice_per_label(one, empty, {"a": 1}) == {"a": 0.0}  # a false positive on an empty reference
     assert dice_per_label(empty, one, {"a": 1}) == {"a": 0.0}
-    np.testing.assert_allclose(_monai_dice(empty, empty, 2), [1.0])
     with pytest.raises(ValueError, match="shape"):
         dice_per_label(empty, empty[:4], {"a": 1})
 
 
 def test_accumulator_mean_over_cases_matches_monai_metric():
     rng = np.random.default_rng(5)
-    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=False)
+    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
     accumulator = DiceAccumulator({"a": 1, "b": 2})
-    for _ in range(4):
+    for case in range(4):
         prediction, reference = rng.integers(0, 3, (12, 12)), rng.integers(0, 3, (12, 12))
+        if case % 2:  # label b absent from both maps in half the cases: left out of b's mean
+            prediction[prediction == 2], reference[reference == 2] = 0, 0
         accumulator.add(prediction, reference)
         metric(one_hot(torch.from_numpy(prediction)[None, None], 3), one_hot(torch.from_numpy(reference)[None, None], 3))
     np.testing.assert_allclose(list(accumulator.mean_dice().values()), metric.aggregate().numpy(), rtol=1e-6)
@@ -68,6 +74,18 @@ def test_accumulator_mean_over_cases_matches_monai_metric():
     pooled.add(large, large)  # Dice 1 on a large case
     assert pooled.mean_dice() == {"a": 0.5}
     assert pooled.global_dice()["a"] == pytest.approx(100 / 102)
+
+
+def test_label_absent_from_both_maps_does_not_raise_the_mean():
+    accumulator = DiceAccumulator({"a": 1, "b": 2})
+    accumulator.add(np.array([1, 1, 2, 0]), np.array([1, 0, 2, 0]))  # a: 2/3, b: 1
+    accumulator.add(np.array([0, 1, 0, 0]), np.array([0, 1, 0, 0]))  # a: 1, b absent from both
+    accumulator.add(np.array([0, 0, 0, 0]), np.array([0, 0, 0, 0]))  # both absent
+    assert accumulator.mean_dice() == pytest.approx({"a": (2 / 3 + 1) / 2, "b": 1.0})
+    never = DiceAccumulator({"a": 1, "gone": 5})
+    never.add(np.array([1, 0]), np.array([1, 1]))
+    assert never.mean_dice() == pytest.approx({"a": 2 / 3})  # a label that never occurs has no Dice
+    assert never.global_dice() == pytest.approx({"a": 2 / 3})
 
 
 @pytest.fixture
@@ -115,3 +133,16 @@ def test_evaluate_model_rejects_foreign_datasets(predictor: Predictor, tasks, tm
                                               name="TaskB"))
     with pytest.raises(LabelSharingError, match="differ from those the model was trained with"):
         evaluate_model(predictor, [relabelled])
+
+
+def test_label_absent_from_every_case_has_no_dice(predictor: Predictor, tmp_path: Path):
+    label = np.zeros((32, 32), np.int64)
+    label[2:18, 2:30], label[20:26, 4:20] = 1, 2  # "small" (3) occurs nowhere
+    task = read_task_dataset(write_task(tmp_path / "a", {"big": 1, "mid": 2, "small": 3}, [label] * 2, name="TaskA"))
+    result = evaluate_model(predictor, [task])
+    body = result["tasks"]["TaskA"]
+    assert body["labels"] == {"big": {"dice": 1.0}, "mid": {"dice": 1.0}, "small": {"dice": None}}
+    assert body["mean_dice"] == 1.0  # the mean of the labels that have a Dice
+    assert json.loads(json.dumps(result, allow_nan=False)) == result  # null, never a NaN literal
+    small = next(line.split() for line in evaluation_table(result).splitlines() if "small" in line)
+    assert small == ["TaskA", "small", "-"]

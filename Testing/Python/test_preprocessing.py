@@ -96,8 +96,8 @@ def test_square_fit_round_trip_keeps_aspect(height, width):
 
 
 def test_square_fit_pads_labels_with_background():
-    labels = torch.ones(1, 1, 20, 40)
-    square = SquareFit(20, 40, 32).forward(labels, mode="nearest", pad_value=0)
+    labels = torch.ones(1, 1, 20, 40, dtype=torch.uint8)
+    square = SquareFit(20, 40, 32).forward_labels(labels)
     assert square[0, 0, 0].sum() == 0 and square[0, 0, 16].sum() == 32
 
 
