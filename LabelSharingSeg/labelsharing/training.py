@@ -379,8 +379,9 @@ def fit(
             network.eval()
             dice = validation_dice(model, tasks, device, predictor_factory)
             improved = False
-            if selectable:
-                mean = float(np.mean([dice[task]["mean"] for task in selectable]))
+            scores = [dice[task]["mean"] for task in selectable if task in dice]
+            if scores:
+                mean = float(np.mean(scores))
                 improved = mean > result.best_dice
                 if improved:
                     result.best_dice, result.best_epoch = mean, epoch
@@ -392,10 +393,10 @@ def fit(
                 run.save(_checkpoint(trainer_state, result, epoch, time.perf_counter() - start), epoch, options.epochs)
     context.barrier()  # the others wait for the main process's last validation, then all leave together
     result.seconds = time.perf_counter() - start
-    if not selectable or not context.is_main:
+    if not result.best_state or not context.is_main:  # nothing to select on: the last epoch
         result.best_state = copy.deepcopy(network.state_dict())
         result.best_epoch = options.epochs
-        if not selectable:
+        if context.is_main:
             result.best_dice = float("nan")
     return result
 
@@ -445,7 +446,8 @@ def validation_dice(model: SegmentationModel, tasks: Sequence[PreparedTask], dev
     ``predictor_factory(model, device)`` builds the predictor (default: ``Predictor``).
 
     Returns:
-        ``{task: {"mean": m, "labels": {label: dice}}}`` for tasks that have validation cases.
+        ``{task: {"mean": m, "labels": {label: dice}}}`` for tasks that have validation cases in
+        which at least one of their labels occurs.
     """
     from labelsharing.evaluation import DiceAccumulator
     from labelsharing.inference import Predictor
@@ -459,8 +461,9 @@ def validation_dice(model: SegmentationModel, tasks: Sequence[PreparedTask], dev
         accumulator = DiceAccumulator(labels)
         for image, truth in task.validation:
             accumulator.add(predictor.predict_image(image, task.name), truth)
-        per_label = accumulator.mean_dice()
-        result[task.name] = {"mean": float(np.mean(list(per_label.values()))), "labels": per_label}
+        per_label = accumulator.mean_dice()  # labels absent from every case have no Dice and are left out
+        if per_label:
+            result[task.name] = {"mean": float(np.mean(list(per_label.values()))), "labels": per_label}
     return result
 
 
