@@ -5,7 +5,8 @@ in its own folder (``.ct.tmp-<pid>-<random>.nii.gz``: the real ending is kept, s
 choose the format from the name still do), checked (not empty, and it reads back), flushed to
 disk, and only then renamed onto its final name with :func:`os.replace`. A full disk, a file
 size limit, a crash or a kill therefore never leaves a truncated file under the final name, and
-an existing file is replaced only by a complete one. :func:`check_outputs` is run before a
+an existing file is replaced only by a complete one. The hidden file a killed writer leaves is
+removed by the next write of the same name. :func:`check_outputs` is run before a
 command starts working: it refuses to replace an input of the command, or any existing file
 unless the user passed ``--force``.
 """
@@ -16,6 +17,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import secrets
 import zlib
 from pathlib import Path
@@ -23,8 +25,8 @@ from typing import Any, Callable, Sequence
 
 from labelsharing.errors import LabelSharingError
 
-__all__ = ["IO_ERRORS", "temporary_path", "write_atomically", "write_json_atomically", "check_gzip_stream",
-           "check_outputs"]
+__all__ = ["IO_ERRORS", "temporary_path", "remove_stale_temporaries", "write_atomically", "write_json_atomically",
+           "check_gzip_stream", "check_outputs"]
 
 #: What writers and read-back checks raise when a file cannot be written or read back complete:
 #: OSError (disk full, no permission, file too large; gzip's BadGzipFile), RuntimeError (SimpleITK,
@@ -51,9 +53,32 @@ def temporary_path(path: str | Path) -> Path:
         '.ct.tmp-4242-9f1c2a.nii.gz'
     """
     path = Path(path)
-    dot = path.name.find(".", 1)  # a leading dot belongs to the name (".hidden.json")
-    head, ending = (path.name, "") if dot < 0 else (path.name[:dot], path.name[dot:])
-    return path.with_name(f".{head.lstrip('.')}.tmp-{os.getpid()}-{secrets.token_hex(3)}{ending}")
+    head, ending = _split_name(path.name)
+    return path.with_name(f".{head}.tmp-{os.getpid()}-{secrets.token_hex(3)}{ending}")
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete temporary files of ``path`` left by killed writers (their process no longer runs).
+
+    Only names made by :func:`temporary_path` for this very ``path`` are touched. POSIX only:
+    elsewhere nothing is removed.
+
+    Returns:
+        the removed files.
+    """
+    path = Path(path)
+    if os.name != "posix" or not path.parent.is_dir():
+        return []
+    head, ending = _split_name(path.name)
+    pattern = re.compile(rf"\.{re.escape(head)}\.tmp-(\d+)-[0-9a-f]{{6}}{re.escape(ending)}")
+    removed = []
+    for candidate in path.parent.iterdir():
+        match = pattern.fullmatch(candidate.name)
+        if match and not _process_runs(int(match.group(1))):
+            with contextlib.suppress(OSError):  # removed meanwhile, or not ours to remove: not worth failing
+                candidate.unlink()
+                removed.append(candidate)
+    return removed
 
 
 def write_atomically(
@@ -85,6 +110,7 @@ def write_atomically(
         >>> write_atomically("notes.txt", lambda tmp: tmp.write_text("done"))  # doctest: +SKIP
     """
     path = Path(path)
+    remove_stale_temporaries(path)
     temporary = temporary_path(path)
     try:
         try:
@@ -213,6 +239,24 @@ def _failure(path: Path, exc: BaseException, read_back: bool = False) -> LabelSh
     if read_back:
         detail = f"the written file did not read back complete ({detail})"
     return LabelSharingError(f"Could not write {path}: {detail}. {_UNKNOWN_CAUSE} {_ADVICE}")
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """``ct.nii.gz`` -> (``ct``, ``.nii.gz``); a leading dot is part of the head, and is dropped."""
+    dot = name.find(".", 1)
+    head, ending = (name, "") if dot < 0 else (name[:dot], name[dot:])
+    return head.lstrip("."), ending
+
+
+def _process_runs(pid: int) -> bool:
+    """Whether process ``pid`` exists (POSIX: signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists but belongs to another user
+        return True
+    return True
 
 
 def _flush_to_disk(path: Path) -> None:

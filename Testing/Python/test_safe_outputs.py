@@ -26,8 +26,8 @@ from labelsharing.inference import Predictor
 from tiny_model import make_model
 
 FORMATS = ("nii.gz", "nrrd", "seg.nrrd")
-needs_rlimit = pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "darwin",
-                                  reason="RLIMIT_FSIZE in a child process needs Linux")
+on_linux = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                              reason="RLIMIT_FSIZE, SIGKILL and links are tested on Linux")
 
 
 def _write_noise(path: Path, shape=(8, 64, 64), seed: int = 0) -> Path:
@@ -146,7 +146,7 @@ def test_write_json_atomically_round_trips(tmp_path: Path):
     assert _listing(tmp_path) == ["dice.json"]
 
 
-@needs_rlimit
+@on_linux
 def test_json_on_a_full_disk_fails_and_keeps_the_old_file(tmp_path: Path):
     target = tmp_path / "plan.json"
     target.write_text('{"old": true}\n')
@@ -157,9 +157,40 @@ def test_json_on_a_full_disk_fails_and_keeps_the_old_file(tmp_path: Path):
     assert _listing(tmp_path) == ["plan.json"] and target.read_text() == '{"old": true}\n'
 
 
+@on_linux
+def test_kill_during_write_keeps_the_old_file_whole(tmp_path: Path):
+    target = tmp_path / "ct.nii.gz"
+    target.write_bytes(b"old contents")
+    code = ("import sys, time\n"
+            "from labelsharing.safe_write import write_atomically\n"
+            "def write(path):\n"
+            "    path.write_bytes(b'half of the new')\n"
+            "    print('writing', flush=True)\n"
+            "    time.sleep(60)\n"
+            f"write_atomically({str(target)!r}, write)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "writing\n"
+    finally:
+        child.kill()  # SIGKILL: no clean-up code runs
+        child.wait()
+        child.stdout.close()
+    assert target.read_bytes() == b"old contents"
+    (leftover,) = [name for name in _listing(tmp_path) if name != "ct.nii.gz"]
+    assert leftover.startswith(".ct.tmp-") and leftover.endswith(".nii.gz")  # hidden, never the final name
+
+    from labelsharing.safe_write import write_atomically
+
+    live = tmp_path / f".ct.tmp-{os.getpid()}-abcdef.nii.gz"  # a running writer's file stays
+    live.write_bytes(b"busy")
+    write_atomically(target, lambda path: path.write_bytes(b"new contents"))  # the next write cleans up
+    assert target.read_bytes() == b"new contents" and _listing(tmp_path) == [live.name, "ct.nii.gz"]
+
+
 # ----------------------------------------------------------------------------- predict never replaces an input
 @pytest.mark.parametrize("force", [False, True])
-@pytest.mark.parametrize("link", ["same file", "symlink", "hard link"])
+@pytest.mark.parametrize("link", ["same file", pytest.param("symlink", marks=on_linux),
+                                  pytest.param("hard link", marks=on_linux)])
 def test_predict_never_replaces_its_input(fake: Predictor, tmp_path: Path, force: bool, link: str):
     source = _write_noise(tmp_path / "X" / "ct.nii.gz", shape=(32, 32))
     out = tmp_path / "X"
@@ -285,7 +316,7 @@ def _run(command: list[str], limit: int | None = None) -> subprocess.CompletedPr
                           preexec_fn=set_limit if limit else None)
 
 
-@needs_rlimit
+@on_linux
 @pytest.mark.parametrize("file_format", FORMATS)
 def test_predict_on_a_full_disk_exits_2_and_leaves_nothing(model_folder: Path, tmp_path: Path, file_format: str):
     source = _write_noise(tmp_path / "in" / "ct_0000.nii.gz")
