@@ -26,13 +26,17 @@ __all__ = ["main", "build_parser"]
 def _cmd_plan(args: argparse.Namespace, progress: ProgressReporter) -> int:
     from labelsharing.plan import read_pins
     from labelsharing.planning import plan_table, plan_task_datasets
+    from labelsharing.safe_write import check_outputs, write_json_atomically
 
+    if args.json:
+        check_outputs([args.json], inputs=[*args.datasets, *([args.pins] if args.pins else [])], force=True,
+                      option="--json")
     plan, _ = plan_task_datasets(args.datasets, read_pins(args.pins) if args.pins else None, progress,
                                  log=lambda message: print(message, file=sys.stderr))
     print(plan_table(plan))
     print(f"\n{plan.n_shared} shared labels for {len(plan.task_names)} task(s).")
     if args.json:
-        plan.save_json(args.json)
+        write_json_atomically(args.json, plan.to_dict())
         print(f"Plan written to {args.json}")
     else:
         print(json.dumps(plan.to_dict(), indent=2))
@@ -90,7 +94,7 @@ def _cmd_predict(args: argparse.Namespace, progress: ProgressReporter) -> int:
     log = _log_for(progress)
     log(f"device: {describe_device(predictor.device)}")
     written = predictor.predict_files(args.inputs, args.task, args.out, file_format=args.format,
-                                      probabilities=args.probabilities, progress=progress)
+                                      probabilities=args.probabilities, progress=progress, force=args.force)
     for path in written:
         log(f"wrote {path}")
     return 0
@@ -100,7 +104,10 @@ def _cmd_evaluate(args: argparse.Namespace, progress: ProgressReporter) -> int:
     from labelsharing.datasets import read_task_dataset
     from labelsharing.evaluation import evaluate_model, evaluation_table
     from labelsharing.inference import Predictor
+    from labelsharing.safe_write import check_outputs, write_json_atomically
 
+    if args.json:
+        check_outputs([args.json], inputs=[args.model, *args.datasets], force=True, option="--json")
     predictor = Predictor.from_model_dir(args.model, device=args.device)
     tasks = [read_task_dataset(folder) for folder in args.datasets]
     for task in tasks:
@@ -110,7 +117,7 @@ def _cmd_evaluate(args: argparse.Namespace, progress: ProgressReporter) -> int:
     result = evaluate_model(predictor, tasks, progress=progress)
     print(evaluation_table(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json_atomically(args.json, result)
         print(f"Dice written to {args.json}")
     return 0
 
@@ -195,13 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("model", metavar="MODEL", help="[REQUIRED] model folder")
     predict.add_argument("inputs", nargs="+", metavar="INPUT", help="[REQUIRED] image files")
     predict.add_argument("--task", required=True, help="[REQUIRED] task name (see 'labelsharing info MODEL')")
-    predict.add_argument("--out", required=True, metavar="OUTDIR", help="[REQUIRED] output folder")
+    predict.add_argument("--out", required=True, metavar="OUTDIR",
+                         help="[REQUIRED] output folder; each file is written complete or not at all")
     predict.add_argument("--format", choices=("nii.gz", "nrrd", "seg.nrrd"), default="nii.gz",
                          help="[OPTIONAL] output format (nii.gz); seg.nrrd keeps segment names and colours for Slicer")
     predict.add_argument("--probabilities", action="store_true",
                          help="[OPTIONAL] also write <case>_probabilities.nii.gz (one component per task label)")
     _add_device_flag(predict)
     predict.add_argument("--batch-size", type=_positive_int, default=16, help="[OPTIONAL] slices per batch (16)")
+    predict.add_argument("--force", action="store_true",
+                         help="[OPTIONAL] replace existing files in OUTDIR that this command writes (<case>.<format>, "
+                              "<case>_probabilities.nii.gz); never an input image and never any other file. Without "
+                              "it, an existing output stops the command before anything is predicted")
     predict.set_defaults(handler=_cmd_predict)
 
     evaluate = commands.add_parser("evaluate", help="Dice per task and label on the datasets' test splits")

@@ -19,12 +19,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from labelsharing.errors import LabelSharingError
+from labelsharing.safe_write import check_gzip_stream, write_atomically
 
 __all__ = [
     "SEG_NRRD",
     "read_image",
     "read_label",
     "write_label",
+    "write_image",
     "case_id_from_path",
     "geometry_mismatch",
 ]
@@ -193,7 +195,7 @@ def write_label(
     path: str | Path,
     segments: Sequence[tuple[str, int, Sequence[float]]] = (),
 ) -> Path:
-    """Write a label map on the grid of ``reference``.
+    """Write a label map on the grid of ``reference``, atomically (see :mod:`labelsharing.safe_write`).
 
     Args:
         labels: integer array shaped like ``sitk.GetArrayFromImage(reference)``: (z, y, x) or (y, x).
@@ -204,20 +206,60 @@ def write_label(
 
     Returns:
         the written path.
+
+    Raises:
+        LabelSharingError: the file could not be written completely (disk full, no permission,
+            ...); ``path`` is then left as it was.
     """
     path = Path(path)
     reference_shape = sitk.GetArrayViewFromImage(reference).shape
     if labels.shape != reference_shape:
         raise ValueError(f"labels shape {labels.shape} != reference array shape {reference_shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dtype = np.uint8 if labels.max(initial=0) < 256 else np.uint16
+    labels = labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)
     if not path.name.lower().endswith(SEG_NRRD):
-        image = sitk.GetImageFromArray(labels.astype(dtype))
+        image = sitk.GetImageFromArray(labels)
         image.CopyInformation(reference)
-        sitk.WriteImage(image, str(path), useCompression=True)
-        return path
-    _write_seg_nrrd(labels.astype(dtype), reference, path, segments)
-    return path
+        return write_image(image, path)
+    size = reference.GetSize() + ((1,) if reference.GetDimension() == 2 else ())  # a .seg.nrrd is always 3D
+    return write_atomically(path, lambda temporary: _write_seg_nrrd(labels, reference, temporary, segments),
+                            lambda temporary: _check_written_image(temporary, size, 1))
+
+
+def write_image(image: sitk.Image, path: str | Path) -> Path:
+    """Write ``image`` compressed with SimpleITK, atomically; the format follows the ending of ``path``.
+
+    The file is read back before it takes its final name: its size and components must match.
+
+    Raises:
+        LabelSharingError: the file could not be written completely; ``path`` is left as it was.
+    """
+    return write_atomically(path, lambda temporary: sitk.WriteImage(image, str(temporary), useCompression=True),
+                            lambda temporary: _check_written_image(temporary, image.GetSize(),
+                                                                   image.GetNumberOfComponentsPerPixel()))
+
+
+def _check_written_image(path: Path, size: Sequence[int], components: int) -> None:
+    """Raise unless ``path`` reads back whole with this size (ValueError, or the reader's error).
+
+    A ``.gz`` file is checked through its gzip stream (ITK reads a cut ``.nii.gz`` without error,
+    filling zeros) and its header, without holding the pixels twice; others are read whole.
+    """
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    if path.name.lower().endswith(".gz"):
+        length = check_gzip_stream(path)
+        reader.ReadImageInformation()
+        written_size, written_components = reader.GetSize(), reader.GetNumberOfComponents()
+        one_voxel = sitk.Image([1] * len(size), reader.GetPixelID(), written_components)
+        payload = int(np.prod(size)) * sitk.GetArrayViewFromImage(one_voxel).nbytes
+        if length < payload:
+            raise ValueError(f"{length} bytes of data, expected at least {payload}")
+    else:
+        written = reader.Execute()
+        written_size, written_components = written.GetSize(), written.GetNumberOfComponentsPerPixel()
+    if tuple(written_size) != tuple(size) or written_components != components:
+        raise ValueError(f"read back size {tuple(written_size)} x {written_components} components, "
+                         f"expected {tuple(size)} x {components}")
 
 
 def _write_seg_nrrd(

@@ -18,10 +18,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from labelsharing.errors import LabelSharingError
-from labelsharing.imageio import case_id_from_path, read_image, write_label
+from labelsharing.imageio import case_id_from_path, read_image, write_image, write_label
 from labelsharing.model import SegmentationModel, label_color
 from labelsharing.preprocessing import SquareFit, choose_slice_axis, normalize_intensities, to_slices
 from labelsharing.progress import SILENT, ProgressReporter
+from labelsharing.safe_write import check_outputs
 
 __all__ = ["OUTPUT_FORMATS", "select_device", "describe_device", "Predictor"]
 
@@ -198,6 +199,7 @@ class Predictor:
         file_format: str = "nii.gz",
         probabilities: bool = False,
         progress: ProgressReporter = SILENT,
+        force: bool = False,
     ) -> list[Path]:
         """Predict image files and write ``out_dir/<case>.<file_format>`` for each.
 
@@ -207,12 +209,17 @@ class Predictor:
         ``<case>_probabilities.nii.gz`` is also written: a float32 vector image on the input grid,
         one component per task label, background first (order of :meth:`task_labels`).
 
+        All output names are checked before anything is predicted: an output never replaces an
+        input, and replaces an existing file only with ``force`` (CLI ``--force``). Each file is
+        written atomically (:mod:`labelsharing.safe_write`): complete or not at all.
+
         Returns:
             the written label files, in input order.
 
         Raises:
             LabelSharingError: unknown task or format, missing/unreadable input, two inputs
-                with the same case name.
+                with the same case name, an output that is an input or exists (without
+                ``force``), an output that cannot be written (disk full, no permission).
         """
         file_format = file_format.lower().lstrip(".")
         if file_format not in OUTPUT_FORMATS:
@@ -232,18 +239,24 @@ class Predictor:
                 "separate --out folders."
             )
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        label_files = [out_dir / f"{case}.{file_format}" for case in cases]
+        probability_files = [out_dir / f"{case}_probabilities.nii.gz" for case in cases]
+        check_outputs(label_files + (probability_files if probabilities else []), inputs=paths, force=force)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LabelSharingError(f"Cannot create the output folder {out_dir}: {exc.strerror or exc}. "
+                                    "Choose another --out.") from exc
         segments = self.task_labels(task)
-        written = []
         with progress.track("predicting", total=len(paths), unit="image") as advance:
-            for path, case in zip(paths, cases):
+            for path, case, label_file, probability_file in zip(paths, cases, label_files, probability_files):
                 image = read_image(path)
                 labels, probs = self._predict(image, task, probabilities)
-                written.append(write_label(labels, image, out_dir / f"{case}.{file_format}", segments))
+                write_label(labels, image, label_file, segments)
                 if probs is not None:
-                    _write_probabilities(probs, image, out_dir / f"{case}_probabilities.nii.gz")
+                    _write_probabilities(probs, image, probability_file)
                 advance(case=case)
-        return written
+        return label_files
 
 
 def _slice_axis(image: sitk.Image, stored_axis: int | None) -> int | None:
@@ -257,11 +270,10 @@ def _slice_axis(image: sitk.Image, stored_axis: int | None) -> int | None:
 
 
 def _write_probabilities(probs: np.ndarray, reference: sitk.Image, path: Path) -> Path:
-    """(C, *shape) probabilities -> float32 vector image with ``reference``'s geometry."""
+    """(C, *shape) probabilities -> float32 vector image with ``reference``'s geometry, written atomically."""
     vector = sitk.GetImageFromArray(np.moveaxis(probs, 0, -1).astype(np.float32), isVector=True)
     vector.CopyInformation(reference)
-    sitk.WriteImage(vector, str(path), useCompression=True)
-    return path
+    return write_image(vector, path)
 
 
 def _mps_available() -> bool:
