@@ -18,13 +18,13 @@ The working folder is removed once the model folder is written.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from labelsharing.errors import LabelSharingError
+from labelsharing.safe_write import write_atomically, write_json_atomically
 
 __all__ = ["RunFolder", "work_folder_for", "epoch_seed"]
 
@@ -74,8 +74,8 @@ class RunFolder:
         if self.exists():
             raise ValueError(f"{self.folder} exists; check it with check_resumable or remove it first")
         self.folder.mkdir(parents=True)
-        _write_json(self.folder / RUN_FILE, {"identity": dict(self.identity), "resume_command": self.resume_command,
-                                             "epochs_done": 0})
+        write_json_atomically(self.folder / RUN_FILE, {"identity": dict(self.identity),
+                                                       "resume_command": self.resume_command, "epochs_done": 0})
 
     def record(self) -> dict:
         """The ``run.json`` of the run: ``identity``, ``resume_command``, ``epochs_done`` (empty if absent)."""
@@ -120,19 +120,16 @@ class RunFolder:
                 f"{command}  - or delete that folder to start over.")
 
     def save(self, state: Mapping[str, Any], epoch: int, epochs: int) -> None:
-        """Write the checkpoint after ``epoch`` of ``epochs`` atomically (temporary file, fsync, rename)."""
+        """Write the checkpoint after ``epoch`` of ``epochs`` atomically (temporary file, fsync, rename).
+
+        Raises:
+            LabelSharingError: the checkpoint could not be written (disk full, ...): the run stops
+                rather than go on without a way back.
+        """
         import torch
 
-        temporary = self.folder / f".{CHECKPOINT_FILE}.tmp-{os.getpid()}"
-        try:
-            with open(temporary, "wb") as stream:
-                torch.save(dict(state), stream)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, self.checkpoint_path)
-        finally:
-            temporary.unlink(missing_ok=True)
-        _write_json(self.folder / RUN_FILE, {**self.record(), "epochs_done": epoch, "epochs": epochs})
+        write_atomically(self.checkpoint_path, lambda temporary: torch.save(dict(state), temporary))
+        write_json_atomically(self.folder / RUN_FILE, {**self.record(), "epochs_done": epoch, "epochs": epochs})
 
     def load(self) -> dict | None:
         """The last checkpoint (tensors on the CPU), or ``None`` if no epoch finished.
@@ -155,12 +152,6 @@ class RunFolder:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _write_json(path: Path, content: Mapping[str, Any]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(dict(content), indent=2) + "\n")
-    os.replace(temporary, path)
 
 
 def _age(path: Path) -> str:
