@@ -13,7 +13,6 @@ import math
 import os
 import sys
 import warnings
-from pathlib import Path
 from typing import Sequence
 
 from labelsharing import __version__
