@@ -127,7 +127,6 @@ def test_add_task_without_validation_cases_trains_and_reports_the_written_weight
     the parent's weights (best epoch 0) and reported the forgetting of weights it did not write."""
     from safetensors.torch import load_file
 
-    from labelsharing.inference import Predictor
     from labelsharing.model import SegmentationModel
     from labelsharing.training import validation_dice
     from labelsharing.training_data import prepare_task
