@@ -73,14 +73,11 @@ def read_image(path: str | Path) -> sitk.Image:
             or holds NaN or infinite voxels.
     """
     path = _existing_file(path, "Image")
-    if path.name.lower().endswith(".gz"):
-        _check_gzip_stream(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
-        if _ending(path) == ".nii":
-            _check_nifti_size(path, reader)
+        _check_complete(path, reader)
         image = reader.Execute()
     except RuntimeError as exc:
         raise LabelSharingError(f"Cannot read image {path}: {_first_line(exc)}") from exc
@@ -252,6 +249,7 @@ def _segment_label_values(path: Path, segments: Sequence[Mapping], labels: Mappi
         by_value[value] = name
     return by_value
 
+
 def geometry_mismatch(label: sitk.Image, image: sitk.Image, tolerance: float = 1e-3) -> str | None:
     """Describe how a label's grid differs from its image's, or ``None`` if they match.
 
@@ -361,27 +359,36 @@ def _existing_file(path: str | Path, kind: str) -> Path:
     return path
 
 
-def _check_gzip_stream(path: Path) -> None:
-    """Refuse a truncated or damaged gzip file (SimpleITK reads a cut ``.nii.gz`` without error)."""
-    try:
-        with gzip.open(path, "rb") as stream:
-            while stream.read(1 << 24):
-                pass
-    except (OSError, EOFError, zlib.error) as exc:
-        raise LabelSharingError(
-            f"{path} is truncated or damaged ({exc}). Copy or export the file again."
-        ) from exc
+def _check_complete(path: Path, reader: sitk.ImageFileReader) -> None:
+    """Refuse a truncated NIfTI or gzip file: SimpleITK reads a cut ``.nii``/``.nii.gz`` without error.
 
-
-def _check_nifti_size(path: Path, reader: sitk.ImageFileReader) -> None:
-    """Refuse an uncompressed NIfTI file shorter than its header says (SimpleITK reads it silently)."""
-    dims = [int(reader.GetMetaData(f"dim[{axis}]")) for axis in range(1, int(reader.GetMetaData("dim[0]")) + 1)]
-    expected = int(float(reader.GetMetaData("vox_offset"))) + int(np.prod(dims)) * int(reader.GetMetaData("bitpix")) // 8
-    size = path.stat().st_size
-    if size < expected:
-        raise LabelSharingError(
-            f"{path} is truncated: {size} bytes, but its header describes {expected}. Copy or export the file again."
-        )
+    A ``.nii`` must be as long as its header says. A ``.nii.gz`` whose gzip trailer records that
+    length is complete (the usual case, checked without decompressing); any other ``.gz`` file
+    is decompressed once to check that its stream ends properly.
+    """
+    ending = _ending(path)
+    if ending in (".nii", ".nii.gz"):
+        dims = [int(reader.GetMetaData(f"dim[{axis}]")) for axis in range(1, int(reader.GetMetaData("dim[0]")) + 1)]
+        voxel_bytes = int(np.prod(dims)) * int(reader.GetMetaData("bitpix")) // 8
+        expected = int(float(reader.GetMetaData("vox_offset"))) + voxel_bytes
+        if ending == ".nii":
+            if path.stat().st_size < expected:
+                raise LabelSharingError(
+                    f"{path} is truncated: {path.stat().st_size} bytes, but its header describes {expected}. "
+                    "Copy or export the file again."
+                )
+            return
+        with path.open("rb") as stream:
+            stream.seek(-4, 2)
+            if int.from_bytes(stream.read(4), "little") == expected % 2**32:
+                return
+    if path.name.lower().endswith(".gz"):
+        try:
+            with gzip.open(path, "rb") as stream:
+                while stream.read(1 << 24):
+                    pass
+        except (OSError, EOFError, zlib.error) as exc:
+            raise LabelSharingError(f"{path} is truncated or damaged ({exc}). Copy or export the file again.") from exc
 
 
 def _values_text(values: Sequence[float]) -> str:

@@ -8,6 +8,7 @@ ending; they must answer with ``LabelSharingError`` only, never another exceptio
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -68,6 +69,27 @@ def test_prediction_refuses_nan_image_instead_of_predicting_background(tmp_path)
     with pytest.raises(LabelSharingError, match="64 of 64 voxels are NaN or infinite"):
         predictor.predict_files([tmp_path / "nan_0000.mha"], "TaskA", tmp_path / "out")
     assert not (tmp_path / "out" / "nan.nii.gz").exists()
+
+
+# ------------------------------------------------------------------------------ truncated files
+@pytest.mark.parametrize("ending", [".nii", ".nii.gz"])
+def test_truncated_nifti_is_refused(tmp_path, ending):
+    """SimpleITK reads a cut NIfTI without error, filling the missing voxels with garbage."""
+    write_image(np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6), tmp_path / f"whole{ending}")
+    data = (tmp_path / f"whole{ending}").read_bytes()
+    (tmp_path / f"cut{ending}").write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(LabelSharingError, match=rf"cut\{ending} is truncated"):
+        read_image(tmp_path / f"cut{ending}")
+
+
+def test_multi_member_nii_gz_is_read(tmp_path):
+    """A .nii.gz made of several gzip members (e.g. by bgzip) is complete although its last trailer
+    holds only the last member's length."""
+    array = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    write_image(array, tmp_path / "plain.nii")
+    raw = (tmp_path / "plain.nii").read_bytes()
+    (tmp_path / "multi.nii.gz").write_bytes(gzip.compress(raw[:200]) + gzip.compress(raw[200:]))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(tmp_path / "multi.nii.gz")), array)
 
 
 # ------------------------------------------------------------------------------ label values
@@ -143,7 +165,8 @@ def test_seg_nrrd_two_segments_with_one_label_value_are_refused(tmp_path):
     segmentation = _segmentation({"liver": left, "spleen": right})
     segmentation["segments"][1]["labelValue"] = segmentation["segments"][0]["labelValue"]
     slicerio.write_segmentation(str(tmp_path / "shared.seg.nrrd"), segmentation)
-    with pytest.raises(LabelSharingError, match=r"shared\.seg\.nrrd: segments 'liver' and 'spleen' share label value 1"):
+    message = r"shared\.seg\.nrrd: segments 'liver' and 'spleen' share label value 1"
+    with pytest.raises(LabelSharingError, match=message):
         read_label(tmp_path / "shared.seg.nrrd", {"liver": 1, "spleen": 2})
 
 
@@ -156,12 +179,15 @@ def test_seg_nrrd_voxels_without_a_segment_are_refused(tmp_path):
         read_label(tmp_path / "orphan.seg.nrrd", {"liver": 1, "spleen": 2})
 
 
+DIRECTIONS = "space directions: (1,0,0) (0,1,0) (0,0,1)"
+
+
 @pytest.mark.parametrize(
     "line, replacement, message",
     [
-        ("space directions: (1,0,0) (0,1,0) (0,0,1)", "space directions: (0,0,0) (0,1,0) (0,0,1)", "not a valid geometry"),
-        ("space directions: (1,0,0) (0,1,0) (0,0,1)", "space directions: (nan,0,0) (0,1,0) (0,0,1)", "not a valid geometry"),
-        ("space directions: (1,0,0) (0,1,0) (0,0,1)", "space directions: (1,1,0) (1,1,0) (0,0,1)", "not a valid geometry"),
+        (DIRECTIONS, "space directions: (0,0,0) (0,1,0) (0,0,1)", "not a valid geometry"),
+        (DIRECTIONS, "space directions: (nan,0,0) (0,1,0) (0,0,1)", "not a valid geometry"),
+        (DIRECTIONS, "space directions: (1,1,0) (1,1,0) (0,0,1)", "not a valid geometry"),
         ("space origin: (0,0,0)", "space origin: (nan,0,0)", "not a valid geometry"),
         ("Segment0_Layer:=0", "Segment0_Layer:=5", "segment 'liver' is in layer 5, but the file has a single layer"),
     ],
@@ -278,8 +304,14 @@ def test_random_bytes_are_refused(tmp_path, ending, data):
     _reads_refused(path)
 
 
-MAGIC = {".nii.gz": b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03", ".nii": b"\x5c\x01\x00\x00", ".nrrd": b"NRRD0004\n",
-         ".seg.nrrd": b"NRRD0004\ntype: unsigned char\ndimension: 3\n", ".png": b"\x89PNG\r\n\x1a\n", ".mha": b"ObjectType = Image\n"}
+MAGIC = {  # the first bytes of each format, so that the readers get past their format check
+    ".nii.gz": b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03",
+    ".nii": b"\x5c\x01\x00\x00",
+    ".nrrd": b"NRRD0004\n",
+    ".seg.nrrd": b"NRRD0004\ntype: unsigned char\ndimension: 3\n",
+    ".png": b"\x89PNG\r\n\x1a\n",
+    ".mha": b"ObjectType = Image\n",
+}
 
 
 @FUZZ
