@@ -101,7 +101,7 @@ def _cmd_predict(args: argparse.Namespace, progress: ProgressReporter) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace, progress: ProgressReporter) -> int:
     from labelsharing.datasets import read_task_dataset
-    from labelsharing.evaluation import evaluate_model, evaluation_table
+    from labelsharing.evaluation import evaluate_model, evaluation_table, split_warning
     from labelsharing.inference import Predictor
     from labelsharing.safe_write import check_outputs, write_json_atomically
 
@@ -109,10 +109,8 @@ def _cmd_evaluate(args: argparse.Namespace, progress: ProgressReporter) -> int:
         check_outputs([args.json], inputs=[args.model, *args.datasets], force=True, option="--json")
     predictor = Predictor.from_model_dir(args.model, device=args.device)
     tasks = [read_task_dataset(folder) for folder in args.datasets]
-    for task in tasks:
-        if not task.test:
-            print(f"warning: {task.name} has no test split (imagesTs/labelsTs); evaluating on its TRAINING cases, "
-                  "which the model has seen.", file=sys.stderr)
+    for warning in filter(None, map(split_warning, tasks)):
+        print(f"warning: {warning}", file=sys.stderr)
     result = evaluate_model(predictor, tasks, progress=progress)
     print(evaluation_table(result))
     if args.json:

@@ -5,7 +5,8 @@ A task is one folder::
     dataset.json            name, channel_names, labels, numTraining, file_ending[, modality, colors]
     imagesTr/<case>_0000<file_ending>
     labelsTr/<case><file_ending>   or   labelsTr/<case>.seg.nrrd   (a Slicer segmentation)
-    imagesTs/, labelsTs/    optional test split, same naming
+    imagesTs/, labelsTs/    optional test split, same naming; test images without a label are
+                            normal (only evaluation needs test labels)
 
 This is the layout annotators already have for nnU-Net, so the same folder works for both.
 """
@@ -23,7 +24,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from labelsharing.errors import LabelSharingError
-from labelsharing.imageio import SEG_NRRD, case_id_from_path, geometry_mismatch, read_image, read_label
+from labelsharing.imageio import (
+    MAX_LABEL_VALUE,
+    SEG_NRRD,
+    case_id_from_path,
+    geometry_mismatch,
+    read_image,
+    read_label,
+)
 from labelsharing.plan import LabelStats, measure_label_sizes
 
 __all__ = ["MODALITIES", "Case", "TaskDataset", "TaskSummary", "read_task_dataset", "inspect_task_dataset", "load_case"]
@@ -57,6 +65,7 @@ class TaskDataset:
         file_ending: image file ending, e.g. ``.nii.gz``.
         training: labelled training cases (``imagesTr``/``labelsTr``).
         test: labelled test cases (``imagesTs``/``labelsTs``), possibly empty.
+        unlabelled_test: test images (``imagesTs``) without a label in ``labelsTs``, possibly empty.
         colors: label name -> RGB in 0..1 given by ``dataset.json`` ``colors`` (optional).
         terminology: label name -> Slicer terminology entry string, given by ``dataset.json``
             ``terminology`` (optional); the Slicer module tags the segments with it.
@@ -69,6 +78,7 @@ class TaskDataset:
     file_ending: str
     training: tuple[Case, ...]
     test: tuple[Case, ...] = ()
+    unlabelled_test: tuple[Case, ...] = ()
     colors: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     terminology: dict[str, str] = field(default_factory=dict)
 
@@ -88,8 +98,8 @@ def read_task_dataset(folder: str | Path) -> TaskDataset:
     """Read ``dataset.json`` and pair image and label files (no pixels are loaded).
 
     Raises:
-        LabelSharingError: missing or malformed ``dataset.json``, no cases, unpaired files,
-            several input channels.
+        LabelSharingError: missing or malformed ``dataset.json``, no training cases, a training
+            image without label, a label without image, several input channels.
     """
     root = Path(folder)
     meta = _read_dataset_json(root)
@@ -100,27 +110,31 @@ def read_task_dataset(folder: str | Path) -> TaskDataset:
             f"{root}: {len(channels) if isinstance(channels, dict) else '?'} input channels in 'channel_names'. "
             "Only single-channel tasks are supported for now; keep one channel (e.g. {\"0\": \"CT\"})."
         )
+    name = root.name if meta.get("name") is None else meta["name"]
+    if not isinstance(name, str) or not name.strip():
+        raise LabelSharingError(f'{root}/dataset.json: "name" must be the task name as non-empty text, got {name!r}.')
     file_ending = meta.get("file_ending")
     if not isinstance(file_ending, str) or not file_ending.startswith("."):
         raise LabelSharingError(f'{root}/dataset.json: add the image file ending, e.g. "file_ending": ".nii.gz".')
-    training = _pair_cases(root, "imagesTr", "labelsTr", file_ending)
+    training = _pair_cases(root, "imagesTr", "labelsTr", file_ending, labels_required=True)
     if not training:
         raise LabelSharingError(
             f"{root}: no training cases. Put images in imagesTr/<case>_0000{file_ending} "
             f"and labels in labelsTr/<case>{file_ending}."
         )
-    test = _pair_cases(root, "imagesTs", "labelsTs", file_ending) if (root / "imagesTs").is_dir() else ()
+    test = _pair_cases(root, "imagesTs", "labelsTs", file_ending, labels_required=False)
     declared = meta.get("numTraining")
     if isinstance(declared, int) and declared != len(training):
         warnings.warn(f"{root}: numTraining is {declared} but {len(training)} training cases were found.")
     return TaskDataset(
-        name=str(meta.get("name") or root.name),
+        name=name,
         root=root,
         labels=labels,
         modality=_modality(root, meta, channels),
         file_ending=file_ending,
         training=training,
         test=tuple(c for c in test if c.label is not None),
+        unlabelled_test=tuple(c for c in test if c.label is None),
         colors=_parse_colors(root, meta.get("colors", {}), labels),
         terminology=_parse_terminology(root, meta.get("terminology", {}), labels),
     )
@@ -170,7 +184,8 @@ def load_case(task: TaskDataset, case: Case):
     """Load one case as (image, label) SimpleITK images, checked against each other.
 
     Raises:
-        LabelSharingError: unreadable files, geometry mismatch, undeclared label values.
+        LabelSharingError: unreadable files, non-finite intensities, geometry mismatch,
+            undeclared label values.
     """
     image = read_image(case.image)
     if case.label is None:
@@ -181,13 +196,6 @@ def load_case(task: TaskDataset, case: Case):
         raise LabelSharingError(
             f"{case.label} does not match its image {case.image.name}: {mismatch}. "
             "Save the label on the image's grid (same size, spacing, origin and direction)."
-        )
-    values = np.unique(sitk.GetArrayViewFromImage(label))
-    undeclared = sorted(set(int(v) for v in values) - set(task.labels.values()) - {0})
-    if undeclared:
-        raise LabelSharingError(
-            f"{case.label} holds label value(s) {undeclared} not declared in {task.root / 'dataset.json'} "
-            f"'labels' ({_labels_text(task.labels)}). Declare them or fix the label file."
         )
     return image, label
 
@@ -202,9 +210,11 @@ def _read_dataset_json(root: Path) -> dict:
             "(nnU-Net v2 raw layout; see the README)."
         )
     try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LabelSharingError(f"{path} is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise LabelSharingError(f"{path} is not a dataset description: its JSON is nested too deeply.") from exc
     if not isinstance(meta, dict):
         raise LabelSharingError(f"{path} must hold a JSON object.")
     return meta
@@ -216,9 +226,11 @@ def _parse_labels(root: Path, labels: object) -> dict[str, int]:
         raise LabelSharingError(f'{path}: "labels" must map names to values, e.g. {{"background": 0, "liver": 1}}.')
     parsed: dict[str, int] = {}
     for name, value in labels.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if not name.strip():
+            raise LabelSharingError(f"{path}: label {name!r} has no name; label names must be non-empty text.")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_LABEL_VALUE:
             raise LabelSharingError(
-                f"{path}: label '{name}' has value {value!r}; values must be non-negative integers "
+                f"{path}: label '{name}' has value {value!r}; values must be integers from 0 to {MAX_LABEL_VALUE} "
                 "(region-based labels with lists are not supported)."
             )
         parsed[name] = value
@@ -232,7 +244,15 @@ def _parse_labels(root: Path, labels: object) -> dict[str, int]:
     return parsed
 
 
-def _pair_cases(root: Path, image_dir: str, label_dir: str, file_ending: str) -> tuple[Case, ...]:
+def _pair_cases(
+    root: Path, image_dir: str, label_dir: str, file_ending: str, labels_required: bool
+) -> tuple[Case, ...]:
+    """Pair ``image_dir`` images with ``label_dir`` labels; unpaired images get ``label=None``.
+
+    Raises:
+        LabelSharingError: misnamed images, extra channels, a label without an image, and (if
+            ``labels_required``) an image without a label.
+    """
     images_path, labels_path = root / image_dir, root / label_dir
     if not images_path.is_dir():
         return ()
@@ -260,7 +280,7 @@ def _pair_cases(root: Path, image_dir: str, label_dir: str, file_ending: str) ->
         if not label.is_file():
             missing.append(case_id)
         cases.append(Case(case_id, image, label if label.is_file() else None))
-    if missing:
+    if missing and labels_required:
         raise LabelSharingError(
             f"{root}: {len(missing)} image(s) in {image_dir} have no label in {label_dir}: "
             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}. "
@@ -289,12 +309,22 @@ def _modality(root: Path, meta: Mapping, channels: Mapping) -> str:
 
 
 def _parse_colors(root: Path, colors: object, labels: Mapping[str, int]) -> dict[str, tuple[float, float, float]]:
+    path = root / "dataset.json"
     if not isinstance(colors, dict):
-        raise LabelSharingError(f'{root}/dataset.json: "colors" must map label names to [r, g, b].')
+        raise LabelSharingError(f'{path}: "colors" must map label names to [r, g, b], e.g. {{"liver": [255, 0, 0]}}.')
     parsed = {}
     for name, rgb in colors.items():
-        if name not in labels or not isinstance(rgb, (list, tuple)) or len(rgb) != 3:
-            raise LabelSharingError(f"{root}/dataset.json: colour of '{name}' must be [r, g, b] for a declared label.")
+        if name not in labels:
+            raise LabelSharingError(f'{path}: "colors" names \'{name}\', which is not a declared label.')
+        numbers = isinstance(rgb, list) and len(rgb) == 3 and all(
+            isinstance(c, (int, float)) and not isinstance(c, bool) for c in rgb
+        )
+        if not numbers:
+            raise LabelSharingError(f"{path}: colour of label '{name}' is {rgb!r}; give 3 numbers [r, g, b].")
+        if not all(0 <= c <= 1 for c in rgb) and not all(0 <= c <= 255 for c in rgb):
+            raise LabelSharingError(
+                f"{path}: colour of label '{name}' is {rgb!r}; give 3 numbers all in 0..1 or all in 0..255."
+            )
         scale = 255.0 if max(rgb) > 1 else 1.0
         parsed[name] = tuple(float(c) / scale for c in rgb)
     return parsed

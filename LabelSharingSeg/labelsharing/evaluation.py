@@ -23,7 +23,8 @@ from labelsharing.errors import LabelSharingError
 from labelsharing.progress import SILENT, ProgressReporter
 from labelsharing.tables import format_table
 
-__all__ = ["dice_per_label", "DiceAccumulator", "evaluate_model", "evaluation_table", "format_dice"]
+__all__ = ["dice_per_label", "DiceAccumulator", "evaluate_model", "evaluation_table", "format_dice",
+           "split_warning"]
 
 
 def _label_counts(prediction: np.ndarray, reference: np.ndarray, labels: Mapping[str, int]):
@@ -158,6 +159,22 @@ def evaluate_model(predictor, tasks: Sequence[TaskDataset], progress: ProgressRe
                 "split": split,
             }
     return result
+
+
+def split_warning(task: TaskDataset) -> str | None:
+    """Why ``task`` is scored on its training cases, or ``None`` if it has labelled test cases."""
+    if task.test:
+        return None
+    if task.unlabelled_test:
+        return (
+            f"{task.name}: its {len(task.unlabelled_test)} test image(s) in imagesTs have no labels in labelsTs; "
+            "evaluating on its TRAINING cases, which the model has seen. Add labelsTs/<case> files to score the "
+            "test images."
+        )
+    return (
+        f"{task.name} has no test split (imagesTs/labelsTs); evaluating on its TRAINING cases, which the model "
+        "has seen."
+    )
 
 
 def evaluation_table(result: Mapping) -> str:

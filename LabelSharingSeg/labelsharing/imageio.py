@@ -12,6 +12,8 @@ SimpleITK spacing/origin are (x, y, z) in LPS. slicerio's voxels are (i, j, k) w
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -23,6 +25,7 @@ from labelsharing.safe_write import check_gzip_stream, write_atomically
 
 __all__ = [
     "SEG_NRRD",
+    "MAX_LABEL_VALUE",
     "read_image",
     "read_label",
     "write_label",
@@ -32,6 +35,8 @@ __all__ = [
 ]
 
 SEG_NRRD = ".seg.nrrd"
+#: Largest label value a task may declare (label maps are read as uint8 or uint16).
+MAX_LABEL_VALUE = 65535
 _KNOWN_ENDINGS = (SEG_NRRD, ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff")
 
 
@@ -71,12 +76,20 @@ def case_id_from_path(path: str | Path, is_label: bool = False) -> str:
 
 
 def read_image(path: str | Path) -> sitk.Image:
-    """Read an image with its geometry. Raises ``LabelSharingError`` naming the file on failure."""
-    path = Path(path)
-    if not path.is_file():
-        raise LabelSharingError(f"Image file not found: {path}")
+    """Read an image with its geometry, refusing damaged files and non-finite intensities.
+
+    Raises:
+        LabelSharingError: naming the file, if it is missing, unreadable, truncated (``.gz``),
+            has several components per pixel (except RGB PNGs, reduced to their first channel)
+            or holds NaN or infinite voxels.
+    """
+    path = _existing_file(path, "Image")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
+        _check_complete(path, reader)
+        image = reader.Execute()
     except RuntimeError as exc:
         raise LabelSharingError(f"Cannot read image {path}: {_first_line(exc)}") from exc
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -88,47 +101,74 @@ def read_image(path: str | Path) -> sitk.Image:
                 f"{path} has {image.GetNumberOfComponentsPerPixel()} components per pixel; "
                 "only single-channel images are supported."
             )
+    array = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(array.dtype, np.inexact):
+        non_finite = array.size - int(np.count_nonzero(np.isfinite(array)))
+        if non_finite:
+            raise LabelSharingError(
+                f"{path}: {non_finite} of {array.size} voxels are NaN or infinite. Replace them with finite "
+                "values (e.g. the image's minimum) before training or prediction."
+            )
     return image
 
 
 def read_label(path: str | Path, labels: Mapping[str, int], reference: sitk.Image | None = None) -> sitk.Image:
     """Read a label map in the task's own label values.
 
+    Every voxel value is checked against the declared labels *before* the map is cast to its
+    output type, so a value that does not fit (negative, too large, fractional) is refused
+    instead of wrapping around.
+
     Args:
         path: an integer label image (any SimpleITK format) or a Slicer ``.seg.nrrd``.
-        labels: label name -> value of the task (background may be included or not).
+        labels: label name -> value of the task (background may be included or not); values
+            in 0..``MAX_LABEL_VALUE``.
         reference: the image the labels belong to. A ``.seg.nrrd`` whose grid is a crop or
             shift of the reference grid (same spacing and direction) is resampled onto it.
 
     Returns:
-        uint8/uint16 label image with the label's geometry (or ``reference``'s for ``.seg.nrrd``).
+        label image with the label's geometry (or ``reference``'s for ``.seg.nrrd``): uint8 if
+        every declared value is below 256, else uint16.
 
     Raises:
-        LabelSharingError: unreadable file, non-integer values, a segment name that is not a
-            label of the task, or overlapping segments.
+        LabelSharingError: unreadable file, non-integer values, values that are not declared
+            labels, or a ``.seg.nrrd`` with a segment that is not a label of the task, duplicate
+            segment names, a segment without label value or overlapping segments.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise LabelSharingError(f"Label file not found: {path}")
+    path = _existing_file(path, "Label")
+    pixel_type = _label_pixel_type(labels)
     if path.name.lower().endswith(SEG_NRRD):
-        return _read_seg_nrrd(path, labels, reference)
+        return _read_seg_nrrd(path, labels, reference, pixel_type)
     image = read_image(path)
-    array = sitk.GetArrayViewFromImage(image)
-    if not np.issubdtype(array.dtype, np.integer):
-        if not np.all(np.equal(np.mod(array, 1), 0)):
-            raise LabelSharingError(
-                f"{path} holds non-integer values; a label map must hold integer label values "
-                "(was it saved with linear interpolation?)."
-            )
-    return sitk.Cast(image, sitk.sitkUInt16 if array.max(initial=0) > 255 else sitk.sitkUInt8)
+    values = np.unique(sitk.GetArrayViewFromImage(image))
+    if not np.issubdtype(values.dtype, np.integer) and not np.all(np.equal(np.mod(values, 1), 0)):
+        raise LabelSharingError(
+            f"{path} holds non-integer values; a label map must hold integer label values "
+            "(was it saved with linear interpolation?)."
+        )
+    undeclared = sorted(set(values.tolist()) - {0, *labels.values()})
+    if undeclared:
+        raise LabelSharingError(
+            f"{path} holds label value(s) {_values_text(undeclared)} not declared in the task's labels "
+            f"({_labels_text(labels)}). Declare them in dataset.json \"labels\" or fix the label file."
+        )
+    return sitk.Cast(image, pixel_type)
 
 
-def _read_seg_nrrd(path: Path, labels: Mapping[str, int], reference: sitk.Image | None) -> sitk.Image:
+def _label_pixel_type(labels: Mapping[str, int]) -> int:
+    largest = max(labels.values(), default=0)
+    if largest > MAX_LABEL_VALUE:
+        raise ValueError(f"label values must not exceed {MAX_LABEL_VALUE}, got {largest}")
+    return sitk.sitkUInt8 if largest < 256 else sitk.sitkUInt16
+
+
+def _read_seg_nrrd(path: Path, labels: Mapping[str, int], reference: sitk.Image | None, pixel_type: int) -> sitk.Image:
     import slicerio
 
     try:
         segmentation = slicerio.read_segmentation(str(path))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KeyError, IndexError, zlib.error) as exc:
+        # pynrrd/slicerio raise these for malformed headers and damaged gzip data
         raise LabelSharingError(f"Cannot read Slicer segmentation {path}: {exc}") from exc
     voxels = np.asarray(segmentation["voxels"])
     if voxels.ndim == 4:
@@ -139,23 +179,18 @@ def _read_seg_nrrd(path: Path, labels: Mapping[str, int], reference: sitk.Image 
                 "(Masking: 'Overwrite other segments') and save again."
             )
         voxels = voxels[0]
-    values = np.zeros(voxels.shape, dtype=np.uint8 if max(labels.values(), default=0) < 256 else np.uint16)
-    for segment in segmentation.get("segments", []):
-        name = segment.get("name", "")
-        if name not in labels:
-            known = ", ".join(sorted(n for n in labels if n != "background"))
-            raise LabelSharingError(
-                f"{path}: segment '{name}' is not a label of this task (labels: {known}). "
-                "Rename the segment in Slicer or add it to dataset.json 'labels'."
-            )
-        values[voxels == int(segment["labelValue"])] = labels[name]
-    ijk_to_lps = np.asarray(segmentation["ijkToLPS"], dtype=float)
-    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
-    direction = ijk_to_lps[:3, :3] / spacing
+    stored = _segment_label_values(path, segmentation.get("segments", []), labels)
+    unexplained = sorted(set(np.unique(voxels).tolist()) - {0, *stored})
+    if unexplained:
+        raise LabelSharingError(
+            f"{path}: voxel value(s) {_values_text(unexplained)} belong to no segment. The file is damaged or "
+            "not a Slicer segmentation; save the segmentation from Slicer again."
+        )
+    values = np.zeros(voxels.shape, dtype=np.uint8 if pixel_type == sitk.sitkUInt8 else np.uint16)
+    for stored_value, name in stored.items():
+        values[voxels == stored_value] = labels[name]
     image = sitk.GetImageFromArray(np.transpose(values, (2, 1, 0)))  # (i, j, k) -> (k, j, i)
-    image.SetSpacing([float(s) for s in spacing])
-    image.SetOrigin([float(v) for v in ijk_to_lps[:3, 3]])
-    image.SetDirection([float(v) for v in direction.ravel()])
+    _set_geometry(path, image, np.asarray(segmentation["ijkToLPS"], dtype=float))
     if reference is None:
         return image
     if reference.GetDimension() == 2 and image.GetSize()[2] == 1:
@@ -169,6 +204,61 @@ def _read_seg_nrrd(path: Path, labels: Mapping[str, int], reference: sitk.Image 
         # A cropped or shifted segmentation of the same grid: place it on the image's grid.
         return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, image.GetPixelID())
     return image
+
+
+def _set_geometry(path: Path, image: sitk.Image, ijk_to_lps: np.ndarray) -> None:
+    """Give ``image`` the spacing, origin and direction of a 4x4 ``ijk_to_lps`` matrix."""
+    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
+    if not np.all(np.isfinite(ijk_to_lps[:3])) or not np.all(spacing > 0):
+        raise LabelSharingError(
+            f"{path}: its space directions / space origin are not a valid geometry (zero, infinite or NaN "
+            "entries). The file is damaged; save the segmentation again from Slicer."
+        )
+    try:
+        image.SetSpacing([float(s) for s in spacing])
+        image.SetOrigin([float(v) for v in ijk_to_lps[:3, 3]])
+        image.SetDirection([float(v) for v in (ijk_to_lps[:3, :3] / spacing).ravel()])
+    except RuntimeError as exc:  # ITK refuses a singular direction matrix
+        raise LabelSharingError(
+            f"{path}: its space directions are not a valid geometry (they are not independent). The file is "
+            "damaged; save the segmentation again from Slicer."
+        ) from exc
+
+
+def _segment_label_values(path: Path, segments: Sequence[Mapping], labels: Mapping[str, int]) -> dict[int, str]:
+    """Stored label value -> segment name of a ``.seg.nrrd``'s segments, checked against the task."""
+    by_value: dict[int, str] = {}
+    names = [segment.get("name", "") for segment in segments]
+    for segment, name in zip(segments, names):
+        if name not in labels:
+            known = ", ".join(sorted(n for n in labels if n != "background"))
+            raise LabelSharingError(
+                f"{path}: segment '{name}' is not a label of this task (labels: {known}). "
+                "Rename the segment in Slicer or add it to dataset.json 'labels'."
+            )
+        if names.count(name) > 1:
+            raise LabelSharingError(
+                f"{path}: segment name '{name}' is used by {names.count(name)} segments; each label must be one "
+                "segment. Merge or rename them in Slicer's Segment Editor and save again."
+            )
+        if "labelValue" not in segment:
+            raise LabelSharingError(
+                f"{path}: segment '{name}' has no label value (no LabelValue field), so its voxels cannot be "
+                "found. Save the segmentation again from a current 3D Slicer."
+            )
+        if segment.get("layer", 0) != 0:
+            raise LabelSharingError(
+                f"{path}: segment '{name}' is in layer {segment['layer']}, but the file has a single layer. "
+                "The file is damaged; save the segmentation again from Slicer."
+            )
+        value = segment["labelValue"]
+        if value in by_value:
+            raise LabelSharingError(
+                f"{path}: segments '{by_value[value]}' and '{name}' share label value {value}, so their voxels "
+                "cannot be told apart. Save the segmentation again from 3D Slicer."
+            )
+        by_value[value] = name
+    return by_value
 
 
 def geometry_mismatch(label: sitk.Image, image: sitk.Image, tolerance: float = 1e-3) -> str | None:
@@ -309,6 +399,56 @@ def _extent(mask: np.ndarray) -> list[int]:
         return [0, -1, 0, -1, 0, -1]
     indices = np.nonzero(mask)
     return [int(v) for axis in indices for v in (axis.min(), axis.max())]
+
+
+def _existing_file(path: str | Path, kind: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise LabelSharingError(f"{kind} file not found: {path}")
+    if path.stat().st_size == 0:
+        raise LabelSharingError(f"{kind} file {path} is empty (0 bytes). Copy or export it again.")
+    return path
+
+
+def _check_complete(path: Path, reader: sitk.ImageFileReader) -> None:
+    """Refuse a truncated NIfTI or gzip file: SimpleITK reads a cut ``.nii``/``.nii.gz`` without error.
+
+    A ``.nii`` must be as long as its header says. A ``.nii.gz`` whose gzip trailer records that
+    length is complete (the usual case, checked without decompressing); any other ``.gz`` file
+    is decompressed once to check that its stream ends properly.
+    """
+    ending = _ending(path)
+    if ending in (".nii", ".nii.gz"):
+        dims = [int(reader.GetMetaData(f"dim[{axis}]")) for axis in range(1, int(reader.GetMetaData("dim[0]")) + 1)]
+        voxel_bytes = int(np.prod(dims)) * int(reader.GetMetaData("bitpix")) // 8
+        expected = int(float(reader.GetMetaData("vox_offset"))) + voxel_bytes
+        if ending == ".nii":
+            if path.stat().st_size < expected:
+                raise LabelSharingError(
+                    f"{path} is truncated: {path.stat().st_size} bytes, but its header describes {expected}. "
+                    "Copy or export the file again."
+                )
+            return
+        with path.open("rb") as stream:
+            stream.seek(-4, 2)
+            if int.from_bytes(stream.read(4), "little") == expected % 2**32:
+                return
+    if path.name.lower().endswith(".gz"):
+        try:
+            with gzip.open(path, "rb") as stream:
+                while stream.read(1 << 24):
+                    pass
+        except (OSError, EOFError, zlib.error) as exc:
+            raise LabelSharingError(f"{path} is truncated or damaged ({exc}). Copy or export the file again.") from exc
+
+
+def _values_text(values: Sequence[float]) -> str:
+    shown = [int(v) if float(v).is_integer() else v for v in values[:10]]
+    return str(shown)[:-1] + (", ...]" if len(values) > 10 else "]")
+
+
+def _labels_text(labels: Mapping[str, int]) -> str:
+    return ", ".join(f"{name}={value}" for name, value in labels.items())
 
 
 def _fmt(values: Sequence[float]) -> str:

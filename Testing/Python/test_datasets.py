@@ -184,3 +184,51 @@ def test_optional_colors_and_terminology(tmp_path):
     (root / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(LabelSharingError, match="terminology"):
         read_task_dataset(root)
+
+
+def _test_split(root: Path, labelled: int, unlabelled: int) -> None:
+    """Copy training cases into imagesTs (and the first ``labelled`` labels into labelsTs)."""
+    (root / "imagesTs").mkdir()
+    (root / "labelsTs").mkdir(exist_ok=labelled == 0)
+    for index in range(labelled + unlabelled):
+        source = root / "imagesTr" / f"case{index % 2:03d}_0000.nii.gz"
+        (root / "imagesTs" / f"test{index:03d}_0000.nii.gz").write_bytes(source.read_bytes())
+        if index < labelled:
+            label = root / "labelsTr" / f"case{index % 2:03d}.nii.gz"
+            (root / "labelsTs" / f"test{index:03d}.nii.gz").write_bytes(label.read_bytes())
+
+
+@pytest.mark.parametrize("labelled, unlabelled", [(0, 2), (1, 2), (2, 0)])
+def test_test_images_without_labels_are_accepted(two_tasks, labelled, unlabelled):
+    _test_split(two_tasks[0], labelled, unlabelled)
+    if labelled == 0:
+        (two_tasks[0] / "labelsTs").rmdir()  # the standard nnU-Net layout has no labelsTs at all
+    task = read_task_dataset(two_tasks[0])
+    assert [c.case_id for c in task.test] == [f"test{i:03d}" for i in range(labelled)]
+    assert [c.case_id for c in task.unlabelled_test] == [f"test{i:03d}" for i in range(labelled, labelled + unlabelled)]
+    assert all(c.label is None for c in task.unlabelled_test)
+
+
+def test_test_label_without_image_is_still_refused(two_tasks):
+    _test_split(two_tasks[0], 1, 0)
+    (two_tasks[0] / "imagesTs" / "test000_0000.nii.gz").unlink()
+    with pytest.raises(LabelSharingError, match="label\\(s\\) in labelsTs without an image in imagesTs: test000"):
+        read_task_dataset(two_tasks[0])
+
+
+def test_plan_train_and_evaluate_a_task_with_unlabelled_test_images(two_tasks, tmp_path, capsys):
+    from labelsharing.cli import main
+
+    root = two_tasks[0]
+    _test_split(root, 0, 2)
+    (root / "labelsTs").rmdir()
+    assert main(["--progress", "none", "plan", str(root)]) == 0
+    model = tmp_path / "model"
+    assert main(["--progress", "none", "train", str(root), "--out", str(model), "--epochs", "1", "--batch-size", "8",
+                 "--input-size", "32", "--features", "4", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    dice = tmp_path / "dice.json"
+    assert main(["--progress", "none", "evaluate", str(model), str(root), "--json", str(dice), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "TaskA: its 2 test image(s) in imagesTs have no labels in labelsTs; evaluating on its TRAINING cases" in err
+    assert json.loads(dice.read_text())["tasks"]["TaskA"]["split"] == "train"
