@@ -50,13 +50,15 @@ def _refuse(path: str, value: Any, allowed: str) -> NoReturn:
     raise _Refusal(path, f"is {shown if len(shown) <= 60 else shown[:57] + '...'}; allowed: {allowed}")
 
 
-def _join(path: str, key: object) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    text = str(key)
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", text):
-        text = repr(text)
-    return f"{path}.{text}" if path else text
+def _join(path: str, *keys: object) -> str:
+    """``path`` extended by object keys (``.name``, quoted unless a plain word) and list indices (``[i]``)."""
+    for key in keys:
+        if isinstance(key, int):
+            path = f"{path}[{key}]"
+            continue
+        text = key if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", str(key)) else repr(key)
+        path = f"{path}.{text}" if path else str(text)
+    return path
 
 
 # --------------------------------------------------------------------------------- field checkers
@@ -96,7 +98,10 @@ class Number(Field):
     def check(self, value: Any, path: str) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _refuse(path, value, self.allowed)
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            _refuse(path, value, self.allowed)
         if not (math.isfinite(number) and (number > self.lo if self.above else number >= self.lo) and number <= self.hi):
             _refuse(path, value, self.allowed)
 
@@ -340,16 +345,19 @@ def _report(source: str, check: Callable[[], None], hint: str = "") -> None:
 
 def _check_architecture(architecture: Any, path: str) -> None:
     ARCHITECTURE.check(architecture, path)
-    kwargs = architecture["kwargs"]
+    _check_levels(architecture["kwargs"], _join(path, "kwargs"))
+
+
+def _check_levels(kwargs: Mapping, path: str) -> None:
     if len(kwargs["strides"]) != len(kwargs["channels"]) - 1:
-        raise _Refusal(f"{path}.kwargs.strides", f"has {len(kwargs['strides'])} items; the rule is one fewer "
-                                                 f"than channels ({len(kwargs['channels'])})")
+        raise _Refusal(_join(path, "strides"), f"has {len(kwargs['strides'])} items; the rule is one fewer than "
+                                               f"channels ({len(kwargs['channels'])})")
 
 
 def _check_config(config: Any) -> None:
     MODEL_CONFIG.check(config, "")
     kwargs = config["architecture"]["kwargs"]
-    _check_architecture(config["architecture"], "architecture")
+    _check_levels(kwargs, "architecture.kwargs")
     side, other = config["input_size"]
     step = math.prod(kwargs["strides"])
     if side != other or side % 16 or side % step:
@@ -358,8 +366,7 @@ def _check_config(config: Any) -> None:
     for task, body in config["tasks"].items():
         clip = body["normalization"].get("clip")
         if clip is not None and not clip[0] < clip[1]:
-            raise _Refusal(_join(_join(_join("tasks", task), "normalization"), "clip"),
-                           f"is {clip}; allowed: [low, high] with low < high")
+            raise _Refusal(_join("tasks", task, "normalization", "clip"), f"is {clip}; allowed: [low, high] with low < high")
     n_shared = config["plan"]["n_shared"]
     if kwargs["out_channels"] != n_shared + 1:
         raise _Refusal("architecture.kwargs.out_channels",
@@ -369,35 +376,29 @@ def _check_config(config: Any) -> None:
 
 def _check_plan_matches_tasks(plan: Mapping, tasks: Mapping) -> None:
     """The plan and the task entries name the same tasks and labels, each task a bijection."""
-    planned = plan["tasks"]
+    planned, n_shared = plan["tasks"], plan["n_shared"]
     if set(planned) != set(tasks):
-        raise _Refusal("tasks", f"names tasks {sorted(tasks)}; the rule is the same tasks as plan.tasks {sorted(planned)}")
+        raise _Refusal("tasks", f"names tasks {sorted(tasks)}; the rule is the tasks of plan.tasks {sorted(planned)}")
     most = max(len(body["labels"]) for body in planned.values())
-    if plan["n_shared"] != most:
-        raise _Refusal("plan.n_shared", f"is {plan['n_shared']}; the rule is the largest label count of any task "
-                                        f"({most})")
+    if n_shared != most:
+        raise _Refusal("plan.n_shared", f"is {n_shared}; the rule is the largest label count of any task ({most})")
     for task, body in planned.items():
         labels = tasks[task]["labels"]
         if set(labels) != set(body["labels"]):
-            raise _Refusal(_join(_join("tasks", task), "labels"),
-                           f"names labels {sorted(labels)}; the rule is the labels of plan.tasks ({sorted(body['labels'])})")
+            raise _Refusal(_join("tasks", task, "labels"), f"names labels {sorted(labels)}; the rule is the labels "
+                                                           f"of plan.tasks ({sorted(body['labels'])})")
         for name, entry in body["labels"].items():
             for key in ("value", "shared"):
                 if labels[name][key] != entry[key]:
-                    where = _join(_join(_join(_join("tasks", task), "labels"), name), key)
-                    raise _Refusal(where, f"is {labels[name][key]}; the rule is the plan's {entry[key]}")
-            if entry["shared"] > plan["n_shared"]:
-                where = _join(_join(_join(_join("plan.tasks", task), "labels"), name), "shared")
-                raise _Refusal(where, f"is {entry['shared']}; allowed: 1..plan.n_shared ({plan['n_shared']})")
-        _check_distinct(_join(_join("plan.tasks", task), "labels"), body["labels"], "value")
-        _check_distinct(_join(_join("plan.tasks", task), "labels"), body["labels"], "shared")
-
-
-def _check_distinct(path: str, labels: Mapping[str, Mapping], key: str) -> None:
-    seen: dict[int, str] = {}
-    for name, entry in labels.items():
-        if entry[key] in seen:
-            raise _Refusal(_join(_join(path, name), key), f"is {entry[key]}, as for '{seen[entry[key]]}'; each label "
-                                                          f"of a task needs its own {key}")
-        seen[entry[key]] = name
-
+                    raise _Refusal(_join("tasks", task, "labels", name, key),
+                                   f"is {labels[name][key]}; the rule is the plan's {entry[key]}")
+            if entry["shared"] > n_shared:
+                raise _Refusal(_join("plan.tasks", task, "labels", name, "shared"),
+                               f"is {entry['shared']}; allowed: 1..plan.n_shared ({n_shared})")
+        for key in ("value", "shared"):
+            seen: dict[int, str] = {}
+            for name, entry in body["labels"].items():
+                if entry[key] in seen:
+                    raise _Refusal(_join("plan.tasks", task, "labels", name, key),
+                                   f"is {entry[key]}, as for '{seen[entry[key]]}'; each label of a task needs its own {key}")
+                seen[entry[key]] = name

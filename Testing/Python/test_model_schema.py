@@ -124,6 +124,8 @@ EDITS = {
     "clip reversed": (_set("tasks.TaskA.normalization.clip", [5.0, 1.0]), "tasks.TaskA.normalization.clip",
                       "low < high"),
     "std zero": (_set("tasks.TaskA.normalization.std", 0), "tasks.TaskA.normalization.std", "> 0"),
+    "std beyond any float": (_set("tasks.TaskA.normalization.std", 10**400), "tasks.TaskA.normalization.std",
+                             "finite"),
     "mean not a number": (_set("tasks.TaskA.normalization.mean", math.nan), "tasks.TaskA.normalization.mean",
                           "finite"),
     "unknown normalisation": (_set("tasks.TaskA.normalization.scheme", "minmax"), "tasks.TaskA.normalization.scheme",
@@ -131,7 +133,7 @@ EDITS = {
     "extra normalisation field": (_set("tasks.TaskB.normalization", {"scheme": "percentile", "clip": [0, 1]}),
                                   "tasks.TaskB.normalization.clip", "allowed keys here: scheme"),
     "tasks missing": (_drop("tasks"), "tasks", "is missing"),
-    "a task missing": (_drop("tasks.TaskB"), "tasks", "same tasks as plan.tasks"),
+    "a task missing": (_drop("tasks.TaskB"), "tasks", "the tasks of plan.tasks"),
     "checksum malformed": (_set("weights_sha256", "xyz"), "weights_sha256", "64 lowercase hexadecimal"),
     "checksum missing": (_drop("weights_sha256"), "weights_sha256", "is missing"),
     "parent a number": (_set("parent", 5), "parent", "null or a non-empty string"),
@@ -174,7 +176,7 @@ def test_info_on_huge_n_shared_answers_at_once(saved_model, tmp_path):
     folder = _edited(saved_model, tmp_path, _set("plan.n_shared", 10**12))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     result = subprocess.run([sys.executable, "-m", "labelsharing", "info", str(folder)], capture_output=True,
-                            text=True, timeout=120, env=env)
+                            text=True, timeout=60, env=env)
     assert result.returncode == 2 and "plan.n_shared" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -270,7 +272,7 @@ def _out_of_range(path: tuple, value):
     if name in outside:
         lo, hi = outside[name]
         return ints.filter(lambda v: not lo <= v <= hi)
-    non_finite = st.sampled_from([math.nan, math.inf, -math.inf])
+    non_finite = st.sampled_from([math.nan, math.inf, -math.inf, -10**400])
     if name in ("color", "relative_size", "presence"):
         return st.floats().filter(lambda v: not 0 <= v <= 1)
     if name == "std":
@@ -278,7 +280,7 @@ def _out_of_range(path: tuple, value):
     if name == "clip":
         other = _get(VALID, (*path[:-1], 1 - path[-1]))
         return st.one_of(non_finite, st.floats(min_value=other) if path[-1] == 0 else st.floats(max_value=other))
-    return non_finite  # mean: any finite number
+    return st.one_of(non_finite, st.integers(min_value=10**309))  # mean: any finite number
 
 
 NUMERIC = [p for p in PATHS if _out_of_range(p, _get(VALID, p)) is not None]
