@@ -122,10 +122,12 @@ def read_model_config(folder: str | Path) -> dict:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
         raise LabelSharingError(f"{path} is damaged ({type(exc).__name__}: {exc}). {_RESTORE}") from exc
-    version = config.get("format_version") if isinstance(config, dict) else None
-    if version == 1 and "weights_sha256" not in config:
-        warnings.warn(f"{path} has model format 1, written before labelsharing stored a checksum of the "
-                      f"weights: {WEIGHTS_FILE} cannot be verified. Saving the model again adds the checksum.")
+    if not isinstance(config, dict):
+        raise LabelSharingError(f"{path} does not hold a JSON object, so it is not a model.json. {_RESTORE}")
+    version = config.get("format_version")
+    if type(version) is int and version == 1:
+        warnings.warn(f"{path} has model format 1, written before labelsharing stored a checksum of the weights: "
+                      f"damage to {WEIGHTS_FILE} cannot be detected. Models written from it (add-task) get one.")
         config["format_version"] = FORMAT_VERSION
     elif type(version) is not int or version != FORMAT_VERSION:
         raise LabelSharingError(

@@ -76,7 +76,7 @@ def test_format_1_model_loads_with_a_warning_and_is_upgraded_when_saved(model_di
     del config["weights_sha256"]
     config["format_version"] = 1
     (model_dir / "model.json").write_text(json.dumps(config))
-    with pytest.warns(UserWarning, match="format 1.*cannot be verified"):
+    with pytest.warns(UserWarning, match="format 1.*cannot be detected"):
         model = SegmentationModel.load(model_dir)
     saved = json.loads((model.save(tmp_path / "resaved") / "model.json").read_text())
     assert saved["format_version"] == 2 and len(saved["weights_sha256"]) == 64
