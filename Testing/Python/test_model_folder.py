@@ -16,7 +16,7 @@ import torch
 
 from labelsharing.errors import LabelSharingError
 from labelsharing.inference import Predictor
-from labelsharing.model import SegmentationModel
+from labelsharing.model import SegmentationModel, default_architecture
 from labelsharing.model_folder import build_model_config, check_model_output, lock_model_output
 from labelsharing.plan import LabelStats, SharedLabelPlan
 from tiny_model import make_model
@@ -106,8 +106,6 @@ def test_builder_refuses_label_values_beyond_uint16():
     plan = SharedLabelPlan.build({"T": {"organ": LabelStats(70000, 0.1, 1.0)}})
     task = {"modality": "CT", "axis": None, "normalization": {"scheme": "percentile"},
             "labels": {"organ": {"value": 70000, "shared": 1}}}
-    from labelsharing.model import default_architecture
-
     with pytest.raises(LabelSharingError, match=r"plan.tasks.T.labels.organ.value is 70000; allowed: an integer in "
                                                 r"1..65535"):
         build_model_config(default_architecture(2, 4), 32, plan, {"T": task})
