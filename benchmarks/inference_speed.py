@@ -29,6 +29,7 @@ import torch
 
 from labelsharing.inference import Predictor, describe_device, select_device
 from labelsharing.model import SegmentationModel, build_network, default_architecture
+from labelsharing.model_folder import build_model_config
 from labelsharing.plan import LabelStats, SharedLabelPlan
 from labelsharing.preprocessing import SquareFit
 
@@ -37,12 +38,10 @@ def _model(input_size: int, features: int) -> SegmentationModel:
     labels = {"liver": 1, "spleen": 2, "kidney": 3, "aorta": 4}
     plan = SharedLabelPlan.build({"CT": {n: LabelStats(v, 0.1 / v, 1.0) for n, v in labels.items()}})
     architecture = default_architecture(plan.n_shared + 1, features)
-    config = {"format_version": 1, "architecture": architecture, "input_size": [input_size] * 2,
-              "plan": plan.to_dict(),
-              "tasks": {"CT": {"modality": "CT", "axis": 2,
-                               "normalization": {"scheme": "ct", "clip": [-200, 300], "mean": 60, "std": 80},
-                               "labels": {n: {"value": v, "shared": plan.labels("CT")[n].shared,
-                                              "color": [1, 0, 0]} for n, v in labels.items()}}}}
+    config = build_model_config(architecture, input_size, plan, {
+        "CT": {"modality": "CT", "axis": 2, "normalization": {"scheme": "ct", "clip": [-200, 300], "mean": 60, "std": 80},
+               "labels": {n: {"value": v, "shared": plan.labels("CT")[n].shared, "color": [1, 0, 0]}
+                          for n, v in labels.items()}}})
     torch.manual_seed(0)
     return SegmentationModel(config=config, network=build_network(architecture).eval())
 

@@ -8,17 +8,15 @@ training history, package versions). See docs/CONTRACTS.md.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from labelsharing import __version__
 from labelsharing.errors import LabelSharingError
+from labelsharing.model_folder import WEIGHTS_FILE, read_model_config, read_weights, weights_sha256, write_model_folder
+from labelsharing.model_schema import FORMAT_VERSION, validate_architecture
 from labelsharing.plan import SharedLabelPlan
 
 __all__ = [
@@ -31,10 +29,6 @@ __all__ = [
     "SegmentationModel",
     "read_model_config",
 ]
-
-FORMAT_VERSION = 1
-CONFIG_FILE = "model.json"
-WEIGHTS_FILE = "model.safetensors"
 
 #: Colours (RGB 0..1) given to task labels by shared label, unless the dataset names its own.
 PALETTE = (
@@ -72,33 +66,15 @@ def default_architecture(n_outputs: int, features: int = 16) -> dict:
 
 
 def build_network(architecture: Mapping[str, Any]):
-    """Build the torch module an architecture entry of ``model.json`` describes."""
-    if architecture.get("name") != "UNet":
-        raise LabelSharingError(f"Unknown architecture {architecture.get('name')!r}; this version knows 'UNet'.")
+    """Build the torch module an architecture entry of ``model.json`` describes (checked first).
+
+    Raises:
+        LabelSharingError: if the entry breaks the schema (unknown name or keyword, out of range).
+    """
+    validate_architecture(architecture)
     from monai.networks.nets import UNet
 
     return UNet(**architecture["kwargs"])
-
-
-def read_model_config(folder: str | Path) -> dict:
-    """Read and check ``model.json`` of a model folder (no torch needed)."""
-    folder = Path(folder)
-    path = folder / CONFIG_FILE
-    if not path.is_file():
-        raise LabelSharingError(
-            f"{folder} is not a model folder (no {CONFIG_FILE}). Train one with 'labelsharing train'."
-        )
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise LabelSharingError(f"{path} is damaged: {exc}") from exc
-    version = config.get("format_version")
-    if version != FORMAT_VERSION:
-        raise LabelSharingError(
-            f"{path} has model format {version}; this labelsharing {__version__} reads format {FORMAT_VERSION}. "
-            "Update labelsharing or re-train the model."
-        )
-    return config
 
 
 @dataclass
@@ -125,45 +101,66 @@ class SegmentationModel:
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu") -> SegmentationModel:
-        """Load a model folder onto ``device`` (weights via safetensors, no unpickling)."""
-        from safetensors.torch import load_file
+        """Load a model folder onto ``device`` (weights via safetensors, no unpickling).
 
-        config = read_model_config(folder)
-        weights = Path(folder) / WEIGHTS_FILE
-        if not weights.is_file():
-            raise LabelSharingError(f"{folder} has no {WEIGHTS_FILE}; the model folder is incomplete.")
-        network = build_network(config["architecture"])
-        network.load_state_dict(load_file(str(weights), device=str(device)))
-        return cls(config=config, network=network.to(device).eval())
-
-    def save(self, folder: str | Path, overwrite: bool = False) -> Path:
-        """Write the model folder atomically: a crash leaves either no folder or the old one.
+        ``model.json`` is validated before anything is built, and the weights are checked
+        against its ``weights_sha256``, their names and shapes against its architecture.
 
         Raises:
-            LabelSharingError: if ``folder`` exists and ``overwrite`` is False.
+            LabelSharingError: a missing, invalid or damaged file, or weights of another model.
         """
-        from safetensors.torch import save_file
+        from safetensors import SafetensorError
+        from safetensors.torch import load
 
-        folder = Path(folder)
-        if folder.exists() and not overwrite:
-            raise LabelSharingError(f"{folder} already exists; choose another --out or pass --force to replace it.")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+        config = read_model_config(folder)
+        data = read_weights(folder, config)
+        network = build_network(config["architecture"])
+        path = Path(folder) / WEIGHTS_FILE
         try:
-            state = {k: v.detach().to("cpu").contiguous() for k, v in self.network.state_dict().items()}
-            save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
-            (staging / CONFIG_FILE).write_text(json.dumps(self.config, indent=2) + "\n")
-            if folder.exists():
-                old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-                folder.rename(old)
-                staging.rename(folder)
-                shutil.rmtree(old)
-            else:
-                staging.rename(folder)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging)
-        return folder
+            state = load(data)
+        except SafetensorError as exc:
+            raise LabelSharingError(f"{path} is not a readable weights file ({exc}); the file is damaged. "
+                                    "Restore the model folder from a copy.") from exc
+        try:
+            network.load_state_dict(state)
+        except RuntimeError as exc:
+            raise LabelSharingError(f"{path}: the weights do not fit the architecture in model.json "
+                                    f"({str(exc).splitlines()[0]} ...); they are from another model.") from exc
+        _check_finite(state, path)
+        return cls(config=config, network=network.to(device).eval())
+
+    def save(self, folder: str | Path, overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> Path:
+        """Write the model folder atomically (see :func:`~labelsharing.model_folder.write_model_folder`).
+
+        ``model.json`` gets the SHA-256 of the weights written (also set in ``self.config``).
+
+        Args:
+            folder: the model folder.
+            overwrite: replace an existing model folder (``--force``); never anything else.
+            inputs: the command's input folders (datasets, parent model), never replaced.
+
+        Returns:
+            The folder written (absolute).
+
+        Raises:
+            LabelSharingError: the rules of ``check_model_output`` are broken, another process is
+                writing ``folder``, a weight is not finite, or the disk refuses the write.
+        """
+        from safetensors.torch import save
+
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.network.state_dict().items()}
+        _check_finite(state, Path(folder) / WEIGHTS_FILE)
+        data = save(state, metadata={"format": "pt"})
+        self.config["weights_sha256"] = weights_sha256(data)
+        return write_model_folder(folder, self.config, data, overwrite, inputs)
+
+
+def _check_finite(state: Mapping[str, Any], path: Path) -> None:
+    """Refuse weights holding NaN or infinity (a diverged training, or a damaged file)."""
+    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if bad:
+        raise LabelSharingError(f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values (e.g. {bad[0]}); "
+                                "such a model predicts nothing useful. Re-train it (lower --lr if the loss diverged).")
 
 
 def package_versions() -> dict[str, str]:

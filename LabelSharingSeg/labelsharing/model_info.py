@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from labelsharing.model import read_model_config
+from labelsharing.model_folder import read_model_config
 from labelsharing.plan import SharedLabelPlan
 from labelsharing.planning import plan_table
 from labelsharing.tables import format_table
@@ -25,6 +25,8 @@ def describe_model(folder: str | Path) -> str:
         + (f", {config['parameters']:,} parameters" if "parameters" in config else ""),
         f"input size   {config['input_size'][0]} x {config['input_size'][1]}",
         f"parent       {config.get('parent') or '-'}",
+        "weights      " + (f"SHA-256 {config['weights_sha256'][:16]}... (checked on every load)" if "weights_sha256" in config
+                           else "no checksum (format 1): damage cannot be detected"),
         "",
         "Tasks",
         format_table(
@@ -37,25 +39,39 @@ def describe_model(folder: str | Path) -> str:
         "Shared labels",
         plan_table(plan),
     ]
-    history = config.get("history", [])
-    if history:
-        lines += ["", "History", format_table(
-            ["run", "date", "tasks", "epochs", "device", "seconds", "best mean Dice"],
-            [[h["kind"], h["date"], ", ".join(h["tasks"]), len(h.get("epochs", [])), h["device"], h["seconds"],
-              _fmt(h.get("best_mean_dice"))] for h in history],
-        )]
-        last = history[-1].get("epochs", [])
-        best = next((e for e in last if e["epoch"] == history[-1].get("best_epoch")), None)
-        if best and best.get("val_dice"):
-            lines += ["", f"Validation Dice at the best epoch ({best['epoch']})", format_table(
-                ["task", "label", "Dice"],
-                [[task, label, f"{d:.3f}"] for task, v in best["val_dice"].items() for label, d in v["labels"].items()],
-            )]
+    lines += _history_lines(config.get("history", []))
     versions = config.get("versions", {})
     if versions:
         lines += ["", "Built with " + ", ".join(f"{k} {v}" for k, v in versions.items())]
     return "\n".join(lines)
 
 
+def _history_lines(history: list) -> list[str]:
+    """The history table and the best epoch's Dice; history records are free-form in
+    ``model.json``, so anything missing or malformed is shown as ``?`` or left out."""
+    records = [h for h in history if isinstance(h, dict)]
+    if not records:
+        return []
+    lines = ["", "History", format_table(
+        ["run", "date", "tasks", "epochs", "device", "seconds", "best mean Dice"],
+        [[h.get("kind", "?"), h.get("date", "?"), ", ".join(map(str, _list(h.get("tasks")))),
+          len(_list(h.get("epochs"))), h.get("device", "?"), h.get("seconds", "?"), _fmt(h.get("best_mean_dice"))]
+         for h in records],
+    )]
+    epochs = [e for e in _list(records[-1].get("epochs")) if isinstance(e, dict)]
+    best = next((e for e in epochs if e.get("epoch") == records[-1].get("best_epoch")), None)
+    try:
+        rows = [[task, label, f"{d:.3f}"] for task, v in best["val_dice"].items() for label, d in v["labels"].items()]
+    except (TypeError, KeyError, AttributeError, ValueError):  # no best epoch, or a record edited by hand
+        rows = []
+    if rows:
+        lines += ["", f"Validation Dice at the best epoch ({best['epoch']})", format_table(["task", "label", "Dice"], rows)]
+    return lines
+
+
+def _list(value) -> list:
+    return value if isinstance(value, list) else []
+
+
 def _fmt(value) -> str:
-    return "-" if value is None or value != value else f"{value:.3f}"
+    return f"{value:.3f}" if isinstance(value, (int, float)) and value == value else "-"

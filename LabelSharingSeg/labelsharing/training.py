@@ -32,7 +32,8 @@ from labelsharing.appearance import similar_task_warnings
 from labelsharing.checkpoint import RunFolder, epoch_seed, work_folder_for
 from labelsharing.distributed import DistributedContext, start_distributed
 from labelsharing.errors import LabelSharingError
-from labelsharing.model import FORMAT_VERSION, SegmentationModel, build_network, default_architecture, label_color, package_versions
+from labelsharing.model import SegmentationModel, build_network, default_architecture, label_color, package_versions
+from labelsharing.model_folder import build_model_config
 from labelsharing.plan import SharedLabelPlan
 from labelsharing.planning import plan_task_datasets
 from labelsharing.preprocessing import choose_input_size, choose_slice_axis
@@ -225,19 +226,10 @@ def _train(datasets, out: Path, options: TrainingOptions, pins, force: bool, con
 
     torch.manual_seed(options.seed)
     architecture = default_architecture(plan.n_shared + 1, options.features)
-    config = {
-        "format_version": FORMAT_VERSION,
-        "labelsharing_version": package_versions()["labelsharing"],
-        "architecture": architecture,
-        "input_size": [input_size, input_size],
-        "plan": plan.to_dict(),
-        "tasks": {t.name: task_config(t, plan) for t in tasks},
-        "history": [],
-        "parent": None,
-        "versions": package_versions(),
-    }
-    model = SegmentationModel(config=config, network=build_network(architecture).to(device))
-    config["parameters"] = sum(p.numel() for p in model.network.parameters())
+    network = build_network(architecture).to(device)
+    config = build_model_config(architecture, input_size, plan, {t.name: task_config(t, plan) for t in tasks},
+                                parameters=sum(p.numel() for p in network.parameters()), versions=package_versions())
+    model = SegmentationModel(config=config, network=network)
     if context.is_main and not resume:
         run.start()
     result = fit(model, tasks, options, device, progress=progress, log=log, context=context, run=run)

@@ -10,6 +10,7 @@ import pytest
 
 from labelsharing.demo_data import make_demo_datasets
 from labelsharing.errors import LabelSharingError
+from labelsharing.model import FORMAT_VERSION
 from labelsharing.training import TrainingOptions, train
 from labelsharing.training_data import PreparedTask, sampling_weights, split_cases
 
@@ -83,7 +84,7 @@ def test_model_folder_contents_and_repeatability(tmp_path, demo_tasks):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # working folders removed on success
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
     config = json.loads((tmp_path / "a" / "model.json").read_text())
-    assert config["format_version"] == 1 and config["input_size"] == [32, 32]
+    assert config["format_version"] == FORMAT_VERSION and config["input_size"] == [32, 32]
     assert config["architecture"]["kwargs"]["out_channels"] == config["plan"]["n_shared"] + 1 == 5
     knee = config["tasks"]["KneeXR"]
     assert knee["axis"] is None and knee["normalization"] == {"scheme": "percentile"}

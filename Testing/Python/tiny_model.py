@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from labelsharing.model import FORMAT_VERSION, SegmentationModel, build_network, default_architecture
+from labelsharing.model import SegmentationModel, build_network, default_architecture
+from labelsharing.model_folder import build_model_config
 from labelsharing.plan import LabelStats, SharedLabelPlan
 
 TASK_LABELS = {"TaskA": {"big": 1, "mid": 2, "small": 3}, "TaskB": {"tiny": 1, "large": 2}}
@@ -54,15 +55,7 @@ def make_config(input_size: int = 32, axis_a: int | None = 2, std: float = 1.0) 
             "labels": {name: {"value": v, "shared": assignments[name].shared, "color": COLORS[name]}
                        for name, v in labels.items()},
         }
-    return {
-        "format_version": FORMAT_VERSION,
-        "architecture": default_architecture(plan.n_shared + 1, features=4),
-        "input_size": [input_size, input_size],
-        "plan": plan.to_dict(),
-        "tasks": tasks,
-        "history": [],
-        "parent": None,
-    }
+    return build_model_config(default_architecture(plan.n_shared + 1, features=4), input_size, plan, tasks)
 
 
 def make_model(fake: bool = True, seed: int = 0, **config_kwargs) -> SegmentationModel:

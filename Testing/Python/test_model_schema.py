@@ -1,0 +1,339 @@
+"""model.json validation: hand-edited fields are refused, naming the file and the field, before
+anything is built; a property test mutates one field at a time."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from labelsharing.errors import LabelSharingError
+from labelsharing.inference import Predictor
+from labelsharing.model_info import describe_model
+from labelsharing.model_schema import validate_model_config
+from tiny_model import make_config, make_model
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory) -> Path:
+    return make_model(fake=False).save(tmp_path_factory.mktemp("schema") / "model")
+
+
+def _edited(saved_model: Path, tmp_path: Path, edit=None, text: str | None = None) -> Path:
+    """A copy of ``saved_model`` whose model.json is changed by ``edit(config)`` or replaced by ``text``."""
+    folder = tmp_path / "edited"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes((saved_model / "model.safetensors").read_bytes())
+    if text is None:
+        config = json.loads((saved_model / "model.json").read_text())
+        config = edit(config) or config
+        text = json.dumps(config)
+    (folder / "model.json").write_text(text)
+    return folder
+
+
+def _set(path: str, value):
+    """An edit setting the field at the dotted ``path`` (list indices as numbers) to ``value``."""
+    def edit(config):
+        *parents, last = [int(k) if k.isdigit() else k for k in path.split(".")]
+        node = config
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return edit
+
+
+def _both(edit_a, edit_b):
+    def edit(config):
+        edit_a(config)
+        edit_b(config)
+    return edit
+
+
+def _drop(path: str):
+    def edit(config):
+        *parents, last = path.split(".")
+        node = config
+        for key in parents:
+            node = node[key]
+        del node[last]
+    return edit
+
+
+def _rename_label(config):
+    for section in (config["plan"]["tasks"]["TaskB"], config["tasks"]["TaskB"]):
+        section["labels"][" "] = section["labels"].pop("tiny")
+
+
+# (edit, field named in the message, what the message says is allowed)
+EDITS = {
+    "n_shared huge": (_set("plan.n_shared", 10**12), "plan.n_shared", "1..255"),
+    "n_shared not the largest label count": (_both(_set("plan.n_shared", 4), _set("architecture.kwargs.out_channels", 5)),
+                                             "plan.n_shared", "largest label count"),
+    "input size huge": (_set("input_size", [65536, 65536]), r"input_size\[0\]", "16..1024"),
+    "input size not square": (_set("input_size", [32, 48]), "input_size", r"\[S, S\]"),
+    "input size not a multiple of 16": (_set("input_size", [40, 40]), "input_size", "multiple of 16"),
+    "input size float": (_set("input_size", [32.0, 32.0]), r"input_size\[0\]", "an integer"),
+    "label value wraps in uint16": (_set("tasks.TaskA.labels.big.value", 70000), "tasks.TaskA.labels.big.value",
+                                    "1..65535"),
+    "label value 70000 in plan and task": (_both(_set("plan.tasks.TaskA.labels.big.value", 70000),
+                                                 _set("tasks.TaskA.labels.big.value", 70000)),
+                                           "plan.tasks.TaskA.labels.big.value", "1..65535"),
+    "label value differs from the plan": (_set("tasks.TaskA.labels.big.value", 7), "tasks.TaskA.labels.big.value",
+                                          "plan's 1"),
+    "shared label above n_shared": (_both(_set("plan.tasks.TaskB.labels.tiny.shared", 4),
+                                          _set("tasks.TaskB.labels.tiny.shared", 4)),
+                                    "plan.tasks.TaskB.labels.tiny.shared", "1..plan.n_shared"),
+    "two labels on one shared label": (_both(_set("plan.tasks.TaskB.labels.tiny.shared", 1),
+                                             _set("tasks.TaskB.labels.tiny.shared", 1)),
+                                       "shared", "its own shared"),
+    "two labels with one value": (_both(_set("plan.tasks.TaskB.labels.tiny.value", 2),
+                                        _set("tasks.TaskB.labels.tiny.value", 2)), "value", "its own value"),
+    "empty label name": (_rename_label, "plan.tasks.TaskB.labels", "empty name"),
+    "unknown top-level key": (_set("colour", 1), "colour", "allowed keys here: format_version, architecture"),
+    "unknown task key": (_set("tasks.TaskA.colour", 1), "tasks.TaskA.colour", "allowed keys here: modality, axis"),
+    "unknown network keyword": (_set("architecture.kwargs.adn_ordering", "NDA"), "architecture.kwargs.adn_ordering",
+                                "allowed keys here: spatial_dims"),
+    "unknown architecture": (_set("architecture.name", "ResNet"), "architecture.name", "'UNet'"),
+    "3D network": (_set("architecture.kwargs.spatial_dims", 3), "architecture.kwargs.spatial_dims", "one of 2"),
+    "three input channels": (_set("architecture.kwargs.in_channels", 3), "architecture.kwargs.in_channels", "one of 1"),
+    "channel too wide": (_set("architecture.kwargs.channels.0", 4096), r"architecture.kwargs.channels\[0\]", "1..1024"),
+    "strides do not match channels": (_set("architecture.kwargs.strides", [2, 2]), "architecture.kwargs.strides",
+                                      "one fewer than channels"),
+    "outputs do not match the plan": (_set("architecture.kwargs.out_channels", 9), "architecture.kwargs.out_channels",
+                                      r"n_shared \+ 1 = 4"),
+    "too many residual units": (_set("architecture.kwargs.num_res_units", 100), "architecture.kwargs.num_res_units",
+                                "0..8"),
+    "unknown norm": (_set("architecture.kwargs.norm", "group"), "architecture.kwargs.norm", "'instance', 'batch'"),
+    "colour out of range": (_set("tasks.TaskA.labels.big.color", [2, 0, 0]), r"tasks.TaskA.labels.big.color\[0\]",
+                            "0..1"),
+    "colour as a string": (_set("tasks.TaskA.labels.big.color", "red"), "tasks.TaskA.labels.big.color",
+                           "a list of 3 items"),
+    "unknown modality": (_set("tasks.TaskA.modality", "PET"), "tasks.TaskA.modality", "'CT', 'MR', 'XR', 'other'"),
+    "axis 3": (_set("tasks.TaskA.axis", 3), "tasks.TaskA.axis", "null, 0, 1, 2"),
+    "axis true": (_set("tasks.TaskA.axis", True), "tasks.TaskA.axis", "null, 0, 1, 2"),
+    "clip reversed": (_set("tasks.TaskA.normalization.clip", [5.0, 1.0]), "tasks.TaskA.normalization.clip",
+                      "low < high"),
+    "std zero": (_set("tasks.TaskA.normalization.std", 0), "tasks.TaskA.normalization.std", "> 0"),
+    "std beyond any float": (_set("tasks.TaskA.normalization.std", 10**400), "tasks.TaskA.normalization.std",
+                             "finite"),
+    "mean not a number": (_set("tasks.TaskA.normalization.mean", math.nan), "tasks.TaskA.normalization.mean",
+                          "finite"),
+    "unknown normalisation": (_set("tasks.TaskA.normalization.scheme", "minmax"), "tasks.TaskA.normalization.scheme",
+                              "'ct'"),
+    "extra normalisation field": (_set("tasks.TaskB.normalization", {"scheme": "percentile", "clip": [0, 1]}),
+                                  "tasks.TaskB.normalization.clip", "allowed keys here: scheme"),
+    "tasks missing": (_drop("tasks"), "tasks", "is missing"),
+    "a task missing": (_drop("tasks.TaskB"), "tasks", "the tasks of plan.tasks"),
+    "checksum malformed": (_set("weights_sha256", "xyz"), "weights_sha256", "64 lowercase hexadecimal"),
+    "checksum missing": (_drop("weights_sha256"), "weights_sha256", "is missing"),
+    "parent a number": (_set("parent", 5), "parent", "null or a non-empty string"),
+    "future format": (_set("format_version", 3), "model format 3", "reads formats 1 to 2"),
+    "format as text": (_set("format_version", "2"), "model format '2'", "reads formats 1 to 2"),
+}
+
+
+@pytest.mark.parametrize("case", EDITS, ids=list(EDITS))
+def test_edited_model_json_is_refused_naming_the_field(case, saved_model, tmp_path):
+    edit, field, allowed = EDITS[case]
+    folder = _edited(saved_model, tmp_path, edit)
+    for use in (Predictor.from_model_dir, describe_model):
+        with pytest.raises(LabelSharingError) as refused:
+            use(folder)
+        message = str(refused.value)
+        assert str(folder / "model.json") in message
+        assert re.search(field, message) and re.search(allowed, message), message
+
+
+DAMAGED_TEXT = {
+    "not JSON": "{",
+    "not an object": "[]",
+    "deeply nested": "[" * 100_000 + "]" * 100_000,
+    "integer of 5000 digits": '{"format_version": ' + "1" * 5000 + "}",
+    "not UTF-8": "\udcff",
+}
+
+
+@pytest.mark.parametrize("case", DAMAGED_TEXT, ids=list(DAMAGED_TEXT))
+def test_damaged_model_json_is_a_user_error(case, saved_model, tmp_path):
+    folder = tmp_path / "edited"
+    folder.mkdir()
+    (folder / "model.json").write_bytes(DAMAGED_TEXT[case].encode("utf-8", "surrogateescape"))
+    with pytest.raises(LabelSharingError, match="model.json (is damaged|does not hold a JSON object|has model format)"):
+        describe_model(folder)
+
+
+def test_info_on_huge_n_shared_answers_at_once(saved_model, tmp_path):
+    folder = _edited(saved_model, tmp_path, _set("plan.n_shared", 10**12))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run([sys.executable, "-m", "labelsharing", "info", str(folder)], capture_output=True,
+                            text=True, timeout=60, env=env)
+    assert result.returncode == 2 and "plan.n_shared" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_info_tolerates_free_form_history(saved_model, tmp_path):
+    history = [{"kind": "train"}, "a note", {"epochs": "many", "best_epoch": 1, "best_mean_dice": "high"}]
+    text = describe_model(_edited(saved_model, tmp_path, _set("history", history)))
+    assert "History" in text and "train" in text
+
+
+# ----------------------------------------------------------------------------- property tests
+def _valid_config() -> dict:
+    config = make_config()
+    config.update(weights_sha256="0" * 64, parameters=1234, versions={"torch": "2.0", "x": [1, {"y": None}]},
+                  history=[{"kind": "train", "anything": {"goes": [1, 2]}}])
+    config["tasks"]["TaskA"].update(dataset="/data/TaskA")
+    config["tasks"]["TaskA"]["labels"]["big"]["terminology"] = "Segmentation category and type - ...~liver"
+    return config
+
+
+FREE = {("history",), ("versions",)}
+OPTIONAL = {"labelsharing_version", "parameters", "history", "parent", "versions", "weights_sha256", "dataset",
+            "terminology", "color", "relative_size", "presence", "num_res_units", "norm"}
+ADDABLE = OPTIONAL | {"kernel_size", "up_kernel_size", "act", "dropout", "bias"}  # optional keys absent from VALID
+
+
+def _paths(node, prefix=()) -> list[tuple]:
+    """Key paths of every value below ``node``, not entering the free-form fields."""
+    paths = []
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        path = (*prefix, key)
+        paths.append(path)
+        if path not in FREE:
+            paths += _paths(value, path)
+    return paths
+
+
+def _get(config, path):
+    for key in path:
+        config = config[key]
+    return config
+
+
+def _replaced(config: dict, path: tuple, value) -> dict:
+    mutated = copy.deepcopy(config)
+    _get(mutated, path[:-1])[path[-1]] = value
+    return mutated
+
+
+def _kind(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+VALID = _valid_config()
+PATHS = _paths(VALID)
+VALUES = {
+    "NoneType": st.none(), "bool": st.booleans(), "int": st.integers(), "float": st.floats(),
+    "str": st.text(max_size=5), "list": st.lists(st.integers(), max_size=3),
+    "dict": st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+}
+
+
+def _allowed_kinds(path: tuple, value) -> set[str]:
+    """Kinds of value the schema accepts at ``path`` (besides the value's own)."""
+    kinds = {type(value).__name__}
+    if isinstance(value, float):
+        kinds.add("int")
+    if path[-1] == "axis":
+        kinds |= {"NoneType", "int"}
+    if path == ("parent",):
+        kinds |= {"NoneType", "str"}
+    return kinds
+
+
+@st.composite
+def _wrong_type(draw):
+    path = draw(st.sampled_from(PATHS))
+    kind = draw(st.sampled_from(sorted(set(VALUES) - _allowed_kinds(path, _get(VALID, path)))))
+    return path, draw(VALUES[kind])
+
+
+def _out_of_range(path: tuple, value):
+    """Numbers the schema refuses at ``path`` (None: no numeric rule there)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    name = path[-1] if isinstance(path[-1], str) else path[-2]
+    ints = st.integers(min_value=-10**15, max_value=10**15)
+    if name in ("n_shared", "out_channels", "spatial_dims", "in_channels", "value", "shared", "input_size",
+                "format_version"):
+        return ints.filter(lambda v: v != value)  # each is tied to another field, or fixed
+    outside = {"channels": (1, 1024), "strides": (1, 2), "num_res_units": (0, 8), "axis": (0, 2),
+               "parameters": (0, 10**12)}
+    if name in outside:
+        lo, hi = outside[name]
+        return ints.filter(lambda v: not lo <= v <= hi)
+    non_finite = st.sampled_from([math.nan, math.inf, -math.inf, -10**400])
+    if name in ("color", "relative_size", "presence"):
+        return st.floats().filter(lambda v: not 0 <= v <= 1)
+    if name == "std":
+        return st.one_of(st.floats(max_value=0), non_finite)
+    if name == "clip":
+        other = _get(VALID, (*path[:-1], 1 - path[-1]))
+        return st.one_of(non_finite, st.floats(min_value=other) if path[-1] == 0 else st.floats(max_value=other))
+    return st.one_of(non_finite, st.integers(min_value=10**309))  # mean: any finite number
+
+
+NUMERIC = [p for p in PATHS if _out_of_range(p, _get(VALID, p)) is not None]
+DICTS = [p for p in [(), *PATHS] if isinstance(_get(VALID, p), dict) and p not in FREE]
+REMOVABLE = [p for p in PATHS if p[-1] not in OPTIONAL and isinstance(_get(VALID, p[:-1]), dict)]
+
+
+@st.composite
+def _refused_mutation(draw):
+    how = draw(st.sampled_from(["type", "range", "unknown key", "removed key"]))
+    if how == "type":
+        path, value = draw(_wrong_type())
+        return _replaced(VALID, path, value)
+    if how == "range":
+        path = draw(st.sampled_from(NUMERIC))
+        return _replaced(VALID, path, draw(_out_of_range(path, _get(VALID, path))))
+    if how == "unknown key":
+        path = draw(st.sampled_from(DICTS))
+        key = draw(st.text(min_size=1, max_size=8).filter(lambda k: k not in _get(VALID, path) and k not in ADDABLE))
+        return _replaced(VALID, (*path, key), draw(st.sampled_from([0, "x", None, [], {}])))
+    path = draw(st.sampled_from(REMOVABLE))
+    mutated = copy.deepcopy(VALID)
+    del _get(mutated, path[:-1])[path[-1]]
+    return mutated
+
+
+def test_the_unmutated_config_is_valid():
+    assert validate_model_config(copy.deepcopy(VALID)) == VALID
+
+
+@settings(max_examples=400, deadline=None)
+@given(_refused_mutation())
+def test_every_mutated_field_is_refused_with_the_project_error(mutated):
+    with pytest.raises(LabelSharingError, match="model.json: "):
+        validate_model_config(mutated)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.sets(st.sampled_from([p for p in PATHS if p[-1] in OPTIONAL]), max_size=4))
+def test_optional_fields_may_be_left_out(paths):
+    mutated = copy.deepcopy(VALID)
+    for path in paths:
+        del _get(mutated, path[:-1])[path[-1]]
+    assert validate_model_config(mutated) is mutated
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=4),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+                    max_leaves=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(JSON)
+def test_random_documents_raise_only_the_project_error(document):
+    with pytest.raises(LabelSharingError):
+        validate_model_config(document)
