@@ -26,7 +26,7 @@ from labelsharing.progress import SILENT, ProgressReporter
 from labelsharing.tables import format_table
 from labelsharing.checkpoint import RunFolder
 from labelsharing.training import Log, TrainingOptions, check_finite_weights, describe_processes, fit, history_entry, \
-    main_process_output, open_run, run_options, task_config, validation_dice
+    main_process_output, claim_output, run_options, task_config, validation_dice
 from labelsharing.training_data import PreparedTask, prepare_task
 
 __all__ = ["DEFAULT_REPLAY", "add_task", "forgetting_table"]
@@ -64,31 +64,27 @@ def add_task(
     weights that are written.
 
     Raises:
-        LabelSharingError: same input and output folder, existing output, unknown or duplicate
-            task, missing old data with ``replay > 0``, a leftover interrupted run without ``resume``.
+        LabelSharingError: an output that is or holds an input, exists (without ``force``), cannot
+            be written or is being written by another process; unknown or duplicate task, missing old data with ``replay > 0``, a leftover interrupted run without ``resume``.
     """
     options = options or TrainingOptions(epochs=10, learning_rate=5e-4)
     model_dir, out = Path(model_dir), Path(out)
     if not 0 <= replay < 1:
         raise LabelSharingError(f"--replay must lie in [0, 1), got {replay}.")
-    if out.resolve() == model_dir.resolve():
-        raise LabelSharingError("--out must be a new folder: add-task never changes the input model.")
-    if out.exists() and not force:  # checked by every process before they meet: none is left waiting
-        raise LabelSharingError(f"{out} already exists; choose another --out or pass --force to replace it.")
     identity = {"command": "add-task", "model": str(model_dir.resolve()), "dataset": str(Path(dataset).resolve()),
                 "options": run_options(options), "replay": replay, "pins": pins}
-    run = open_run(out, identity, resume, command)
-    context = start_distributed(options.device)
-    try:
-        with context.together():
-            model, tasks, shares, before = _prepare(model_dir, dataset, options, replay, pins, context,
-                                                    *main_process_output(context, progress, log))
-            if context.is_main and not resume:
-                run.start()
-        return _fine_tune(model, tasks, shares, before, model_dir, out, options, replay, force, context, run,
-                          *main_process_output(context, progress, log))
-    finally:
-        context.close()
+    with claim_output(out, [model_dir, dataset], force, identity, resume, command) as run:
+        context = start_distributed(options.device)
+        try:
+            with context.together():
+                model, tasks, shares, before = _prepare(model_dir, dataset, options, replay, pins, context,
+                                                        *main_process_output(context, progress, log))
+                if context.is_main and not resume:
+                    run.start()
+            return _fine_tune(model, tasks, shares, before, model_dir, Path(dataset), out, options, replay, force,
+                              context, run, *main_process_output(context, progress, log))
+        finally:
+            context.close()
 
 
 def _prepare(model_dir: Path, dataset, options: TrainingOptions, replay: float, pins, context: DistributedContext,
@@ -127,7 +123,7 @@ def _prepare(model_dir: Path, dataset, options: TrainingOptions, replay: float, 
 
 
 def _fine_tune(model: SegmentationModel, tasks: list[PreparedTask], shares: dict, before: dict, model_dir: Path,
-               out: Path, options: TrainingOptions, replay: float, force: bool, context: DistributedContext,
+               dataset: Path, out: Path, options: TrainingOptions, replay: float, force: bool, context: DistributedContext,
                run: RunFolder, progress: ProgressReporter, log: Log) -> SegmentationModel:
     name = tasks[0].name
     # Without replay the old tasks are not trained on, so selecting the epoch on their Dice would
@@ -145,7 +141,7 @@ def _fine_tune(model: SegmentationModel, tasks: list[PreparedTask], shares: dict
             record = history_entry("add-task", options, context.device, result, [name], context.world_size)
             record.update(replay=replay, forgetting=forgetting, parent=str(model_dir.resolve()))
             model.config["history"].append(record)
-            model.save(out, overwrite=force)
+            model.save(out, overwrite=force, inputs=[model_dir, dataset])
             run.remove()
             log(forgetting_table(forgetting, new_task=name))
             if replay == 0:

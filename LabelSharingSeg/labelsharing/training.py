@@ -21,19 +21,20 @@ from __future__ import annotations
 import copy
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from labelsharing.appearance import similar_task_warnings
 from labelsharing.checkpoint import RunFolder, epoch_seed, work_folder_for
-from labelsharing.distributed import DistributedContext, start_distributed
+from labelsharing.distributed import DistributedContext, launch_from_env, start_distributed
 from labelsharing.errors import LabelSharingError
 from labelsharing.model import SegmentationModel, build_network, default_architecture, label_color, package_versions
-from labelsharing.model_folder import build_model_config
+from labelsharing.model_folder import build_model_config, check_model_output, lock_model_output
 from labelsharing.plan import SharedLabelPlan
 from labelsharing.planning import plan_task_datasets
 from labelsharing.preprocessing import choose_input_size, choose_slice_axis
@@ -42,7 +43,7 @@ from labelsharing.training_data import PreparedTask, SharedSliceDataset, prepare
     slice_shape, training_transforms
 
 __all__ = ["TrainingOptions", "FitResult", "train", "fit", "task_config", "validation_dice",
-           "main_process_output", "describe_processes", "open_run", "run_options", "check_finite_weights"]
+           "main_process_output", "describe_processes", "claim_output", "open_run", "run_options", "check_finite_weights"]
 
 Log = Callable[[str], None]
 
@@ -134,22 +135,42 @@ def train(
             can say how to resume it (default: the Python call with ``resume=True``).
 
     Raises:
-        LabelSharingError: ``out`` exists (without ``force``), a leftover working folder of an
-            interrupted run (without ``resume``), invalid datasets or pins.
+        LabelSharingError: ``out`` exists (without ``force``), is or holds a dataset, cannot be
+            written, is being written by another process; a leftover working folder of an
+            interrupted run (without ``resume``); invalid datasets or pins.
     """
     options = options or TrainingOptions()
     out = Path(out)
-    if out.exists() and not force:  # checked by every process before they meet: none is left waiting
-        raise LabelSharingError(f"{out} already exists; choose another --out or pass --force to replace it.")
     identity = {"command": "train", "datasets": [str(Path(d).resolve()) for d in datasets],
                 "options": run_options(options), "pins": pins}
-    run = open_run(out, identity, resume, command)
-    context = start_distributed(options.device)
-    try:
-        return _train(datasets, out, options, pins, force, context, run, resume,
-                      *main_process_output(context, progress, log))
-    finally:
-        context.close()
+    with claim_output(out, datasets, force, identity, resume, command) as run:
+        context = start_distributed(options.device)
+        try:
+            return _train(datasets, out, options, pins, force, context, run, resume,
+                          *main_process_output(context, progress, log))
+        finally:
+            context.close()
+
+
+@contextmanager
+def claim_output(out: Path, inputs: Sequence[str | Path], force: bool, identity: Mapping, resume: bool,
+                 command: Sequence[str] | None) -> Iterator[RunFolder]:
+    """Before any work, make ``out`` this run's: check that it may be written (never an input,
+    ``--force`` only over a model folder, a writable place), hold its lock for the whole run so a
+    second writer is refused at once, and open the run's working folder.
+
+    Under torchrun only the main process, which writes, checks and locks.
+
+    Yields:
+        the run's :class:`~labelsharing.checkpoint.RunFolder`.
+    """
+    launch = launch_from_env()
+    if launch is not None and launch.rank != 0:
+        yield RunFolder(work_folder_for(out), identity, _resume_command(command))
+        return
+    with lock_model_output(out):
+        check_model_output(out, inputs, force)
+        yield open_run(out, identity, resume, command)
 
 
 def open_run(out: Path, identity: Mapping, resume: bool, command: Sequence[str] | None) -> RunFolder:
@@ -239,7 +260,7 @@ def _train(datasets, out: Path, options: TrainingOptions, pins, force: bool, con
             model.network.load_state_dict(result.best_state)
             config["history"].append(history_entry("train", options, device, result, [t.name for t in tasks],
                                                    context.world_size))
-            model.save(out, overwrite=force)
+            model.save(out, overwrite=force, inputs=datasets)
             run.remove()
             log(f"model written to {out} (best epoch {result.best_epoch}, mean validation Dice "
                 f"{result.best_dice:.3f}, {result.seconds:.0f} s)")
