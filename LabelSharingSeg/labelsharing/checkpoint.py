@@ -12,21 +12,26 @@
 Random streams are not stored: every epoch re-seeds its sampler, augmentation and torch's global
 generator from ``(seed, rank, epoch)`` (:func:`epoch_seed`), so a run resumed after epoch ``e``
 draws exactly what the uninterrupted run drew, and on the CPU ends with the same weights.
-The working folder is removed once the model folder is written.
+The working folder is removed once the model folder is written. :func:`claim_output` makes
+an output a run's before any work (checks, lock, working folder).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from labelsharing.distributed import launch_from_env
 from labelsharing.errors import LabelSharingError
+from labelsharing.model_folder import check_model_output, lock_model_output
 from labelsharing.safe_write import write_atomically, write_json_atomically
 
-__all__ = ["RunFolder", "work_folder_for", "epoch_seed"]
+__all__ = ["RunFolder", "work_folder_for", "epoch_seed", "claim_output", "open_run", "resume_command", "run_options",
+           "trainer_checkpoint", "restore_trainer"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 RUN_FILE = "run.json"
@@ -152,6 +157,75 @@ class RunFolder:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@contextmanager
+def claim_output(out: Path, inputs: Sequence[str | Path], force: bool, identity: Mapping, resume: bool,
+                 command: Sequence[str] | None) -> Iterator[RunFolder]:
+    """Before any work, make ``out`` this run's: check that it may be written (never an input,
+    ``--force`` only over a model folder, a writable place), hold its lock for the whole run so a
+    second writer is refused at once, and open the run's working folder.
+
+    Under torchrun only the main process, which writes, checks and locks.
+
+    Yields:
+        the run's :class:`~labelsharing.checkpoint.RunFolder`.
+    """
+    launch = launch_from_env()
+    if launch is not None and launch.rank != 0:
+        yield RunFolder(work_folder_for(out), identity, resume_command(command))
+        return
+    with lock_model_output(out):
+        check_model_output(out, inputs, force)
+        yield open_run(out, identity, resume, command)
+
+
+def open_run(out: Path, identity: Mapping, resume: bool, command: Sequence[str] | None) -> RunFolder:
+    """The working folder of a run into ``out``, checked: ``resume`` needs the same run's folder,
+    a new run refuses a leftover one (and says how to resume it)."""
+    run = RunFolder(work_folder_for(out), identity, resume_command(command))
+    if resume:
+        run.check_resumable()
+    elif run.exists():
+        raise LabelSharingError(run.describe_leftover())
+    return run
+
+
+def resume_command(command: Sequence[str] | None) -> str:
+    import shlex
+
+    if command is None:
+        return "the same Python call with resume=True"
+    arguments = list(command) + ([] if "--resume" in command else ["--resume"])
+    return " ".join(shlex.quote(a) for a in ["labelsharing", *arguments])
+
+
+def run_options(options) -> dict:
+    """The options that must not change between an interrupted run and its resumption."""
+    return {key: value for key, value in vars(options).items() if key != "device"}
+
+
+def trainer_checkpoint(trainer_state: Mapping, result, epoch: int, seconds: float) -> dict:
+    """What the next epoch needs: the ``state_dict()`` of each of ``trainer_state``'s objects
+    (network, optimiser, scheduler, gradient scaler) and ``result``'s best weights and epoch log."""
+    state = {key: value.state_dict() for key, value in trainer_state.items()}
+    state.update(epoch=epoch, seconds=seconds, best_state=result.best_state, best_dice=result.best_dice,
+                 best_epoch=result.best_epoch, epochs=result.epochs)
+    return state
+
+
+def restore_trainer(run: RunFolder | None, trainer_state: Mapping, result, log: Callable[[str], None]) -> tuple[int, float]:
+    """Load the run's last checkpoint into ``trainer_state``'s objects and ``result`` (a
+    :class:`~labelsharing.training.FitResult`); returns ``(first epoch to train, seconds spent)``."""
+    checkpoint = run.load() if run is not None else None
+    if checkpoint is None:
+        return 1, 0.0
+    for key, value in trainer_state.items():
+        value.load_state_dict(checkpoint[key])
+    result.best_state, result.best_dice = checkpoint["best_state"], float(checkpoint["best_dice"])
+    result.best_epoch, result.epochs = int(checkpoint["best_epoch"]), list(checkpoint["epochs"])
+    log(f"resuming after epoch {checkpoint['epoch']} (checkpoint in {run.folder})")
+    return int(checkpoint["epoch"]) + 1, float(checkpoint["seconds"])
 
 
 def _age(path: Path) -> str:

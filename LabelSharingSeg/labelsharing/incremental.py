@@ -24,9 +24,9 @@ from labelsharing.model import SegmentationModel, grow_output_channels, package_
 from labelsharing.planning import summarise_tasks
 from labelsharing.progress import SILENT, ProgressReporter
 from labelsharing.tables import format_table
-from labelsharing.checkpoint import RunFolder
-from labelsharing.training import Log, TrainingOptions, check_finite_weights, describe_processes, fit, history_entry, \
-    main_process_output, claim_output, run_options, task_config, validation_dice
+from labelsharing.checkpoint import RunFolder, claim_output, run_options
+from labelsharing.training import Log, TrainingOptions, describe_processes, fit, history_entry, main_process_output, \
+    task_config, validation_dice
 from labelsharing.training_data import PreparedTask, prepare_task
 
 __all__ = ["DEFAULT_REPLAY", "add_task", "forgetting_table"]
@@ -133,7 +133,6 @@ def _fine_tune(model: SegmentationModel, tasks: list[PreparedTask], shares: dict
                  select_on=select_on, run=run)
     with context.together():  # the others wait for the main process to write (and hear if it fails)
         if context.is_main:
-            check_finite_weights(result.best_state, "Adding the task")
             model.network.load_state_dict(result.best_state)
             after = validation_dice(model, tasks, context.device)  # the weights that are written
             forgetting = {task: {"before": before[task]["mean"], "after": after[task]["mean"]}

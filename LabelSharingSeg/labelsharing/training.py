@@ -21,20 +21,20 @@ from __future__ import annotations
 import copy
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from labelsharing.appearance import similar_task_warnings
-from labelsharing.checkpoint import RunFolder, epoch_seed, work_folder_for
-from labelsharing.distributed import DistributedContext, launch_from_env, start_distributed
+from labelsharing.checkpoint import RunFolder, claim_output, epoch_seed, restore_trainer, run_options, \
+    trainer_checkpoint
+from labelsharing.distributed import DistributedContext, start_distributed
 from labelsharing.errors import LabelSharingError
 from labelsharing.model import SegmentationModel, build_network, default_architecture, label_color, package_versions
-from labelsharing.model_folder import build_model_config, check_model_output, lock_model_output
+from labelsharing.model_folder import build_model_config
 from labelsharing.plan import SharedLabelPlan
 from labelsharing.planning import plan_task_datasets
 from labelsharing.preprocessing import choose_input_size, choose_slice_axis
@@ -43,7 +43,7 @@ from labelsharing.training_data import PreparedTask, SharedSliceDataset, prepare
     slice_shape, training_transforms
 
 __all__ = ["TrainingOptions", "FitResult", "train", "fit", "task_config", "validation_dice",
-           "main_process_output", "describe_processes", "claim_output", "open_run", "run_options", "check_finite_weights"]
+           "main_process_output", "describe_processes"]
 
 Log = Callable[[str], None]
 
@@ -152,66 +152,6 @@ def train(
             context.close()
 
 
-@contextmanager
-def claim_output(out: Path, inputs: Sequence[str | Path], force: bool, identity: Mapping, resume: bool,
-                 command: Sequence[str] | None) -> Iterator[RunFolder]:
-    """Before any work, make ``out`` this run's: check that it may be written (never an input,
-    ``--force`` only over a model folder, a writable place), hold its lock for the whole run so a
-    second writer is refused at once, and open the run's working folder.
-
-    Under torchrun only the main process, which writes, checks and locks.
-
-    Yields:
-        the run's :class:`~labelsharing.checkpoint.RunFolder`.
-    """
-    launch = launch_from_env()
-    if launch is not None and launch.rank != 0:
-        yield RunFolder(work_folder_for(out), identity, _resume_command(command))
-        return
-    with lock_model_output(out):
-        check_model_output(out, inputs, force)
-        yield open_run(out, identity, resume, command)
-
-
-def open_run(out: Path, identity: Mapping, resume: bool, command: Sequence[str] | None) -> RunFolder:
-    """The working folder of a run into ``out``, checked: ``resume`` needs the same run's folder,
-    a new run refuses a leftover one (and says how to resume it)."""
-    run = RunFolder(work_folder_for(out), identity, _resume_command(command))
-    if resume:
-        run.check_resumable()
-    elif run.exists():
-        raise LabelSharingError(run.describe_leftover())
-    return run
-
-
-def _resume_command(command: Sequence[str] | None) -> str:
-    import shlex
-
-    if command is None:
-        return "the same Python call with resume=True"
-    arguments = list(command) + ([] if "--resume" in command else ["--resume"])
-    return " ".join(shlex.quote(a) for a in ["labelsharing", *arguments])
-
-
-def run_options(options: TrainingOptions) -> dict:
-    """The options that must not change between an interrupted run and its resumption."""
-    return {key: value for key, value in vars(options).items() if key != "device"}
-
-
-def check_finite_weights(state: Mapping, what: str) -> None:
-    """Refuse to write weights holding NaN or infinity.
-
-    Raises:
-        LabelSharingError: naming the first non-finite tensor.
-    """
-    import torch
-
-    for name, tensor in state.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise LabelSharingError(f"{what}: the weights hold NaN or infinite values ({name}); nothing was written. "
-                                    "Lower --lr and train again.")
-
-
 def main_process_output(context: DistributedContext, progress: ProgressReporter, log: Log) -> tuple[ProgressReporter, Log]:
     """Progress and messages of the main process; the other processes stay quiet."""
     return (progress, log) if context.is_main else (SILENT, lambda message: None)
@@ -256,7 +196,6 @@ def _train(datasets, out: Path, options: TrainingOptions, pins, force: bool, con
     result = fit(model, tasks, options, device, progress=progress, log=log, context=context, run=run)
     with context.together():  # the others wait for the main process to write (and hear if it fails)
         if context.is_main:
-            check_finite_weights(result.best_state, "Training")
             model.network.load_state_dict(result.best_state)
             config["history"].append(history_entry("train", options, device, result, [t.name for t in tasks],
                                                    context.world_size))
@@ -359,7 +298,7 @@ def fit(
     selectable = [t.name for t in tasks if t.validation and (select_on is None or t.name in select_on)]
     result = FitResult(best_state={}, best_dice=-math.inf)
     trainer_state = {"network": network, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-    first_epoch, elapsed = _restore(run, trainer_state, result, log)
+    first_epoch, elapsed = restore_trainer(run, trainer_state, result, log)
     if not selectable:
         log("note: no validation cases to choose the best epoch on; the last epoch's weights are kept.")
     start = time.perf_counter() - elapsed
@@ -403,7 +342,7 @@ def fit(
                                   "seconds": round(time.perf_counter() - start, 1)})
             log(_epoch_line(epoch, options.epochs, epoch_loss, dice, improved))
             if run is not None:
-                run.save(_checkpoint(trainer_state, result, epoch, time.perf_counter() - start), epoch, options.epochs)
+                run.save(trainer_checkpoint(trainer_state, result, epoch, time.perf_counter() - start), epoch, options.epochs)
     context.barrier()  # the others wait for the main process's last validation, then all leave together
     result.seconds = time.perf_counter() - start
     if not result.best_state or not context.is_main:  # nothing to select on: the last epoch
@@ -421,27 +360,6 @@ def _reseed(seed: int, generator, transforms) -> None:
     generator.manual_seed(seed)
     transforms.set_random_state(seed=seed)
     torch.manual_seed(seed)
-
-
-def _checkpoint(trainer_state: Mapping, result: FitResult, epoch: int, seconds: float) -> dict:
-    """What the next epoch needs (see :mod:`labelsharing.checkpoint`)."""
-    state = {key: value.state_dict() for key, value in trainer_state.items()}
-    state.update(epoch=epoch, seconds=seconds, best_state=result.best_state, best_dice=result.best_dice,
-                 best_epoch=result.best_epoch, epochs=result.epochs)
-    return state
-
-
-def _restore(run: RunFolder | None, trainer_state: Mapping, result: FitResult, log: Log) -> tuple[int, float]:
-    """Load the run's last checkpoint into the trainer and ``result``; ``(first epoch, seconds)``."""
-    checkpoint = run.load() if run is not None else None
-    if checkpoint is None:
-        return 1, 0.0
-    for key, value in trainer_state.items():
-        value.load_state_dict(checkpoint[key])
-    result.best_state, result.best_dice = checkpoint["best_state"], float(checkpoint["best_dice"])
-    result.best_epoch, result.epochs = int(checkpoint["best_epoch"]), list(checkpoint["epochs"])
-    log(f"resuming after epoch {checkpoint['epoch']} (checkpoint in {run.folder})")
-    return int(checkpoint["epoch"]) + 1, float(checkpoint["seconds"])
 
 
 def _diverged(epoch: int, step: int, value: float, options: TrainingOptions) -> LabelSharingError:

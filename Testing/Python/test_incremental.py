@@ -99,7 +99,7 @@ def test_missing_old_data_needs_replay_zero(demo, tmp_path):
 
 
 def test_invalid_add_task_requests(demo, chest_model, tmp_path):
-    with pytest.raises(LabelSharingError, match="never changes the input model"):
+    with pytest.raises(LabelSharingError, match="is an input of this command.*never replaced"):
         add_task(chest_model, demo["KneeXR"], chest_model, TrainingOptions(**TINY))
     with pytest.raises(LabelSharingError, match="already has a task named 'ChestXR'"):
         add_task(chest_model, demo["ChestXR"], tmp_path / "x", TrainingOptions(**TINY), log=lambda m: None)

@@ -121,14 +121,25 @@ def test_a_loss_that_becomes_nan_stops_the_run_and_writes_nothing(xr_tasks, tmp_
     assert not (tmp_path / "model").exists()
 
 
-def test_non_finite_weights_are_never_written():
+def test_non_finite_weights_are_never_written(xr_tasks, tmp_path, monkeypatch):
+    """Even if a non-finite weight slipped past the loss check, the model folder is not written."""
     import torch
 
-    from labelsharing.training import check_finite_weights
+    import labelsharing.training as training
 
-    check_finite_weights({"w": torch.ones(3), "steps": torch.tensor([1])}, "Training")
-    with pytest.raises(LabelSharingError, match=r"NaN or infinite values \(w\)"):
-        check_finite_weights({"w": torch.tensor([1.0, float("inf")])}, "Training")
+    real_fit = training.fit
+
+    def fit_with_a_broken_weight(model, *args, **kwargs):
+        result = real_fit(model, *args, **kwargs)
+        name = next(iter(result.best_state))
+        result.best_state[name] = torch.full_like(result.best_state[name], float("inf"))
+        return result
+
+    monkeypatch.setattr(training, "fit", fit_with_a_broken_weight)
+    options = TrainingOptions(epochs=1, batch_size=8, input_size=32, features=4, device="cpu")
+    with pytest.raises(LabelSharingError, match="hold NaN or infinite values"):
+        train(xr_tasks, tmp_path / "model", options, log=lambda m: None)
+    assert not (tmp_path / "model").exists()
 
 
 @pytest.mark.parametrize("flags, message", [
