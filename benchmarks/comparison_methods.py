@@ -5,11 +5,11 @@ dict: ``train_seconds`` (``time.perf_counter`` around everything training does: 
 preprocessing, the epochs with their validation), ``parameters`` and ``test`` (the engine's
 :func:`~labelsharing.evaluation.evaluate_model` on each task's test split).
 
-Budget: the label-sharing model draws ``epochs x N`` slices (``N`` = pooled training slices
-of all K tasks), ``epochs x N / K`` per task (task-balanced sampling). The baselines that see
-all tasks (merged, DoDNet) use exactly the engine's sampler and epoch, so the same draws. A
-per-task model gets ``round(epochs x N / (K x n_t))`` epochs over its ``n_t`` slices, i.e.
-the same number of draws of its task (the engine's epoch is one pass over the training set).
+Budget: the label-sharing model makes ``epochs x steps`` optimisation steps of ``batch``
+slices, drawn task-balanced, so ``epochs x steps x batch / K`` draws per task. The baselines
+that see all tasks (merged, DoDNet) use exactly the engine's sampler and epoch, so the same
+draws. A per-task model makes ``epochs x round(steps / K)`` steps, i.e. about the same number
+of draws of its task (``budget="joint"``: ``epochs x steps``, K x the cost).
 """
 
 from __future__ import annotations
@@ -83,20 +83,21 @@ def run_per_task(folders: Sequence[Path], work: Path, options: TrainingOptions, 
     """One engine model per task (a one-task label-sharing model is a plain per-task UNet).
 
     Args:
-        budget: ``task``: each model draws ``epochs x N / K`` slices, as many of its task as the
-            joint models draw (all K models together cost one joint model); ``joint``: each model
-            draws ``epochs x N`` slices, as many optimiser steps as one joint model (K x the cost).
+        budget: ``task``: each model makes ``steps / K`` steps an epoch, as many draws of its task as
+            the joint models make (all K models together cost one joint model); ``joint``: each
+            model makes as many optimiser steps as one joint model (K x the cost).
     """
     if budget not in ("task", "joint"):
         raise ValueError(f"budget must be 'task' or 'joint', got {budget!r}")
     _, tasks = _prepared(folders, options)
     slices = {t.name: len(t.images) for t in tasks}
-    draws_per_task = options.epochs * sum(slices.values()) / (len(tasks) if budget == "task" else 1)
+    steps = max(1, round(options.steps_per_epoch / (len(tasks) if budget == "task" else 1)))
+    draws_per_task = options.epochs * steps * options.batch_size
     device = select_device(options.device)
     result = {"train_seconds": 0.0, "parameters": 0, "test": {"tasks": {}, "seconds": 0.0}, "models": {}}
     for folder, task in zip(folders, tasks):
-        epochs = max(1, int(round(draws_per_task / slices[task.name])))
-        task_options = dataclasses.replace(options, epochs=epochs)
+        epochs = options.epochs
+        task_options = dataclasses.replace(options, steps_per_epoch=steps)
         start = time.perf_counter()
         model = train([folder], work / f"per_task_{task.name}", task_options, force=True, log=log)
         seconds = time.perf_counter() - start
@@ -105,10 +106,11 @@ def run_per_task(folders: Sequence[Path], work: Path, options: TrainingOptions, 
         result["parameters"] += count_parameters(model.network)
         result["test"]["tasks"].update(test["tasks"])
         result["test"]["seconds"] += test["seconds"]
-        result["models"][task.name] = {"epochs": epochs, "slices": slices[task.name], "draws": epochs * slices[task.name],
+        result["models"][task.name] = {"epochs": epochs, "steps_per_epoch": steps, "slices": slices[task.name],
+                                       "draws": draws_per_task,
                                        "train_seconds": seconds, "parameters": count_parameters(model.network),
                                        "outputs": model.plan.n_shared + 1}
-        log(f"per-task {task.name}: {epochs} epochs x {slices[task.name]} slices, {seconds:.0f} s")
+        log(f"per-task {task.name}: {epochs} epochs x {steps} steps ({slices[task.name]} slices), {seconds:.0f} s")
     result["draws_per_task_target"] = draws_per_task
     result["per_task_budget"] = budget
     result["n_outputs"] = "+".join(str(m["outputs"]) for m in result["models"].values())

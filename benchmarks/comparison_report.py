@@ -132,8 +132,10 @@ def markdown_report(results: Mapping) -> str:
         "",
         f"Budget (every method): {budget['cases']} training cases + {budget['test_cases']} test cases per task "
         f"(demo seed {budget['seed']}), input {budget['input_size']}x{budget['input_size']}, UNet features "
-        f"{budget['features']}, batch {budget['batch_size']}, {budget['epochs']} epochs of the pooled "
-        f"{budget['pooled_slices']} training slices, i.e. about {budget['draws_per_task']:.0f} slice draws per task "
+        f"{budget['features']}, batch {budget['batch_size']}, "
+        + (f"{budget['epochs']} epochs of {budget['steps_per_epoch']} steps over the pooled "
+           if "steps_per_epoch" in budget else f"{budget['epochs']} epochs of the pooled ")
+        + f"{budget['pooled_slices']} training slices, i.e. about {budget['draws_per_task']:.0f} slice draws per task "
         + (f"(per-task models get the same draws of their task: {budget['per_task_epochs']}). "
            if budget.get("per_task_budget", "task") == "task" else
            f"(per-task models, --per-task-budget joint, each draw as many slices as one joint model: "

@@ -49,7 +49,7 @@ NAMES = {
     "incremental_replay": "LS incremental (replay {replay:g})",
     "incremental_noreplay": "LS incremental (replay 0)",
 }
-QUICK = {"cases": 4, "epochs": 2, "input_size": 32, "features": 8}
+QUICK = {"cases": 4, "epochs": 2, "steps_per_epoch": 8, "input_size": 32, "features": 8}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,7 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path, help="[REQUIRED] folder for results.json/.md/.png")
     parser.add_argument("--cases", type=int, default=12, help="training cases per demo task (default 12)")
-    parser.add_argument("--epochs", type=int, default=30, help="epochs of the pooled slices (default 30)")
+    parser.add_argument("--epochs", type=int, default=30, help="epochs (default 30)")
+    parser.add_argument("--steps-per-epoch", type=int, default=50,
+                        help="optimisation steps per epoch of the joint models (default 50)")
     parser.add_argument("--input-size", type=int, default=64, help="network input size (default 64)")
     parser.add_argument("--features", type=int, default=16, help="UNet base features (default 16)")
     parser.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
@@ -69,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="peak learning rate of add_task (default 5e-4, as 'labelsharing add-task')")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods to run")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke setting: 4 cases, 2 epochs, input 32, features 8 (overrides those flags)")
+                        help="smoke setting: 4 cases, 2 epochs of 8 steps, input 32, features 8 (overrides those flags)")
     parser.add_argument("--per-task-budget", choices=("task", "joint"), default="task",
                         help="per-task models draw as many slices of their task as the joint models "
                              "('task', default: all K together cost one joint model) or as many as a whole "
@@ -92,7 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def training_options(args: argparse.Namespace):
     from labelsharing.training import TrainingOptions
 
-    return TrainingOptions(epochs=args.epochs, batch_size=args.batch_size, input_size=args.input_size,
+    return TrainingOptions(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+                           input_size=args.input_size,
                            features=args.features, seed=args.seed, device="cpu")
 
 
@@ -157,7 +160,8 @@ def run_step(step: str, args: argparse.Namespace, data: Path, work: Path, logs: 
     result_file = work / f"{step}.json"
     command = [sys.executable, str(Path(__file__).resolve()), "--out", str(args.out), "--worker", step,
                "--data", str(data), "--work", str(work), "--result", str(result_file),
-               "--epochs", str(args.epochs), "--input-size", str(args.input_size), "--features", str(args.features),
+               "--epochs", str(args.epochs), "--steps-per-epoch", str(args.steps_per_epoch),
+               "--input-size", str(args.input_size), "--features", str(args.features),
                "--batch-size", str(args.batch_size), "--seed", str(args.seed), "--replay", str(args.replay),
                "--add-lr", str(args.add_lr), "--per-task-budget", args.per_task_budget]
     start = time.perf_counter()
@@ -202,11 +206,11 @@ def budget_of(args: argparse.Namespace, data: Path) -> dict:
     _, tasks = cm._prepared(data_folders(data), training_options(args))
     slices = {t.name: len(t.images) for t in tasks}
     pooled = sum(slices.values())
-    draws = args.epochs * pooled / len(tasks)
-    model_draws = draws if args.per_task_budget == "task" else args.epochs * pooled
-    per_task = ", ".join(f"{_short(n)} {max(1, round(model_draws / s))} epochs x {s} slices"
-                         for n, s in slices.items())
+    draws = args.epochs * args.steps_per_epoch * args.batch_size / len(tasks)
+    steps = max(1, round(args.steps_per_epoch / (len(tasks) if args.per_task_budget == "task" else 1)))
+    per_task = ", ".join(f"{_short(n)} {args.epochs} epochs x {steps} steps ({s} slices)" for n, s in slices.items())
     return {"cases": args.cases, "test_cases": max(2, args.cases // 4), "epochs": args.epochs,
+            "steps_per_epoch": args.steps_per_epoch,
             "input_size": args.input_size, "features": args.features, "batch_size": args.batch_size,
             "seed": args.seed, "replay": args.replay, "add_lr": args.add_lr, "pooled_slices": pooled, "slices_per_task": slices,
             "draws_per_task": draws, "per_task_epochs": per_task, "per_task_budget": args.per_task_budget}

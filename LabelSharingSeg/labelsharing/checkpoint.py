@@ -210,7 +210,7 @@ def trainer_checkpoint(trainer_state: Mapping, result, epoch: int, seconds: floa
     (network, optimiser, scheduler, gradient scaler) and ``result``'s best weights and epoch log."""
     state = {key: value.state_dict() for key, value in trainer_state.items()}
     state.update(epoch=epoch, seconds=seconds, best_state=result.best_state, best_dice=result.best_dice,
-                 best_epoch=result.best_epoch, epochs=result.epochs)
+                 best_epoch=result.best_epoch, epochs=result.epochs, planned_epochs=result.planned_epochs)
     return state
 
 
@@ -224,6 +224,7 @@ def restore_trainer(run: RunFolder | None, trainer_state: Mapping, result, log: 
         value.load_state_dict(checkpoint[key])
     result.best_state, result.best_dice = checkpoint["best_state"], float(checkpoint["best_dice"])
     result.best_epoch, result.epochs = int(checkpoint["best_epoch"]), list(checkpoint["epochs"])
+    result.planned_epochs = int(checkpoint["planned_epochs"])
     log(f"resuming after epoch {checkpoint['epoch']} (checkpoint in {run.folder})")
     return int(checkpoint["epoch"]) + 1, float(checkpoint["seconds"])
 

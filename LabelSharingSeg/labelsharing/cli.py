@@ -65,7 +65,8 @@ def _cmd_train(args: argparse.Namespace, progress: ProgressReporter) -> int:
     from labelsharing.plan import read_pins
     from labelsharing.training import TrainingOptions, train
 
-    options = TrainingOptions(epochs=args.epochs, batch_size=args.batch_size, input_size=args.input_size,
+    options = TrainingOptions(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, time_budget=args.time_budget,
+                              batch_size=args.batch_size, input_size=args.input_size,
                               features=args.features, learning_rate=args.lr, val_fraction=args.val_fraction,
                               device=args.device, seed=args.seed, axis=args.axis)
     train(args.datasets, args.out, options, pins=read_pins(args.pins) if args.pins else None, force=args.force,
@@ -78,7 +79,8 @@ def _cmd_add_task(args: argparse.Namespace, progress: ProgressReporter) -> int:
     from labelsharing.plan import read_pins
     from labelsharing.training import TrainingOptions
 
-    options = TrainingOptions(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+    options = TrainingOptions(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, time_budget=args.time_budget,
+                              batch_size=args.batch_size, learning_rate=args.lr,
                               val_fraction=args.val_fraction, device=args.device, seed=args.seed)
     add_task(args.model, args.dataset, args.out, options, replay=args.replay,
              pins=read_pins(args.pins) if args.pins else None, force=args.force, progress=progress,
@@ -241,8 +243,13 @@ def _add_device_flag(parser: argparse.ArgumentParser) -> None:
 
 def _add_training_flags(parser: argparse.ArgumentParser, epochs: int = 25, lr: float = 2e-3) -> None:
     parser.add_argument("--epochs", type=_positive_int, default=epochs,
-                        help=f"[OPTIONAL] epochs ({epochs}); an epoch is one pass over the pooled training slices of "
-                             "all tasks, drawn task-balanced")
+                        help=f"[OPTIONAL] epochs ({epochs}); an epoch is --steps-per-epoch optimisation steps of "
+                             "--batch-size slices drawn task-balanced from all tasks, then validation")
+    parser.add_argument("--steps-per-epoch", type=_positive_int, default=50,
+                        help="[OPTIONAL] optimisation steps per epoch (50), whatever the data set's size")
+    parser.add_argument("--time-budget", type=_minutes, default=None, metavar="MINUTES",
+                        help="[OPTIONAL] fit the number of epochs to this many minutes (measured on the first "
+                             "epoch, validation included); replaces --epochs")
     parser.add_argument("--batch-size", type=_positive_int, default=16,
                         help="[OPTIONAL] slices per batch (16), per process under torchrun (N processes: N x 16 "
                              "slices per step)")
@@ -255,8 +262,9 @@ def _add_training_flags(parser: argparse.ArgumentParser, epochs: int = 25, lr: f
 
 
 _SEVERAL_GPUS = ("Several GPUs: torchrun --nproc_per_node=N -m labelsharing {command} starts one process per GPU "
-                 "(DistributedDataParallel, NCCL; with --device cpu, N CPU processes over gloo). Each epoch is "
-                 "shared between the processes; --batch-size is per process; process 0 logs and writes the model.")
+                 "(DistributedDataParallel, NCCL; with --device cpu, N CPU processes over gloo). Every process makes "
+                 "the epoch's steps on its own draws of --batch-size slices (N x the images per step); process 0 "
+                 "validates, logs and writes the model.")
 
 
 def _positive_int(text: str) -> int:
@@ -277,6 +285,13 @@ def _learning_rate(text: str) -> float:
     value = _number(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text} (AdamW is usually run at 1e-4 to 1e-2)")
+    return value
+
+
+def _minutes(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of minutes, got {text}")
     return value
 
 

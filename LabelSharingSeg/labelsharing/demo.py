@@ -7,7 +7,6 @@ evaluate on the test splits -> print the Dice and forgetting tables -> write a r
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,9 @@ from labelsharing.demo_data import make_demo_datasets
 from labelsharing.evaluation import evaluate_model, evaluation_table
 from labelsharing.incremental import DEFAULT_REPLAY, add_task, forgetting_table
 from labelsharing.planning import plan_table, plan_tasks, summarise_tasks
+from labelsharing.checkpoint import RunFolder, work_folder_for
 from labelsharing.progress import SILENT, ProgressReporter
+from labelsharing.safe_write import write_json_atomically
 from labelsharing.training import Log, TrainingOptions, train
 
 __all__ = ["DemoSettings", "run_demo"]
@@ -30,11 +31,12 @@ class DemoSettings:
     cases: int = 20
     epochs: int = 25
     add_task_epochs: int = 10
+    steps_per_epoch: int = 50
     input_size: int | None = None
 
     @classmethod
     def quick(cls) -> DemoSettings:
-        return cls(cases=8, epochs=12, add_task_epochs=5, input_size=64)
+        return cls(cases=8, epochs=12, add_task_epochs=5, steps_per_epoch=15, input_size=64)
 
 
 def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), device: str = "auto", seed: int = 0,
@@ -59,21 +61,24 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), device: s
     plan.save_json(out / "plan.json")
 
     log(f"== 3/5 training one label-sharing model on {', '.join(f.name for f in first)}")
-    options = TrainingOptions(epochs=settings.epochs, input_size=settings.input_size, device=device, seed=seed)
-    three = out / "model_3tasks"
+    options = TrainingOptions(epochs=settings.epochs, steps_per_epoch=settings.steps_per_epoch,
+                              input_size=settings.input_size, device=device, seed=seed)
+    three, four = out / "model_3tasks", out / "model_4tasks"
+    for model in (three, four):  # the demo owns these outputs: an interrupted earlier demo starts over
+        RunFolder(work_folder_for(model)).remove()
     train(first, three, options, force=True, progress=progress, log=log)
 
     log(f"== 4/5 adding {last.name} with replay {DEFAULT_REPLAY}")
-    fine_tune = TrainingOptions(epochs=settings.add_task_epochs, learning_rate=5e-4, device=device, seed=seed)
-    four = out / "model_4tasks"
+    fine_tune = TrainingOptions(epochs=settings.add_task_epochs, steps_per_epoch=settings.steps_per_epoch,
+                                learning_rate=5e-4, device=device, seed=seed)
     add_task(three, last, four, fine_tune, replay=DEFAULT_REPLAY, force=True, progress=progress, log=log)
 
     log("== 5/5 evaluating on the test splits")
     tasks = [read_task_dataset(f) for f in folders]
     before = evaluate_model(Predictor.from_model_dir(three, device=device), tasks[:3], progress)
     after = evaluate_model(Predictor.from_model_dir(four, device=device), tasks, progress)
-    (out / "dice_3tasks.json").write_text(json.dumps(before, indent=2) + "\n")
-    (out / "dice_4tasks.json").write_text(json.dumps(after, indent=2) + "\n")
+    write_json_atomically(out / "dice_3tasks.json", before)
+    write_json_atomically(out / "dice_4tasks.json", after)
     log("Dice of the 4-task model on the test splits")
     log(evaluation_table(after))
     forgetting = {t: {"before": before["tasks"][t]["mean_dice"], "after": after["tasks"][t]["mean_dice"]}

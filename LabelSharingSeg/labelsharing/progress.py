@@ -33,31 +33,35 @@ class ProgressReporter:
 
     @contextmanager
     def track(self, description: str, total: int, unit: str = "it") -> Iterator[Callable[..., None]]:
-        """Yield ``advance(n=1, **postfix)`` that moves the work ``n`` steps and shows ``postfix``."""
+        """Yield ``advance(n=1, total=None, **postfix)`` that moves the work ``n`` steps, changes the
+        total if given (work whose length is known only once it runs) and shows ``postfix``."""
         if self.mode == "bar":
             from tqdm import tqdm
 
             with tqdm(total=total, desc=description, unit=unit, file=self._stream or sys.stderr, leave=False,
                       dynamic_ncols=True) as bar:
 
-                def advance_bar(n: int = 1, **postfix: object) -> None:
+                def advance_bar(n: int = 1, total: int | None = None, **postfix: object) -> None:
+                    if total is not None:
+                        bar.total = total
                     if postfix:
                         bar.set_postfix({k: _short(v) for k, v in postfix.items()}, refresh=False)
                     bar.update(n)
 
                 yield advance_bar
             return
-        done = 0
-        last_percent = -1.0
+        count = {"done": 0, "total": total, "last_percent": -1.0}
 
-        def advance_lines(n: int = 1, **postfix: object) -> None:
-            nonlocal done, last_percent
-            done += n
+        def advance_lines(n: int = 1, total: int | None = None, **postfix: object) -> None:
+            count["done"] += n
+            if total is not None:
+                count["total"] = total
             if self.mode != "lines":
                 return
+            done, total = count["done"], count["total"]
             percent = 100.0 * done / max(total, 1)
-            if percent - last_percent >= 1.0 or done >= total:
-                last_percent = percent
+            if percent - count["last_percent"] >= 1.0 or done >= total:
+                count["last_percent"] = percent
                 extra = " ".join(f"{k}={_short(v)}" for k, v in postfix.items())
                 stream = self._stream or sys.stdout
                 stream.write(f"PROGRESS {percent:.1f} {description} {done}/{total} {extra}".rstrip() + "\n")

@@ -52,11 +52,16 @@ Log = Callable[[str], None]
 class TrainingOptions:
     """Settings of a training run (the command line's flags).
 
-    An epoch is one pass over the pooled training slices of all tasks (drawn task-balanced),
-    shared between the processes of a ``torchrun`` launch; ``batch_size`` is per process.
+    Training is counted in optimisation steps, as nnU-Net does: an epoch is ``steps_per_epoch``
+    steps of ``batch_size`` slices drawn task-balanced from the pooled training slices (whatever
+    the data set's size), followed by validation. Under ``torchrun`` every process makes these
+    steps with its own draws (``batch_size`` is per process). ``time_budget`` (minutes), if given,
+    replaces ``epochs``: the number of epochs is fitted to the time after the first epoch.
     """
 
     epochs: int = 25
+    steps_per_epoch: int = 50
+    time_budget: float | None = None
     batch_size: int = 16
     input_size: int | None = None
     features: int = 16
@@ -69,8 +74,10 @@ class TrainingOptions:
     axis: int | None = None
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.features < 1:
-            raise LabelSharingError("--epochs, --batch-size and --features must be at least 1.")
+        if self.epochs < 1 or self.batch_size < 1 or self.features < 1 or self.steps_per_epoch < 1:
+            raise LabelSharingError("--epochs, --steps-per-epoch, --batch-size and --features must be at least 1.")
+        if self.time_budget is not None and not (math.isfinite(self.time_budget) and self.time_budget > 0):
+            raise LabelSharingError(f"--time-budget must be a positive number of minutes, got {self.time_budget}.")
         if not (math.isfinite(self.learning_rate) and 0 < self.learning_rate <= 1):
             raise LabelSharingError(f"--lr must be a number in (0, 1], got {self.learning_rate}; "
                                     "AdamW is usually run at 1e-4 to 1e-2.")
@@ -96,6 +103,8 @@ class FitResult:
     best_epoch: int = 0
     best_dice: float = float("nan")
     seconds: float = 0.0
+    planned_epochs: int = 0
+    recent_gain: float | None = None
 
 
 def task_config(task: PreparedTask, plan: SharedLabelPlan) -> dict:
@@ -214,6 +223,10 @@ def history_entry(kind: str, options: TrainingOptions, device, result: FitResult
         "device": str(device), "processes": processes, "seconds": round(result.seconds, 1),
         "best_epoch": result.best_epoch,
         "best_mean_dice": result.best_dice, "options": dict(vars(options)),
+        "steps": result.planned_epochs * options.steps_per_epoch,
+        "images": result.planned_epochs * options.steps_per_epoch * options.batch_size * processes,
+        "still_improving": result.recent_gain is not None and result.recent_gain > STILL_IMPROVING,
+        "recent_gain": result.recent_gain,
         "epochs": result.epochs,
     }
 
@@ -253,10 +266,10 @@ def fit(
         device: torch device.
         shares: fraction of draws per task (default: equal), e.g. for replay when adding a task.
         context: the torchrun launch (default: one process). With several processes the network
-            trains wrapped in ``DistributedDataParallel``; each process draws
-            ``ceil(slices / processes)`` slices per epoch (seed + rank); only the main process
-            validates, logs and keeps the best weights (the others return the last weights).
-            Every process returns together.
+            trains wrapped in ``DistributedDataParallel``; each process makes the epoch's steps on
+            its own draws (seeded by seed, rank and epoch); only the main process validates, logs
+            and keeps the best weights (the others return the last weights). Every process
+            returns together.
         select_on: tasks whose mean validation Dice picks the best epoch (default: all tasks
             with validation cases). ``add_task`` without replay selects on the new task alone.
             If none of them has validation cases, the last epoch is kept.
@@ -285,26 +298,28 @@ def fit(
     generator = torch.Generator()
     sampler = torch.utils.data.WeightedRandomSampler(
         torch.as_tensor(sampling_weights(tasks, shares), dtype=torch.double),
-        num_samples=math.ceil(len(dataset) / context.world_size), replacement=True, generator=generator)
+        num_samples=options.steps_per_epoch * options.batch_size, replacement=True, generator=generator)
     loader = torch.utils.data.DataLoader(dataset, batch_size=options.batch_size, sampler=sampler, drop_last=False)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     optimizer = torch.optim.AdamW(network.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
-    total_steps = options.epochs * len(loader)
-    warmup = max(1, int(options.warmup_fraction * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(1.0, s / total_steps))))
+    schedule = _Schedule(options.epochs, options.steps_per_epoch, options.warmup_fraction)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor)
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     selectable = [t.name for t in tasks if t.validation and (select_on is None or t.name in select_on)]
     result = FitResult(best_state={}, best_dice=-math.inf)
     trainer_state = {"network": network, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     first_epoch, elapsed = restore_trainer(run, trainer_state, result, log)
+    if result.planned_epochs:
+        schedule.epochs = result.planned_epochs  # a resumed time-budget run keeps the epochs it chose
     if not selectable:
         log("note: no validation cases to choose the best epoch on; the last epoch's weights are kept.")
+    images_per_step = options.batch_size * context.world_size
     start = time.perf_counter() - elapsed
-    with progress.track("training", total=total_steps, unit="batch") as advance:
-        advance((first_epoch - 1) * len(loader))
-        for epoch in range(first_epoch, options.epochs + 1):
+    with progress.track("training", total=schedule.total, unit="step") as advance:
+        advance((first_epoch - 1) * options.steps_per_epoch)
+        epoch = first_epoch
+        while epoch <= schedule.epochs:
             _reseed(epoch_seed(options.seed, context.rank, epoch), generator, dataset.transforms)
             trainee.train()
             losses = []
@@ -322,35 +337,91 @@ def fit(
                 scaler.update()
                 scheduler.step()
                 losses.append(value)
-                advance(epoch=f"{epoch}/{options.epochs}", loss=float(np.mean(losses[-20:])))
+                advance(epoch=f"{epoch}/{schedule.epochs}", loss=float(np.mean(losses[-20:])))
             epoch_loss = context.mean(float(np.mean(losses)))  # every process, same place: no desynchronisation
             if not math.isfinite(epoch_loss):
                 raise _diverged(epoch, len(losses), epoch_loss, options)
-            if not context.is_main:
-                continue  # validation, best weights and checkpoints are the main process's business
-            network.eval()
-            dice = validation_dice(model, tasks, device, predictor_factory)
-            improved = False
-            scores = [dice[task]["mean"] for task in selectable if task in dice]
-            if scores:
-                mean = float(np.mean(scores))
-                improved = mean > result.best_dice
-                if improved:
-                    result.best_dice, result.best_epoch = mean, epoch
-                    result.best_state = copy.deepcopy(network.state_dict())
-            result.epochs.append({"epoch": epoch, "loss": epoch_loss, "val_dice": dice,
-                                  "seconds": round(time.perf_counter() - start, 1)})
-            log(_epoch_line(epoch, options.epochs, epoch_loss, dice, improved))
-            if run is not None:
-                run.save(trainer_checkpoint(trainer_state, result, epoch, time.perf_counter() - start), epoch, options.epochs)
+            if context.is_main:  # validation, best weights and checkpoints are the main process's business
+                network.eval()
+                dice = validation_dice(model, tasks, device, predictor_factory)
+                improved = _keep_if_best(result, network, dice, selectable, epoch)
+                steps = epoch * options.steps_per_epoch
+                result.epochs.append({"epoch": epoch, "steps": steps, "images": steps * images_per_step,
+                                      "loss": epoch_loss, "val_dice": dice,
+                                      "seconds": round(time.perf_counter() - start, 1)})
+                log(_epoch_line(epoch, schedule.epochs, steps, epoch_loss, dice, improved))
+            if options.time_budget is not None and epoch == first_epoch == 1:
+                schedule.fit_to_budget(options.time_budget * 60, context.mean(time.perf_counter() - start), log)
+                advance(0, total=schedule.total)
+            result.planned_epochs = schedule.epochs
+            if context.is_main and run is not None:
+                run.save(trainer_checkpoint(trainer_state, result, epoch, time.perf_counter() - start), epoch,
+                         schedule.epochs)
+            epoch += 1
     context.barrier()  # the others wait for the main process's last validation, then all leave together
     result.seconds = time.perf_counter() - start
     if not result.best_state or not context.is_main:  # nothing to select on: the last epoch
         result.best_state = copy.deepcopy(network.state_dict())
-        result.best_epoch = options.epochs
+        result.best_epoch = schedule.epochs
         if context.is_main:
             result.best_dice = float("nan")
+    result.recent_gain = _recent_gain(result.epochs, selectable)
+    if result.recent_gain is not None and result.recent_gain > STILL_IMPROVING:
+        log(f"warning: the validation Dice was still rising at the end (+{result.recent_gain:.3f} over the last "
+            "fifth of the epochs): the model is probably under-trained. Train longer (--epochs or --time-budget).")
     return result
+
+
+#: Gain of mean validation Dice, last fifth of the epochs over the fifth before, that counts as
+#: "still rising steeply" at the end of a run.
+STILL_IMPROVING = 0.01
+
+
+@dataclass
+class _Schedule:
+    """Linear warm-up then cosine decay over ``epochs x steps`` optimisation steps; the number of
+    epochs may be fitted to a time budget after the first epoch."""
+
+    epochs: int
+    steps: int
+    warmup_fraction: float
+
+    @property
+    def total(self) -> int:
+        return self.epochs * self.steps
+
+    def factor(self, step: int) -> float:
+        """Learning-rate factor of optimisation ``step`` (0-based)."""
+        warmup = max(1, int(self.warmup_fraction * self.total))
+        return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / self.total)))
+
+    def fit_to_budget(self, budget_seconds: float, first_epoch_seconds: float, log: Log) -> None:
+        """Choose the number of epochs that fits ``budget_seconds``, given the first epoch's time
+        (training and validation)."""
+        self.epochs = max(1, int(budget_seconds // max(first_epoch_seconds, 1e-3)))
+        log(f"time budget {budget_seconds / 60:g} min: {self.epochs} epochs of {self.steps} steps "
+            f"(the first took {first_epoch_seconds:.1f} s)")
+
+
+def _keep_if_best(result: FitResult, network, dice: Mapping[str, dict], selectable: Sequence[str], epoch: int) -> bool:
+    """Keep ``network``'s weights in ``result`` if the mean Dice of the selectable tasks improved."""
+    scores = [dice[task]["mean"] for task in selectable if task in dice]
+    if not scores or float(np.mean(scores)) <= result.best_dice:
+        return False
+    result.best_dice, result.best_epoch = float(np.mean(scores)), epoch
+    result.best_state = copy.deepcopy(network.state_dict())
+    return True
+
+
+def _recent_gain(epochs: Sequence[Mapping], selectable: Sequence[str]) -> float | None:
+    """Mean validation Dice of the last fifth of the epochs minus that of the fifth before it
+    (``None`` with fewer than 4 epochs or no validation)."""
+    curve = [float(np.mean([e["val_dice"][t]["mean"] for t in selectable if t in e["val_dice"]]))
+             for e in epochs if any(t in e["val_dice"] for t in selectable)]
+    if len(curve) < 4:
+        return None
+    window = max(1, len(curve) // 5)
+    return float(np.mean(curve[-window:]) - np.mean(curve[-2 * window:-window]))
 
 
 def _reseed(seed: int, generator, transforms) -> None:
@@ -398,8 +469,8 @@ def validation_dice(model: SegmentationModel, tasks: Sequence[PreparedTask], dev
     return result
 
 
-def _epoch_line(epoch: int, epochs: int, loss: float, dice: Mapping[str, dict], improved: bool) -> str:
-    parts = [f"epoch {epoch:>3}/{epochs}", f"loss {loss:.3f}"]
+def _epoch_line(epoch: int, epochs: int, steps: int, loss: float, dice: Mapping[str, dict], improved: bool) -> str:
+    parts = [f"epoch {epoch:>3}/{epochs}", f"step {steps}", f"loss {loss:.3f}"]
     if dice:
         parts.append("val Dice " + "  ".join(f"{task} {d['mean']:.3f}" for task, d in dice.items()))
         parts.append(f"mean {np.mean([d['mean'] for d in dice.values()]):.3f}")

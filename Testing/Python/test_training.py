@@ -157,3 +157,51 @@ def test_training_slices_come_only_from_training_cases_and_validation_only_from_
     trained_on = {float(v) for v in np.unique(task.images)}
     assert trained_on == set(marker.values()) - held_out
     assert {float(sitk.GetArrayViewFromImage(image).flat[0]) for image, _ in task.validation} == held_out
+
+
+def test_an_epoch_is_a_fixed_number_of_steps_whatever_the_data_size(tmp_path, demo_tasks):
+    options = TrainingOptions(**{**TINY, "epochs": 2, "steps_per_epoch": 3})
+    train(demo_tasks[2:3], tmp_path / "small", options, log=lambda m: None)
+    train(demo_tasks[2:4], tmp_path / "large", options, log=lambda m: None)
+    for name in ("small", "large"):
+        history = json.loads((tmp_path / name / "model.json").read_text())["history"][0]
+        assert [e["steps"] for e in history["epochs"]] == [3, 6]
+        assert [e["images"] for e in history["epochs"]] == [3 * 8, 6 * 8]
+        assert history["steps"] == 6 and history["images"] == 48
+
+
+def test_a_time_budget_fits_the_number_of_epochs():
+    from labelsharing.training import _Schedule
+
+    schedule = _Schedule(epochs=25, steps=50, warmup_fraction=0.05)
+    lines: list[str] = []
+    schedule.fit_to_budget(budget_seconds=600, first_epoch_seconds=70, log=lines.append)
+    assert schedule.epochs == 8 and schedule.total == 400
+    assert lines == ["time budget 10 min: 8 epochs of 50 steps (the first took 70.0 s)"]
+    schedule.fit_to_budget(budget_seconds=10, first_epoch_seconds=70, log=lines.append)
+    assert schedule.epochs == 1  # at least the epoch already made
+    assert schedule.factor(0) == pytest.approx(1 / max(1, int(0.05 * 50)))
+
+
+def test_a_time_budget_run_records_the_epochs_it_chose(tmp_path, demo_tasks):
+    messages: list[str] = []
+    options = TrainingOptions(**{**TINY, "epochs": 1000, "steps_per_epoch": 2, "time_budget": 0.05})
+    train(demo_tasks[2:3], tmp_path / "m", options, log=messages.append)
+    chosen = [m for m in messages if m.startswith("time budget 0.05 min:")]
+    assert len(chosen) == 1
+    epochs = int(chosen[0].split(": ")[1].split(" epochs")[0])
+    history = json.loads((tmp_path / "m" / "model.json").read_text())["history"][0]
+    assert 1 <= epochs < 1000 and len(history["epochs"]) == epochs and history["steps"] == 2 * epochs
+
+
+@pytest.mark.parametrize("curve, rising", [
+    ([0.1, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.96], True),
+    ([0.1, 0.5, 0.8, 0.9, 0.9, 0.9, 0.91, 0.9, 0.9, 0.905], False),
+    ([0.1, 0.5, 0.9], None),  # too short to tell
+])
+def test_a_run_that_ends_while_validation_still_climbs_says_so(curve, rising):
+    from labelsharing.training import STILL_IMPROVING, _recent_gain
+
+    epochs = [{"val_dice": {"T": {"mean": d}, "Other": {"mean": 0.0}}} for d in curve]
+    gain = _recent_gain(epochs, ["T"])
+    assert (None if gain is None else gain > STILL_IMPROVING) == rising
