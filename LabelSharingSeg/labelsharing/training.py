@@ -190,6 +190,7 @@ def _train(datasets, out: Path, options: TrainingOptions, pins, force: bool, con
                  for s in summaries]
         log(f"{sum(len(t.images) for t in tasks)} training slices of {input_size}x{input_size} from "
             f"{len(tasks)} tasks; {plan.n_shared} shared labels")
+        del summaries, loaded  # the loaded volumes: only slices and validation cases are needed from here
         if context.is_main:
             for note in similar_task_warnings([t.name for t in tasks], [t.images for t in tasks]):
                 log(f"warning: {note}")

@@ -211,25 +211,28 @@ def training_transforms(input_size: int, seed: int):
 class SharedSliceDataset:
     """torch-style dataset over the pooled slices of several prepared tasks.
 
+    The tasks' slice arrays are indexed where they are, not concatenated: the training slices
+    exist once in memory. Index ``i`` runs over the tasks in order, then their slices.
     Items are ``{"image": (1, S, S) float32, "label": (1, S, S) int64, "task": index}`` tensors.
     """
 
     def __init__(self, tasks: Sequence[PreparedTask], transforms=None):
-        self.images = np.concatenate([t.images for t in tasks])
-        self.labels = np.concatenate([t.labels for t in tasks])
-        self.task_index = np.concatenate([np.full(len(t.images), i) for i, t in enumerate(tasks)])
+        self.tasks = list(tasks)
+        self.starts = np.cumsum([0] + [len(t.images) for t in self.tasks])
         self.transforms = transforms
 
     def __len__(self) -> int:
-        return len(self.images)
+        return int(self.starts[-1])
 
     def __getitem__(self, index: int) -> dict:
         import torch
 
-        item = {"image": torch.from_numpy(self.images[index].astype(np.float32))[None],
-                "label": torch.from_numpy(self.labels[index].astype(np.float32))[None]}
+        task_index = int(np.searchsorted(self.starts, index, side="right")) - 1
+        task, local = self.tasks[task_index], index - int(self.starts[task_index])
+        item = {"image": torch.from_numpy(task.images[local].astype(np.float32))[None],
+                "label": torch.from_numpy(task.labels[local].astype(np.float32))[None]}
         if self.transforms is not None:
             item = self.transforms(item)
         image = torch.as_tensor(item["image"], dtype=torch.float32)
         label = torch.as_tensor(item["label"]).round().long()
-        return {"image": image, "label": label, "task": int(self.task_index[index])}
+        return {"image": image, "label": label, "task": task_index}

@@ -205,3 +205,20 @@ def test_a_run_that_ends_while_validation_still_climbs_says_so(curve, rising):
     epochs = [{"val_dice": {"T": {"mean": d}, "Other": {"mean": 0.0}}} for d in curve]
     gain = _recent_gain(epochs, ["T"])
     assert (None if gain is None else gain > STILL_IMPROVING) == rising
+
+
+def test_pooled_dataset_indexes_each_tasks_slices_in_place():
+    from labelsharing.training_data import SharedSliceDataset
+
+    a = PreparedTask(name="a", dataset=None, modality="CT", axis=None, normalization={},
+                     images=np.arange(3 * 4, dtype=np.float16).reshape(3, 2, 2),
+                     labels=np.zeros((3, 2, 2), np.uint8), foreground=np.zeros(3, bool))
+    b = PreparedTask(name="b", dataset=None, modality="CT", axis=None, normalization={},
+                     images=-np.ones((2, 2, 2), np.float16), labels=np.ones((2, 2, 2), np.uint8),
+                     foreground=np.ones(2, bool))
+    dataset = SharedSliceDataset([a, b])
+    assert len(dataset) == 5 and dataset.tasks[0].images is a.images  # no pooled second copy
+    assert [dataset[i]["task"] for i in range(5)] == [0, 0, 0, 1, 1]
+    assert dataset[2]["image"][0].tolist() == [[8.0, 9.0], [10.0, 11.0]]
+    assert dataset[3]["image"].min() == -1 and dataset[3]["label"].max() == 1
+    assert len(sampling_weights([a, b])) == len(dataset)
