@@ -28,39 +28,38 @@ Example::
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
+import math
 import os
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: no spinning on a shared CPU
+import numpy as np
+import SimpleITK as sitk
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from functools import partial  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Callable, Mapping, Sequence  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from labelsharing.appearance import similar_task_warnings, task_confusion  # noqa: E402
-from labelsharing.datasets import read_task_dataset  # noqa: E402
-from labelsharing.errors import LabelSharingError  # noqa: E402
-from labelsharing.evaluation import evaluate_model  # noqa: E402
-from labelsharing.incremental import DEFAULT_REPLAY, add_task  # noqa: E402
-from labelsharing.inference import Predictor, select_device  # noqa: E402
-from labelsharing.model import SegmentationModel  # noqa: E402
-from labelsharing.planning import plan_table, plan_task_datasets  # noqa: E402
-from labelsharing.training import TrainingOptions, train  # noqa: E402
-from labelsharing.training_data import prepare_task  # noqa: E402
+from labelsharing.appearance import similar_task_warnings, task_confusion
+from labelsharing.datasets import load_case, read_task_dataset
+from labelsharing.errors import LabelSharingError
+from labelsharing.evaluation import evaluate_model
+from labelsharing.incremental import DEFAULT_REPLAY, add_task
+from labelsharing.inference import Predictor, select_device
+from labelsharing.model import SegmentationModel
+from labelsharing.planning import plan_table, plan_task_datasets
+from labelsharing.training import TrainingOptions, train
+from labelsharing.training_data import prepare_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from comparison_report import machine_info  # noqa: E402
+from real_data_report import markdown_report  # noqa: E402
 from real_data import MRICRON_DIR, TASKS, Sources, resample, write_task  # noqa: E402
 
-__all__ = ["DEFAULT_TASKS", "ComputeBudget", "equal_compute_budget", "build_tasks", "main"]
+__all__ = ["DEFAULT_TASKS", "ComputeBudget", "steps_per_epoch", "equal_compute_budget", "build_tasks", "run_check", "main"]
 
 DEFAULT_TASKS = ("ct_abdomen", "ct_chest", "mr_brain_aal", "mr_brain_icbm")
 ADD_TASK_LEARNING_RATE = 5e-4  # the add-task command's default
@@ -118,10 +117,11 @@ def equal_compute_budget(slices: Mapping[str, int], epochs: int, batch_size: int
 
     Every per-task model trains ``epochs`` epochs on its task; their steps summed are the budget
     B. The label-sharing model gets ``floor(B / steps of one pooled epoch)`` epochs. The
-    incremental base model (all tasks but ``added``) gets the per-task steps of its tasks the
-    same way, and ``add_task`` the steps left of B in whole epochs over all tasks' slices (its
-    epoch also passes over the old tasks' slices, which replay draws from). Each method gets at
-    least one epoch, so a budget below one pooled epoch is exceeded (only in smoke runs).
+    incremental base model (all tasks but ``added``) gets, in whole epochs, the per-task steps of
+    its tasks (less, if needed, to leave ``add_task`` one epoch), and ``add_task`` the steps left
+    of B in whole epochs over all tasks' slices (its epoch also passes over the old tasks' slices,
+    which replay draws from). Every model gets at least one epoch, so a budget below one pooled
+    epoch per method is exceeded (only in smoke runs).
 
     Args:
         slices: task -> number of training slices (after the validation split), in task order.
@@ -146,7 +146,7 @@ def equal_compute_budget(slices: Mapping[str, int], epochs: int, batch_size: int
     pooled = steps_per_epoch(sum(slices.values()), batch_size)
     shared_epochs = max(1, budget // pooled)
     base_pooled = steps_per_epoch(sum(n for t, n in slices.items() if t != added), batch_size)
-    base_epochs = max(1, (budget - per_task_steps[added]) // base_pooled)
+    base_epochs = max(1, (budget - max(per_task_steps[added], pooled)) // base_pooled)  # leaves add_task >= 1 epoch
     add_epochs = max(1, (budget - base_epochs * base_pooled) // pooled)
     return ComputeBudget(batch_size, added, {t: epochs for t in slices}, per_task_steps, shared_epochs,
                          shared_epochs * pooled, base_epochs, base_epochs * base_pooled, add_epochs, add_epochs * pooled)
@@ -173,9 +173,24 @@ def _file_log(path: Path) -> Log:
 
 
 def _test(model: SegmentationModel, folders: Sequence[Path]) -> dict:
-    """Test-split Dice of ``model`` on ``folders`` (the engine's ``evaluate_model``)."""
+    """Test-split Dice of ``model`` on ``folders`` (the engine's ``evaluate_model``).
+
+    Each task also gets ``per_case``: case -> label -> [intersection, predicted, reference] voxel
+    counts, from which ``real_data_report.present_dice`` scores labels the nnU-Net way.
+    """
     predictor = Predictor(model, select_device("cpu"))
-    return evaluate_model(predictor, [read_task_dataset(f) for f in folders])["tasks"]
+    datasets = [read_task_dataset(f) for f in folders]
+    result = evaluate_model(predictor, datasets)["tasks"]
+    for dataset in datasets:
+        per_case = result[dataset.name]["per_case"] = {}
+        for case in dataset.test:
+            image, label = load_case(dataset, case)
+            prediction, reference = predictor.predict_image(image, dataset.name), sitk.GetArrayViewFromImage(label)
+            per_case[case.case_id] = {
+                name: [int(np.count_nonzero((prediction == value) & (reference == value))),
+                       int(np.count_nonzero(prediction == value)), int(np.count_nonzero(reference == value))]
+                for name, value in dataset.labels.items()}
+    return result
 
 
 def _run(name: str, fn: Callable[[], SegmentationModel], folders: Sequence[Path], epochs: int, steps: int) -> dict:
@@ -234,96 +249,6 @@ def run_check(folders: Sequence[Path], work: Path, logs: Path, options: Training
             "lookalike": lookalike, "plan_table": plan_table(plan), "runs": runs}
 
 
-# --------------------------------------------------------------------------- report
-def _md(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
-
-
-def _dice(runs: Mapping, method: str, task: str, label: str | None = None) -> float | None:
-    body = runs[method]["test"].get(task)
-    if body is None:
-        return None
-    return body["mean_dice"] if label is None else body["labels"][label]["dice"]
-
-
-def _f(value: float | None, signed: bool = False) -> str:
-    return "-" if value is None else (f"{value:+.3f}" if signed else f"{value:.3f}")
-
-
-def _delta(a: float | None, b: float | None) -> str:
-    return "-" if a is None or b is None else _f(a - b, signed=True)
-
-
-def _swing(curve: Sequence[Sequence[float]]) -> str:
-    """Lowest..highest validation Dice over the second half of the epochs (how noisy selection is)."""
-    late = [row[3] for row in curve[len(curve) // 2:]]
-    return f"{min(late):.2f}..{max(late):.2f}" if late else "-"
-
-
-def markdown_report(results: Mapping) -> str:
-    """The check's tables as markdown (see the module docstring)."""
-    runs, budget, tasks = results["runs"], results["budget"], results["tasks"]
-    machine = results["machine"]
-    out = [f"Command: `{results['command']}`", "",
-           f"Machine: {machine['cpu']}, {machine['cores']} cores (shared with other jobs), {machine['os']}; "
-           f"Python {machine['python']}, torch {machine['torch']} ({machine['torch_threads']} threads, "
-           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}), MONAI {machine['monai']}. "
-           f"Total wall time {results['seconds']:.0f} s.", "",
-           f"Options: input {results['options']['input_size']}, features {results['options']['features']}, "
-           f"batch {budget['batch_size']}, validation fraction {results['options']['val_fraction']}, "
-           f"seed {results['options']['seed']}, device cpu; add-task: replay {DEFAULT_REPLAY}, "
-           f"peak learning rate {ADD_TASK_LEARNING_RATE}.", "",
-           "### Mean test Dice per task", ""]
-    rows = []
-    for task in tasks:
-        pt, ls = _dice(runs, "per_task", task), _dice(runs, "label_sharing", task)
-        base, inc = _dice(runs, "incremental_base", task), _dice(runs, "incremental", task)
-        rows.append([task + (" (added)" if task == budget["added"] else ""), _f(pt), _f(ls), _delta(ls, pt),
-                     _f(base), _f(inc), _delta(inc, pt), _delta(inc, base)])
-    out += [_md(["task", "per-task", "label sharing", "LS - per-task", "incr. base", "incr. after add",
-                 "after - per-task", "after - base"], rows), "", "### Test Dice per label", ""]
-    shared = runs["label_sharing"]["shared_labels"]
-    rows = []
-    for task in tasks:
-        for label in runs["per_task"]["test"][task]["labels"]:
-            pt, ls = _dice(runs, "per_task", task, label), _dice(runs, "label_sharing", task, label)
-            base, inc = _dice(runs, "incremental_base", task, label), _dice(runs, "incremental", task, label)
-            rows.append([task, label, shared[task][label], _f(pt), _f(ls), _delta(ls, pt), _f(base), _f(inc),
-                         _delta(inc, pt)])
-    out += [_md(["task", "label", "shared label (LS)", "per-task", "label sharing", "LS - per-task", "incr. base",
-                 "incr. after add", "after - per-task"], rows), "", "### Compute (optimisation steps) and time", ""]
-    rows = [[f"per-task {t}", t, m["epochs"], m["steps"], m["train_seconds"], f"{m['best_epoch']}/{m['epochs']}",
-             _f(m["best_val_dice"]), _swing(m["curve"])] for t, m in runs["per_task"]["models"].items()]
-    rows.append(["per-task, all models", f"{len(tasks)} x 1", "-", budget["per_task_total"],
-                 round(sum(m["train_seconds"] for m in runs["per_task"]["models"].values()), 1), "-", "-", "-"])
-    for method, label, what in (("label_sharing", "label sharing", "all"), ("incremental_base", "incremental base",
-                                                                           "all but the last"),
-                                ("incremental", f"add-task {budget['added']}", "all (replay)")):
-        m = runs[method]
-        rows.append([label, what, m["epochs"], m["steps"], m["train_seconds"], f"{m['best_epoch']}/{m['epochs']}",
-                     _f(m["best_val_dice"]), _swing(m["curve"])])
-    incremental_seconds = runs["incremental_base"]["train_seconds"] + runs["incremental"]["train_seconds"]
-    rows.append(["incremental, total", "-", "-", budget["incremental_total"], round(incremental_seconds, 1), "-", "-",
-                 "-"])
-    out += [_md(["model", "tasks", "epochs", "steps", "train s", "best epoch", "best val Dice",
-                 "val Dice, 2nd half"], rows), "",
-            "Training slices per task (after the validation split): "
-            + ", ".join(f"{t} {n}" for t, n in results["slices"].items())
-            + ". Steps of an epoch = ceil(slices / batch); a per-task model's steps = epochs x its steps per epoch; "
-              "label sharing and incremental get whole epochs within the per-task models' total. Train seconds "
-              "include reading, preprocessing and per-epoch validation. Best epoch and validation Dice: the "
-              "engine's best-epoch selection on the held-out training case(s) of each task; the last column is "
-              "the lowest..highest validation mean Dice over the second half of the epochs.", "",
-            "### Look-alike check (`similar_task_warnings` on the training slices)", "",
-            _md(["task \\ nearest slice in", *tasks],
-                [[t, *[f"{v:.2f}" for v in row]] for t, row in zip(tasks, results["lookalike"]["confusion"])]), ""]
-    warnings = results["lookalike"]["warnings"]
-    out += ["Warnings: " + ("none (the check stayed silent)." if not warnings else ""), *[f"- {w}" for w in warnings],
-            "", "### Shared-label plan (label sharing model)", "", "```", results["plan_table"], "```"]
-    return "\n".join(out) + "\n"
-
-
 # --------------------------------------------------------------------------- command line
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -352,6 +277,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # Before torch loads OpenMP (it is imported lazily): idle threads sleep instead of spinning on a
+    # shared CPU (see paper_comparison.worker_env); an explicit setting of the caller wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     start = time.perf_counter()
     work = args.work or args.out / "work"
     try:
@@ -364,7 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     results.update(command="python benchmarks/real_data_check.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                   machine=machine_info(), options=dataclasses.asdict(options),
+                   machine={**machine_info(), "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]}, options=dataclasses.asdict(options),
+                   add_task={"replay": DEFAULT_REPLAY, "learning_rate": ADD_TASK_LEARNING_RATE},
                    seconds=round(time.perf_counter() - start, 1))
     report = markdown_report(results)
     args.out.mkdir(parents=True, exist_ok=True)
