@@ -1,0 +1,307 @@
+"""Real-data check (issue 9): per-task models vs label sharing vs adding a task, at equal compute.
+
+The tasks are built at run time from packaged real images with real label maps
+(:mod:`real_data`, see ``docs/REAL_DATA.md``) into ``--work``, then three methods are trained
+with the public engine API on the CPU and scored on every task's test split:
+
+1. **per-task**: one model per task (``train`` on that task alone), ``--epochs`` epochs each;
+2. **label sharing**: one model on all tasks together;
+3. **incremental**: one model on all tasks but the last, then ``add_task`` of the last one
+   (replay 0.5, the engine's default; peak learning rate 5e-4, the ``add-task`` default).
+
+Equal compute is counted in optimisation steps (one batch forward + backward), see
+:func:`equal_compute_budget`: the label-sharing model, and the incremental pair together, get at
+most the steps of all per-task models together. Validation, data loading and evaluation are not
+steps; their cost shows in the measured seconds.
+
+The report (``report.md``, also printed) holds mean and per-label test Dice per method, the
+step accounting, training seconds, best epochs, and what ``similar_task_warnings`` (the engine's
+look-alike check) says about the tasks. ``results.json`` has the same numbers and every model's
+per-epoch validation curve; ``logs/`` the engine's training logs.
+
+Example::
+
+    python benchmarks/real_data_check.py --out /tmp/rdcheck --cache /tmp/rdcache --quick
+    python benchmarks/real_data_check.py --out benchmarks/results/real_data_baseline --work /tmp/rdwork \\
+        --cache /tmp/rdcache --epochs 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from labelsharing.appearance import similar_task_warnings, task_confusion
+from labelsharing.datasets import load_case, read_task_dataset
+from labelsharing.errors import LabelSharingError
+from labelsharing.evaluation import evaluate_model
+from labelsharing.incremental import DEFAULT_REPLAY, add_task
+from labelsharing.inference import Predictor, select_device
+from labelsharing.model import SegmentationModel
+from labelsharing.planning import plan_table, plan_task_datasets
+from labelsharing.training import TrainingOptions, train
+from labelsharing.training_data import prepare_task
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from comparison_report import machine_info  # noqa: E402
+from real_data_report import markdown_report  # noqa: E402
+from real_data import MRICRON_DIR, TASKS, Sources, resample, write_task  # noqa: E402
+
+__all__ = ["DEFAULT_TASKS", "ComputeBudget", "steps_per_epoch", "equal_compute_budget", "build_tasks", "run_check", "main"]
+
+DEFAULT_TASKS = ("ct_abdomen", "ct_chest", "mr_brain_aal", "mr_brain_icbm")
+ADD_TASK_LEARNING_RATE = 5e-4  # the add-task command's default
+METHODS = ("per_task", "label_sharing", "incremental_base", "incremental")
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ComputeBudget:
+    """Epochs and optimisation steps of every model of the check.
+
+    Attributes:
+        batch_size: slices per step.
+        per_task_epochs, per_task_steps: task -> epochs / steps of its own model.
+        shared_epochs, shared_steps: the label-sharing model on all tasks.
+        base_epochs, base_steps: the incremental base model (all tasks but ``added``).
+        add_epochs, add_steps: ``add_task`` of ``added`` (its epoch covers every task's slices).
+    """
+
+    batch_size: int
+    added: str
+    per_task_epochs: dict[str, int]
+    per_task_steps: dict[str, int]
+    shared_epochs: int
+    shared_steps: int
+    base_epochs: int
+    base_steps: int
+    add_epochs: int
+    add_steps: int
+
+    @property
+    def per_task_total(self) -> int:
+        """Steps of all per-task models together: the budget of the other methods."""
+        return sum(self.per_task_steps.values())
+
+    @property
+    def incremental_total(self) -> int:
+        """Steps of the incremental base model plus the add-task fine-tuning."""
+        return self.base_steps + self.add_steps
+
+
+def steps_per_epoch(slices: int, batch_size: int) -> int:
+    """Optimisation steps of one engine epoch over ``slices`` training slices.
+
+    The engine's sampler draws as many slices per epoch as the training set holds and the loader
+    keeps the last, partial batch (one process), so an epoch is ``ceil(slices / batch_size)`` steps.
+    """
+    if slices < 1 or batch_size < 1:
+        raise ValueError(f"slices and batch_size must be at least 1, got {slices} and {batch_size}")
+    return math.ceil(slices / batch_size)
+
+
+def equal_compute_budget(slices: Mapping[str, int], epochs: int, batch_size: int, added: str) -> ComputeBudget:
+    """Epochs of each method so that none takes more steps than the per-task models together.
+
+    Every per-task model trains ``epochs`` epochs on its task; their steps summed are the budget
+    B. The label-sharing model gets ``floor(B / steps of one pooled epoch)`` epochs. The
+    incremental base model (all tasks but ``added``) gets, in whole epochs, the per-task steps of
+    its tasks (less, if needed, to leave ``add_task`` one epoch), and ``add_task`` the steps left
+    of B in whole epochs over all tasks' slices (its epoch also passes over the old tasks' slices,
+    which replay draws from). Every model gets at least one epoch, so a budget below one pooled
+    epoch per method is exceeded (only in smoke runs).
+
+    Args:
+        slices: task -> number of training slices (after the validation split), in task order.
+        epochs: epochs of each per-task model.
+        batch_size: slices per step.
+        added: the task added last in the incremental method.
+
+    Example:
+        >>> b = equal_compute_budget({"a": 40, "b": 24}, epochs=10, batch_size=16, added="b")
+        >>> b.per_task_steps, b.shared_epochs, b.shared_steps
+        ({'a': 30, 'b': 20}, 12, 48)
+        >>> (b.base_epochs, b.base_steps), (b.add_epochs, b.add_steps)
+        ((10, 30), (5, 20))
+    """
+    if added not in slices:
+        raise ValueError(f"added task {added!r} is not one of {list(slices)}")
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    per_step = {task: steps_per_epoch(n, batch_size) for task, n in slices.items()}
+    per_task_steps = {task: epochs * s for task, s in per_step.items()}
+    budget = sum(per_task_steps.values())
+    pooled = steps_per_epoch(sum(slices.values()), batch_size)
+    shared_epochs = max(1, budget // pooled)
+    base_pooled = steps_per_epoch(sum(n for t, n in slices.items() if t != added), batch_size)
+    base_epochs = max(1, (budget - max(per_task_steps[added], pooled)) // base_pooled)  # leaves add_task >= 1 epoch
+    add_epochs = max(1, (budget - base_epochs * base_pooled) // pooled)
+    return ComputeBudget(batch_size, added, {t: epochs for t in slices}, per_task_steps, shared_epochs,
+                         shared_epochs * pooled, base_epochs, base_epochs * base_pooled, add_epochs, add_epochs * pooled)
+
+
+def build_tasks(names: Sequence[str], data: Path, sources: Sources) -> list[Path]:
+    """Write the named real-data task folders into ``data`` (see :mod:`real_data`); returns them in order."""
+    folders = []
+    for name in names:
+        builder, spacing, n_slabs = TASKS[name]
+        write_task(name, resample(builder(sources), spacing), n_slabs, data)
+        folders.append(data / name)
+    return folders
+
+
+def _file_log(path: Path) -> Log:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+
+    def log(message: str) -> None:
+        with path.open("a") as handle:
+            handle.write(message + "\n")
+    return log
+
+
+def _test(model: SegmentationModel, folders: Sequence[Path]) -> dict:
+    """Test-split Dice of ``model`` on ``folders`` (the engine's ``evaluate_model``).
+
+    Each task also gets ``per_case``: case -> label -> [intersection, predicted, reference] voxel
+    counts, from which ``real_data_report.present_dice`` scores labels the nnU-Net way.
+    """
+    predictor = Predictor(model, select_device("cpu"))
+    datasets = [read_task_dataset(f) for f in folders]
+    result = evaluate_model(predictor, datasets)["tasks"]
+    for dataset in datasets:
+        per_case = result[dataset.name]["per_case"] = {}
+        for case in dataset.test:
+            image, label = load_case(dataset, case)
+            prediction, reference = predictor.predict_image(image, dataset.name), sitk.GetArrayViewFromImage(label)
+            per_case[case.case_id] = {
+                name: [int(np.count_nonzero((prediction == value) & (reference == value))),
+                       int(np.count_nonzero(prediction == value)), int(np.count_nonzero(reference == value))]
+                for name, value in dataset.labels.items()}
+    return result
+
+
+def _run(name: str, fn: Callable[[], SegmentationModel], folders: Sequence[Path], epochs: int, steps: int) -> dict:
+    start = time.perf_counter()
+    model = fn()
+    seconds = time.perf_counter() - start
+    history = model.config["history"][-1]
+    curve = [[e["epoch"], e["seconds"], round(e["loss"], 4),
+              round(float(np.mean([d["mean"] for d in e["val_dice"].values()])), 4)] for e in history["epochs"]]
+    shared = {task: {label: entry["shared"] for label, entry in cfg["labels"].items()}
+              for task, cfg in model.config["tasks"].items()}
+    print(f"  {name}: {epochs} epochs, {steps} steps, {seconds:.0f} s, best epoch {history['best_epoch']}", flush=True)
+    return {"epochs": epochs, "steps": steps, "train_seconds": round(seconds, 1), "best_epoch": history["best_epoch"],
+            "best_val_dice": history["best_mean_dice"], "curve": curve, "shared_labels": shared,
+            "test": _test(model, folders)}
+
+
+def run_check(folders: Sequence[Path], work: Path, logs: Path, options: TrainingOptions) -> dict:
+    """Prepare the tasks as ``train`` does, count slices, run the look-alike check and the three methods."""
+    plan, summaries = plan_task_datasets(folders, log=_file_log(logs / "plan.log"), keep_cases=True)
+    prepared = [prepare_task(s.task, plan, options.input_size, options.val_fraction, options.seed, options.axis,
+                             s.cases) for s in summaries]
+    names = [t.name for t in prepared]
+    slices = {t.name: len(t.images) for t in prepared}
+    images = [t.images for t in prepared]
+    lookalike = {"confusion": task_confusion(names, images).round(3).tolist(),
+                 "warnings": similar_task_warnings(names, images)}
+    del prepared, summaries, images
+    budget = equal_compute_budget(slices, options.epochs, options.batch_size, names[-1])
+    runs: dict[str, dict] = {"per_task": {"models": {}}}
+    for folder, name in zip(folders, names):
+        task_options = dataclasses.replace(options, epochs=budget.per_task_epochs[name])
+        runs["per_task"]["models"][name] = _run(
+            f"per-task {name}", partial(train, [folder], work / f"per_task_{name}", task_options, force=True,
+                                        log=_file_log(logs / f"per_task_{name}.log")),
+            [folder], budget.per_task_epochs[name], budget.per_task_steps[name])
+    runs["label_sharing"] = _run(
+        "label sharing", partial(train, folders, work / "label_sharing",
+                                 dataclasses.replace(options, epochs=budget.shared_epochs), force=True,
+                                 log=_file_log(logs / "label_sharing.log")),
+        folders, budget.shared_epochs, budget.shared_steps)
+    runs["incremental_base"] = _run(
+        "incremental base", partial(train, folders[:-1], work / "incremental_base",
+                                    dataclasses.replace(options, epochs=budget.base_epochs), force=True,
+                                    log=_file_log(logs / "incremental_base.log")),
+        folders[:-1], budget.base_epochs, budget.base_steps)
+    add_options = dataclasses.replace(options, epochs=budget.add_epochs, learning_rate=ADD_TASK_LEARNING_RATE)
+    runs["incremental"] = _run(
+        f"add-task {names[-1]}", partial(add_task, work / "incremental_base", folders[-1], work / "incremental",
+                                         add_options, replay=DEFAULT_REPLAY, force=True,
+                                         log=_file_log(logs / "incremental_add.log")),
+        folders, budget.add_epochs, budget.add_steps)
+    runs["per_task"]["test"] = {t: m["test"][t] for t, m in runs["per_task"]["models"].items()}
+    return {"tasks": names, "slices": slices, "budget": {**dataclasses.asdict(budget), "per_task_total": budget.per_task_total,
+                                                         "incremental_total": budget.incremental_total},
+            "lookalike": lookalike, "plan_table": plan_table(plan), "runs": runs}
+
+
+# --------------------------------------------------------------------------- command line
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="[REQUIRED] folder for report.md, results.json, logs/")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="[OPTIONAL] folder for the built tasks and the models (default OUT/work; not for committing)")
+    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=list(DEFAULT_TASKS),
+                        help="[OPTIONAL] tasks, the last is the one added incrementally (%(default)s)")
+    parser.add_argument("--epochs", type=int, default=30, help="[OPTIONAL] epochs of each per-task model (30)")
+    parser.add_argument("--input-size", type=int, default=96, help="[OPTIONAL] network input size (96)")
+    parser.add_argument("--features", type=int, default=16, help="[OPTIONAL] UNet width (16)")
+    parser.add_argument("--seed", type=int, default=0, help="[OPTIONAL] random seed (0)")
+    parser.add_argument("--quick", action="store_true",
+                        help="[OPTIONAL] smoke setting: 2 epochs, input 32, features 8 (under 2 minutes)")
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "labelsharing-realdata",
+                        help="[OPTIONAL] folder of the PyPI archives (see real_data.py)")
+    parser.add_argument("--download", action="store_true", help="[OPTIONAL] fetch missing PyPI archives with pip download")
+    parser.add_argument("--mricron-dir", type=Path, default=MRICRON_DIR, help="[OPTIONAL] Debian mricron-data templates")
+    args = parser.parse_args(argv)
+    if len(args.tasks) < 2 or len(set(args.tasks)) != len(args.tasks):
+        parser.error("--tasks needs at least two distinct tasks")
+    if args.quick:
+        args.epochs, args.input_size, args.features = 2, 32, 8
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Before torch loads OpenMP (it is imported lazily): idle threads sleep instead of spinning on a
+    # shared CPU (see paper_comparison.worker_env); an explicit setting of the caller wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    start = time.perf_counter()
+    work = args.work or args.out / "work"
+    try:
+        options = TrainingOptions(epochs=args.epochs, input_size=args.input_size, features=args.features,
+                                  device="cpu", seed=args.seed)
+        folders = build_tasks(args.tasks, work / "data", Sources(args.cache, args.download, args.mricron_dir))
+        print(f"built {len(folders)} tasks in {work / 'data'}", flush=True)
+        results = run_check(folders, work / "models", args.out / "logs", options)
+    except LabelSharingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    results.update(command="python benchmarks/real_data_check.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                   machine={**machine_info(), "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]}, options=dataclasses.asdict(options),
+                   add_task={"replay": DEFAULT_REPLAY, "learning_rate": ADD_TASK_LEARNING_RATE},
+                   seconds=round(time.perf_counter() - start, 1))
+    report = markdown_report(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / "report.md").write_text(report)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
