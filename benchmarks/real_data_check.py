@@ -31,14 +31,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -59,7 +58,7 @@ from comparison_report import machine_info  # noqa: E402
 from real_data_report import markdown_report  # noqa: E402
 from real_data import MRICRON_DIR, TASKS, Sources, resample, write_task  # noqa: E402
 
-__all__ = ["DEFAULT_TASKS", "ComputeBudget", "steps_per_epoch", "equal_compute_budget", "build_tasks", "run_check", "main"]
+__all__ = ["DEFAULT_TASKS", "ComputeBudget", "equal_compute_budget", "build_tasks", "run_check", "main"]
 
 DEFAULT_TASKS = ("ct_abdomen", "ct_chest", "mr_brain_aal", "mr_brain_icbm")
 ADD_TASK_LEARNING_RATE = 5e-4  # the add-task command's default
@@ -71,23 +70,27 @@ Log = Callable[[str], None]
 class ComputeBudget:
     """Epochs and optimisation steps of every model of the check.
 
+    The engine counts training in steps: an epoch is ``steps_per_epoch`` steps of ``batch_size``
+    slices, whatever the data size. Every model trains the same number of epochs (so each is
+    validated as often); what differs is its steps per epoch.
+
     Attributes:
         batch_size: slices per step.
-        per_task_epochs, per_task_steps: task -> epochs / steps of its own model.
-        shared_epochs, shared_steps: the label-sharing model on all tasks.
-        base_epochs, base_steps: the incremental base model (all tasks but ``added``).
-        add_epochs, add_steps: ``add_task`` of ``added`` (its epoch covers every task's slices).
+        added: the task added last in the incremental method.
+        epochs: epochs of every model.
+        steps_per_epoch: model -> steps of one of its epochs (``per_task``, ``shared``, ``base``, ``add``).
+        per_task_steps: task -> steps of its own model.
+        shared_steps, base_steps, add_steps: steps of the label-sharing model, of the incremental
+            base model (all tasks but ``added``) and of ``add_task``.
     """
 
     batch_size: int
     added: str
-    per_task_epochs: dict[str, int]
+    epochs: int
+    steps_per_epoch: dict[str, int]
     per_task_steps: dict[str, int]
-    shared_epochs: int
     shared_steps: int
-    base_epochs: int
     base_steps: int
-    add_epochs: int
     add_steps: int
 
     @property
@@ -101,55 +104,26 @@ class ComputeBudget:
         return self.base_steps + self.add_steps
 
 
-def steps_per_epoch(slices: int, batch_size: int) -> int:
-    """Optimisation steps of one engine epoch over ``slices`` training slices.
+def equal_compute_budget(tasks: Sequence[str], epochs: int, steps: int, batch_size: int, added: str) -> ComputeBudget:
+    """Steps per epoch of each method so that all make as many steps as the per-task models together.
 
-    The engine's sampler draws as many slices per epoch as the training set holds and the loader
-    keeps the last, partial batch (one process), so an epoch is ``ceil(slices / batch_size)`` steps.
-    """
-    if slices < 1 or batch_size < 1:
-        raise ValueError(f"slices and batch_size must be at least 1, got {slices} and {batch_size}")
-    return math.ceil(slices / batch_size)
-
-
-def equal_compute_budget(slices: Mapping[str, int], epochs: int, batch_size: int, added: str) -> ComputeBudget:
-    """Epochs of each method so that none takes more steps than the per-task models together.
-
-    Every per-task model trains ``epochs`` epochs on its task; their steps summed are the budget
-    B. The label-sharing model gets ``floor(B / steps of one pooled epoch)`` epochs. The
-    incremental base model (all tasks but ``added``) gets, in whole epochs, the per-task steps of
-    its tasks (less, if needed, to leave ``add_task`` one epoch), and ``add_task`` the steps left
-    of B in whole epochs over all tasks' slices (its epoch also passes over the old tasks' slices,
-    which replay draws from). Every model gets at least one epoch, so a budget below one pooled
-    epoch per method is exceeded (only in smoke runs).
-
-    Args:
-        slices: task -> number of training slices (after the validation split), in task order.
-        epochs: epochs of each per-task model.
-        batch_size: slices per step.
-        added: the task added last in the incremental method.
+    Each of the K per-task models makes ``steps`` steps an epoch; the label-sharing model
+    ``K x steps`` (task-balanced draws: ``steps`` worth per task); the incremental base model
+    ``(K - 1) x steps`` and ``add_task`` ``steps``. Every model trains ``epochs`` epochs.
 
     Example:
-        >>> b = equal_compute_budget({"a": 40, "b": 24}, epochs=10, batch_size=16, added="b")
-        >>> b.per_task_steps, b.shared_epochs, b.shared_steps
-        ({'a': 30, 'b': 20}, 12, 48)
-        >>> (b.base_epochs, b.base_steps), (b.add_epochs, b.add_steps)
-        ((10, 30), (5, 20))
+        >>> b = equal_compute_budget(["a", "b", "c"], epochs=10, steps=20, batch_size=16, added="c")
+        >>> b.steps_per_epoch, b.per_task_total, b.shared_steps, b.incremental_total
+        ({'per_task': 20, 'shared': 60, 'base': 40, 'add': 20}, 600, 600, 600)
     """
-    if added not in slices:
-        raise ValueError(f"added task {added!r} is not one of {list(slices)}")
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
-    per_step = {task: steps_per_epoch(n, batch_size) for task, n in slices.items()}
-    per_task_steps = {task: epochs * s for task, s in per_step.items()}
-    budget = sum(per_task_steps.values())
-    pooled = steps_per_epoch(sum(slices.values()), batch_size)
-    shared_epochs = max(1, budget // pooled)
-    base_pooled = steps_per_epoch(sum(n for t, n in slices.items() if t != added), batch_size)
-    base_epochs = max(1, (budget - max(per_task_steps[added], pooled)) // base_pooled)  # leaves add_task >= 1 epoch
-    add_epochs = max(1, (budget - base_epochs * base_pooled) // pooled)
-    return ComputeBudget(batch_size, added, {t: epochs for t in slices}, per_task_steps, shared_epochs,
-                         shared_epochs * pooled, base_epochs, base_epochs * base_pooled, add_epochs, add_epochs * pooled)
+    if added not in tasks:
+        raise ValueError(f"added task {added!r} is not one of {list(tasks)}")
+    if epochs < 1 or steps < 1:
+        raise ValueError(f"epochs and steps must be at least 1, got {epochs} and {steps}")
+    k = len(tasks)
+    per_epoch = {"per_task": steps, "shared": k * steps, "base": (k - 1) * steps, "add": steps}
+    return ComputeBudget(batch_size, added, epochs, per_epoch, {t: epochs * steps for t in tasks},
+                         epochs * per_epoch["shared"], epochs * per_epoch["base"], epochs * per_epoch["add"])
 
 
 def build_tasks(names: Sequence[str], data: Path, sources: Sources) -> list[Path]:
@@ -219,30 +193,32 @@ def run_check(folders: Sequence[Path], work: Path, logs: Path, options: Training
     lookalike = {"confusion": task_confusion(names, images).round(3).tolist(),
                  "warnings": similar_task_warnings(names, images)}
     del prepared, summaries, images
-    budget = equal_compute_budget(slices, options.epochs, options.batch_size, names[-1])
+    budget = equal_compute_budget(names, options.epochs, options.steps_per_epoch, options.batch_size, names[-1])
+    per_epoch = budget.steps_per_epoch
+
+    def with_steps(steps: int, **changes) -> TrainingOptions:
+        return dataclasses.replace(options, steps_per_epoch=steps, **changes)
+
     runs: dict[str, dict] = {"per_task": {"models": {}}}
     for folder, name in zip(folders, names):
-        task_options = dataclasses.replace(options, epochs=budget.per_task_epochs[name])
         runs["per_task"]["models"][name] = _run(
-            f"per-task {name}", partial(train, [folder], work / f"per_task_{name}", task_options, force=True,
-                                        log=_file_log(logs / f"per_task_{name}.log")),
-            [folder], budget.per_task_epochs[name], budget.per_task_steps[name])
+            f"per-task {name}", partial(train, [folder], work / f"per_task_{name}", with_steps(per_epoch["per_task"]),
+                                        force=True, log=_file_log(logs / f"per_task_{name}.log")),
+            [folder], budget.epochs, budget.per_task_steps[name])
     runs["label_sharing"] = _run(
-        "label sharing", partial(train, folders, work / "label_sharing",
-                                 dataclasses.replace(options, epochs=budget.shared_epochs), force=True,
+        "label sharing", partial(train, folders, work / "label_sharing", with_steps(per_epoch["shared"]), force=True,
                                  log=_file_log(logs / "label_sharing.log")),
-        folders, budget.shared_epochs, budget.shared_steps)
+        folders, budget.epochs, budget.shared_steps)
     runs["incremental_base"] = _run(
-        "incremental base", partial(train, folders[:-1], work / "incremental_base",
-                                    dataclasses.replace(options, epochs=budget.base_epochs), force=True,
-                                    log=_file_log(logs / "incremental_base.log")),
-        folders[:-1], budget.base_epochs, budget.base_steps)
-    add_options = dataclasses.replace(options, epochs=budget.add_epochs, learning_rate=ADD_TASK_LEARNING_RATE)
+        "incremental base", partial(train, folders[:-1], work / "incremental_base", with_steps(per_epoch["base"]),
+                                    force=True, log=_file_log(logs / "incremental_base.log")),
+        folders[:-1], budget.epochs, budget.base_steps)
+    add_options = with_steps(per_epoch["add"], learning_rate=ADD_TASK_LEARNING_RATE)
     runs["incremental"] = _run(
         f"add-task {names[-1]}", partial(add_task, work / "incremental_base", folders[-1], work / "incremental",
                                          add_options, replay=DEFAULT_REPLAY, force=True,
                                          log=_file_log(logs / "incremental_add.log")),
-        folders, budget.add_epochs, budget.add_steps)
+        folders, budget.epochs, budget.add_steps)
     runs["per_task"]["test"] = {t: m["test"][t] for t, m in runs["per_task"]["models"].items()}
     return {"tasks": names, "slices": slices, "budget": {**dataclasses.asdict(budget), "per_task_total": budget.per_task_total,
                                                          "incremental_total": budget.incremental_total},
@@ -257,7 +233,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="[OPTIONAL] folder for the built tasks and the models (default OUT/work; not for committing)")
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=list(DEFAULT_TASKS),
                         help="[OPTIONAL] tasks, the last is the one added incrementally (%(default)s)")
-    parser.add_argument("--epochs", type=int, default=30, help="[OPTIONAL] epochs of each per-task model (30)")
+    parser.add_argument("--epochs", type=int, default=30, help="[OPTIONAL] epochs of every model (30)")
+    parser.add_argument("--steps-per-epoch", type=int, default=20,
+                        help="[OPTIONAL] steps an epoch of each per-task model (20); the joint models make the "
+                             "per-task models' steps together")
     parser.add_argument("--input-size", type=int, default=96, help="[OPTIONAL] network input size (96)")
     parser.add_argument("--features", type=int, default=16, help="[OPTIONAL] UNet width (16)")
     parser.add_argument("--seed", type=int, default=0, help="[OPTIONAL] random seed (0)")
@@ -271,7 +250,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if len(args.tasks) < 2 or len(set(args.tasks)) != len(args.tasks):
         parser.error("--tasks needs at least two distinct tasks")
     if args.quick:
-        args.epochs, args.input_size, args.features = 2, 32, 8
+        args.epochs, args.steps_per_epoch, args.input_size, args.features = 2, 4, 32, 8
     return args
 
 
@@ -283,8 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     work = args.work or args.out / "work"
     try:
-        options = TrainingOptions(epochs=args.epochs, input_size=args.input_size, features=args.features,
-                                  device="cpu", seed=args.seed)
+        options = TrainingOptions(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, input_size=args.input_size,
+                                  features=args.features, device="cpu", seed=args.seed)
         folders = build_tasks(args.tasks, work / "data", Sources(args.cache, args.download, args.mricron_dir))
         print(f"built {len(folders)} tasks in {work / 'data'}", flush=True)
         results = run_check(folders, work / "models", args.out / "logs", options)

@@ -1,13 +1,12 @@
 """The real-data check's equal-compute accounting and its nnU-Net-style Dice (benchmarks/real_data_*.py).
 
-Plain numbers only: no data packages, no network, no training. The step count of an epoch is
-also checked against the engine's own training loop (sampler + loader), so the accounting
-breaks if the engine's definition of an epoch changes.
+No data packages, no network. The step count is also checked against a tiny engine training
+run, so the accounting breaks if the engine's definition of an epoch changes.
 """
 
 from __future__ import annotations
 
-import math
+import json
 import sys
 from pathlib import Path
 
@@ -15,60 +14,38 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from real_data_check import equal_compute_budget, steps_per_epoch  # noqa: E402
+from real_data_check import equal_compute_budget  # noqa: E402
 from real_data_report import present_dice  # noqa: E402
 
 
-def test_steps_per_epoch_keeps_the_last_partial_batch():
-    assert [steps_per_epoch(n, 16) for n in (1, 16, 17, 56, 196)] == [1, 1, 2, 4, 13]
-    with pytest.raises(ValueError):
-        steps_per_epoch(0, 16)
+def test_every_method_makes_the_per_task_models_steps_together():
+    tasks = ["ct_abdomen", "ct_chest", "mr_brain_aal", "mr_brain_icbm"]
+    budget = equal_compute_budget(tasks, epochs=60, steps=20, batch_size=16, added="mr_brain_icbm")
+    assert budget.per_task_steps == dict.fromkeys(tasks, 1200) and budget.per_task_total == 4800
+    assert budget.steps_per_epoch == {"per_task": 20, "shared": 80, "base": 60, "add": 20}
+    assert budget.shared_steps == budget.incremental_total == budget.per_task_total
+    assert (budget.base_steps, budget.add_steps) == (3600, 1200)
 
 
-def test_steps_per_epoch_matches_the_engines_loader():
-    """The engine's epoch: a sampler drawing len(dataset) slices, batches of 16, last one kept."""
-    torch = pytest.importorskip("torch")
-    for n in (5, 16, 47, 196):
-        sampler = torch.utils.data.WeightedRandomSampler(torch.ones(n, dtype=torch.double), num_samples=n)
-        loader = torch.utils.data.DataLoader(list(range(n)), batch_size=16, sampler=sampler, drop_last=False)
-        assert len(loader) == steps_per_epoch(n, 16)
+def test_the_step_counts_are_the_engines(tmp_path):
+    """The engine's epoch is --steps-per-epoch batches whatever the data size: the budget's unit."""
+    from labelsharing.demo_data import make_demo_datasets
+    from labelsharing.training import TrainingOptions, train
 
-
-def test_label_sharing_and_incremental_get_at_most_the_per_task_steps():
-    slices = {"ct_abdomen": 56, "ct_chest": 48, "mr_brain_aal": 46, "mr_brain_icbm": 46}
-    budget = equal_compute_budget(slices, epochs=60, batch_size=16, added="mr_brain_icbm")
-    assert budget.per_task_steps == {"ct_abdomen": 240, "ct_chest": 180, "mr_brain_aal": 180, "mr_brain_icbm": 180}
-    assert budget.per_task_total == 780
-    assert (budget.shared_epochs, budget.shared_steps) == (60, 780)  # 196 pooled slices: 13 steps an epoch
-    assert (budget.base_epochs, budget.base_steps) == (60, 600)  # 150 slices: 10 steps an epoch
-    assert (budget.add_epochs, budget.add_steps) == (13, 169)  # the 180 steps left, in whole 13-step epochs
-    assert budget.incremental_total == 769 <= budget.per_task_total
-
-
-def test_uneven_tasks_give_the_shared_model_the_summed_steps():
-    slices = {"big": 160, "small": 8}
-    budget = equal_compute_budget(slices, epochs=10, batch_size=16, added="small")
-    # per task: 10 epochs x 10 steps + 10 epochs x 1 step; pooled epoch: ceil(168 / 16) = 11 steps
-    assert budget.per_task_total == 110
-    assert (budget.shared_epochs, budget.shared_steps) == (10, 110)
-    # the base model gives up one epoch so that add_task gets a whole one within the budget
-    assert (budget.base_epochs, budget.base_steps, budget.add_epochs, budget.add_steps) == (9, 90, 1, 11)
-    assert budget.incremental_total <= budget.per_task_total
-
-
-def test_each_model_gets_at_least_one_epoch_even_beyond_a_tiny_budget():
-    budget = equal_compute_budget({"a": 10, "b": 10}, epochs=1, batch_size=16, added="b")
-    assert budget.per_task_total == 2
-    assert (budget.shared_epochs, budget.base_epochs, budget.add_epochs) == (1, 1, 1)
-    assert budget.add_steps == math.ceil(20 / 16)
-    assert budget.incremental_total == 3  # one base step + one two-step add epoch: over budget, by design
+    knee = make_demo_datasets(tmp_path / "demo", cases=3, seed=0)[2]
+    budget = equal_compute_budget(["KneeXR", "Other"], epochs=2, steps=3, batch_size=8, added="Other")
+    options = TrainingOptions(epochs=budget.epochs, steps_per_epoch=budget.steps_per_epoch["per_task"], batch_size=8,
+                              input_size=32, features=4, device="cpu")
+    train([knee], tmp_path / "m", options, log=lambda m: None)
+    history = json.loads((tmp_path / "m" / "model.json").read_text())["history"][0]
+    assert history["steps"] == budget.per_task_steps["KneeXR"] == 6
 
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="added"):
-        equal_compute_budget({"a": 10}, epochs=1, batch_size=16, added="b")
-    with pytest.raises(ValueError, match="epochs"):
-        equal_compute_budget({"a": 10, "b": 4}, epochs=0, batch_size=16, added="b")
+        equal_compute_budget(["a"], epochs=1, steps=1, batch_size=16, added="b")
+    with pytest.raises(ValueError, match="epochs and steps"):
+        equal_compute_budget(["a", "b"], epochs=0, steps=1, batch_size=16, added="b")
 
 
 def test_present_dice_leaves_out_cases_absent_from_both_and_counts_false_positives():
