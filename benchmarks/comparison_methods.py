@@ -60,7 +60,7 @@ def _test(predictor, folders: Sequence[Path]) -> dict:
 
 def _prepared(folders: Sequence[Path], options: TrainingOptions, plan_of=None):
     """The engine's preparation (as ``train`` does it), optionally with another label encoding."""
-    plan, summaries = plan_task_datasets(folders, log=_quiet, keep_cases=True)
+    plan, summaries, _ = plan_task_datasets(folders, log=_quiet, keep_cases=True)
     method_plan = plan_of(plan) if plan_of else plan
     tasks = [prepare_task(s.task, method_plan, options.input_size, options.val_fraction, options.seed, options.axis,
                           s.cases) for s in summaries]

@@ -15,8 +15,8 @@ most the steps of all per-task models together. Validation, data loading and eva
 steps; their cost shows in the measured seconds.
 
 The report (``report.md``, also printed) holds mean and per-label test Dice per method, the
-step accounting, training seconds, best epochs, and what ``similar_task_warnings`` (the engine's
-look-alike check) says about the tasks. ``results.json`` has the same numbers and every model's
+step accounting, training seconds, best epochs, and what the engine's look-alike check
+(:mod:`labelsharing.appearance`) says about the tasks. ``results.json`` has the same numbers and every model's
 per-epoch validation curve; ``logs/`` the engine's training logs.
 
 Example::
@@ -42,7 +42,6 @@ from typing import Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from labelsharing.appearance import similar_task_warnings, task_confusion
 from labelsharing.datasets import load_case, read_task_dataset
 from labelsharing.errors import LabelSharingError
 from labelsharing.evaluation import evaluate_model
@@ -184,15 +183,13 @@ def _run(name: str, fn: Callable[[], SegmentationModel], folders: Sequence[Path]
 
 def run_check(folders: Sequence[Path], work: Path, logs: Path, options: TrainingOptions) -> dict:
     """Prepare the tasks as ``train`` does, count slices, run the look-alike check and the three methods."""
-    plan, summaries = plan_task_datasets(folders, log=_file_log(logs / "plan.log"), keep_cases=True)
+    plan, summaries, appearance = plan_task_datasets(folders, log=_file_log(logs / "plan.log"), keep_cases=True)
     prepared = [prepare_task(s.task, plan, options.input_size, options.val_fraction, options.seed, options.axis,
                              s.cases) for s in summaries]
     names = [t.name for t in prepared]
     slices = {t.name: len(t.images) for t in prepared}
-    images = [t.images for t in prepared]
-    lookalike = {"confusion": task_confusion(names, images).round(3).tolist(),
-                 "warnings": similar_task_warnings(names, images)}
-    del prepared, summaries, images
+    lookalike = {**appearance.to_dict(), "warnings": appearance.warnings()}
+    del prepared, summaries
     budget = equal_compute_budget(names, options.epochs, options.steps_per_epoch, options.batch_size, names[-1])
     per_epoch = budget.steps_per_epoch
 

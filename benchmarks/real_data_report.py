@@ -136,7 +136,7 @@ def markdown_report(results: Mapping) -> str:
               "the lowest..highest validation mean Dice over the second half of the epochs.", "",
             "### Look-alike check (`similar_task_warnings` on the training slices)", "",
             _md(["task \\ nearest slice in", *tasks],
-                [[t, *[f"{v:.2f}" for v in row]] for t, row in zip(tasks, results["lookalike"]["confusion"])]), ""]
+                [[t, *[("-" if v is None else f"{v:.2f}") for v in row]] for t, row in zip(tasks, results["lookalike"]["confusion"])]), ""]
     warnings = results["lookalike"]["warnings"]
     out += ["Warnings: " + ("none (the check stayed silent)." if not warnings else ""), *[f"- {w}" for w in warnings],
             "", "### Shared-label plan (label sharing model)", "", "```", results["plan_table"], "```"]

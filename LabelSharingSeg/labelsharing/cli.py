@@ -30,7 +30,7 @@ def _cmd_plan(args: argparse.Namespace, progress: ProgressReporter) -> int:
     if args.json:
         check_outputs([args.json], inputs=[*args.datasets, *([args.pins] if args.pins else [])], force=True,
                       option="--json")
-    plan, _ = plan_task_datasets(args.datasets, read_pins(args.pins) if args.pins else None, progress,
+    plan, _, _ = plan_task_datasets(args.datasets, read_pins(args.pins) if args.pins else None, progress,
                                  log=lambda message: print(message, file=sys.stderr))
     print(plan_table(plan))
     print(f"\n{plan.n_shared} shared labels for {len(plan.task_names)} task(s).")

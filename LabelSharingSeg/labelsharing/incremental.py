@@ -16,7 +16,7 @@ import copy
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from labelsharing.appearance import similar_task_warnings
+from labelsharing.appearance import compare_datasets
 from labelsharing.datasets import read_task_dataset
 from labelsharing.distributed import DistributedContext, start_distributed
 from labelsharing.errors import LabelSharingError
@@ -95,8 +95,14 @@ def _prepare(model_dir: Path, dataset, options: TrainingOptions, replay: float, 
     parent = SegmentationModel.load(model_dir, device=str(device))
     summary = summarise_tasks([dataset], progress, keep_cases=True)[0]
     name = summary.task.name
-    plan = parent.plan.add_task(name, summary.stats, (pins or {}).get(name))
-    for note in summary.warnings + plan.warnings[len(parent.plan.warnings):]:
+    appearance = compare_datasets([summary.task, *_old_datasets(parent)], {name: summary.cases})
+    look_alike = [t for pair in appearance.look_alike_pairs(involving=name) for t in pair
+                  if t != name and t in parent.plan.task_names]
+    terminology = {name: summary.task.terminology, **{t: {n: e["terminology"] for n, e in entry["labels"].items()
+                                                          if "terminology" in e}
+                                                      for t, entry in parent.config["tasks"].items()}}
+    plan = parent.plan.add_task(name, summary.stats, (pins or {}).get(name), look_alike, terminology)
+    for note in summary.warnings + appearance.warnings(involving=name) + plan.warnings[len(parent.plan.warnings):]:
         log(f"warning: {note}")
 
     config = copy.deepcopy(parent.config)
@@ -110,13 +116,11 @@ def _prepare(model_dir: Path, dataset, options: TrainingOptions, replay: float, 
                             summary.cases)
     old_tasks = _prepare_old_tasks(parent, plan, replay, log)
     config.update(plan=plan.to_dict(), parent=str(model_dir.resolve()), versions=package_versions(),
-                  parameters=sum(p.numel() for p in network.parameters()))
+                  parameters=sum(p.numel() for p in network.parameters()), appearance=appearance.to_dict())
     config["tasks"][name] = task_config(new_task, plan)
     model = SegmentationModel(config=config, network=network.to(device))
 
     tasks = [new_task, *old_tasks]
-    for note in similar_task_warnings([t.name for t in tasks], [t.images for t in tasks], involving=name):
-        log(f"warning: {note}")
     before = validation_dice(model, tasks, device) if context.is_main else {}
     shares = {new_task.name: 1.0 - replay, **{t.name: replay / len(old_tasks) for t in old_tasks}}
     return model, tasks, shares, before
@@ -147,6 +151,12 @@ def _fine_tune(model: SegmentationModel, tasks: list[PreparedTask], shares: dict
                 log("note: trained with --replay 0: forgetting of the old tasks was not guarded against.")
             log(f"model written to {out}")
     return model
+
+
+def _old_datasets(parent: SegmentationModel) -> list:
+    """The old tasks' datasets whose folders (recorded in ``model.json``) still exist."""
+    folders = [entry.get("dataset") for entry in parent.config["tasks"].values()]
+    return [read_task_dataset(f) for f in folders if f and (Path(f) / "dataset.json").is_file()]
 
 
 def _prepare_old_tasks(parent: SegmentationModel, plan, replay: float, log: Log) -> list[PreparedTask]:

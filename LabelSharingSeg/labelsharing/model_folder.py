@@ -64,6 +64,7 @@ def build_model_config(
     parameters: int | None = None,
     versions: Mapping[str, str] | None = None,
     history: Sequence[Mapping] = (),
+    appearance: Mapping | None = None,
 ) -> dict:
     """Assemble and validate the ``model.json`` document of a model (without ``weights_sha256``,
     which :func:`write_model_folder` adds from the weights it writes).
@@ -77,6 +78,8 @@ def build_model_config(
         parameters: number of network parameters, if known.
         versions: package name -> version that built the model.
         history: records of the training runs so far (free-form).
+        appearance: the look-alike check's ``{"tasks": [...], "confusion": [[...]]}``
+            (``appearance.Appearance.to_dict``), if it ran.
 
     Raises:
         LabelSharingError: if any field breaks the schema (e.g. a label value above 65535).
@@ -95,6 +98,8 @@ def build_model_config(
         config["parameters"] = int(parameters)
     if versions is not None:
         config["versions"] = dict(versions)
+    if appearance is not None:
+        config["appearance"] = json.loads(json.dumps(appearance))
     return validate_model_config(config, "the new model.json")
 
 

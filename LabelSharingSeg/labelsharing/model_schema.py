@@ -265,7 +265,7 @@ PLAN = Fields({
     "n_shared": _SHARED,
     "tasks": Names(Fields({"labels": Names(Fields(
         {"value": _VALUE, "shared": _SHARED},
-        {"relative_size": _FRACTION, "presence": _FRACTION},
+        {"relative_size": _FRACTION, "presence": _FRACTION, "pin": Text()},
     ), hi=MAX_SHARED, what="label names")}), what="task names"),
 })
 
@@ -287,6 +287,9 @@ TASK = Fields(
     optional={"dataset": Text(), "validation_cases": Array(Text(), 0, 1_000_000)},
 )
 
+APPEARANCE = Fields({"tasks": Array(Text(), 1, 100_000),
+                     "confusion": Array(Array(Either(_FRACTION, Choice(None)), 1, 100_000), 1, 100_000)})
+
 MODEL_CONFIG = Fields(
     required={
         "format_version": Choice(FORMAT_VERSION),
@@ -302,6 +305,7 @@ MODEL_CONFIG = Fields(
         "history": FreeList(),
         "parent": Either(Choice(None), Text()),
         "versions": Names(Field(), lo=0, what="package names"),
+        "appearance": APPEARANCE,
     },
 )
 
@@ -372,6 +376,21 @@ def _check_config(config: Any) -> None:
         raise _Refusal("architecture.kwargs.out_channels",
                        f"is {kwargs['out_channels']}; the rule is plan.n_shared + 1 = {n_shared + 1}")
     _check_plan_matches_tasks(config["plan"], config["tasks"])
+    if "appearance" in config:
+        _check_appearance(config["appearance"], config["tasks"])
+
+
+def _check_appearance(appearance: Mapping, tasks: Mapping) -> None:
+    """The look-alike matrix is square over distinct tasks of the model."""
+    names = appearance["tasks"]
+    unknown = [n for n in names if n not in tasks]
+    if unknown or len(set(names)) != len(names):
+        raise _Refusal("appearance.tasks", f"is {names}; the rule is distinct task names of the model ({sorted(tasks)})")
+    for index, row in enumerate(appearance["confusion"]):
+        if len(row) != len(names) or len(appearance["confusion"]) != len(names):
+            raise _Refusal(_join("appearance.confusion", index), f"has {len(row)} items in a matrix of "
+                                                                 f"{len(appearance['confusion'])} rows; the rule is "
+                                                                 f"{len(names)} x {len(names)} (one per task)")
 
 
 def _check_plan_matches_tasks(plan: Mapping, tasks: Mapping) -> None:

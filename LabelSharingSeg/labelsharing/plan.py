@@ -6,6 +6,10 @@ each task's labels are sorted largest first, and the label of rank r in *every* 
 the same shared label ``r``. One network with ``n_shared + 1`` outputs (background included)
 then serves all tasks; a task's prediction is mapped back through its inverse map.
 
+Tasks whose images look alike (``look_alike`` groups, found by :mod:`labelsharing.appearance`)
+get their matching labels (same name or terminology code) pinned to one shared label
+(:mod:`labelsharing.label_matching`); every pin's reason is kept (``pin_reasons``).
+
 This module needs numpy only (no torch, no SimpleITK), so the Slicer module can use it in
 Slicer's own process to show the grouping while an annotator defines a task.
 """
@@ -15,11 +19,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from labelsharing.errors import LabelSharingError
+from labelsharing.label_matching import match_pins, mixing_conflicts
 
 __all__ = [
     "BACKGROUND",
@@ -35,6 +40,8 @@ __all__ = [
 BACKGROUND = 0
 #: Two labels of one task whose sizes differ by less than this fraction rank fragilely.
 FRAGILE_SIZE_RATIO = 0.10
+#: The pin reason of a user's own pin.
+USER_PIN = "pinned by you"
 
 
 @dataclass(frozen=True)
@@ -123,13 +130,16 @@ class SharedLabelPlan:
     """Shared labels 1..n_shared and each task's local <-> shared label maps.
 
     Build it with :meth:`build` (from size statistics) or :meth:`from_dict` (from plan JSON).
-    Shared label 0 is background in every task.
+    Shared label 0 is background in every task. ``pin_reasons`` holds task -> label -> why the
+    label is pinned (:data:`USER_PIN`, or the automatic match ``same name as B/white_matter``).
     """
 
-    def __init__(self, tasks: Mapping[str, Mapping[str, LabelAssignment]], n_shared: int, warnings: Iterable[str] = ()):
+    def __init__(self, tasks: Mapping[str, Mapping[str, LabelAssignment]], n_shared: int, warnings: Iterable[str] = (),
+                 pin_reasons: Mapping[str, Mapping[str, str]] | None = None):
         self._tasks = {task: dict(labels) for task, labels in tasks.items()}
         self.n_shared = int(n_shared)
         self.warnings = list(warnings)
+        self.pin_reasons = {task: dict(reasons) for task, reasons in (pin_reasons or {}).items() if reasons}
         for task, labels in self._tasks.items():
             _check_task_assignment(task, labels, self.n_shared)
 
@@ -139,12 +149,22 @@ class SharedLabelPlan:
         cls,
         task_stats: Mapping[str, Mapping[str, LabelStats]],
         pins: Mapping[str, Mapping[str, int]] | None = None,
+        look_alike: Sequence[Sequence[str]] = (),
+        terminology: Mapping[str, Mapping[str, str]] | None = None,
     ) -> SharedLabelPlan:
         """Rank every task's labels by size and map rank r to shared label r.
 
         Ties are broken by label value (smaller value first), so the plan is deterministic.
         Pinned labels keep their shared label; the others fill the free shared labels in rank
         order. ``n_shared`` is the largest label count of any task.
+
+        Args:
+            task_stats: task -> label name -> size statistics.
+            pins: the user's pins, task -> label name -> shared label; they always win.
+            look_alike: groups of tasks whose images look alike: their labels with one
+                normalised name or terminology code are pinned to one shared label, and
+                different structures left on one shared label are warned about.
+            terminology: task -> label name -> Slicer terminology string (dataset.json).
 
         Raises:
             LabelSharingError: on pins naming unknown tasks/labels, out-of-range shared labels,
@@ -153,38 +173,61 @@ class SharedLabelPlan:
         if not task_stats:
             raise LabelSharingError("No tasks given: a plan needs at least one task dataset.")
         n_shared = max(len(stats) for stats in task_stats.values())
-        return cls({}, n_shared)._with_tasks(task_stats, pins or {})
+        return cls({}, n_shared)._with_tasks(task_stats, pins or {}, look_alike, terminology or {})
 
     def add_task(
-        self, name: str, stats: Mapping[str, LabelStats], pins: Mapping[str, int] | None = None
+        self, name: str, stats: Mapping[str, LabelStats], pins: Mapping[str, int] | None = None,
+        look_alike: Sequence[str] = (), terminology: Mapping[str, Mapping[str, str]] | None = None,
     ) -> SharedLabelPlan:
         """A new plan with one more task; existing tasks keep their mapping untouched.
 
         If the new task has more labels than ``n_shared``, the plan grows to that many shared
         labels (the model's output layer must grow with it).
+
+        Args:
+            look_alike: existing tasks whose images look like the new task's: its labels matching
+                theirs (see :meth:`build`) take their shared labels.
+            terminology: task -> label name -> Slicer terminology string (old and new tasks).
         """
         if name in self._tasks:
             raise LabelSharingError(f"The model already has a task named '{name}'; give the new task another name.")
         n_shared = max(self.n_shared, len(stats))
-        grown = SharedLabelPlan(self._tasks, n_shared, self.warnings)
-        return grown._with_tasks({name: stats}, {name: dict(pins or {})})
+        grown = SharedLabelPlan(self._tasks, n_shared, self.warnings, self.pin_reasons)
+        groups = [[name, *look_alike]] if look_alike else []
+        return grown._with_tasks({name: stats}, {name: dict(pins or {})}, groups, terminology or {})
 
     def _with_tasks(
-        self, task_stats: Mapping[str, Mapping[str, LabelStats]], pins: Mapping[str, Mapping[str, int]]
+        self, task_stats: Mapping[str, Mapping[str, LabelStats]], pins: Mapping[str, Mapping[str, int]],
+        groups: Sequence[Sequence[str]], terminology: Mapping[str, Mapping[str, str]],
     ) -> SharedLabelPlan:
         unknown = sorted(set(pins) - set(task_stats) - set(self._tasks))
         if unknown:
             raise LabelSharingError(
                 f"Pins name unknown task(s) {', '.join(unknown)}; tasks are: {', '.join(sorted(task_stats))}."
             )
+        unknown = sorted({t for group in groups for t in group} - set(task_stats) - set(self._tasks))
+        if unknown:
+            raise ValueError(f"look-alike groups name unknown tasks {unknown}")
+        sizes = {**{t: {n: a.relative_size for n, a in labels.items()} for t, labels in self._tasks.items()},
+                 **{t: {n: s.relative_size for n, s in stats.items()} for t, stats in task_stats.items()}}
+        fixed = {**{t: {n: a.shared for n, a in labels.items()} for t, labels in self._tasks.items()},
+                 **{t: {n: s for n, s in pins.get(t, {}).items() if n in task_stats[t]} for t in task_stats}}
+        auto, auto_reasons = match_pins(sizes, groups, terminology, fixed, self.n_shared)
         tasks = dict(self._tasks)
         warnings = list(self.warnings)
+        reasons = dict(self.pin_reasons)
         for task, stats in task_stats.items():
             if not stats:
                 raise LabelSharingError(f"Task '{task}' has no labels besides background.")
-            tasks[task] = _assign_task(task, stats, pins.get(task, {}), self.n_shared)
+            user = pins.get(task, {})
+            own_auto = {n: v for n, v in auto.get(task, {}).items() if n not in user}
+            tasks[task] = _assign_task(task, stats, {**user, **own_auto}, self.n_shared)
+            reasons[task] = {**auto_reasons.get(task, {}), **{label: USER_PIN for label in user}}
             warnings.extend(_fragile_rank_warnings(task, stats))
-        return SharedLabelPlan(tasks, self.n_shared, warnings)
+        assigned = {t: {n: a.shared for n, a in labels.items()} for t, labels in tasks.items()}
+        new = next(iter(task_stats)) if self._tasks else None
+        warnings.extend(mixing_conflicts(assigned, groups, terminology, involving=new))
+        return SharedLabelPlan(tasks, self.n_shared, warnings, reasons)
 
     # ----------------------------------------------------------------------------- queries
     @property
@@ -265,10 +308,14 @@ class SharedLabelPlan:
         return {
             "n_shared": self.n_shared,
             "tasks": {
-                task: {"labels": {name: asdict(a) for name, a in labels.items()}}
+                task: {"labels": {name: {**asdict(a), **self._pin_entry(task, name)} for name, a in labels.items()}}
                 for task, labels in self._tasks.items()
             },
         }
+
+    def _pin_entry(self, task: str, label: str) -> dict:
+        reason = self.pin_reasons.get(task, {}).get(label)
+        return {"pin": reason} if reason else {}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> SharedLabelPlan:
@@ -286,7 +333,9 @@ class SharedLabelPlan:
                 }
                 for task, body in data["tasks"].items()
             }
-            return cls(tasks, int(data["n_shared"]))
+            reasons = {task: {name: str(entry["pin"]) for name, entry in body["labels"].items() if entry.get("pin")}
+                       for task, body in data["tasks"].items()}
+            return cls(tasks, int(data["n_shared"]), pin_reasons=reasons)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise LabelSharingError(f"Not a valid shared-label plan ({type(exc).__name__}: {exc}).") from exc
 

@@ -1,13 +1,15 @@
-"""The ``plan`` stage: read task datasets, measure label sizes, build the shared-label plan."""
+"""The ``plan`` stage: read task datasets, measure label sizes, check which tasks look alike
+(:mod:`labelsharing.appearance`), build the shared-label plan."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from labelsharing.appearance import Appearance, compare_datasets
 from labelsharing.datasets import TaskSummary, inspect_task_dataset, read_task_dataset
 from labelsharing.errors import LabelSharingError
-from labelsharing.plan import SharedLabelPlan
+from labelsharing.plan import USER_PIN, SharedLabelPlan
 from labelsharing.progress import SILENT, ProgressReporter
 from labelsharing.tables import format_table
 
@@ -39,10 +41,13 @@ def summarise_tasks(folders: Sequence[str | Path], progress: ProgressReporter = 
 
 
 def plan_tasks(
-    summaries: Sequence[TaskSummary], pins: Mapping[str, Mapping[str, int]] | None = None
+    summaries: Sequence[TaskSummary], pins: Mapping[str, Mapping[str, int]] | None = None,
+    look_alike: Sequence[Sequence[str]] = (),
 ) -> SharedLabelPlan:
-    """Build the shared-label plan of several measured tasks (see ``SharedLabelPlan.build``)."""
-    return SharedLabelPlan.build({s.task.name: s.stats for s in summaries}, pins)
+    """Build the shared-label plan of several measured tasks (see ``SharedLabelPlan.build``);
+    ``look_alike`` groups get their matching labels pinned together."""
+    return SharedLabelPlan.build({s.task.name: s.stats for s in summaries}, pins, look_alike,
+                                 {s.task.name: s.task.terminology for s in summaries})
 
 
 def plan_task_datasets(
@@ -51,26 +56,41 @@ def plan_task_datasets(
     progress: ProgressReporter = SILENT,
     log: Callable[[str], None] = print,
     keep_cases: bool = False,
-) -> tuple[SharedLabelPlan, list[TaskSummary]]:
-    """Check and measure the datasets, build their plan, and report the warnings of both.
+) -> tuple[SharedLabelPlan, list[TaskSummary], Appearance]:
+    """Check and measure the datasets, run the look-alike check, build their plan, and report
+    the warnings of all three.
 
     Returns:
-        the plan and the task summaries (with the loaded cases if ``keep_cases``).
+        the plan, the task summaries (with the loaded cases if ``keep_cases``) and the
+        look-alike check's result.
     """
     summaries = summarise_tasks(folders, progress, keep_cases)
-    plan = plan_tasks(summaries, pins)
-    for note in [w for s in summaries for w in s.warnings] + plan.warnings:
+    appearance = compare_datasets([s.task for s in summaries], {s.task.name: s.cases for s in summaries})
+    plan = plan_tasks(summaries, pins, appearance.groups())
+    for note in [w for s in summaries for w in s.warnings] + appearance.warnings() + plan.warnings:
         log(f"warning: {note}")
-    return plan, summaries
+    return plan, summaries, appearance
 
 
 def plan_table(plan: SharedLabelPlan) -> str:
-    """Shared labels as rows, tasks as columns: ``label (relative size %)`` in each cell."""
-    rows = []
+    """Shared labels as rows, tasks as columns: ``label (relative size %)`` in each cell.
+
+    Pinned labels are marked ``[pin]`` (the user's own) or ``[auto]`` (matched across look-alike
+    tasks); a note under the table gives each automatic pin's reason.
+    """
+    rows, notes = [], []
     for shared in range(1, plan.n_shared + 1):
         row: list[object] = [f"shared {shared}"]
         for task in plan.task_names:
             entry = next(((n, a) for n, a in plan.labels(task).items() if a.shared == shared), None)
-            row.append("-" if entry is None else f"{entry[0]} ({100 * entry[1].relative_size:.2f}%)")
+            if entry is None:
+                row.append("-")
+                continue
+            reason = plan.pin_reasons.get(task, {}).get(entry[0])
+            mark = "" if reason is None else " [pin]" if reason == USER_PIN else " [auto]"
+            row.append(f"{entry[0]} ({100 * entry[1].relative_size:.2f}%){mark}")
+            if mark == " [auto]":
+                notes.append(f"[auto] {task}/{entry[0]} -> shared {shared}: {reason}")
         rows.append(row)
-    return format_table(["shared label", *plan.task_names], rows)
+    table = format_table(["shared label", *plan.task_names], rows)
+    return "\n".join([table, *notes])

@@ -28,7 +28,6 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from labelsharing.appearance import similar_task_warnings
 from labelsharing.checkpoint import RunFolder, claim_output, epoch_seed, restore_trainer, run_options, \
     trainer_checkpoint
 from labelsharing.distributed import DistributedContext, start_distributed
@@ -182,7 +181,7 @@ def _train(datasets, out: Path, options: TrainingOptions, pins, force: bool, con
 
     device = context.device
     with context.together():
-        plan, summaries = plan_task_datasets(datasets, pins, progress, log, keep_cases=True)
+        plan, summaries, appearance = plan_task_datasets(datasets, pins, progress, log, keep_cases=True)
         log(describe_processes(context))
         loaded = {s.task.name: s.cases for s in summaries}
         input_size = options.input_size or _default_input_size(loaded, options.axis)
@@ -191,15 +190,13 @@ def _train(datasets, out: Path, options: TrainingOptions, pins, force: bool, con
         log(f"{sum(len(t.images) for t in tasks)} training slices of {input_size}x{input_size} from "
             f"{len(tasks)} tasks; {plan.n_shared} shared labels")
         del summaries, loaded  # the loaded volumes: only slices and validation cases are needed from here
-        if context.is_main:
-            for note in similar_task_warnings([t.name for t in tasks], [t.images for t in tasks]):
-                log(f"warning: {note}")
 
     torch.manual_seed(options.seed)
     architecture = default_architecture(plan.n_shared + 1, options.features)
     network = build_network(architecture).to(device)
     config = build_model_config(architecture, input_size, plan, {t.name: task_config(t, plan) for t in tasks},
-                                parameters=sum(p.numel() for p in network.parameters()), versions=package_versions())
+                                parameters=sum(p.numel() for p in network.parameters()), versions=package_versions(),
+                                appearance=appearance.to_dict())
     model = SegmentationModel(config=config, network=network)
     if context.is_main and not resume:
         run.start()
