@@ -37,10 +37,11 @@ from labelsharing.model import SegmentationModel, build_network, default_archite
 from labelsharing.model_folder import build_model_config
 from labelsharing.plan import SharedLabelPlan
 from labelsharing.planning import plan_task_datasets
-from labelsharing.preprocessing import choose_input_size, choose_slice_axis
+from labelsharing.orientation import plan_slicing
+from labelsharing.preprocessing import choose_input_size
 from labelsharing.progress import SILENT, ProgressReporter
 from labelsharing.training_data import PreparedTask, SharedSliceDataset, prepare_task, sampling_weights, \
-    slice_shape, training_transforms
+    training_transforms
 
 __all__ = ["TrainingOptions", "FitResult", "train", "fit", "task_config", "validation_dice",
            "main_process_output", "describe_processes"]
@@ -107,7 +108,7 @@ def task_config(task: PreparedTask, plan: SharedLabelPlan) -> dict:
     }
     for name, entry in task.dataset.terminology.items():
         labels[name]["terminology"] = entry
-    return {"modality": task.modality, "axis": task.axis, "normalization": task.normalization,
+    return {"modality": task.modality, **task.slicing.to_config(), "normalization": task.normalization,
             "labels": labels, "dataset": str(Path(task.dataset.root).resolve()),
             "validation_cases": list(task.validation_ids)}
 
@@ -219,13 +220,11 @@ def history_entry(kind: str, options: TrainingOptions, device, result: FitResult
 
 
 def _default_input_size(loaded: Mapping[str, Sequence], axis: int | None) -> int:
+    """Per task, the median longer side of its slices at its target spacing; see :func:`choose_input_size`."""
     per_task = []
     for pairs in loaded.values():
-        sides = []
-        for image, _ in pairs:
-            image_axis = axis if (axis is not None and image.GetDimension() == 3) else choose_slice_axis(
-                image.GetSpacing(), image.GetSize())
-            sides.append(max(slice_shape(image, image_axis)))
+        slicing = plan_slicing([image for image, _ in pairs], axis)
+        sides = [max(slicing.resampled_shape(image)) for image, _ in pairs]
         per_task.append((int(np.median(sides)),) * 2)
     return choose_input_size(per_task)
 

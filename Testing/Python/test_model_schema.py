@@ -100,7 +100,7 @@ EDITS = {
                                         _set("tasks.TaskB.labels.tiny.value", 2)), "value", "its own value"),
     "empty label name": (_rename_label, "plan.tasks.TaskB.labels", "empty name"),
     "unknown top-level key": (_set("colour", 1), "colour", "allowed keys here: format_version, architecture"),
-    "unknown task key": (_set("tasks.TaskA.colour", 1), "tasks.TaskA.colour", "allowed keys here: modality, axis"),
+    "unknown task key": (_set("tasks.TaskA.colour", 1), "tasks.TaskA.colour", "allowed keys here: modality, normalization"),
     "unknown network keyword": (_set("architecture.kwargs.adn_ordering", "NDA"), "architecture.kwargs.adn_ordering",
                                 "allowed keys here: spatial_dims"),
     "unknown architecture": (_set("architecture.name", "ResNet"), "architecture.name", "'UNet'"),
