@@ -105,8 +105,9 @@ class Slicing:
         """The ``model.json`` keys of this slicing."""
         if not self.oriented:
             return {"axis": self.stored_axis}
-        spacing = None if self.target_spacing is None else [float(s) for s in self.target_spacing]
-        return {"plane": self.plane, "target_spacing": spacing}
+        if self.target_spacing is None:
+            return {"plane": self.plane}
+        return {"plane": self.plane, "target_spacing": [float(s) for s in self.target_spacing]}
 
     def slices(self, array: np.ndarray, image: sitk.Image) -> np.ndarray:
         """(n, H, W) slices of ``array`` ((z, y, x) or (y, x), on ``image``'s grid), as a view.

@@ -146,7 +146,8 @@ def _stored_split(dataset: TaskDataset, validation_ids: Sequence[str]) -> tuple[
             [c for c in dataset.training if c.case_id in held_out])
 
 
-def _fit_slices(slices: np.ndarray, shared: np.ndarray, size: int, aspect: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def _fit_slices(slices: np.ndarray, shared: np.ndarray, size: int,
+                aspect: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """(n, H, W) image and shared-label slices -> (n, S, S) float16 images and uint8 labels
     (``aspect``: see :class:`SquareFit`)."""
     import torch

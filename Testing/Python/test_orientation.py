@@ -165,6 +165,10 @@ def test_fitted_slice_shape_follows_the_physical_shape():
     assert Slicing("axial", (1.0, 1.0)).square_fit(image, 32).scaled == (32, 32)
     assert Slicing("axial", (2.0, 0.5)).square_fit(image, 32).scaled == (8, 32)  # the task's own pixels
     assert Slicing("axial", None).square_fit(image, 32).scaled == (8, 32)
+    x_ray = sitk.Image(40, 10, sitk.sitkFloat32)  # 2D images: no plane, the same in-plane resampling
+    x_ray.SetSpacing((0.5, 2.0))
+    assert Slicing(None, (1.0, 1.0)).square_fit(x_ray, 32).scaled == (32, 32)
+    assert Slicing(None, (1.0, 1.0)).slices(np.zeros((10, 40)), x_ray).shape == (1, 10, 40)
 
 
 def test_training_slices_of_a_volume_do_not_depend_on_its_stored_orientation(tmp_path):
