@@ -275,7 +275,7 @@ NORMALIZATION = Switch("scheme", {
     "percentile": Fields({"scheme": Choice("percentile")}),
 })
 
-# Slicing: ``plane`` (+ ``target_spacing``, mm) since issue 9; older models have ``axis`` instead,
+# Slicing: ``plane`` (+ ``target_spacing``, mm); models written before ``plane`` have ``axis`` instead,
 # an image axis of the stored file (see labelsharing.orientation.Slicing). A task has one of them.
 TASK = Fields(
     required={

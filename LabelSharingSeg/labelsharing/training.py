@@ -35,9 +35,9 @@ from labelsharing.distributed import DistributedContext, start_distributed
 from labelsharing.errors import LabelSharingError
 from labelsharing.model import SegmentationModel, build_network, default_architecture, label_color, package_versions
 from labelsharing.model_folder import build_model_config
+from labelsharing.orientation import plan_slicing
 from labelsharing.plan import SharedLabelPlan
 from labelsharing.planning import plan_task_datasets
-from labelsharing.orientation import plan_slicing
 from labelsharing.preprocessing import choose_input_size
 from labelsharing.progress import SILENT, ProgressReporter
 from labelsharing.training_data import PreparedTask, SharedSliceDataset, prepare_task, sampling_weights, \
