@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-fraction", type=_fraction, default=0.2,
                        help="[OPTIONAL] fraction of each task's training cases held out for validation Dice (0.2)")
     train.add_argument("--axis", type=int, choices=(0, 1, 2), default=None,
-                       help="[OPTIONAL] slice 3D volumes along this image axis (0=i, 1=j, 2=k); default: the axis "
+                       help="[OPTIONAL] slice 3D volumes, viewed in LPS, across this axis (0=L: sagittal, "
+                            "1=P: coronal, 2=S: axial); default: the axis "
                             "with the largest spacing")
     train.add_argument("--pins", metavar="FILE", help="[OPTIONAL] pins file (see 'plan')")
     train.add_argument("--force", action="store_true", help="[OPTIONAL] replace an existing MODEL folder")

@@ -21,6 +21,7 @@ from labelsharing.datasets import read_task_dataset
 from labelsharing.distributed import DistributedContext, start_distributed
 from labelsharing.errors import LabelSharingError
 from labelsharing.model import SegmentationModel, grow_output_channels, package_versions
+from labelsharing.orientation import Slicing
 from labelsharing.planning import summarise_tasks
 from labelsharing.progress import SILENT, ProgressReporter
 from labelsharing.tables import format_table
@@ -169,9 +170,9 @@ def _prepare_old_tasks(parent: SegmentationModel, plan, replay: float, log: Log)
             continue
         dataset = read_task_dataset(folder)
         val_fraction, seed = _split_options(parent.config.get("history", []), task_name)
-        prepared.append(prepare_task(dataset, plan, parent.input_size, val_fraction, seed, entry["axis"],
+        prepared.append(prepare_task(dataset, plan, parent.input_size, val_fraction, seed,
                                      normalization=entry["normalization"],
-                                     validation_ids=entry.get("validation_cases")))
+                                     validation_ids=entry.get("validation_cases"), slicing=Slicing.from_config(entry)))
     if missing and replay > 0:
         raise LabelSharingError(
             "Replay needs the old tasks' training data, but these dataset folders are missing: "

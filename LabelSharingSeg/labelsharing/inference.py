@@ -1,11 +1,16 @@
 """Prediction: from an image and a task name to a label map in the task's own label values.
 
 The network predicts shared labels (background + Λ_1..Λ_n*) on 2D ``S x S`` slices. A volume
-is normalised as the task was in training, cut into slices along the task's axis, each batch
-of slices is fitted into ``S x S``, run through the network, its softmax scaled back onto the
-slice grid, and the shared-label argmax is mapped back through the task's inverse map (shared
-labels the task does not use become background, as in the paper). Memory stays bounded: only
-one batch of logits exists at a time; labels go straight into a preallocated uint8/uint16 array.
+is normalised as the task was in training, viewed in LPS and cut parallel to the task's plane
+(:mod:`labelsharing.orientation`; a view, no copy), each batch of slices is resampled to the
+task's target spacing and fitted into ``S x S`` (one interpolation), run through the network,
+its softmax resampled back onto the slice grid, and the shared-label argmax is mapped back
+through the task's inverse map (shared labels the task does not use become background, as in
+the paper). Probabilities, not labels, are resampled back, as nnU-Net does: nearest-neighbour
+label maps would be blocky and shifted at non-integer scales. Labels are written through the
+same LPS view into an array laid out like the input, so the output has exactly the input's
+grid. Memory stays bounded: only one batch of logits exists at a time; labels go straight into
+a preallocated uint8/uint16 array.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import SimpleITK as sitk
 from labelsharing.errors import LabelSharingError
 from labelsharing.imageio import case_id_from_path, read_image, write_image, write_label
 from labelsharing.model import SegmentationModel, label_color
-from labelsharing.preprocessing import SquareFit, choose_slice_axis, normalize_intensities, to_slices
+from labelsharing.orientation import Slicing
+from labelsharing.preprocessing import normalize_intensities
 from labelsharing.progress import SILENT, ProgressReporter
 from labelsharing.safe_write import check_outputs
 
@@ -161,16 +167,16 @@ class Predictor:
         unused = [s for s in range(1, self.plan.n_shared + 1) if s not in channels]
 
         array = normalize_intensities(sitk.GetArrayViewFromImage(image), config["normalization"])
-        axis = _slice_axis(image, config.get("axis"))
-        slices = to_slices(array, axis)  # (n, H, W) view
-        n, height, width = slices.shape
-        fit = SquareFit(height, width, self.model.input_size)
+        slicing = Slicing.from_config(config)
+        slices = slicing.slices(array, image)  # (n, H, W) view
+        n = len(slices)
+        fit = slicing.square_fit(image, self.model.input_size)
 
         max_value = max((value for _, value, _ in labels), default=0)
         output = np.zeros(array.shape, dtype=np.uint8 if max_value < 256 else np.uint16)
-        out_slices = to_slices(output, axis)  # a view: writing into it fills ``output``
+        out_slices = slicing.slices(output, image)  # a view: writing into it fills ``output``
         probs = np.zeros((len(labels) + 1,) + array.shape, dtype=np.float16) if probabilities else None
-        prob_slices = [to_slices(probs[c], axis) for c in range(len(labels) + 1)] if probabilities else []
+        prob_slices = [slicing.slices(probs[c], image) for c in range(len(labels) + 1)] if probabilities else []
 
         autocast = (torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda"
                     else contextlib.nullcontext())
@@ -257,16 +263,6 @@ class Predictor:
                     _write_probabilities(probs, image, probability_file)
                 advance(case=case)
         return label_files
-
-
-def _slice_axis(image: sitk.Image, stored_axis: int | None) -> int | None:
-    """Axis to cut ``image`` along: none for 2D; for 3D the task's stored axis, unless the
-    image is a 2D image stored as 3D (a singleton axis) or the task was trained on 2D images."""
-    if image.GetDimension() == 2:
-        return None
-    if stored_axis is None or 1 in image.GetSize():
-        return choose_slice_axis(image.GetSpacing(), image.GetSize())
-    return int(stored_axis)
 
 
 def _write_probabilities(probs: np.ndarray, reference: sitk.Image, path: Path) -> Path:

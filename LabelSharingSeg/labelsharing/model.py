@@ -2,7 +2,7 @@
 
 A model is a folder holding ``model.safetensors`` (weights; never a pickle) and
 ``model.json`` (everything needed to use it without the training data: architecture, input
-size, the shared-label plan, each task's labels, colours, normalisation and slicing axis,
+size, the shared-label plan, each task's labels, colours, normalisation and slicing plane,
 training history, package versions). See docs/CONTRACTS.md.
 """
 

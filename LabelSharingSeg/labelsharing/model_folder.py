@@ -73,7 +73,7 @@ def build_model_config(
         architecture: ``{"name": "UNet", "kwargs": {...}}`` (see ``model.default_architecture``).
         input_size: side S of the square S x S network input.
         plan: the shared-label plan; ``tasks`` must name the same tasks and labels.
-        tasks: task name -> ``{"modality", "axis", "normalization", "labels", "dataset"}``.
+        tasks: task name -> ``{"modality", "plane", "target_spacing", "normalization", "labels", "dataset"}``.
         parent: path of the model this one was fine-tuned from, if any.
         parameters: number of network parameters, if known.
         versions: package name -> version that built the model.

@@ -31,7 +31,7 @@ def describe_model(folder: str | Path) -> str:
         "Tasks",
         format_table(
             ["task", "modality", "slicing", "normalisation", "labels"],
-            [[name, t["modality"], "2D" if t["axis"] is None else f"axis {t['axis']}", t["normalization"]["scheme"],
+            [[name, t["modality"], _slicing(t), t["normalization"]["scheme"],
               ", ".join(f"{label}={entry['value']}" for label, entry in t["labels"].items())]
              for name, t in config["tasks"].items()],
         ),
@@ -67,6 +67,15 @@ def _history_lines(history: list) -> list[str]:
     if rows:
         lines += ["", f"Validation Dice at the best epoch ({best['epoch']})", format_table(["task", "label", "Dice"], rows)]
     return lines
+
+
+def _slicing(task: dict) -> str:
+    """``axial, 0.8 x 0.8 mm``; ``2D``; ``axis 2 (as stored)`` for models before ``plane``."""
+    if "plane" not in task:
+        return "2D" if task["axis"] is None else f"axis {task['axis']} (as stored)"
+    spacing = task.get("target_spacing")
+    text = task["plane"] or "2D"
+    return text + (f", {spacing[0]:g} x {spacing[1]:g} mm" if spacing else "")
 
 
 def _list(value) -> list:

@@ -19,7 +19,7 @@ import re
 from typing import Any, Callable, Mapping, NoReturn
 
 from labelsharing.errors import LabelSharingError
-from labelsharing.preprocessing import NORMALIZATION_BY_MODALITY
+from labelsharing.preprocessing import NORMALIZATION_BY_MODALITY, PLANES
 
 __all__ = [
     "FORMAT_VERSION",
@@ -275,16 +275,18 @@ NORMALIZATION = Switch("scheme", {
     "percentile": Fields({"scheme": Choice("percentile")}),
 })
 
+# Slicing: ``plane`` (+ ``target_spacing``, mm); models written before ``plane`` have ``axis`` instead,
+# an image axis of the stored file (see labelsharing.orientation.Slicing). A task has one of them.
 TASK = Fields(
     required={
         "modality": Choice(*NORMALIZATION_BY_MODALITY),
-        "axis": Choice(None, 0, 1, 2),
         "normalization": NORMALIZATION,
         "labels": Names(Fields({"value": _VALUE, "shared": _SHARED},
                                {"color": Array(_FRACTION, 3, 3), "terminology": Text()}),
                         hi=MAX_SHARED, what="label names"),
     },
-    optional={"dataset": Text(), "validation_cases": Array(Text(), 0, 1_000_000)},
+    optional={"plane": Choice(None, *PLANES), "target_spacing": Array(Number(0.0, 1e4, above=True), 2, 2),
+              "axis": Choice(None, 0, 1, 2), "dataset": Text(), "validation_cases": Array(Text(), 0, 1_000_000)},
 )
 
 APPEARANCE = Fields({"tasks": Array(Text(), 1, 100_000),
@@ -368,6 +370,12 @@ def _check_config(config: Any) -> None:
         raise _Refusal("input_size", f"is {config['input_size']}; allowed: [S, S] with S a multiple of 16 "
                                      f"and of the product of the strides ({step})")
     for task, body in config["tasks"].items():
+        if ("plane" in body) == ("axis" in body):
+            raise _Refusal(_join("tasks", task), "has " + ("both" if "plane" in body else "neither")
+                           + " of 'plane' and 'axis'; the rule is either 'plane' or 'axis' (models before 'plane')")
+        if "target_spacing" in body and "axis" in body:
+            raise _Refusal(_join("tasks", task, "target_spacing"), "is given with 'axis'; the rule is "
+                                                                   "'target_spacing' only with 'plane'")
         clip = body["normalization"].get("clip")
         if clip is not None and not clip[0] < clip[1]:
             raise _Refusal(_join("tasks", task, "normalization", "clip"), f"is {clip}; allowed: [low, high] with low < high")

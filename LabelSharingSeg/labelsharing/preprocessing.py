@@ -22,6 +22,8 @@ __all__ = [
     "NORMALIZATION_BY_MODALITY",
     "fit_ct_normalization",
     "normalize_intensities",
+    "ORIENTATION",
+    "PLANES",
     "choose_slice_axis",
     "to_slices",
     "from_slices",
@@ -31,6 +33,11 @@ __all__ = [
 
 #: modality -> normalisation scheme (nnU-Net-like: CT uses dataset-wide foreground statistics).
 NORMALIZATION_BY_MODALITY = {"CT": "ct", "MR": "zscore_foreground", "XR": "percentile", "other": "percentile"}
+#: The orientation 3D volumes are viewed in before slicing (DICOM letters: voxel axes point to L, P, S);
+#: see :mod:`labelsharing.orientation`.
+ORIENTATION = "LPS"
+#: Slicing planes, indexed by the LPS axis they cut across (0 = L, 1 = P, 2 = S).
+PLANES = ("sagittal", "coronal", "axial")
 
 
 def fit_ct_normalization(images: Iterable[np.ndarray], labels: Iterable[np.ndarray], samples: int = 20000) -> dict:
@@ -125,6 +132,10 @@ def from_slices(slices: np.ndarray, axis: int | None) -> np.ndarray:
 class SquareFit:
     """How an (H, W) slice is scaled (aspect kept) and padded (centred) into ``size x size``.
 
+    ``aspect`` is the slice's pixel height over its pixel width, each in units of the task's
+    target spacing (1: pixels as square as the task's): the slice is stretched to its physical
+    shape and scaled to fit in one interpolation, i.e. resampled to the target spacing first.
+
     Images, labels and logits share one pixel geometry: output pixel centres map onto input
     pixel centres as in ``interpolate(..., align_corners=False)``, so a label stays on its image
     pixels in training (:meth:`forward`, :meth:`forward_labels`) and back on the slice's own grid
@@ -142,11 +153,13 @@ class SquareFit:
     height: int
     width: int
     size: int
+    aspect: float = 1.0
 
     @property
     def scaled(self) -> tuple[int, int]:
-        scale = self.size / max(self.height, self.width)
-        return max(1, min(self.size, round(self.height * scale))), max(1, min(self.size, round(self.width * scale)))
+        height, width = self.height * self.aspect, float(self.width)
+        scale = self.size / max(height, width)
+        return max(1, min(self.size, round(height * scale))), max(1, min(self.size, round(width * scale)))
 
     @property
     def offset(self) -> tuple[int, int]:

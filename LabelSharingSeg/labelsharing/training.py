@@ -34,12 +34,13 @@ from labelsharing.distributed import DistributedContext, start_distributed
 from labelsharing.errors import LabelSharingError
 from labelsharing.model import SegmentationModel, build_network, default_architecture, label_color, package_versions
 from labelsharing.model_folder import build_model_config
+from labelsharing.orientation import plan_slicing
 from labelsharing.plan import SharedLabelPlan
 from labelsharing.planning import plan_task_datasets
-from labelsharing.preprocessing import choose_input_size, choose_slice_axis
+from labelsharing.preprocessing import choose_input_size
 from labelsharing.progress import SILENT, ProgressReporter
 from labelsharing.training_data import PreparedTask, SharedSliceDataset, prepare_task, sampling_weights, \
-    slice_shape, training_transforms
+    training_transforms
 
 __all__ = ["TrainingOptions", "FitResult", "train", "fit", "task_config", "validation_dice",
            "main_process_output", "describe_processes"]
@@ -115,7 +116,7 @@ def task_config(task: PreparedTask, plan: SharedLabelPlan) -> dict:
     }
     for name, entry in task.dataset.terminology.items():
         labels[name]["terminology"] = entry
-    return {"modality": task.modality, "axis": task.axis, "normalization": task.normalization,
+    return {"modality": task.modality, **task.slicing.to_config(), "normalization": task.normalization,
             "labels": labels, "dataset": str(Path(task.dataset.root).resolve()),
             "validation_cases": list(task.validation_ids)}
 
@@ -230,13 +231,11 @@ def history_entry(kind: str, options: TrainingOptions, device, result: FitResult
 
 
 def _default_input_size(loaded: Mapping[str, Sequence], axis: int | None) -> int:
+    """Per task, the median longer side of its slices at its target spacing; see :func:`choose_input_size`."""
     per_task = []
     for pairs in loaded.values():
-        sides = []
-        for image, _ in pairs:
-            image_axis = axis if (axis is not None and image.GetDimension() == 3) else choose_slice_axis(
-                image.GetSpacing(), image.GetSize())
-            sides.append(max(slice_shape(image, image_axis)))
+        slicing = plan_slicing([image for image, _ in pairs], axis)
+        sides = [max(slicing.resampled_shape(image)) for image, _ in pairs]
         per_task.append((int(np.median(sides)),) * 2)
     return choose_input_size(per_task)
 

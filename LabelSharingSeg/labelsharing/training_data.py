@@ -1,8 +1,9 @@
 """Training data: every task's cases as normalised, square 2D slices with shared labels.
 
 Each task is prepared once (:func:`prepare_task`): its cases are read, a normalisation is fitted
-(CT) or chosen (MR, X-ray), volumes are cut along the task's slicing axis and each slice is
-scaled and padded to ``S x S``. Labels are mapped to shared labels through the plan. Slices of
+(CT) or chosen (MR, X-ray), volumes are viewed in LPS and cut parallel to the task's plane, and
+each slice is resampled to the task's in-plane target spacing and fitted (scaled, padded) into
+``S x S`` (:mod:`labelsharing.orientation`). Labels are mapped to shared labels through the plan. Slices of
 all tasks are then pooled (:class:`SharedSliceDataset`) and drawn with task-balanced weights
 (:func:`sampling_weights`) so that a task with many slices does not drown a small one.
 
@@ -12,7 +13,6 @@ bytes per slice (about 200 kB at S=256).
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -21,18 +21,12 @@ import SimpleITK as sitk
 
 from labelsharing.datasets import Case, TaskDataset, load_case
 from labelsharing.errors import LabelSharingError
+from labelsharing.orientation import Slicing, plan_slicing
 from labelsharing.plan import SharedLabelPlan
-from labelsharing.preprocessing import (
-    NORMALIZATION_BY_MODALITY,
-    SquareFit,
-    choose_slice_axis,
-    fit_ct_normalization,
-    normalize_intensities,
-    to_slices,
-)
+from labelsharing.preprocessing import NORMALIZATION_BY_MODALITY, SquareFit, fit_ct_normalization, normalize_intensities
 
 __all__ = ["PreparedTask", "prepare_task", "split_cases", "SharedSliceDataset", "sampling_weights",
-           "training_transforms", "slice_shape"]
+           "training_transforms"]
 
 
 @dataclass
@@ -42,7 +36,7 @@ class PreparedTask:
     Attributes:
         name: task name.
         dataset: the task's dataset folder.
-        modality, axis, normalization: preprocessing stored in the model for inference.
+        modality, normalization, slicing: preprocessing stored in the model for inference.
         images: (n, S, S) float16 normalised slices. labels: (n, S, S) uint8 shared labels.
         foreground: (n,) bool, slice holds any label.
         validation: held-out cases as (image, task-label array) for Dice during training.
@@ -53,13 +47,13 @@ class PreparedTask:
     name: str
     dataset: TaskDataset
     modality: str
-    axis: int | None
     normalization: dict
     images: np.ndarray
     labels: np.ndarray
     foreground: np.ndarray
     validation: list[tuple[sitk.Image, np.ndarray]] = field(default_factory=list)
     validation_ids: tuple[str, ...] = ()
+    slicing: Slicing = field(default_factory=Slicing)
 
 
 def split_cases(cases: Sequence[Case], val_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
@@ -72,16 +66,6 @@ def split_cases(cases: Sequence[Case], val_fraction: float, seed: int) -> tuple[
     return train, val
 
 
-def slice_shape(image: sitk.Image, axis: int | None) -> tuple[int, int]:
-    """(H, W) of the 2D slices of ``image`` cut along image ``axis``."""
-    size = image.GetSize()[::-1]  # numpy order
-    if axis is None:
-        return size[-2], size[-1]
-    shape = list(size)
-    del shape[2 - axis]
-    return shape[0], shape[1]
-
-
 def prepare_task(
     dataset: TaskDataset,
     plan: SharedLabelPlan,
@@ -92,6 +76,7 @@ def prepare_task(
     loaded: Sequence[tuple[sitk.Image, sitk.Image]] | None = None,
     normalization: dict | None = None,
     validation_ids: Sequence[str] | None = None,
+    slicing: Slicing | None = None,
 ) -> PreparedTask:
     """Load, normalise, slice and square-fit one task's training cases.
 
@@ -101,13 +86,15 @@ def prepare_task(
         input_size: the network's square input size S.
         val_fraction: fraction of cases held out for validation Dice.
         seed: fixes the validation split.
-        axis: force the slicing axis of 3D images (0 = i, 1 = j, 2 = k); default: per task,
-            the most common :func:`choose_slice_axis` of its images.
+        axis: force the plane of 3D images by the LPS axis it cuts across (0 = sagittal,
+            1 = coronal, 2 = axial); default: :func:`~labelsharing.orientation.plan_slicing`.
         loaded: the (image, label) pairs of ``dataset.training`` if already loaded.
         normalization: a stored normalisation to reuse (an existing model's task) instead of
             fitting one.
         validation_ids: a stored validation split (an existing model's task) to reuse instead
             of drawing one with ``val_fraction`` and ``seed``.
+        slicing: a stored slicing (an existing model's task) to reuse instead of planning one
+            from the task's training images (``axis`` is then ignored).
 
     Raises:
         LabelSharingError: a stored validation case is no longer in the dataset.
@@ -125,24 +112,23 @@ def prepare_task(
     if normalization is None:
         normalization = (fit_ct_normalization([a for a, _ in arrays], [b for _, b in arrays])
                          if scheme == "ct" else {"scheme": scheme})
-    if axis is None or train_pairs[0][0].GetDimension() == 2:
-        votes = Counter(choose_slice_axis(img.GetSpacing(), img.GetSize()) for img, _ in train_pairs)
-        axis = votes.most_common(1)[0][0]
+    if slicing is None:
+        slicing = plan_slicing([image for image, _ in pairs], axis)
 
     images, labels = [], []
-    for (image, label), (img_arr, lab_arr) in zip(train_pairs, arrays):
-        slices = to_slices(normalize_intensities(img_arr, normalization), axis)
-        shared = to_slices(plan.to_shared(dataset.name, lab_arr), axis)
-        fitted_images, fitted_labels = _fit_slices(slices, shared, input_size)
+    for (image, _), (img_arr, lab_arr) in zip(train_pairs, arrays):
+        slices = slicing.slices(normalize_intensities(img_arr, normalization), image)
+        shared = slicing.slices(plan.to_shared(dataset.name, lab_arr), image)
+        fitted_images, fitted_labels = _fit_slices(slices, shared, input_size, slicing.aspect(image))
         images.append(fitted_images)
         labels.append(fitted_labels)
     image_stack = np.concatenate(images)
     label_stack = np.concatenate(labels)
     validation = [(by_id[c.case_id][0], sitk.GetArrayFromImage(by_id[c.case_id][1])) for c in val_cases]
     return PreparedTask(
-        name=dataset.name, dataset=dataset, modality=dataset.modality, axis=axis, normalization=normalization,
+        name=dataset.name, dataset=dataset, modality=dataset.modality, normalization=normalization,
         images=image_stack, labels=label_stack, foreground=label_stack.reshape(len(label_stack), -1).any(axis=1),
-        validation=validation, validation_ids=tuple(c.case_id for c in val_cases),
+        validation=validation, validation_ids=tuple(c.case_id for c in val_cases), slicing=slicing,
     )
 
 
@@ -160,10 +146,13 @@ def _stored_split(dataset: TaskDataset, validation_ids: Sequence[str]) -> tuple[
             [c for c in dataset.training if c.case_id in held_out])
 
 
-def _fit_slices(slices: np.ndarray, shared: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _fit_slices(slices: np.ndarray, shared: np.ndarray, size: int,
+                aspect: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(n, H, W) image and shared-label slices -> (n, S, S) float16 images and uint8 labels
+    (``aspect``: see :class:`SquareFit`)."""
     import torch
 
-    fit = SquareFit(slices.shape[1], slices.shape[2], size)
+    fit = SquareFit(slices.shape[1], slices.shape[2], size, aspect)
     image_t = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))[:, None]
     label_t = torch.from_numpy(np.ascontiguousarray(shared, dtype=np.uint8))[:, None]
     fitted_image = fit.forward(image_t)[:, 0].numpy().astype(np.float16)

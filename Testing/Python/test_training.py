@@ -24,7 +24,7 @@ def demo_tasks(tmp_path_factory) -> list[Path]:
 
 def _prepared(name: str, foreground: list[bool]) -> PreparedTask:
     n = len(foreground)
-    return PreparedTask(name=name, dataset=None, modality="CT", axis=None, normalization={},
+    return PreparedTask(name=name, dataset=None, modality="CT", normalization={},
                         images=np.zeros((n, 2, 2)), labels=np.zeros((n, 2, 2)), foreground=np.array(foreground))
 
 
@@ -87,7 +87,7 @@ def test_model_folder_contents_and_repeatability(tmp_path, demo_tasks):
     assert config["format_version"] == FORMAT_VERSION and config["input_size"] == [32, 32]
     assert config["architecture"]["kwargs"]["out_channels"] == config["plan"]["n_shared"] + 1 == 5
     knee = config["tasks"]["KneeXR"]
-    assert knee["axis"] is None and knee["normalization"] == {"scheme": "percentile"}
+    assert knee["plane"] is None and knee["normalization"] == {"scheme": "percentile"}
     assert set(knee["labels"]) == {"femur", "tibia", "patella", "fibula"}
     assert all(len(entry["color"]) == 3 for entry in knee["labels"].values())
     history = config["history"][0]
@@ -124,7 +124,7 @@ def test_task_config_carries_colors_and_terminology(tmp_path):
                       extra={"colors": {"a": [0, 0, 255]}, "terminology": {"b": "ctx~SCT^1^x~SCT^2^y~^^~a~^^~^^"}})
     dataset = read_task_dataset(root)
     plan = SharedLabelPlan.build({"T": {"a": LabelStats(1, 0.4, 1.0), "b": LabelStats(2, 0.1, 1.0)}})
-    prepared = PreparedTask(name="T", dataset=dataset, modality="CT", axis=None, normalization={"scheme": "ct"},
+    prepared = PreparedTask(name="T", dataset=dataset, modality="CT", normalization={"scheme": "ct"},
                             images=np.zeros((1, 2, 2)), labels=np.zeros((1, 2, 2)), foreground=np.array([True]))
     labels = task_config(prepared, plan)["labels"]
     assert labels["a"] == {"value": 1, "shared": 1, "color": [0.0, 0.0, 1.0]}
