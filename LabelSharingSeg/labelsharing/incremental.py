@@ -161,7 +161,8 @@ def _old_datasets(parent: SegmentationModel) -> list:
 
 
 def _prepare_old_tasks(parent: SegmentationModel, plan, replay: float, log: Log) -> list[PreparedTask]:
-    """Old tasks' data, prepared with their stored preprocessing and their own validation split."""
+    """Old tasks' data, prepared with their stored preprocessing and their own validation split;
+    without replay only their validation cases are read (to measure forgetting)."""
     prepared, missing = [], []
     for task_name, entry in parent.config["tasks"].items():
         folder = entry.get("dataset")
@@ -172,7 +173,8 @@ def _prepare_old_tasks(parent: SegmentationModel, plan, replay: float, log: Log)
         val_fraction, seed = _split_options(parent.config.get("history", []), task_name)
         prepared.append(prepare_task(dataset, plan, parent.input_size, val_fraction, seed,
                                      normalization=entry["normalization"],
-                                     validation_ids=entry.get("validation_cases"), slicing=Slicing.from_config(entry)))
+                                     validation_ids=entry.get("validation_cases"), slicing=Slicing.from_config(entry),
+                                     validation_only=replay == 0))  # not replayed: only measured
     if missing and replay > 0:
         raise LabelSharingError(
             "Replay needs the old tasks' training data, but these dataset folders are missing: "

@@ -77,6 +77,7 @@ def prepare_task(
     normalization: dict | None = None,
     validation_ids: Sequence[str] | None = None,
     slicing: Slicing | None = None,
+    validation_only: bool = False,
 ) -> PreparedTask:
     """Load, normalise, slice and square-fit one task's training cases.
 
@@ -95,16 +96,25 @@ def prepare_task(
             of drawing one with ``val_fraction`` and ``seed``.
         slicing: a stored slicing (an existing model's task) to reuse instead of planning one
             from the task's training images (``axis`` is then ignored).
+        validation_only: read only the validation cases and prepare no training slices (an old
+            task that is measured but not replayed); needs the stored ``normalization`` and
+            ``slicing``.
 
     Raises:
         LabelSharingError: a stored validation case is no longer in the dataset.
     """
-    pairs = list(loaded) if loaded is not None else [load_case(dataset, case) for case in dataset.training]
     if validation_ids is None:
         train_cases, val_cases = split_cases(dataset.training, val_fraction, seed)
     else:
         train_cases, val_cases = _stored_split(dataset, validation_ids)
-    by_id = {case.case_id: pair for case, pair in zip(dataset.training, pairs)}
+    if validation_only:
+        if normalization is None or slicing is None:
+            raise ValueError("validation_only needs the stored normalization and slicing")
+        train_cases = []
+    if loaded is not None:
+        by_id = {case.case_id: pair for case, pair in zip(dataset.training, loaded)}
+    else:  # read each needed case once
+        by_id = {case.case_id: load_case(dataset, case) for case in [*train_cases, *val_cases]}
     train_pairs = [by_id[c.case_id] for c in train_cases]
     arrays = [(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(label)) for image, label in train_pairs]
 
@@ -113,7 +123,7 @@ def prepare_task(
         normalization = (fit_ct_normalization([a for a, _ in arrays], [b for _, b in arrays])
                          if scheme == "ct" else {"scheme": scheme})
     if slicing is None:
-        slicing = plan_slicing([image for image, _ in pairs], axis)
+        slicing = plan_slicing([by_id[c.case_id][0] for c in dataset.training], axis)
 
     images, labels = [], []
     for (image, _), (img_arr, lab_arr) in zip(train_pairs, arrays):
@@ -122,12 +132,13 @@ def prepare_task(
         fitted_images, fitted_labels = _fit_slices(slices, shared, input_size, slicing.aspect(image))
         images.append(fitted_images)
         labels.append(fitted_labels)
-    image_stack = np.concatenate(images)
-    label_stack = np.concatenate(labels)
+    empty = np.zeros((0, input_size, input_size))
+    image_stack = np.concatenate(images) if images else empty.astype(np.float16)
+    label_stack = np.concatenate(labels) if labels else empty.astype(np.uint8)
     validation = [(by_id[c.case_id][0], sitk.GetArrayFromImage(by_id[c.case_id][1])) for c in val_cases]
     return PreparedTask(
         name=dataset.name, dataset=dataset, modality=dataset.modality, normalization=normalization,
-        images=image_stack, labels=label_stack, foreground=label_stack.reshape(len(label_stack), -1).any(axis=1),
+        images=image_stack, labels=label_stack, foreground=label_stack.reshape(len(label_stack), input_size * input_size).any(axis=1),
         validation=validation, validation_ids=tuple(c.case_id for c in val_cases), slicing=slicing,
     )
 

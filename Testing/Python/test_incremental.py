@@ -177,3 +177,23 @@ def test_old_tasks_keep_their_own_validation_split_across_add_tasks(demo, tmp_pa
     old = {t.name: t for t in _prepare_old_tasks(model, model.plan, 0.5, log=lambda m: None)}
     assert list(old["KneeXR"].validation_ids) == expected
     assert list(old["ChestXR"].validation_ids) == model.config["tasks"]["ChestXR"]["validation_cases"]
+
+
+def test_without_replay_old_tasks_are_read_only_as_far_as_their_validation_needs(demo, chest_model, tmp_path,
+                                                                                 monkeypatch):
+    """--replay 0 does not train on old tasks: reading all their cases would only cost memory."""
+    import labelsharing.training_data as training_data
+
+    real_load = training_data.load_case
+    loaded: list[tuple[str, str]] = []
+
+    def counting_load(task, case):
+        loaded.append((task.name, case.case_id))
+        return real_load(task, case)
+
+    monkeypatch.setattr(training_data, "load_case", counting_load)
+    add_task(chest_model, demo["KneeXR"], tmp_path / "m", TrainingOptions(**TINY), replay=0.0, log=lambda m: None)
+    validation = json.loads((chest_model / "model.json").read_text())["tasks"]["ChestXR"]["validation_cases"]
+    assert sorted(c for t, c in loaded if t == "ChestXR") == sorted(validation)
+    forgetting = json.loads((tmp_path / "m" / "model.json").read_text())["history"][-1]["forgetting"]
+    assert "ChestXR" in forgetting  # still measured
