@@ -6,8 +6,10 @@ which way a volume is sliced, nor which slices it is shown), the test records wh
 training loop draws, or uses a fake whose output depends on the pixel's position in the slice.
 Guards found elsewhere: training on validation cases and validating on training cases
 (``test_training.py::test_training_slices_come_only_from_training_cases_and_validation_only_from_held_out_ones``),
-re-deriving an old task's split (``test_incremental.py::test_old_tasks_keep_their_own_validation_split_across_add_tasks``),
-blending label values (``test_square_fit_alignment.py::test_fitted_labels_keep_their_values``).
+re-deriving an old task's split
+(``test_incremental.py::test_old_tasks_keep_their_own_validation_split_across_add_tasks``), blending label
+values (``test_square_fit_alignment.py::test_fitted_labels_keep_their_values``), training labels that sit
+off their images (the Dice floor of ``test_end_to_end.py::test_training_learns_easy_shapes_above_a_dice_floor``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from labelsharing.model import SegmentationModel
 from labelsharing.model_folder import weights_sha256
 from tiny_model import make_model
 
-TINY = dict(batch_size=8, input_size=32, features=4, device="cpu", seed=0, val_fraction=0.34)
+TINY = dict(batch_size=2, input_size=32, features=4, device="cpu", seed=0, val_fraction=0.34)
 
 
 def _volumes(slices: int) -> list[np.ndarray]:
@@ -72,7 +74,7 @@ def test_training_draws_every_task_equally_often_whatever_its_size(big_and_small
     training.train(list(big_and_small), tmp_path / "model", training.TrainingOptions(epochs=3, **TINY),
                    log=lambda m: None)
     small = float(np.mean(np.asarray(drawn) == 1))  # tasks are indexed in the order given
-    assert len(drawn) >= 3 * 56 and 0.35 < small < 0.65, f"share of draws from the small task: {small:.2f}"
+    assert len(drawn) >= 150 and 0.35 < small < 0.65, f"share of draws from the small task: {small:.2f}"
 
 
 def test_add_task_draws_old_tasks_in_the_replay_share(big_and_small, tmp_path, monkeypatch):
@@ -87,7 +89,7 @@ def test_add_task_draws_old_tasks_in_the_replay_share(big_and_small, tmp_path, m
     incremental.add_task(tmp_path / "parent", small, tmp_path / "child", TrainingOptions(epochs=3, **TINY),
                          replay=0.25, log=lambda m: None)
     old = float(np.mean(np.asarray(drawn) != 0))  # the new task is index 0, old tasks follow
-    assert len(drawn) >= 3 * 56 and 0.12 < old < 0.38, f"share of draws from the old task: {old:.2f}"
+    assert len(drawn) >= 150 and 0.12 < old < 0.38, f"share of draws from the old task: {old:.2f}"
 
 
 class _BandNetwork(torch.nn.Module):
