@@ -112,6 +112,9 @@ class SegmentPanel:
         """Start segmenting (or cancel the running segmentation)."""
         if self.jobs.cancelIfRunning(self.ui.applyButton):
             return
+        ok, reason = self.canApply()
+        if not ok:
+            raise ModuleError(reason)
         node = self._parameterNode()
         self.jobs.installMissing(self.logic.dependencies)
         request = self.logic.segmenter.prepare(

@@ -340,6 +340,7 @@ def fakeSlicer(tmpPath: str = "/tmp") -> types.ModuleType:
     util.confirmOkCancelDisplay = mock.MagicMock(return_value=True)
     util.pip_install = mock.MagicMock()
     util.tryWithErrorDisplay = tryWithErrorDisplay
+    util.WaitCursor = lambda show=True: contextlib.nullcontext()  # util.py main line 3596: a context manager
     util.getNodesByClass = lambda className: slicer.mrmlScene.GetNodesByClass(className)
     slicer.util = util
     slicer.segmentationsLogic = segmentationsLogic  # for assertions

@@ -186,3 +186,43 @@ class FakeTableWidget(FakeSignals):
 
     def resizeColumnsToContents(self) -> None:
         return None
+
+
+class FakeListWidget(FakeSignals):
+    """QListWidget of text items: ``addItem``, ``item(row).text()``, ``count``, ``currentItem``,
+    ``setCurrentRow``, ``row``, ``takeItem``."""
+
+    class Item:
+        def __init__(self, text: str) -> None:
+            self._text = text
+
+        def text(self) -> str:
+            return self._text
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._items: List["FakeListWidget.Item"] = []
+        self._current = -1
+
+    @property
+    def count(self) -> int:
+        return len(self._items)
+
+    def addItem(self, text: str) -> None:
+        self._items.append(self.Item(text))
+
+    def item(self, row: int) -> "FakeListWidget.Item":
+        return self._items[row]
+
+    def setCurrentRow(self, row: int) -> None:
+        self._current = row
+
+    def currentItem(self) -> Optional["FakeListWidget.Item"]:
+        return self._items[self._current] if 0 <= self._current < len(self._items) else None
+
+    def row(self, item: "FakeListWidget.Item") -> int:
+        return self._items.index(item)
+
+    def takeItem(self, row: int) -> "FakeListWidget.Item":
+        self._current = -1
+        return self._items.pop(row)
