@@ -336,6 +336,10 @@ _DEFAULTS_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "lr", "replay", 
 def training_defaults() -> dict:
     """Default and limits of each training option of ``train`` and ``add-task``, read from the parser.
 
+    The parser is the one source: defaults from its actions (argparse's ``_actions``), limits from
+    the type each action validates with (``_TYPE_LIMITS``). The Slicer module calls this function;
+    it imports nothing beyond this module's own imports (no torch).
+
     Returns:
         ``{command: {option dest: {"default": value, "minimum": ..., "maximum": ...,
         "minimum_exclusive": bool, "maximum_exclusive": bool}}}``; a missing bound is unbounded.
