@@ -29,20 +29,26 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from LabelSharingSegLib.Dependencies import Dependencies
-from LabelSharingSegLib.EngineCommands import DEVICES, trainArgs
+from LabelSharingSegLib.EngineCommands import DEVICES, isSetPath, trainArgs
+from LabelSharingSegLib.EngineDefaults import trainingDefaults
 from LabelSharingSegLib.EngineJob import EngineJob
 from LabelSharingSegLib.Export import EXPORT_FORMATS, SegmentationExporter
 from LabelSharingSegLib.ExportPanel import ExportPanel
 from LabelSharingSegLib.JobPanel import JobPanel
 from LabelSharingSegLib.ModelInfo import ModelInfo
+from LabelSharingSegLib.ModelOutput import defaultModelsFolder, freeModelName
 from LabelSharingSegLib.ModuleError import ModuleError
 from LabelSharingSegLib.SceneIO import SceneIO
 from LabelSharingSegLib.SegmentPanel import SegmentPanel
 from LabelSharingSegLib.Segmenter import Segmenter
 from LabelSharingSegLib.TaskDefinition import MODALITIES, TaskDefinition, uniqueCaseIds
 from LabelSharingSegLib.TaskPanel import TaskPanel
+from LabelSharingSegLib.TrainPanel import TrainPanel
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
+#: the engine's training defaults and limits (``labelsharing defaults``), the only copy
+ENGINE = trainingDefaults()
+_TRAIN_EPOCHS, _ADD_EPOCHS, _REPLAY = ENGINE["train"]["epochs"], ENGINE["add-task"]["epochs"], ENGINE["add-task"]["replay"]
 
 
 class LabelSharingSeg(ScriptedLoadableModule):
@@ -79,9 +85,11 @@ class LabelSharingSegParameterNode:
     taskName: str = ""
     modality: Annotated[str, Choice(list(MODALITIES))] = "CT"
     datasetFolder: pathlib.Path = pathlib.Path.home()
-    newModelFolder: pathlib.Path = pathlib.Path.home()
-    epochs: Annotated[int, WithinRange(1, 100000)] = 50
-    replay: Annotated[float, WithinRange(0.0, 1.0)] = 0.2
+    modelsFolder: pathlib.Path  # "" until setup fills in the per-user default (ModelOutput)
+    modelName: str = ""
+    trainEpochs: Annotated[int, WithinRange(*_TRAIN_EPOCHS.spinBoxRange())] = _TRAIN_EPOCHS.default
+    addTaskEpochs: Annotated[int, WithinRange(*_ADD_EPOCHS.spinBoxRange())] = _ADD_EPOCHS.default
+    replay: Annotated[float, WithinRange(*_REPLAY.spinBoxRange(decimals=2))] = _REPLAY.default
     exportSegmentation: vtkMRMLSegmentationNode
     exportAll: bool = False
     exportFolder: pathlib.Path = pathlib.Path.home()
@@ -105,13 +113,17 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = LabelSharingSegLogic()
-        buttons = [self.ui.applyButton, self.ui.trainButton, self.ui.addTaskButton, self.ui.exportDatasetButton]
-        self.jobs = JobPanel(self.ui, EngineJob(MODULE_DIR), buttons, slicer)
-        self.segmentPanel = SegmentPanel(self.ui, self.logic, self.jobs, lambda: self._parameterNode, slicer)
-        self.taskPanel = TaskPanel(self.ui, self.logic, self.jobs, lambda: self._parameterNode,
-                                   lambda: self.segmentPanel.model, slicer, qt)
-        self.exportPanel = ExportPanel(self.ui, self.logic, lambda: self._parameterNode,
-                                       self.segmentPanel.taskLabels, slicer, qt)
+        ui = self.ui
+        buttons = [ui.applyButton, ui.checkDependenciesButton, ui.computeGroupingButton, ui.exportDatasetButton,
+                   ui.trainButton, ui.addTaskButton, ui.exportButton]
+        self.jobs = JobPanel(ui, EngineJob(MODULE_DIR), buttons, slicer)
+        node = lambda: self._parameterNode  # noqa: E731
+        self.segmentPanel = SegmentPanel(ui, self.logic, self.jobs, node, slicer)
+        model = lambda: self.segmentPanel.model  # noqa: E731
+        self.trainPanel = TrainPanel(ui, self.logic, self.jobs, node, model, lambda: self.taskPanel.pinsOfDefinedTask(),
+                                     slicer, qt)
+        self.taskPanel = TaskPanel(ui, self.logic, self.jobs, node, model, self.trainPanel.addDatasetFolder, slicer, qt)
+        self.exportPanel = ExportPanel(ui, self.logic, self.jobs, node, self.segmentPanel.taskLabels, slicer, qt)
         self.jobs.onIdle = self._checkCanApply
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -119,7 +131,9 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.segmentPanel.onModelFolderChanged(str(self._parameterNode.modelFolder))
 
     def cleanup(self) -> None:
-        self.jobs.cancel()
+        """The module is going away (application exit, reload): end running work, reporting nothing."""
+        self.jobs.stop()
+        self.exportPanel.stop()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -129,6 +143,9 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
+        """The nodes a running job reads or fills are going: cancel it (and an export batch)."""
+        self.jobs.cancel()
+        self.exportPanel.stop()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -137,8 +154,13 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        node = self._parameterNode
+        if not node.inputVolume:
+            node.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        if not isSetPath(node.modelsFolder):
+            node.modelsFolder = defaultModelsFolder(slicer.app.slicerUserSettingsFilePath)
+        if not node.modelName.strip():
+            node.modelName = freeModelName(node.modelsFolder)
 
     def setParameterNode(self, parameterNode: Optional[LabelSharingSegParameterNode]) -> None:
         if self._parameterNode:
@@ -151,7 +173,8 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
-        if self.jobs.isRunning:
+        self.trainPanel.updateTarget()
+        if self.jobs.isBusy:
             return
         ok, reason = self.segmentPanel.canApply()
         self.ui.applyButton.enabled = ok
@@ -197,8 +220,9 @@ class LabelSharingSegLogic(ScriptedLoadableModuleLogic):
         self._runEngine(request.args)
         return self.segmenter.load(request)
 
-    def train(self, datasets: List[Any], outFolder: Any, epochs: int = 25, device: str = "auto") -> ModelInfo:
-        """Train a new model from task dataset folders and wait for it (blocking)."""
+    def train(self, datasets: List[Any], outFolder: Any, epochs: int = _TRAIN_EPOCHS.default,
+              device: str = "auto") -> ModelInfo:
+        """Train a new model from task dataset folders into a new folder and wait for it (blocking)."""
         self._runEngine(trainArgs(datasets, outFolder, epochs, device))
         return self.loadModel(outFolder)
 

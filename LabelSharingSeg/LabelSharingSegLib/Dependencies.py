@@ -1,51 +1,51 @@
-"""Install what the engine needs, on first use and after asking; report torch and its device.
+"""Install what the engine needs, on first use and after asking, without importing it in Slicer.
 
-- torch comes from the PyTorch extension (``PyTorchUtils.PyTorchUtilsLogic``: ``torchInstalled()``,
-  ``installTorch(askConfirmation, ..., torchVersionRequirement)`` in ``fepegar/SlicerPyTorch``,
-  ``PyTorchUtils/PyTorchUtils.py``); the extension is declared in ``EXTENSION_DEPENDS``.
+What is installed is read from the package metadata (``importlib.metadata.version``), so Slicer's
+own process never imports torch or MONAI: only the engine subprocess does. The engine logs the
+device it runs on (``device: ...``), which the panel shows.
+
+- torch comes from the PyTorch extension: ``PyTorchUtils.PyTorchUtilsLogic().installTorch(
+  askConfirmation, forceComputationBackend, torchVersionRequirement)`` (``fepegar/SlicerPyTorch``,
+  ``PyTorchUtils/PyTorchUtils.py``, commit e1c85cc). Its ``torchInstalled()`` imports torch, so it
+  is not used for the check; ``installTorch`` imports torch once, right after installing it.
 - The engine's other packages go through ``slicer.util.pip_install(requirements)`` on the main
-  thread (``Base/Python/slicer/util.py``), with ``numpy`` and ``torch`` pinned to the installed
-  versions so pip never replaces them. SimpleITK is Slicer's own and none of these packages
-  depends on it.
+  thread (``Base/Python/slicer/util.py``; it raises ``subprocess.CalledProcessError`` when pip
+  fails, in 5.8 through ``logProcessOutput`` and from 5.10 through ``slicer.packaging``), with
+  ``numpy`` and ``torch`` pinned to the installed versions so pip never replaces them.
 - Asking uses ``slicer.util.confirmOkCancelDisplay(text, windowTitle, detailedText=...)``.
-
-Nothing here runs when the module is imported or its widget is built.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import importlib.util
 import inspect
-from dataclasses import dataclass
+import subprocess
 from typing import Any, Callable, List, Optional, Sequence
 
 from .ModuleError import ModuleError
 
-__all__ = ["ENGINE_REQUIREMENTS", "TORCH_REQUIREMENT", "TorchInfo", "Dependencies"]
+__all__ = ["ENGINE_REQUIREMENTS", "TORCH_REQUIREMENT", "Dependencies"]
 
-#: import name -> pip requirement, the engine's dependencies besides numpy, SimpleITK and torch
+#: distribution name -> pip requirement, the engine's dependencies besides numpy, SimpleITK and torch
 ENGINE_REQUIREMENTS = {
     "monai": "monai>=1.3",
     "slicerio": "slicerio>=1.0",
-    "nrrd": "pynrrd>=1.0",
+    "pynrrd": "pynrrd>=1.0",
     "safetensors": "safetensors>=0.4",
     "tqdm": "tqdm>=4.60",
 }
 TORCH_REQUIREMENT = ">=2.1"
+_TORCH = "torch"
 _PINNED = ("numpy", "torch")
+_SHOWN = (("torch", "PyTorch"), ("monai", "MONAI"))
 
 
-@dataclass(frozen=True)
-class TorchInfo:
-    """The torch found in Slicer's Python and the best device it sees."""
-
-    version: str
-    device: str
-
-    def __str__(self) -> str:
-        return f"PyTorch {self.version}, device: {self.device}"
+def _installedVersion(distribution: str) -> Optional[str]:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 class Dependencies:
@@ -53,106 +53,110 @@ class Dependencies:
 
     Args:
         slicerModule: the ``slicer`` module (injected by tests; imported when omitted).
-        importModule: ``importlib.import_module`` (injected by tests).
-        findSpec: ``importlib.util.find_spec`` (injected by tests).
+        importModule: ``importlib.import_module``, used only for ``PyTorchUtils`` (injected by tests).
+        installedVersion: distribution name -> version or ``None`` (injected by tests).
     """
 
     def __init__(
         self,
         slicerModule: Any = None,
         importModule: Callable[[str], Any] = importlib.import_module,
-        findSpec: Callable[[str], Any] = importlib.util.find_spec,
+        installedVersion: Callable[[str], Optional[str]] = _installedVersion,
     ) -> None:
         if slicerModule is None:
             import slicer as slicerModule
         self._slicer = slicerModule
         self._import = importModule
-        self._findSpec = findSpec
+        self._version = installedVersion
 
-    def missingEnginePackages(self) -> List[str]:
-        """pip requirements of the engine packages that cannot be imported."""
-        return [requirement for name, requirement in ENGINE_REQUIREMENTS.items() if self._findSpec(name) is None]
+    def missing(self, distributions: Optional[Sequence[str]] = None) -> List[str]:
+        """The missing distributions among ``distributions`` (default: torch and all engine packages)."""
+        wanted = list(distributions) if distributions is not None else [_TORCH, *ENGINE_REQUIREMENTS]
+        return [name for name in wanted if self._version(name) is None]
 
-    def ensureInstalled(self, confirm: Optional[Callable[[str, str], bool]] = None) -> TorchInfo:
-        """Install torch and the engine packages if missing (after ``confirm``), then report torch.
-
-        Args:
-            confirm: ``(text, details) -> bool``; defaults to an OK/Cancel dialog.
-
-        Raises:
-            ModuleError: PyTorch extension missing, the user cancelled, or installation failed.
-        """
-        torchLogic = self._torchLogic()
-        needTorch = not torchLogic.torchInstalled()
-        missing = self.missingEnginePackages()
-        if needTorch or missing:
-            self._ask(confirm, (["torch (through the PyTorch extension)"] if needTorch else []) + missing)
-            if needTorch and self._installTorch(torchLogic) is None:
-                raise ModuleError("PyTorch was not installed. Install it from the PyTorch Utils module and try again.")
-            if missing:
-                self._slicer.util.pip_install(missing + self._pins())
-        return self.torchInfo()
-
-    def ensurePackages(self, importNames: Sequence[str], confirm: Optional[Callable[[str, str], bool]] = None) -> None:
-        """Install just these engine packages if missing (after ``confirm``), without torch.
-
-        For steps that need one engine package but not the engine itself, e.g. ``["nrrd"]`` before
-        ``NrrdIO`` writes a task dataset.
+    def confirmInstall(self, missing: Sequence[str], confirm: Optional[Callable[[str, str], bool]] = None) -> None:
+        """Ask before installing ``missing``.
 
         Raises:
             ModuleError: the user cancelled.
         """
-        missing = [ENGINE_REQUIREMENTS[name] for name in importNames if self._findSpec(name) is None]
-        if missing:
-            self._ask(confirm, missing)
-            self._slicer.util.pip_install(missing + self._pins())
-
-    def _ask(self, confirm: Optional[Callable[[str, str], bool]], packages: List[str]) -> None:
+        shown = ["torch (through the PyTorch extension)" if n == _TORCH else ENGINE_REQUIREMENTS[n] for n in missing]
         ask = confirm or self._confirmDialog
         if not ask(
             "LabelSharingSeg needs Python packages that are not installed yet. Installing them needs a "
             "network connection and may take several minutes. Install now?",
-            "Packages: " + ", ".join(packages),
+            "Packages: " + ", ".join(shown),
         ):
             raise ModuleError("Installation cancelled: LabelSharingSeg cannot continue without these packages.")
 
-    def torchInfo(self) -> TorchInfo:
-        """Version of the installed torch and its best device (imports torch)."""
-        torch = self._import("torch")
-        if torch.cuda.is_available():
-            device = f"cuda ({torch.cuda.get_device_name(0)})"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            device = "mps (Apple GPU)"
-        else:
-            device = "cpu (no GPU found)"
-        return TorchInfo(str(torch.__version__), device)
+    def install(self, missing: Sequence[str], onStep: Optional[Callable[[int, int, str], None]] = None) -> None:
+        """Install ``missing`` (torch first, through the PyTorch extension), reporting each step.
 
-    def _torchLogic(self) -> Any:
+        Raises:
+            ModuleError: the PyTorch extension is missing, or an installation failed (its log in
+                ``details``).
+        """
+        report = onStep or (lambda done, total, text: None)
+        packages = [ENGINE_REQUIREMENTS[name] for name in missing if name != _TORCH]
+        total = int(_TORCH in missing) + int(bool(packages))
+        if _TORCH in missing:
+            report(0, total, "Installing PyTorch through the PyTorch extension (several minutes)...")
+            self._installTorch()
+        if packages:
+            report(total - 1, total, f"Installing {', '.join(packages)}...")
+            try:
+                self._slicer.util.pip_install(packages + self._pins())
+            except subprocess.CalledProcessError as exc:
+                raise ModuleError(
+                    f"Installing {', '.join(packages)} failed (pip exit code {exc.returncode}). Check the network "
+                    "connection and the Python console, then try again.", _processOutput(exc)
+                ) from exc
+        report(total, total, "Python packages installed.")
+
+    def ensureInstalled(self, confirm: Optional[Callable[[str, str], bool]] = None) -> str:
+        """Install whatever is missing (after ``confirm``) and describe what is installed (scripts)."""
+        missing = self.missing()
+        if missing:
+            self.confirmInstall(missing, confirm)
+            self.install(missing)
+        return self.describe()
+
+    def describe(self) -> str:
+        """E.g. ``PyTorch 2.3.1, MONAI 1.3.2`` from the metadata (imports neither)."""
+        parts = [f"{label} {self._version(name) or 'not installed'}" for name, label in _SHOWN]
+        return ", ".join(parts) + "; the engine reports its device when it runs."
+
+    def _installTorch(self) -> None:
         try:
-            module = self._import("PyTorchUtils")
+            torchLogic = self._import("PyTorchUtils").PyTorchUtilsLogic()
         except ModuleNotFoundError as exc:
             raise ModuleError(
                 "LabelSharingSeg needs the PyTorch extension. Install 'PyTorch' from the Extensions Manager, "
                 "restart Slicer and try again."
             ) from exc
-        return module.PyTorchUtilsLogic()
-
-    @staticmethod
-    def _installTorch(torchLogic: Any) -> Any:
-        # Older PyTorchUtils versions have no torchVersionRequirement argument: feature-detect it.
-        if "torchVersionRequirement" in inspect.signature(torchLogic.installTorch).parameters:
-            return torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
-        return torchLogic.installTorch(askConfirmation=False)
+        try:
+            # Older PyTorchUtils versions have no torchVersionRequirement argument: feature-detect it.
+            if "torchVersionRequirement" in inspect.signature(torchLogic.installTorch).parameters:
+                torch = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
+            else:
+                torch = torchLogic.installTorch(askConfirmation=False)
+        except subprocess.CalledProcessError as exc:
+            raise ModuleError(
+                f"Installing PyTorch failed (exit code {exc.returncode}). Install it from the PyTorch Utils "
+                "module, or check the network connection, and try again.", _processOutput(exc)
+            ) from exc
+        if torch is None:
+            raise ModuleError("PyTorch was not installed. Install it from the PyTorch Utils module and try again.")
 
     @staticmethod
     def _pins() -> List[str]:
-        pins = []
-        for distribution in _PINNED:
-            try:
-                pins.append(f"{distribution}=={importlib.metadata.version(distribution)}")
-            except importlib.metadata.PackageNotFoundError:
-                continue
-        return pins
+        return [f"{name}=={version}" for name in _PINNED for version in [_installedVersion(name)] if version]
 
     def _confirmDialog(self, text: str, details: str) -> bool:
         return bool(self._slicer.util.confirmOkCancelDisplay(text, "Install Python packages", detailedText=details))
+
+
+def _processOutput(exc: subprocess.CalledProcessError) -> str:
+    """The captured output of a failed process, as text ("" when nothing was captured)."""
+    parts = [part for part in (exc.output, exc.stderr) if isinstance(part, (str, bytes))]
+    return "\n".join(p.decode(errors="replace") if isinstance(p, bytes) else p for p in parts)

@@ -82,6 +82,16 @@ class EngineJob:
         if self._process is not None:
             self._process.cancel()
 
+    def stop(self) -> None:
+        """End the running command and its children for good, without calling ``onFinished``.
+
+        For module cleanup and application exit, when the widgets the callbacks update are going away.
+        """
+        self._timer.stop()
+        process, self._process = self._process, None
+        if process is not None and process.isRunning:
+            process.cancel()  # kills the whole process group and reaps the child (EngineProcess)
+
     def runBlocking(self, args: Sequence[str], onLog: Optional[Callable[[str], None]] = None) -> EngineResult:
         """Run a command to its end, keeping the application responsive (scripts, self-test)."""
         results = []

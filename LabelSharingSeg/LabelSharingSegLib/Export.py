@@ -6,7 +6,8 @@ used from the main thread, so this is chunking, not threading).
 
 Slicer call used: ``slicer.util.exportNode(node, filename, properties={}, world=False)``
 (``Base/Python/slicer/util.py``; unlike ``saveNode`` it does not change the node's storage
-node). It fills ``properties`` in, so a new dict is passed each time.
+node). It fills ``properties`` in, so a new dict is passed each time; it returns False when the
+writer fails and raises ``ValueError`` when no writer knows the file name's extension.
 """
 
 from __future__ import annotations
@@ -104,7 +105,11 @@ class SegmentationExporter:
         return path
 
     def _write(self, node: Any, path: Path) -> None:
-        if not self._slicer.util.exportNode(node, str(path), {}):
+        try:
+            written = self._slicer.util.exportNode(node, str(path), {})
+        except ValueError as exc:
+            raise ModuleError(f"Slicer has no writer for {path.name}: {exc}") from exc
+        if not written:
             raise ModuleError(f"Could not write {path} (see the application log for Slicer's message).")
 
 

@@ -2,6 +2,7 @@
 
 One segmentation is written per timer tick (``qt.QTimer.singleShot(0, f)``, as Slicer's own
 ``slicer.util`` process polling does), so the progress bar moves and the UI stays responsive.
+The actions stay disabled until the last tick, which restores them whatever happens.
 ``slicer.util.getNodesByClass(className)`` lists the segmentations (``Base/Python/slicer/util.py``).
 """
 
@@ -11,10 +12,12 @@ from typing import Any, Callable, Dict, Optional
 
 from .EngineCommands import isSetPath
 from .Export import BatchExport, SegmentationExporter
-from .JobPanel import reportErrors
+from .JobPanel import JobPanel, runAction, userAction
 from .ModuleError import ModuleError
 
 __all__ = ["ExportPanel"]
+
+_TITLE = "Export"
 
 
 class ExportPanel:
@@ -23,15 +26,17 @@ class ExportPanel:
     Args:
         ui: the module's ``ui``.
         logic: the module logic (``exporter``).
+        jobs: the shared job runner (busy state, progress).
         parameterNode: returns the current parameter node (or None).
         taskLabels: returns the chosen task's label values (for label-map export).
         slicerModule, qtModule: the ``slicer`` and ``qt`` modules.
     """
 
-    def __init__(self, ui: Any, logic: Any, parameterNode: Callable[[], Any],
+    def __init__(self, ui: Any, logic: Any, jobs: JobPanel, parameterNode: Callable[[], Any],
                  taskLabels: Callable[[], Dict[str, int]], slicerModule: Any, qtModule: Any) -> None:
         self.ui = ui
         self.logic = logic
+        self.jobs = jobs
         self.slicer = slicerModule
         self.qt = qtModule
         self._parameterNode = parameterNode
@@ -39,11 +44,9 @@ class ExportPanel:
         self.batch: Optional[BatchExport] = None
         ui.exportButton.connect("clicked(bool)", self.onExport)
 
-    @reportErrors
+    @userAction(_TITLE)
     def onExport(self, checked: bool = False) -> None:
         """Start exporting the chosen segmentation, or all of them."""
-        if self.batch is not None and not self.batch.done:
-            return
         node = self._parameterNode()
         if not isSetPath(node.exportFolder):
             raise ModuleError("Choose the folder to export into.")
@@ -54,22 +57,36 @@ class ExportPanel:
         if not nodes:
             raise ModuleError("There is no segmentation to export.")
         exporter: SegmentationExporter = self.logic.exporter
-        self.batch = BatchExport(exporter, nodes, node.exportFolder, node.exportFormat, self._taskLabels())
-        self.ui.exportButton.enabled = False
-        self.ui.progressBar.value = 0
+        batch = BatchExport(exporter, nodes, node.exportFolder, node.exportFormat, self._taskLabels())
+        self.jobs.enterBusy("Exporting")
+        self.batch = batch
         self.qt.QTimer.singleShot(0, self._exportNext)
+
+    def stop(self) -> None:
+        """Drop the running batch (module cleanup, scene close: its nodes are going)."""
+        if self.batch is not None:
+            self.batch = None
+            self.jobs.leaveBusy()
 
     def _exportNext(self) -> None:
         batch = self.batch
-        more = batch.exportNext()
-        self.ui.progressBar.value = int(batch.percent)
-        self.ui.statusLabel.text = f"Exported {len(batch.written)} of {len(batch.nodes)} segmentation(s)."
-        if more:
-            self.qt.QTimer.singleShot(0, self._exportNext)
+        if batch is None:  # stopped
             return
-        self.ui.exportButton.enabled = True
-        if batch.errors:
+        more = False
+        try:
+            more = bool(runAction(self.slicer, _TITLE, batch.exportNext))
+            self.jobs.step(len(batch.written) + len(batch.errors), len(batch.nodes),
+                           f"Exported {len(batch.written)} of {len(batch.nodes)} segmentation(s).")
+        finally:
+            if more:
+                self.qt.QTimer.singleShot(0, self._exportNext)
+            else:
+                self.batch = None
+                self.jobs.leaveBusy()
+        if not more and batch.errors:
             details = "\n".join(f"{name}: {message}" for name, message in batch.errors)
             self.slicer.util.errorDisplay(
                 f"{len(batch.errors)} of {len(batch.nodes)} segmentation(s) could not be exported.", detailedText=details
             )
+        elif not more:
+            self.ui.exportFolderPathLineEdit.addCurrentPathToHistory()

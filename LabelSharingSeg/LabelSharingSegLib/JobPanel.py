@@ -1,21 +1,31 @@
-"""The shared progress bar, status line and log of the panel, and running one engine job at a time.
+"""The shared progress bar, status line and log of the panel; one piece of work at a time.
 
-While a job runs, the button that started it reads "Cancel" and cancels it (killing the whole
-process tree); the other action buttons are disabled. Errors appear as a readable message with
-the full log behind "Show Details..." (``slicer.util.errorDisplay(text, detailedText=...)``,
-``Base/Python/slicer/util.py``: extra keyword arguments are set on the ``ctkMessageBox``).
+Two kinds of work make the panel busy: an engine job in the background (the button that started
+it reads "Cancel" and cancels it, ending the whole process tree) and main-thread work (installs,
+writing a task dataset, exporting), during which every action button is disabled and the
+progress bar moves per step. Either way the buttons come back when the work ends, however it ends.
+
+Every user action is wrapped in :func:`userAction`: a ``ModuleError`` (what the user can act on)
+becomes a readable dialog with the log one click away (``slicer.util.errorDisplay(text,
+detailedText=...)``; extra keyword arguments are set on the ``ctkMessageBox``); anything else is a
+bug and goes through ``slicer.util.tryWithErrorDisplay(message)``, which shows it with its
+traceback and re-raises it, so it stays in the Python console too (``Base/Python/slicer/util.py``,
+5.8: line 3279; main at 583e9b3: line 3692).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 from .EngineJob import EngineJob
 from .EngineProcess import EngineResult, ProgressUpdate
 from .ModuleError import ModuleError
 
-__all__ = ["JobPanel", "reportErrors", "showError"]
+__all__ = ["JobPanel", "userAction", "showError"]
+
+_DEVICE_LINE = "device: "
 
 
 def showError(slicerModule: Any, message: str, details: str = "") -> None:
@@ -26,27 +36,36 @@ def showError(slicerModule: Any, message: str, details: str = "") -> None:
         slicerModule.util.errorDisplay(message)
 
 
-def reportErrors(method: Callable) -> Callable:
-    """Decorate a panel's slot: a ``ModuleError`` becomes an error dialog instead of a traceback."""
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
+def runAction(slicerModule: Any, title: str, action: Callable[[], Any]) -> Any:
+    """Run ``action``; show a ``ModuleError`` as a dialog, anything else via ``tryWithErrorDisplay``."""
+    with slicerModule.util.tryWithErrorDisplay(f"{title} failed."):
         try:
-            return method(self, *args, **kwargs)
+            return action()
         except ModuleError as exc:
-            showError(self.slicer, str(exc), exc.details)
+            showError(slicerModule, str(exc), exc.details)
             return None
 
-    return wrapper
+
+def userAction(title: str) -> Callable[[Callable], Callable]:
+    """Decorate a panel's slot (the panel has ``self.slicer``): every failure shows a dialog."""
+
+    def decorate(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            return runAction(self.slicer, title, lambda: method(self, *args, **kwargs))
+
+        return wrapper
+
+    return decorate
 
 
 class JobPanel:
-    """Runs engine jobs for the panels and shows their progress and log.
+    """Runs the panel's work and shows its progress and log.
 
     Args:
-        ui: the module's ``ui`` (uses ``progressBar``, ``statusLabel``, ``logTextEdit``).
+        ui: the module's ``ui`` (uses ``progressBar``, ``statusLabel``, ``logTextEdit``, ``torchInfoLabel``).
         engineJob: runs the engine in the background.
-        actionButtons: buttons disabled while a job runs (except the one that started it).
+        actionButtons: buttons disabled while work runs (except the one that started an engine job).
         slicerModule: the ``slicer`` module (injected by tests; imported when omitted).
     """
 
@@ -59,13 +78,20 @@ class JobPanel:
         self._buttons: List[Any] = list(actionButtons)
         self._busyButton: Optional[Any] = None
         self._busyText = ""
-        #: called after a job ends, so the widget can re-check which buttons may be enabled
+        self._mainThreadWork = False
+        #: called after work ends, so the widget can re-check which buttons may be enabled
         self.onIdle: Optional[Callable[[], None]] = None
         self._setIdle()
 
     @property
     def isRunning(self) -> bool:
+        """An engine job runs in the background."""
         return self._job.isRunning
+
+    @property
+    def isBusy(self) -> bool:
+        """An engine job runs, or main-thread work is under way."""
+        return self._job.isRunning or self._mainThreadWork
 
     def cancelIfRunning(self, button: Any) -> bool:
         """If ``button`` started the running job, cancel it and return True."""
@@ -76,18 +102,18 @@ class JobPanel:
         return False
 
     def cancel(self) -> None:
-        """Cancel any running job (module cleanup)."""
+        """Cancel the running job (scene close); its end is reported as usual."""
         if self._job.isRunning:
+            self.ui.statusLabel.text = "Cancelling: the scene is closing..."
             self._job.cancel()
 
-    def run(
-        self,
-        title: str,
-        args: Sequence[str],
-        button: Any,
-        onSuccess: Callable[[], None],
-        onEnd: Optional[Callable[[], None]] = None,
-    ) -> None:
+    def stop(self) -> None:
+        """End the running job for good, reporting nothing (module cleanup: the widgets are going)."""
+        self.onIdle = None
+        self._job.stop()
+
+    def run(self, title: str, args: Sequence[str], button: Any, onSuccess: Callable[[], None],
+            onEnd: Optional[Callable[[], None]] = None) -> None:
         """Start ``labelsharing <args>``; ``onSuccess`` runs if it succeeds, ``onEnd`` always."""
 
         def finished(result: EngineResult) -> None:
@@ -95,7 +121,7 @@ class JobPanel:
             try:
                 if result.succeeded:
                     self.ui.statusLabel.text = f"{title}: done."
-                    self._runReporting(onSuccess)
+                    runAction(self.slicer, title, onSuccess)
                 elif result.cancelled:
                     self.ui.statusLabel.text = f"{title}: cancelled."
                 else:
@@ -106,24 +132,65 @@ class JobPanel:
                     onEnd()
 
         self.ui.logTextEdit.appendPlainText(f"--- {title}: labelsharing {' '.join(args)}")
-        self._job.start(args, finished, onProgress=self._onProgress, onLog=self.ui.logTextEdit.appendPlainText)
+        self._job.start(args, finished, onProgress=self._onProgress, onLog=self._onLog)
         self._setBusy(title, button)
 
-    def _runReporting(self, action: Callable[[], None]) -> None:
+    @contextlib.contextmanager
+    def busy(self, title: str) -> Iterator[Callable[[int, int, str], None]]:
+        """Main-thread work: all actions disabled until the block ends; yields ``step(done, total, text)``."""
+        self.enterBusy(title)
         try:
-            action()
-        except ModuleError as exc:
-            showError(self.slicer, str(exc), exc.details)
+            yield self.step
+            self.ui.statusLabel.text = f"{title}: done."
+        finally:
+            self.leaveBusy()
+
+    def enterBusy(self, title: str) -> None:
+        """Start main-thread work spread over timer ticks (disables all actions); end it with :meth:`leaveBusy`.
+
+        Raises:
+            ModuleError: other work is under way.
+        """
+        if self.isBusy:
+            raise ModuleError("LabelSharingSeg is busy; wait for the running work to end or cancel it first.")
+        self._mainThreadWork = True
+        self._setBusy(title, None)
+
+    def leaveBusy(self) -> None:
+        """End main-thread work: the buttons come back."""
+        self._mainThreadWork = False
+        self._setIdle()
+
+    def step(self, done: int, total: int, text: str) -> None:
+        """Show progress of main-thread work and let Qt repaint (``slicer.app.processEvents()``)."""
+        self.ui.progressBar.value = int(round(100.0 * done / max(1, total)))
+        self.ui.statusLabel.text = text
+        self.slicer.app.processEvents()
+
+    def installMissing(self, dependencies: Any, distributions: Optional[Sequence[str]] = None) -> None:
+        """Install what is missing of ``distributions`` (all engine packages by default), after asking."""
+        missing = dependencies.missing(distributions)
+        if not missing:
+            return
+        dependencies.confirmInstall(missing)
+        with self.busy("Installing Python packages") as step:
+            dependencies.install(missing, step)
 
     def _onProgress(self, update: ProgressUpdate) -> None:
         self.ui.progressBar.value = int(round(update.percent))
         if update.text:
             self.ui.statusLabel.text = update.text
 
-    def _setBusy(self, title: str, button: Any) -> None:
-        self._busyButton, self._busyText = button, button.text
-        button.text = "Cancel"
-        button.enabled = True
+    def _onLog(self, line: str) -> None:
+        self.ui.logTextEdit.appendPlainText(line)
+        if line.startswith(_DEVICE_LINE):  # the engine names the device it runs on
+            self.ui.torchInfoLabel.text = f"Engine device: {line[len(_DEVICE_LINE):]}"
+
+    def _setBusy(self, title: str, button: Optional[Any]) -> None:
+        if button is not None:
+            self._busyButton, self._busyText = button, button.text
+            button.text = "Cancel"
+            button.enabled = True
         for other in self._buttons:
             if other is not button:
                 other.enabled = False

@@ -7,8 +7,10 @@ where their signatures come from (Slicer ``Base/Python/slicer/util.py`` unless n
   and ``slicer.util.arrayFromVTKMatrix(vmatrix)``;
 - ``slicer.util.arrayFromVolume(volumeNode)`` -> (k, j, i) view of the voxels;
 - ``slicer.util.addVolumeFromArray(narray, ijkToRAS, name, nodeClassName)``;
-- ``slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, referenceVolumeNode)``;
-- ``vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()`` and
+- ``slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, referenceVolumeNode)``,
+  which raises ``RuntimeError`` when Slicer cannot export the segment;
+- ``vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()``,
+  ``SetReferenceImageGeometryParameterFromVolumeNode(volume)`` and
   ``vtkMRMLNode.GetNodeReference(role)`` (``Libs/MRML/Core/vtkMRMLSegmentationNode.h``);
 - ``vtkSegmentation.GetNumberOfSegments()`` / ``GetNthSegmentID(i)`` / ``GetSegment(id)``
   (``Libs/vtkSegmentationCore/vtkSegmentation.h``).
@@ -85,21 +87,35 @@ class SceneIO:
         for index in range(segmentation.GetNumberOfSegments()):
             segmentId = segmentation.GetNthSegmentID(index)
             name = segmentation.GetSegment(segmentId).GetName()
-            mask = self._slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, referenceVolume)
+            try:
+                mask = self._slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, referenceVolume)
+            except RuntimeError as exc:
+                raise ModuleError(
+                    f"Slicer could not read segment '{name}' of '{segmentationNode.GetName()}' on the grid of "
+                    f"'{referenceVolume.GetName()}' ({exc}). Check that the segment is not empty and that the "
+                    "source volume is the right one."
+                ) from exc
             masks[name] = np.asarray(mask) > 0 if name not in masks else masks[name] | (np.asarray(mask) > 0)
         return masks
 
-    def caseFromSegmentation(self, segmentationNode: Any, caseId: str) -> TaskCase:
-        """A ``TaskCase`` (image, geometry, masks) from a segmentation and its reference volume.
+    def caseFromSegmentation(self, segmentationNode: Any, caseId: str, sourceVolume: Any = None) -> TaskCase:
+        """A ``TaskCase`` (image, geometry, masks) from a segmentation and its source volume.
+
+        Args:
+            sourceVolume: the volume the segmentation was drawn on; when given and not yet the
+                segmentation's reference volume, it becomes its reference (as the Segment Editor
+                does when a source volume is picked). Default: the current reference volume.
 
         Raises:
-            ModuleError: if the segmentation has no reference volume.
+            ModuleError: if there is no source volume, or it has no image data.
         """
-        volume = self.referenceVolume(segmentationNode)
+        if sourceVolume is not None and sourceVolume is not self.referenceVolume(segmentationNode):
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(sourceVolume)
+        volume = sourceVolume if sourceVolume is not None else self.referenceVolume(segmentationNode)
         if volume is None or volume.GetImageData() is None:
             raise ModuleError(
-                f"Segmentation '{segmentationNode.GetName()}' has no reference volume. Open it in the "
-                "Segment Editor and choose its source volume, then try again."
+                f"Segmentation '{segmentationNode.GetName()}' has no source volume. Choose the volume it was "
+                "drawn on in the 'Source volume' column of the task's segmentation list, then try again."
             )
         image = np.array(self._slicer.util.arrayFromVolume(volume))
         return TaskCase(caseId, image, self.ijkToRas(volume), self.segmentMasks(segmentationNode, volume))

@@ -1,9 +1,16 @@
 """The "Segment" section: input volume, model folder, task, device, output, Apply/Cancel.
 
 Slicer/CTK calls: ``ctkPathLineEdit.currentPath`` / ``addCurrentPathToHistory()`` (the
-"recently used" list kept under the widget's ``settingKey``; used the same way in Slicer's
-``Modules/Scripted/DICOMPatcher/DICOMPatcher.py``), ``QComboBox.clear()/addItem()/findText()``,
-``connect("currentPathChanged(QString)", f)``.
+"recently used" list kept under the widget's ``settingKey``), ``connect("currentPathChanged(QString)", f)``;
+``QComboBox.clear()/addItem()/findText()/setCurrentIndex()``, ``QObject.blockSignals(bool)``.
+
+- ``addCurrentPathToHistory()`` is called only after a successful action, never from the
+  ``currentPathChanged`` slot: it re-inserts the path into the widget's combo box with its
+  signals *un*blocked (``ctkPathLineEdit.cpp``, ``addCurrentPathToHistory``: ``blockSignals(false)``
+  before ``insertItem``/``setCurrentIndex``), which can emit ``currentPathChanged`` again.
+- Filling the empty task combo box makes its first item current and emits
+  ``currentIndexChanged`` (Qt's ``QComboBox`` selects the first item inserted into an empty
+  box), which would overwrite the saved task; signals are blocked while filling.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from .EngineCommands import isSetPath
-from .JobPanel import JobPanel, reportErrors
+from .JobPanel import JobPanel, userAction
 from .ModelInfo import ModelInfo
 from .ModuleError import ModuleError
 
@@ -72,13 +79,18 @@ class SegmentPanel:
         except ModuleError as exc:
             self.ui.modelInfoLabel.text = str(exc)
             return
-        for name in self.model.taskNames:
-            self.ui.taskComboBox.addItem(name)
-        if node is not None and node.task in self.model.tasks:
-            self.ui.taskComboBox.setCurrentIndex(self.ui.taskComboBox.findText(node.task))
+        combo = self.ui.taskComboBox
+        wasBlocked = combo.blockSignals(True)
+        try:
+            for name in self.model.taskNames:
+                combo.addItem(name)
+            saved = node.task if node is not None and node.task in self.model.tasks else self.model.taskNames[0]
+            combo.setCurrentIndex(combo.findText(saved))
+        finally:
+            combo.blockSignals(wasBlocked)
+        self.onTaskChanged()
         shared = self.model.plan.get("n_shared", "?")
         self.ui.modelInfoLabel.text = f"{len(self.model.tasks)} task(s), {shared} shared label(s)."
-        self.ui.modelPathLineEdit.addCurrentPathToHistory()
 
     def onTaskChanged(self, index: int = 0) -> None:
         node = self._parameterNode()
@@ -89,19 +101,22 @@ class SegmentPanel:
             labels = ", ".join(label.name for label in task.labels)
             self.ui.taskComboBox.toolTip = f"{task.modality}: {labels}"
 
-    @reportErrors
+    @userAction("Checking the Python packages")
     def onCheckDependencies(self, checked: bool = False) -> None:
-        """Install missing packages (after asking) and show the torch version and device."""
-        with self.slicer.util.WaitCursor():
-            self.ui.torchInfoLabel.text = str(self.logic.dependencies.ensureInstalled())
+        """Install missing packages (after asking) and show the installed torch and MONAI versions."""
+        self.jobs.installMissing(self.logic.dependencies)
+        self.ui.torchInfoLabel.text = self.logic.dependencies.describe()
 
-    @reportErrors
+    @userAction("Segmentation")
     def onApply(self, checked: bool = False) -> None:
         """Start segmenting (or cancel the running segmentation)."""
         if self.jobs.cancelIfRunning(self.ui.applyButton):
             return
+        ok, reason = self.canApply()
+        if not ok:
+            raise ModuleError(reason)
         node = self._parameterNode()
-        self.ui.torchInfoLabel.text = str(self.logic.dependencies.ensureInstalled())
+        self.jobs.installMissing(self.logic.dependencies)
         request = self.logic.segmenter.prepare(
             node.inputVolume, self.model, self.ui.taskComboBox.currentText, node.device, node.outputSegmentation
         )
@@ -109,6 +124,7 @@ class SegmentPanel:
         def loaded() -> None:
             segmentation = self.logic.segmenter.load(request)
             node.outputSegmentation = segmentation
+            self.ui.modelPathLineEdit.addCurrentPathToHistory()  # a model that worked joins the recent list
 
         self.jobs.run(
             "Segmentation", request.args, self.ui.applyButton, onSuccess=loaded,

@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -139,10 +139,12 @@ class TaskDefinition:
         folder: Union[str, Path],
         colors: Optional[Mapping[str, Sequence[float]]] = None,
         overwrite: bool = False,
+        onCase: Optional[Callable[[int, int, str], None]] = None,
     ) -> Path:
         """Write the task as an nnU-Net-style dataset folder the engine reads (CONTRACTS.md).
 
         Layout: ``dataset.json``, ``imagesTr/<case>_0000.nrrd``, ``labelsTr/<case>.nrrd``.
+        ``onCase(done, total, text)`` is called before each case and once at the end.
 
         Raises:
             ModuleError: if the folder already holds a dataset and ``overwrite`` is False.
@@ -150,7 +152,9 @@ class TaskDefinition:
         folder = Path(folder)
         if (folder / "dataset.json").exists() and not overwrite:
             raise ModuleError(f"{folder} already holds a dataset (dataset.json). Choose an empty folder.")
-        for case in self.cases:
+        for done, case in enumerate(self.cases):
+            if onCase is not None:
+                onCase(done, len(self.cases), f"Writing case {case.caseId} ({done + 1} of {len(self.cases)})...")
             writeNrrd(folder / "imagesTr" / f"{case.caseId}_0000.nrrd", case.image, case.ijkToRas)
             writeNrrd(folder / "labelsTr" / f"{case.caseId}.nrrd", self.labelArray(case), case.ijkToRas)
         description = {
@@ -164,6 +168,8 @@ class TaskDefinition:
         if colors:
             description["colors"] = {name: [float(c) for c in colors[name][:3]] for name in self.labels if name in colors}
         (folder / "dataset.json").write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
+        if onCase is not None:
+            onCase(len(self.cases), len(self.cases), f"Wrote {len(self.cases)} case(s) to {folder}.")
         return folder
 
 

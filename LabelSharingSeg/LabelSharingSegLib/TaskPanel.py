@@ -1,20 +1,20 @@
-"""The "Define a task" and "Train / add task" sections.
+"""The "Define a task" section: segmentations and their source volumes, grouping, dataset folder.
 
 Qt calls (PythonQt, Qt 5 API): ``QTableWidget.setRowCount/setItem/item``, ``QTableWidgetItem``
-with ``setFlags``/``setCheckState``, ``blockSignals``, the ``cellChanged(int,int)`` signal;
-``QListWidget.addItem/currentItem/takeItem/row``; ``qt.QFileDialog.getExistingDirectory``.
-``qMRMLCheckableNodeComboBox.checkedNodes()`` (``Libs/MRML/Widgets/qMRMLCheckableNodeComboBox.h``).
+with ``setFlags``/``setCheckState``, ``blockSignals``, the ``cellChanged(int,int)`` signal.
+``qMRMLCheckableNodeComboBox.checkedNodes()`` and its ``checkedNodesChanged()`` signal
+(``Libs/MRML/Widgets/qMRMLCheckableNodeComboBox.h``).
 """
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from .EngineCommands import addTaskArgs, isSetPath, trainArgs, writePins
-from .JobPanel import JobPanel, reportErrors
+from .EngineCommands import isSetPath
+from .JobPanel import JobPanel, userAction
 from .ModuleError import ModuleError
+from .SourceVolumes import SourceVolumeTable
 from .TaskDefinition import Grouping, TaskDefinition, uniqueCaseIds
 
 __all__ = ["TaskPanel", "COLUMNS"]
@@ -24,19 +24,21 @@ _SHARED, _PINNED = 3, 4
 
 
 class TaskPanel:
-    """Controller of the task-definition and training sections.
+    """Controller of the task-definition section.
 
     Args:
         ui: the module's ``ui``.
-        logic: the module logic (``sceneIO``).
+        logic: the module logic (``sceneIO``, ``dependencies``).
         jobs: the shared job runner.
         parameterNode: returns the current parameter node (or None).
         currentModel: returns the ``ModelInfo`` chosen in the Segment section (or None).
+        addDatasetFolder: adds a written dataset folder to the training list.
         slicerModule, qtModule: the ``slicer`` and ``qt`` modules.
     """
 
     def __init__(self, ui: Any, logic: Any, jobs: JobPanel, parameterNode: Callable[[], Any],
-                 currentModel: Callable[[], Any], slicerModule: Any, qtModule: Any) -> None:
+                 currentModel: Callable[[], Any], addDatasetFolder: Callable[[str], None],
+                 slicerModule: Any, qtModule: Any) -> None:
         self.ui = ui
         self.logic = logic
         self.jobs = jobs
@@ -44,6 +46,8 @@ class TaskPanel:
         self.qt = qtModule
         self._parameterNode = parameterNode
         self._currentModel = currentModel
+        self._addDatasetFolder = addDatasetFolder
+        self.sourceVolumes = SourceVolumeTable(ui.sourceVolumesTableWidget, logic.sceneIO, slicerModule, qtModule)
         self.definition: Optional[TaskDefinition] = None
         self.grouping: Optional[Grouping] = None
         self.pins: Dict[str, int] = {}
@@ -52,27 +56,41 @@ class TaskPanel:
         ui.computeGroupingButton.connect("clicked(bool)", self.onComputeGrouping)
         ui.groupingTableWidget.connect("cellChanged(int,int)", self.onCellChanged)
         ui.exportDatasetButton.connect("clicked(bool)", self.onExportDataset)
-        ui.addDatasetButton.connect("clicked(bool)", self.onAddDataset)
-        ui.removeDatasetButton.connect("clicked(bool)", self.onRemoveDataset)
-        ui.trainButton.connect("clicked(bool)", self.onTrain)
-        ui.addTaskButton.connect("clicked(bool)", self.onAddTask)
+        ui.taskSegmentationsSelector.connect("checkedNodesChanged()", self.onSegmentationsChanged)
 
-    # ----------------------------------------------------------------- define a task
-    def defineTask(self) -> TaskDefinition:
-        """A ``TaskDefinition`` from the checked segmentations, task name and modality."""
+    def onSegmentationsChanged(self) -> None:
+        """List the ticked segmentations with a source-volume selector each."""
+        self.sourceVolumes.refresh(list(self.ui.taskSegmentationsSelector.checkedNodes()))
+
+    def defineTask(self, step: Optional[Callable[[int, int, str], None]] = None) -> TaskDefinition:
+        """A ``TaskDefinition`` from the ticked segmentations (with their source volumes), name and modality.
+
+        ``step(done, total, text)`` is called before reading each case.
+        """
         node = self._parameterNode()
         segmentations = list(self.ui.taskSegmentationsSelector.checkedNodes())
         caseIds = uniqueCaseIds(s.GetName() for s in segmentations)
-        cases = [self.logic.sceneIO.caseFromSegmentation(s, c) for s, c in zip(segmentations, caseIds)]
+        cases = []
+        for done, (segmentation, caseId) in enumerate(zip(segmentations, caseIds)):
+            if step is not None:
+                step(done, len(segmentations), f"Reading {segmentation.GetName()} ({done + 1} of {len(segmentations)})...")
+            volume = self.sourceVolumes.sourceVolume(segmentation)
+            cases.append(self.logic.sceneIO.caseFromSegmentation(segmentation, caseId, volume))
         return TaskDefinition(node.taskName, node.modality, cases)
 
-    @reportErrors
+    @userAction("Computing the grouping")
     def onComputeGrouping(self, checked: bool = False) -> None:
         """Measure label sizes and show the grouping against the chosen model's tasks."""
-        with self.slicer.util.WaitCursor():
-            self.definition = self.defineTask()
+        with self.jobs.busy("Measuring the labels") as step:
+            self.definition = self.defineTask(step)
             self.pins = {}
             self.refreshGrouping()
+
+    def pinsOfDefinedTask(self) -> Optional[tuple]:
+        """``(task name, {label: shared label})`` of the pins edited in the table, or ``None``."""
+        if self.definition is None or not self.pins:
+            return None
+        return self.definition.name, dict(self.pins)
 
     def refreshGrouping(self) -> None:
         """Recompute the grouping with the current pins and fill the table."""
@@ -99,7 +117,7 @@ class TaskPanel:
         warnings = list(self.grouping.warnings)
         self.ui.taskWarningsLabel.text = "\n".join(f"Warning: {w}" for w in warnings) if warnings else "No warnings."
 
-    @reportErrors
+    @userAction("Pinning a shared label")
     def onCellChanged(self, row: int, column: int) -> None:
         """Editing a shared label pins it; unticking "Pinned" releases it."""
         table = self.ui.groupingTableWidget
@@ -125,22 +143,24 @@ class TaskPanel:
             self.refreshGrouping()
             raise
 
-    @reportErrors
+    @userAction("Writing the task dataset")
     def onExportDataset(self, checked: bool = False) -> None:
         """Write the task as ``<dataset folder>/<task name>/`` and add it to the training list."""
         node = self._parameterNode()
         if not isSetPath(node.datasetFolder):
             raise ModuleError("Choose the folder the task dataset is written into.")
-        definition = self.defineTask()
-        folder = Path(node.datasetFolder) / definition.name
+        if not node.taskName.strip():
+            raise ModuleError("Give the task a name (for example 'abdomen_ct'); it names the dataset's folder.")
+        folder = Path(node.datasetFolder) / node.taskName.strip()
         overwrite = (folder / "dataset.json").exists() and self.slicer.util.confirmOkCancelDisplay(
             f"{folder} already holds a dataset. Replace its dataset.json and files of the same cases?"
         )
-        colors = self._segmentColors()
-        self.logic.dependencies.ensurePackages(["nrrd"])  # NrrdIO writes through pynrrd
-        with self.slicer.util.WaitCursor():
-            definition.writeDataset(folder, colors, overwrite=overwrite)
+        self.jobs.installMissing(self.logic.dependencies, ["pynrrd"])  # NrrdIO writes through pynrrd
+        with self.jobs.busy("Writing the task dataset") as step:
+            definition = self.defineTask(step)
+            definition.writeDataset(folder, self._segmentColors(), overwrite=overwrite, onCase=step)
         self._addDatasetFolder(str(folder))
+        self.ui.datasetFolderPathLineEdit.addCurrentPathToHistory()
         self.ui.statusLabel.text = f"Task dataset written to {folder}."
 
     def _segmentColors(self) -> Dict[str, List[float]]:
@@ -151,64 +171,3 @@ class TaskPanel:
                 segment = segmentation.GetSegment(segmentation.GetNthSegmentID(index))
                 colors.setdefault(segment.GetName(), list(segment.GetColor()))
         return colors
-
-    # ----------------------------------------------------------------- train / add task
-    def datasetFolders(self) -> List[str]:
-        widget = self.ui.trainDatasetsListWidget
-        return [widget.item(row).text() for row in range(widget.count)]
-
-    def onAddDataset(self, checked: bool = False) -> None:
-        folder = self.qt.QFileDialog.getExistingDirectory(None, "Task dataset folder (holding dataset.json)")
-        if folder:
-            self._addDatasetFolder(folder)
-
-    def onRemoveDataset(self, checked: bool = False) -> None:
-        widget = self.ui.trainDatasetsListWidget
-        if widget.currentItem() is not None:
-            widget.takeItem(widget.row(widget.currentItem()))
-
-    def _addDatasetFolder(self, folder: str) -> None:
-        if folder not in self.datasetFolders():
-            self.ui.trainDatasetsListWidget.addItem(folder)
-        widget = self.ui.trainDatasetsListWidget
-        widget.setCurrentRow(self.datasetFolders().index(folder))
-
-    def _pinsFile(self, workDir: str) -> Optional[Path]:
-        if self.definition is None or not self.pins:
-            return None
-        return writePins(Path(workDir) / "pins.json", self.definition.name, self.pins)
-
-    @reportErrors
-    def onTrain(self, checked: bool = False) -> None:
-        """Train a new model from the listed task folders (or cancel the running training)."""
-        if self.jobs.cancelIfRunning(self.ui.trainButton):
-            return
-        node = self._parameterNode()
-        self.logic.dependencies.ensureInstalled()
-        workDir = tempfile.mkdtemp(prefix="LabelSharingSeg-train-", dir=self.slicer.app.temporaryPath)
-        args = trainArgs(self.datasetFolders(), node.newModelFolder, node.epochs, node.device, self._pinsFile(workDir))
-        self.jobs.run("Training", args, self.ui.trainButton, onSuccess=lambda: self._selectModel(node.newModelFolder))
-
-    @reportErrors
-    def onAddTask(self, checked: bool = False) -> None:
-        """Add the selected task folder to the chosen model, written as a new model folder."""
-        if self.jobs.cancelIfRunning(self.ui.addTaskButton):
-            return
-        node = self._parameterNode()
-        model = self._currentModel()
-        if model is None:
-            raise ModuleError("Choose the model to extend in the Segment section (model folder).")
-        item = self.ui.trainDatasetsListWidget.currentItem()
-        if item is None:
-            raise ModuleError("Select the task dataset folder to add in the list.")
-        self.logic.dependencies.ensureInstalled()
-        workDir = tempfile.mkdtemp(prefix="LabelSharingSeg-add-", dir=self.slicer.app.temporaryPath)
-        args = addTaskArgs(model.folder, item.text(), node.newModelFolder, node.epochs, node.replay, node.device,
-                           self._pinsFile(workDir))
-        self.jobs.run("Adding the task", args, self.ui.addTaskButton,
-                      onSuccess=lambda: self._selectModel(node.newModelFolder))
-
-    def _selectModel(self, folder: Any) -> None:
-        """Make a freshly written model the chosen one (and remember it in the recent list)."""
-        self.ui.modelPathLineEdit.currentPath = str(folder)
-        self.ui.modelPathLineEdit.addCurrentPathToHistory()

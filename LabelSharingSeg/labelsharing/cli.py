@@ -234,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="describe a model folder: tasks, labels, shared labels, history")
     info.add_argument("model", metavar="MODEL", help="[REQUIRED] model folder")
     info.set_defaults(handler=_cmd_info)
+
+    defaults = commands.add_parser("defaults", help="the defaults and limits of the train and add-task options")
+    defaults.add_argument("--json", action="store_true", help="[OPTIONAL] print JSON (for the Slicer module)")
+    defaults.set_defaults(handler=_cmd_defaults)
     return parser
 
 
@@ -318,6 +322,57 @@ def _number(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
     return value
+
+
+#: the limits each option type enforces, for programs that offer these options (``defaults``)
+_TYPE_LIMITS = {
+    _positive_int: {"minimum": 1},
+    _fraction: {"minimum": 0.0, "maximum": 1.0, "maximum_exclusive": True},
+    _learning_rate: {"minimum": 0.0, "minimum_exclusive": True, "maximum": 1.0},
+}
+_DEFAULTS_COMMANDS = ("train", "add-task")
+_DEFAULTS_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "lr", "replay", "val_fraction")
+
+
+def training_defaults() -> dict:
+    """Default and limits of each training option of ``train`` and ``add-task``, read from the parser.
+
+    The parser is the one source: defaults from its actions (argparse's ``_actions``), limits from
+    the type each action validates with (``_TYPE_LIMITS``). The Slicer module calls this function;
+    it imports nothing beyond this module's own imports (no torch).
+
+    Returns:
+        ``{command: {option dest: {"default": value, "minimum": ..., "maximum": ...,
+        "minimum_exclusive": bool, "maximum_exclusive": bool}}}``; a missing bound is unbounded.
+    """
+    [subparsers] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    result = {}
+    for command in _DEFAULTS_COMMANDS:
+        result[command] = {
+            action.dest: {"default": action.default, **_TYPE_LIMITS.get(action.type, {})}
+            for action in subparsers.choices[command]._actions if action.dest in _DEFAULTS_OPTIONS
+        }
+    return result
+
+
+def _cmd_defaults(args: argparse.Namespace, progress: ProgressReporter) -> int:
+    defaults = training_defaults()
+    if args.json:
+        print(json.dumps(defaults, indent=2))
+        return 0
+    for command, options in defaults.items():
+        for dest, entry in options.items():
+            print(f"{command} --{dest.replace('_', '-')} {entry['default']:g}; {_describe_limits(entry)}")
+    return 0
+
+
+def _describe_limits(entry: dict) -> str:
+    """``at least 1``, ``within [0, 1)`` or ``within (0, 1]``."""
+    if "maximum" not in entry:
+        return f"at least {entry['minimum']:g}"
+    low = "(" if entry.get("minimum_exclusive") else "["
+    high = ")" if entry.get("maximum_exclusive") else "]"
+    return f"within {low}{entry['minimum']:g}, {entry['maximum']:g}{high}"
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

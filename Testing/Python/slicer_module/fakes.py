@@ -1,18 +1,24 @@
 """FAKES of the small part of the Slicer/Qt/VTK/CTK API the module uses; not the real Slicer.
 
 Each fake implements only the calls our code makes, with the signatures read from Slicer's
-sources (cited in the module's files). Tests that use them say so in their docstring.
+sources (cited in the module's files and, for the fakes added with issue 10, here; Slicer main
+at 583e9b37, 5.8.0 at d20ee94c). Tests that use them say so in their docstring. Fakes of Qt/CTK
+widgets are in ``fakes_qt.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import traceback
 import types
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 from unittest import mock
 
 import numpy as np
+
+from .fakes_qt import FakeNodeComboBox
 
 MODULE_DIR = Path(__file__).resolve().parents[3] / "LabelSharingSeg"
 
@@ -56,6 +62,16 @@ def fakeVtk() -> types.ModuleType:
 
 
 # ----------------------------------------------------------------------------- MRML nodes
+class FakeImageData:
+    """vtkImageData.GetDimensions() -> (i, j, k) (VTK ``Common/DataModel/vtkImageData.h``)."""
+
+    def __init__(self, dimensions) -> None:
+        self.dimensions = tuple(int(d) for d in dimensions)
+
+    def GetDimensions(self):
+        return self.dimensions
+
+
 class FakeVolumeNode:
     """vtkMRMLScalarVolumeNode: voxels (k, j, i), IJK->RAS, name, transform ID."""
 
@@ -72,8 +88,12 @@ class FakeVolumeNode:
             for c in range(4):
                 matrix.SetElement(r, c, self.ijkToRasArray[r, c])
 
-    def GetImageData(self) -> object:
-        return object()
+    def GetImageData(self) -> FakeImageData:
+        return FakeImageData(np.shape(self.voxels)[::-1])
+
+    def IsA(self, className: str) -> bool:
+        """vtkObject::IsA; a label map volume is also a scalar volume (vtkMRMLLabelMapVolumeNode.h)."""
+        return className in (self.className, "vtkMRMLScalarVolumeNode", "vtkMRMLVolumeNode", "vtkMRMLNode")
 
     def GetName(self) -> str:
         return self.name
@@ -118,10 +138,15 @@ class FakeSegment:
 
 
 class FakeSegmentation:
-    """vtkSegmentation: ordered segments by ID."""
+    """vtkSegmentation: ordered segments by ID; conversion parameters by name (vtkSegmentation.h:
+    ``std::string GetConversionParameter(const std::string& name)``, "" when unset)."""
 
     def __init__(self) -> None:
         self.segments: Dict[str, FakeSegment] = {}
+        self.conversionParameters: Dict[str, str] = {}
+
+    def GetConversionParameter(self, name: str) -> str:
+        return self.conversionParameters.get(name, "")
 
     def RemoveAllSegments(self) -> None:
         self.segments.clear()
@@ -171,7 +196,15 @@ class FakeSegmentationNode:
         return self.referenceVolume if role == "referenceImageGeometryRef" else None
 
     def SetReferenceImageGeometryParameterFromVolumeNode(self, volume: FakeVolumeNode) -> None:
+        """vtkMRMLSegmentationNode.cxx (main, line 746): sets the serialized geometry of the volume
+        as the "Reference image geometry" conversion parameter and the referenceImageGeometryRef
+        node reference; does nothing for a volume without image data."""
+        if volume is None or volume.GetImageData() is None:
+            return
         self.referenceVolume = volume
+        self.segmentation.conversionParameters[REFERENCE_GEOMETRY] = serializeImageGeometry(
+            volume.ijkToRasArray, volume.GetImageData().GetDimensions()
+        )
 
     def SetAndObserveTransformNodeID(self, nodeId: Optional[str]) -> bool:
         self.transformNodeId = nodeId
@@ -180,10 +213,43 @@ class FakeSegmentationNode:
     def CreateDefaultDisplayNodes(self) -> None:
         self.displayNodesCreated = True
 
+    @staticmethod
+    def IsA(className: str) -> bool:
+        return className in ("vtkMRMLSegmentationNode", "vtkMRMLNode")
+
     def addSegment(self, name: str, mask: np.ndarray, color=(0.5, 0.5, 0.5)) -> str:
         segmentId = self.segmentation.AddEmptySegment(name, name, color)
         self.masks[segmentId] = mask
         return segmentId
+
+
+REFERENCE_GEOMETRY = "Reference image geometry"  # vtkSegmentationConverter::GetReferenceImageGeometryParameterName()
+
+
+def serializeImageGeometry(ijkToRas, dimensions) -> str:
+    """vtkSegmentationConverter::SerializeImageGeometry(vtkMatrix4x4*, int extent[6])
+    (vtkSegmentationConverter.cxx, main line 131): 16 row-major matrix elements, then the extent,
+    each followed by ';'."""
+    extent = [v for d in dimensions for v in (0, int(d) - 1)]
+    return "".join(f"{float(v):g};" for v in np.asarray(ijkToRas, dtype=float).ravel()) + "".join(f"{v};" for v in extent)
+
+
+def tryWithErrorDisplay(message=None, show=True, waitCursor=False):
+    """slicer.util.tryWithErrorDisplay (Base/Python/slicer/util.py, main line 3692, 5.8.0 line 3279):
+    on an exception, errorDisplay("<message>\n\n<exception>", detailedText=<traceback>), then re-raise."""
+
+    @contextlib.contextmanager
+    def manager():
+        slicer = sys.modules.get("slicer")
+        try:
+            yield
+        except Exception as exc:
+            if show and not slicer.app.testingEnabled():
+                text = f"{message}\n\n{exc}" if message is not None else str(exc)
+                slicer.util.errorDisplay(text, detailedText=traceback.format_exc())
+            raise
+
+    return manager()
 
 
 class FakeSegmentationsLogic:
@@ -232,17 +298,28 @@ class FakeScene:
     def GetFirstNodeByClass(self, className: str) -> Any:
         return None
 
+    def GetNodesByClass(self, className: str) -> List[Any]:
+        """vtkMRMLScene::GetNodesByClass: nodes of the class and its subclasses."""
+        return [n for n in self.nodes if isinstance(n, (FakeVolumeNode, FakeSegmentationNode)) and n.IsA(className)]
+
 
 def fakeSlicer(tmpPath: str = "/tmp") -> types.ModuleType:
     """A ``slicer`` module with util, mrmlScene, modules.segmentations and subject hierarchy."""
     slicer = types.ModuleType("slicer")
     slicer.mrmlScene = FakeScene()
-    slicer.app = types.SimpleNamespace(temporaryPath=tmpPath, processEvents=lambda: None)
+    # qSlicerCoreApplication (Base/QTCore/qSlicerCoreApplication.h): temporaryPath and
+    # slicerUserSettingsFilePath properties, testingEnabled(); processEvents from QApplication
+    slicer.app = types.SimpleNamespace(
+        temporaryPath=tmpPath, processEvents=lambda: None, testingEnabled=lambda: False,
+        slicerUserSettingsFilePath=str(Path(tmpPath) / "settings" / "slicer.org" / "Slicer.ini"),
+    )
+    slicer.vtkSegmentationConverter = types.SimpleNamespace(GetReferenceImageGeometryParameterName=lambda: REFERENCE_GEOMETRY)
     segmentationsLogic = FakeSegmentationsLogic()
     slicer.modules = types.SimpleNamespace(segmentations=types.SimpleNamespace(logic=lambda: segmentationsLogic))
     hierarchy = FakeSubjectHierarchy()
     slicer.vtkMRMLSubjectHierarchyNode = types.SimpleNamespace(GetSubjectHierarchyNode=lambda scene: hierarchy)
     slicer.vtkMRMLScalarVolumeNode = FakeVolumeNode
+    slicer.qMRMLNodeComboBox = FakeNodeComboBox
     slicer.vtkMRMLSegmentationNode = FakeSegmentationNode
     util = types.ModuleType("slicer.util")
     util.arrayFromVTKMatrix = lambda matrix: matrix.values.copy()
@@ -262,7 +339,9 @@ def fakeSlicer(tmpPath: str = "/tmp") -> types.ModuleType:
     util.errorDisplay = mock.MagicMock()
     util.confirmOkCancelDisplay = mock.MagicMock(return_value=True)
     util.pip_install = mock.MagicMock()
-    util.getNodesByClass = lambda className: [n for n in slicer.mrmlScene.nodes if isinstance(n, FakeSegmentationNode)]
+    util.tryWithErrorDisplay = tryWithErrorDisplay
+    util.WaitCursor = lambda show=True: contextlib.nullcontext()  # util.py main line 3596: a context manager
+    util.getNodesByClass = lambda className: slicer.mrmlScene.GetNodesByClass(className)
     slicer.util = util
     slicer.segmentationsLogic = segmentationsLogic  # for assertions
     slicer.hierarchy = hierarchy  # for assertions
@@ -336,6 +415,8 @@ def installFakeSlicerModules() -> Dict[str, types.ModuleType]:
     slicer.ScriptedLoadableModule = slm
     qt = types.ModuleType("qt")
     qt.QTimer = mock.MagicMock(name="QTimer")
+    qt.QTableWidgetItem = mock.MagicMock(name="QTableWidgetItem")
+    qt.Qt = mock.MagicMock(name="Qt")
     ctk = types.ModuleType("ctk")
     modules = {
         "slicer": slicer, "slicer.util": slicer.util, "slicer.parameterNodeWrapper": wrapper,

@@ -51,7 +51,7 @@ def test_import_defines_the_four_classes_and_the_parameter_node(moduleFile):
     moduleFile.LabelSharingSeg(parent)
     assert parent.title == "LabelSharingSeg" and parent.categories == ["Segmentation"]
     node = moduleFile.LabelSharingSegLogic().getParameterNode()
-    assert node.device == "auto" and node.exportFormat == "seg.nrrd" and node.epochs == 50
+    assert node.device == "auto" and node.exportFormat == "seg.nrrd"
 
 
 def test_building_the_widget_uses_only_widgets_of_the_ui_file(moduleFile, fakeSlicerModules):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import types
 from unittest import mock
 
 import pytest
 
-from .fakes import fakeSlicer
+from .fakes import MODULE_DIR, fakeSlicer
 from LabelSharingSegLib.Dependencies import Dependencies
 from LabelSharingSegLib.EngineCommands import addTaskArgs, isSetPath, predictArgs, trainArgs, writePins
 from LabelSharingSegLib.ModelInfo import ModelInfo, defaultColor
@@ -50,65 +52,86 @@ def test_arguments_follow_the_contract(tmp_path):
     assert json.loads(writePins(tmp_path / "p.json", "knee", {"tibia": 1}).read_text()) == {"knee": {"tibia": 1}}
 
 
-def _torch(cuda=False):
-    return types.SimpleNamespace(__version__="2.3.1", cuda=types.SimpleNamespace(is_available=lambda: cuda, get_device_name=lambda i: "RTX"),
-                                 backends=types.SimpleNamespace(mps=None))
-
-
-def _dependencies(torchInstalled, missing, confirm=True):
+def _dependencies(missing, confirm=True, torchInstalls=True):
+    """FAKE slicer and PyTorchUtils (fepegar/SlicerPyTorch PyTorchUtils.py: installTorch(askConfirmation,
+    forceComputationBackend, torchVersionRequirement, ...) returns the torch module, or None when declined)."""
     slicer = fakeSlicer()
     torchLogic = mock.MagicMock()
-    torchLogic.torchInstalled.return_value = torchInstalled
-    torchLogic.installTorch = mock.MagicMock(return_value=_torch())
-    modules = {"PyTorchUtils": types.SimpleNamespace(PyTorchUtilsLogic=lambda: torchLogic), "torch": _torch(cuda=True)}
+    torchLogic.installTorch = mock.MagicMock(return_value=object() if torchInstalls else None)
+    modules = {"PyTorchUtils": types.SimpleNamespace(PyTorchUtilsLogic=lambda: torchLogic)}
 
     def importModule(name):
         if name not in modules:
             raise ModuleNotFoundError(name)
         return modules[name]
 
-    findSpec = lambda name: None if name in missing else object()  # noqa: E731
+    versions = lambda name: None if name in missing else "1.2.3"  # noqa: E731
     asked = []
-    dependencies = Dependencies(slicer, importModule, findSpec)
+    dependencies = Dependencies(slicer, importModule, versions)
     ask = lambda text, details: asked.append(details) or confirm  # noqa: E731
     return dependencies, slicer, torchLogic, asked, ask
 
 
-def test_nothing_missing_asks_nothing_and_reports_torch():
-    dependencies, slicer, torchLogic, asked, ask = _dependencies(True, set())
-    info = dependencies.ensureInstalled(ask)
-    assert str(info) == "PyTorch 2.3.1, device: cuda (RTX)" and asked == []
+def test_nothing_missing_asks_nothing_and_describes_the_versions():
+    dependencies, slicer, torchLogic, asked, ask = _dependencies(set())
+    assert dependencies.ensureInstalled(ask).startswith("PyTorch 1.2.3, MONAI 1.2.3") and asked == []
     slicer.util.pip_install.assert_not_called()
     torchLogic.installTorch.assert_not_called()
 
 
 def test_missing_packages_are_installed_after_asking_with_numpy_pinned():
-    dependencies, slicer, torchLogic, asked, ask = _dependencies(False, {"monai", "nrrd"})
-    dependencies.ensureInstalled(ask)
+    dependencies, slicer, torchLogic, asked, ask = _dependencies({"torch", "monai", "pynrrd"})
+    steps = []
+    missing = dependencies.missing()
+    assert missing == ["torch", "monai", "pynrrd"]
+    dependencies.confirmInstall(missing, ask)
+    dependencies.install(missing, lambda done, total, text: steps.append((done, total)))
     assert "torch" in asked[0] and "monai>=1.3" in asked[0] and "pynrrd>=1.0" in asked[0]
     torchLogic.installTorch.assert_called_once()
     [requirements] = slicer.util.pip_install.call_args[0]
     assert requirements[:2] == ["monai>=1.3", "pynrrd>=1.0"]
     assert any(r.startswith("numpy==") for r in requirements)
+    assert steps == [(0, 2), (1, 2), (2, 2)]
 
 
-def test_ensure_packages_installs_only_the_missing_ones_without_torch():
-    dependencies, slicer, torchLogic, asked, ask = _dependencies(False, {"nrrd", "monai"})
-    dependencies.ensurePackages(["nrrd"], ask)
-    assert asked == ["Packages: pynrrd>=1.0"]
+def test_only_the_asked_distributions_are_checked():
+    dependencies, slicer, torchLogic, asked, ask = _dependencies({"pynrrd", "monai"})
+    assert dependencies.missing(["pynrrd"]) == ["pynrrd"]
+    dependencies.install(["pynrrd"])
     [requirements] = slicer.util.pip_install.call_args[0]
     assert requirements[0] == "pynrrd>=1.0" and "monai>=1.3" not in requirements
     torchLogic.installTorch.assert_not_called()
-    installed, slicer, _, asked, ask = _dependencies(False, {"monai"})
-    installed.ensurePackages(["nrrd"], ask)
-    assert asked == [] and not slicer.util.pip_install.called
+    assert _dependencies({"monai"})[0].missing(["pynrrd"]) == []
 
 
 def test_cancelled_installation_and_missing_extension_are_readable_errors():
-    dependencies, slicer, _, _, ask = _dependencies(True, {"tqdm"}, confirm=False)
+    dependencies, slicer, _, _, ask = _dependencies({"tqdm"}, confirm=False)
     with pytest.raises(ModuleError, match="cancelled"):
         dependencies.ensureInstalled(ask)
     slicer.util.pip_install.assert_not_called()
-    noExtension = Dependencies(slicer, importModule=mock.MagicMock(side_effect=ModuleNotFoundError("PyTorchUtils")))
+    noExtension = Dependencies(slicer, mock.MagicMock(side_effect=ModuleNotFoundError("PyTorchUtils")), lambda name: None)
     with pytest.raises(ModuleError, match="PyTorch extension"):
-        noExtension.ensureInstalled(ask)
+        noExtension.install(["torch"])
+    declined, *_ = _dependencies({"torch"}, torchInstalls=False)
+    with pytest.raises(ModuleError, match="PyTorch was not installed"):
+        declined.install(["torch"])
+
+
+def test_failed_pip_install_is_a_readable_error_with_the_log():
+    """slicer.util.pip_install raises subprocess.CalledProcessError when pip fails (util.py 5.8:
+    logProcessOutput, line 3862; main: slicer/packaging.py, line 784)."""
+    dependencies, slicer, *_ = _dependencies({"monai"})
+    slicer.util.pip_install.side_effect = subprocess.CalledProcessError(1, "pip install", output="No matching distribution")
+    with pytest.raises(ModuleError, match="pip exit code 1") as raised:
+        dependencies.install(["monai"])
+    assert raised.value.details == "No matching distribution"
+
+
+def test_the_check_reads_package_metadata_and_never_imports_torch():
+    """The real check (importlib.metadata) in a fresh interpreter: torch is never imported."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from LabelSharingSegLib.Dependencies import Dependencies; "
+            "d = Dependencies(slicerModule=object()); d.missing(); print(d.describe()); "
+            "assert 'torch' not in sys.modules and 'monai' not in sys.modules, 'imported'")
+    result = subprocess.run([sys.executable, "-c", code, str(MODULE_DIR)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("PyTorch ")

@@ -91,5 +91,5 @@ def test_case_from_segmentation_uses_the_reference_volume_using_a_fake_slicer():
     case = SceneIO(slicer, fakeVtk()).caseFromSegmentation(node, "case_1")
     np.testing.assert_array_equal(case.segments["liver"], mask)
     np.testing.assert_allclose(case.ijkToRas, np.diag([0.5, 0.5, 3.0, 1.0]))
-    with pytest.raises(ModuleError, match="no reference volume"):
+    with pytest.raises(ModuleError, match="no source volume"):
         SceneIO(slicer, fakeVtk()).caseFromSegmentation(FakeSegmentationNode("orphan"), "x")

@@ -1,0 +1,130 @@
+"""The "Train / add task" section: task folders, where the new model goes, epochs, replay.
+
+The new model is written to ``<models folder>/<model name>`` (``ModelOutput``), shown under the
+two fields before anything runs. Epochs (one field for Train, one for Add task) and replay take
+their defaults and limits from the engine (``EngineDefaults``, through the parameter node).
+
+Qt calls (PythonQt, Qt 5 API): ``QListWidget.addItem/item/count/currentItem/takeItem/row/
+setCurrentRow``; ``qt.QFileDialog.getExistingDirectory(parent, caption)``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+from .EngineCommands import addTaskArgs, trainArgs, writePins
+from .JobPanel import JobPanel, userAction
+from .ModelOutput import freeModelName, modelOutputFolder
+from .ModuleError import ModuleError
+
+__all__ = ["TrainPanel"]
+
+
+class TrainPanel:
+    """Controller of the training section.
+
+    Args:
+        ui: the module's ``ui``.
+        logic: the module logic (``dependencies``).
+        jobs: the shared job runner.
+        parameterNode: returns the current parameter node (or None).
+        currentModel: returns the ``ModelInfo`` chosen in the Segment section (or None).
+        pinsOfDefinedTask: returns ``(task name, pins)`` edited in the task table, or None.
+        slicerModule, qtModule: the ``slicer`` and ``qt`` modules.
+    """
+
+    def __init__(self, ui: Any, logic: Any, jobs: JobPanel, parameterNode: Callable[[], Any],
+                 currentModel: Callable[[], Any], pinsOfDefinedTask: Callable[[], Optional[tuple]],
+                 slicerModule: Any, qtModule: Any) -> None:
+        self.ui = ui
+        self.logic = logic
+        self.jobs = jobs
+        self.slicer = slicerModule
+        self.qt = qtModule
+        self._parameterNode = parameterNode
+        self._currentModel = currentModel
+        self._pinsOfDefinedTask = pinsOfDefinedTask
+        ui.addDatasetButton.connect("clicked(bool)", self.onAddDataset)
+        ui.removeDatasetButton.connect("clicked(bool)", self.onRemoveDataset)
+        ui.trainButton.connect("clicked(bool)", self.onTrain)
+        ui.addTaskButton.connect("clicked(bool)", self.onAddTask)
+
+    def datasetFolders(self) -> List[str]:
+        widget = self.ui.trainDatasetsListWidget
+        return [widget.item(row).text() for row in range(widget.count)]
+
+    def onAddDataset(self, checked: bool = False) -> None:
+        folder = self.qt.QFileDialog.getExistingDirectory(None, "Task dataset folder (holding dataset.json)")
+        if folder:
+            self.addDatasetFolder(folder)
+
+    def onRemoveDataset(self, checked: bool = False) -> None:
+        widget = self.ui.trainDatasetsListWidget
+        if widget.currentItem() is not None:
+            widget.takeItem(widget.row(widget.currentItem()))
+
+    def addDatasetFolder(self, folder: str) -> None:
+        """Add a task folder to the list (once) and select it."""
+        if folder not in self.datasetFolders():
+            self.ui.trainDatasetsListWidget.addItem(folder)
+        self.ui.trainDatasetsListWidget.setCurrentRow(self.datasetFolders().index(folder))
+
+    def updateTarget(self) -> None:
+        """Show where the model will be written, or what is wrong with the two fields."""
+        node = self._parameterNode()
+        if node is None:
+            return
+        try:
+            self.ui.modelTargetLabel.text = f"The model will be written to {modelOutputFolder(node.modelsFolder, node.modelName)}"
+        except ModuleError as exc:
+            self.ui.modelTargetLabel.text = str(exc)
+
+    @userAction("Training")
+    def onTrain(self, checked: bool = False) -> None:
+        """Train a new model from the listed task folders (or cancel the running training)."""
+        if self.jobs.cancelIfRunning(self.ui.trainButton):
+            return
+        node = self._parameterNode()
+        outFolder = modelOutputFolder(node.modelsFolder, node.modelName)
+        self.jobs.installMissing(self.logic.dependencies)
+        args = trainArgs(self.datasetFolders(), outFolder, node.trainEpochs, node.device, self._pinsFile("train"))
+        self._run("Training", args, self.ui.trainButton, outFolder)
+
+    @userAction("Adding the task")
+    def onAddTask(self, checked: bool = False) -> None:
+        """Add the selected task folder to the chosen model, written as a new model folder."""
+        if self.jobs.cancelIfRunning(self.ui.addTaskButton):
+            return
+        node = self._parameterNode()
+        model = self._currentModel()
+        if model is None:
+            raise ModuleError("Choose the model to extend in the Segment section (model folder).")
+        item = self.ui.trainDatasetsListWidget.currentItem()
+        if item is None:
+            raise ModuleError("Select the task dataset folder to add in the list.")
+        outFolder = modelOutputFolder(node.modelsFolder, node.modelName)
+        self.jobs.installMissing(self.logic.dependencies)
+        args = addTaskArgs(model.folder, item.text(), outFolder, node.addTaskEpochs, node.replay, node.device,
+                           self._pinsFile("add"))
+        self._run("Adding the task", args, self.ui.addTaskButton, outFolder)
+
+    def _run(self, title: str, args: List[str], button: Any, outFolder: Path) -> None:
+        node = self._parameterNode()
+        outFolder.parent.mkdir(parents=True, exist_ok=True)  # the default per-user folder may not exist yet
+
+        def succeeded() -> None:
+            self.ui.modelsFolderPathLineEdit.addCurrentPathToHistory()
+            self.ui.modelPathLineEdit.currentPath = str(outFolder)  # the new model becomes the chosen one
+            self.ui.modelPathLineEdit.addCurrentPathToHistory()
+            node.modelName = freeModelName(node.modelsFolder, node.modelName)  # the next run needs a new name
+
+        self.jobs.run(title, args, button, onSuccess=succeeded)
+
+    def _pinsFile(self, prefix: str) -> Optional[Path]:
+        pins = self._pinsOfDefinedTask()
+        if pins is None:
+            return None
+        workDir = tempfile.mkdtemp(prefix=f"LabelSharingSeg-{prefix}-", dir=self.slicer.app.temporaryPath)
+        return writePins(Path(workDir) / "pins.json", *pins)

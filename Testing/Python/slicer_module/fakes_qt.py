@@ -1,0 +1,228 @@
+"""FAKES of the Qt/CTK/MRML widgets whose behaviour the module's fixes depend on; not real Qt.
+
+Only the behaviour a test needs, each with the source it imitates:
+
+- signals: ``connect("signal(args)", slot)`` as PythonQt does; ``QObject::blockSignals(bool)``
+  returns the previous state and silences the object's signals;
+- ``QComboBox``: inserting into an empty box makes item 0 current and emits
+  ``currentIndexChanged`` (qtbase ``src/widgets/widgets/qcombobox.cpp``,
+  ``QComboBoxPrivate::rowsInserted``: "set current index if combo was previously empty");
+- ``ctkPathLineEdit`` (CTK ``Libs/Widgets/ctkPathLineEdit.cpp``, commit 868d56c):
+  ``setCurrentPath`` sets the line edit's text, whose ``textChanged`` runs ``updateHasValidInput``,
+  which emits ``currentPathChanged`` (lines 295-298, 731-745); ``addCurrentPathToHistory``
+  calls ``blockSignals(false)`` on its combo box before ``insertItem``/``setCurrentIndex``
+  (lines 641-670), so the line edit's text is set again and ``currentPathChanged`` is emitted again;
+- ``qMRMLNodeComboBox`` (Slicer ``Libs/MRML/Widgets/qMRMLNodeComboBox.h``): properties
+  ``nodeTypes``, ``noneEnabled``, ``addEnabled``, ``removeEnabled``, ``showChildNodeTypes``;
+  ``setMRMLScene``, ``setCurrentNode``, ``currentNode()``;
+- ``qMRMLCheckableNodeComboBox.checkedNodes()`` (``Libs/MRML/Widgets/qMRMLCheckableNodeComboBox.h``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional
+
+
+class FakeSignals:
+    """PythonQt-style ``connect`` / ``blockSignals`` and an ``emit`` for the fakes."""
+
+    def __init__(self) -> None:
+        self.slots: Dict[str, List[Callable]] = {}
+        self.signalsBlocked = False
+
+    def connect(self, signal: str, slot: Callable) -> None:
+        self.slots.setdefault(signal, []).append(slot)
+
+    def blockSignals(self, block: bool) -> bool:
+        previous, self.signalsBlocked = self.signalsBlocked, bool(block)
+        return previous
+
+    def emit(self, signal: str, *args: Any) -> None:
+        if not self.signalsBlocked:
+            for slot in list(self.slots.get(signal, [])):
+                slot(*args)
+
+
+class FakeButton(FakeSignals):
+    """QPushButton: ``text``, ``enabled``, ``toolTip``; ``click()`` emits ``clicked(bool)``."""
+
+    def __init__(self, text: str = "") -> None:
+        super().__init__()
+        self.text, self.enabled, self.toolTip = text, True, ""
+
+    def click(self) -> None:
+        self.emit("clicked(bool)", False)
+
+
+class FakeComboBox(FakeSignals):
+    """QComboBox with the first-item-becomes-current rule of ``QComboBoxPrivate::rowsInserted``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items: List[str] = []
+        self.currentIndex = -1
+        self.toolTip = ""
+
+    @property
+    def currentText(self) -> str:
+        return self.items[self.currentIndex] if 0 <= self.currentIndex < len(self.items) else ""
+
+    @property
+    def count(self) -> int:
+        return len(self.items)
+
+    def clear(self) -> None:
+        self.items = []
+        self.setCurrentIndex(-1)
+
+    def addItem(self, text: str) -> None:
+        self.items.append(text)
+        if len(self.items) == 1 and self.currentIndex == -1:
+            self.setCurrentIndex(0)
+
+    def findText(self, text: str) -> int:
+        return self.items.index(text) if text in self.items else -1
+
+    def setCurrentIndex(self, index: int) -> None:
+        if index != self.currentIndex:
+            self.currentIndex = index
+            self.emit("currentIndexChanged(int)", index)
+
+
+class FakePathLineEdit(FakeSignals):
+    """ctkPathLineEdit: ``currentPath`` emits ``currentPathChanged(QString)``; so does
+    ``addCurrentPathToHistory()`` (its combo box's signals are unblocked); ``history`` records it."""
+
+    def __init__(self, path: str = "") -> None:
+        super().__init__()
+        self._path = path
+        self.history: List[str] = []
+        self.depth = 0
+
+    @property
+    def currentPath(self) -> str:
+        return self._path
+
+    @currentPath.setter
+    def currentPath(self, path: str) -> None:
+        self._path = str(path)
+        self.emit("currentPathChanged(QString)", self._path)
+
+    def addCurrentPathToHistory(self) -> None:
+        self.depth += 1
+        try:
+            if self.depth > 1:
+                raise RecursionError("addCurrentPathToHistory re-entered from a currentPathChanged slot")
+            self.history.insert(0, self._path)
+            self.emit("currentPathChanged(QString)", self._path)
+        finally:
+            self.depth -= 1
+
+
+class FakeNodeComboBox(FakeSignals):
+    """qMRMLNodeComboBox: a node selector."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nodeTypes: List[str] = []
+        self.noneEnabled = self.addEnabled = self.removeEnabled = self.showChildNodeTypes = False
+        self.scene: Any = None
+        self._node: Any = None
+
+    def setMRMLScene(self, scene: Any) -> None:
+        self.scene = scene
+
+    def setCurrentNode(self, node: Any) -> None:
+        self._node = node
+
+    def currentNode(self) -> Any:
+        return self._node
+
+
+class FakeCheckableNodeComboBox(FakeSignals):
+    """qMRMLCheckableNodeComboBox: ``checkedNodes()``; ``check(nodes)`` emits ``checkedNodesChanged()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._checked: List[Any] = []
+
+    def checkedNodes(self) -> List[Any]:
+        return list(self._checked)
+
+    def check(self, nodes: List[Any]) -> None:
+        self._checked = list(nodes)
+        self.emit("checkedNodesChanged()")
+
+
+class FakeTableWidget(FakeSignals):
+    """QTableWidget: items and cell widgets by (row, column)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rowCount = 0
+        self.items: Dict[tuple, Any] = {}
+        self.cellWidgets: Dict[tuple, Any] = {}
+
+    def setColumnCount(self, count: int) -> None:
+        self.columnCount = count
+
+    def setHorizontalHeaderLabels(self, labels: List[str]) -> None:
+        self.headers = list(labels)
+
+    def setRowCount(self, rows: int) -> None:
+        self.rowCount = rows
+
+    def setItem(self, row: int, column: int, item: Any) -> None:
+        self.items[(row, column)] = item
+
+    def item(self, row: int, column: int) -> Optional[Any]:
+        return self.items.get((row, column))
+
+    def setCellWidget(self, row: int, column: int, widget: Any) -> None:
+        self.cellWidgets[(row, column)] = widget
+
+    def cellWidget(self, row: int, column: int) -> Optional[Any]:
+        return self.cellWidgets.get((row, column))
+
+    def resizeColumnsToContents(self) -> None:
+        return None
+
+
+class FakeListWidget(FakeSignals):
+    """QListWidget of text items: ``addItem``, ``item(row).text()``, ``count``, ``currentItem``,
+    ``setCurrentRow``, ``row``, ``takeItem``."""
+
+    class Item:
+        def __init__(self, text: str) -> None:
+            self._text = text
+
+        def text(self) -> str:
+            return self._text
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._items: List["FakeListWidget.Item"] = []
+        self._current = -1
+
+    @property
+    def count(self) -> int:
+        return len(self._items)
+
+    def addItem(self, text: str) -> None:
+        self._items.append(self.Item(text))
+
+    def item(self, row: int) -> "FakeListWidget.Item":
+        return self._items[row]
+
+    def setCurrentRow(self, row: int) -> None:
+        self._current = row
+
+    def currentItem(self) -> Optional["FakeListWidget.Item"]:
+        return self._items[self._current] if 0 <= self._current < len(self._items) else None
+
+    def row(self, item: "FakeListWidget.Item") -> int:
+        return self._items.index(item)
+
+    def takeItem(self, row: int) -> "FakeListWidget.Item":
+        self._current = -1
+        return self._items.pop(row)
