@@ -8,14 +8,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_output
 
-.PHONY: install test test-fast demo demo-quick clean
+.PHONY: install test test-fast demo demo-quick bench clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,fast-cpu]"
 	touch $(STAMP)
 
 # pytest's exit 5 (no tests collected) fails the target like any other failure.
@@ -33,5 +33,13 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(VENV)/bin/labelsharing demo --quick --out $(DEMO_OUT)
 
+# Every benchmark script, one after the other (not tests: nothing is asserted). Figures go to
+# stdout; paper_comparison (10-15 min on 2 cores) writes its tables into $(BENCH_OUT).
+BENCH_OUT ?= bench_output
+bench: $(STAMP)
+	$(PY) benchmarks/backends.py
+	$(PY) benchmarks/inference_speed.py
+	$(PY) benchmarks/paper_comparison.py --out $(BENCH_OUT)/paper_comparison
+
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) $(BENCH_OUT) .pytest_cache

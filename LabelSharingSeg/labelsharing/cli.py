@@ -91,9 +91,10 @@ def _cmd_add_task(args: argparse.Namespace, progress: ProgressReporter) -> int:
 def _cmd_predict(args: argparse.Namespace, progress: ProgressReporter) -> int:
     from labelsharing.inference import Predictor, describe_device
 
-    predictor = Predictor.from_model_dir(args.model, device=args.device, batch_size=args.batch_size)
     log = _log_for(progress)
-    log(f"device: {describe_device(predictor.device)}")
+    predictor = Predictor.from_model_dir(args.model, device=args.device, batch_size=args.batch_size,
+                                         backend=args.backend, precision=args.precision, log=log)
+    log(f"device: {describe_device(predictor.device)}; backend: {predictor.backend.describe()}")
     written = predictor.predict_files(args.inputs, args.task, args.out, file_format=args.format,
                                       probabilities=args.probabilities, progress=progress, force=args.force)
     for path in written:
@@ -109,7 +110,8 @@ def _cmd_evaluate(args: argparse.Namespace, progress: ProgressReporter) -> int:
 
     if args.json:
         check_outputs([args.json], inputs=[args.model, *args.datasets], force=True, option="--json")
-    predictor = Predictor.from_model_dir(args.model, device=args.device)
+    predictor = Predictor.from_model_dir(args.model, device=args.device, backend=args.backend, precision=args.precision,
+                                         log=lambda message: print(message, file=sys.stderr))
     tasks = [read_task_dataset(folder) for folder in args.datasets]
     for warning in filter(None, map(split_warning, tasks)):
         print(f"warning: {warning}", file=sys.stderr)
@@ -209,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--probabilities", action="store_true",
                          help="[OPTIONAL] also write <case>_probabilities.nii.gz (one component per task label)")
     _add_device_flag(predict)
+    _add_backend_flags(predict)
     predict.add_argument("--batch-size", type=_positive_int, default=16, help="[OPTIONAL] slices per batch (16)")
     predict.add_argument("--force", action="store_true",
                          help="[OPTIONAL] replace existing files in OUTDIR that this command writes (<case>.<format>, "
@@ -221,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("datasets", nargs="+", metavar="DATASET", help="[REQUIRED] task dataset folders")
     evaluate.add_argument("--json", metavar="FILE", help="[OPTIONAL] write the Dice JSON here")
     _add_device_flag(evaluate)
+    _add_backend_flags(evaluate)
     evaluate.set_defaults(handler=_cmd_evaluate)
 
     demo_run = commands.add_parser("demo", help="the whole story on the built-in data: plan, train 3 tasks, add a "
@@ -244,6 +248,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_device_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                         help="[OPTIONAL] auto (default) picks CUDA, then MPS, then the CPU")
+
+
+def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
+    from labelsharing.backends import BACKENDS, PRECISIONS
+
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="[OPTIONAL] what runs the network: auto (default) is PyTorch on a GPU; on the CPU "
+                             "OpenVINO if installed (pip install \"labelsharing[fast-cpu]\"), else PyTorch. The "
+                             "exported graph is built once and cached in MODEL/.cache")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="[OPTIONAL] fp32 (default), or bf16: faster on CPUs with bfloat16 units, labels differ "
+                             "from fp32 on a small fraction of voxels")
 
 
 def _add_training_flags(parser: argparse.ArgumentParser, epochs: int = 25, lr: float = 2e-3) -> None:

@@ -15,13 +15,13 @@ a preallocated uint8/uint16 array.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
+from labelsharing.backends import create_backend, log_line
 from labelsharing.errors import LabelSharingError
 from labelsharing.imageio import case_id_from_path, read_image, write_image, write_label
 from labelsharing.model import SegmentationModel, label_color
@@ -100,13 +100,20 @@ class Predictor:
         model: the model (network + ``model.json`` config).
         device: a ``torch.device`` or name (see :func:`select_device`); the network is moved there.
         batch_size: slices per forward pass; lower it if the GPU runs out of memory.
+        backend: what runs the network (:data:`~labelsharing.backends.BACKENDS`). Default
+            ``torch`` here, as an in-memory network may still change; :meth:`from_model_dir`
+            defaults to ``auto``, the fastest available for the device (:mod:`labelsharing.backends`).
+        precision: ``fp32`` (default) or ``bf16`` (on request: faster on some CPUs, a few voxels differ).
+        model_dir: the model's folder, where exported graphs are cached (else the user's cache).
+        log: receives a line when a backend builds its graph or is skipped.
 
     Example:
         >>> predictor = Predictor.from_model_dir("my_model", device="cpu")  # doctest: +SKIP
         >>> labels = predictor.predict_image(sitk.ReadImage("ct.nii.gz"), "Dataset001_AbdomenCT")  # doctest: +SKIP
     """
 
-    def __init__(self, model: SegmentationModel, device="cpu", batch_size: int = 16):
+    def __init__(self, model: SegmentationModel, device="cpu", batch_size: int = 16, backend: str = "torch",
+                 precision: str = "fp32", model_dir: str | Path | None = None, log: Callable[[str], None] = log_line):
         import torch
 
         if batch_size < 1:
@@ -116,12 +123,15 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.plan = model.plan
         self.network = model.network.to(self.device).eval()
+        self.backend = create_backend(self.network, self.device, model.input_size, backend, precision, model_dir, log,
+                                      self.batch_size)
 
     @classmethod
-    def from_model_dir(cls, folder: str | Path, device="auto", batch_size: int = 16) -> Predictor:
+    def from_model_dir(cls, folder: str | Path, device="auto", batch_size: int = 16, backend: str = "auto",
+                       precision: str = "fp32", log: Callable[[str], None] = log_line) -> Predictor:
         """Load a model folder (``model.json`` + ``model.safetensors``) for prediction on ``device``."""
         device = select_device(device) if isinstance(device, str) else device
-        return cls(SegmentationModel.load(folder, device="cpu"), device, batch_size)
+        return cls(SegmentationModel.load(folder, device="cpu"), device, batch_size, backend, precision, folder, log)
 
     # ------------------------------------------------------------------------------ images
     def task_labels(self, task: str) -> list[tuple[str, int, list[float]]]:
@@ -178,13 +188,11 @@ class Predictor:
         probs = np.zeros((len(labels) + 1,) + array.shape, dtype=np.float16) if probabilities else None
         prob_slices = [slicing.slices(probs[c], image) for c in range(len(labels) + 1)] if probabilities else []
 
-        autocast = (torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda"
-                    else contextlib.nullcontext())
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode():
             for start in range(0, n, self.batch_size):
                 stop = min(start + self.batch_size, n)
                 batch = torch.from_numpy(np.ascontiguousarray(slices[start:stop]))[:, None].to(self.device)
-                logits = self.network(fit.forward(batch))
+                logits = self.backend(fit.forward(batch))
                 soft = fit.backward(logits.float().softmax(dim=1))  # (B, n_shared + 1, H, W)
                 # max().indices: the first maximum, like argmax, but ~8x faster over dim 1 on the CPU
                 shared = soft.max(dim=1).indices.to(torch.uint8).cpu().numpy()

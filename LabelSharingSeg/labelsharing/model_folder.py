@@ -36,6 +36,7 @@ from labelsharing.plan import SharedLabelPlan
 __all__ = [
     "CONFIG_FILE",
     "WEIGHTS_FILE",
+    "CACHE_FOLDER",
     "build_model_config",
     "read_model_config",
     "read_weights",
@@ -47,9 +48,11 @@ __all__ = [
 
 CONFIG_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
+#: Graphs that inference backends built from the weights (:mod:`labelsharing.backend_cache`); part of the model folder.
+CACHE_FOLDER = ".cache"
 #: A larger model.json is not one this package wrote (its history grows by kilobytes per run).
 MAX_CONFIG_BYTES = 64 * 2**20
-_MODEL_FILES = {CONFIG_FILE, WEIGHTS_FILE}
+_MODEL_FILES = {CONFIG_FILE, WEIGHTS_FILE, CACHE_FOLDER}
 _RESTORE = "Restore the model folder from a copy or re-train the model."
 
 
