@@ -31,7 +31,7 @@ class DemoSettings:
     cases: int = 20
     epochs: int = 25
     add_task_epochs: int = 10
-    steps_per_epoch: int = 50
+    steps_per_epoch: int = 30  # 750 training steps: make demo stays a few minutes on 2 CPU cores
     input_size: int | None = None
 
     @classmethod
