@@ -205,7 +205,13 @@ class OpenVINOBackend(Backend):
             model = _convert_openvino(network, input_size)
             _check_agreement(core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}), network,
                              input_size, "openvino")
-            _stored(cache, _openvino_files(model), start)
+            try:  # the cache saves time next run; failing to write it must not fail this one
+                files = _openvino_files(model)
+            except (RuntimeError, OSError) as exc:  # OpenVINO reports a full disk as a RuntimeError
+                cache.log(f"note: the OpenVINO graph could not be cached ({str(exc).splitlines()[0]}); "
+                          "it is built again next time")
+            else:
+                _stored(cache, files, start)
         hint = {"fp32": "f32", "bf16": "bf16"}[precision]
         self.compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint,
                                                           "PERFORMANCE_HINT": "LATENCY"})

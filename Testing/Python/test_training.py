@@ -210,10 +210,10 @@ def test_a_run_that_ends_while_validation_still_climbs_says_so(curve, rising):
 def test_pooled_dataset_indexes_each_tasks_slices_in_place():
     from labelsharing.training_data import SharedSliceDataset
 
-    a = PreparedTask(name="a", dataset=None, modality="CT", axis=None, normalization={},
+    a = PreparedTask(name="a", dataset=None, modality="CT", normalization={},
                      images=np.arange(3 * 4, dtype=np.float16).reshape(3, 2, 2),
                      labels=np.zeros((3, 2, 2), np.uint8), foreground=np.zeros(3, bool))
-    b = PreparedTask(name="b", dataset=None, modality="CT", axis=None, normalization={},
+    b = PreparedTask(name="b", dataset=None, modality="CT", normalization={},
                      images=-np.ones((2, 2, 2), np.float16), labels=np.ones((2, 2, 2), np.uint8),
                      foreground=np.ones(2, bool))
     dataset = SharedSliceDataset([a, b])
