@@ -4,7 +4,7 @@
 
 * ``run.json`` says which run it belongs to (command, inputs, options, the command that resumes
   it), so ``--resume`` refuses to continue a different run;
-* ``checkpoint.pt`` holds, after every finished epoch, what the next epoch needs: network,
+* ``checkpoint.json`` + ``checkpoint.safetensors`` hold (no pickle), after every finished epoch, what the next epoch needs: network,
   optimiser, scheduler and gradient-scaler states, the best weights so far, the epoch log and
   the elapsed time. It is written to a temporary name and renamed, so a kill (even SIGKILL)
   leaves the previous epoch's checkpoint whole.
@@ -33,7 +33,8 @@ from labelsharing.safe_write import write_atomically, write_json_atomically
 __all__ = ["RunFolder", "work_folder_for", "epoch_seed", "claim_output", "open_run", "resume_command", "run_options",
            "trainer_checkpoint", "restore_trainer"]
 
-CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FILE = "checkpoint.json"
+CHECKPOINT_TENSORS = "checkpoint.safetensors"
 RUN_FILE = "run.json"
 
 
@@ -127,13 +128,19 @@ class RunFolder:
     def save(self, state: Mapping[str, Any], epoch: int, epochs: int) -> None:
         """Write the checkpoint after ``epoch`` of ``epochs`` atomically (temporary file, fsync, rename).
 
+        Like a model folder, it holds no pickle: the tensors go to ``checkpoint.safetensors``,
+        the rest (optimiser settings, epoch log, ...) to ``checkpoint.json``, which points at them.
+
         Raises:
             LabelSharingError: the checkpoint could not be written (disk full, ...): the run stops
                 rather than go on without a way back.
         """
-        import torch
+        from safetensors.torch import save_file
 
-        write_atomically(self.checkpoint_path, lambda temporary: torch.save(dict(state), temporary))
+        tensors: dict[str, Any] = {}
+        structure = _to_json(dict(state), "", tensors)
+        write_atomically(self.folder / CHECKPOINT_TENSORS, lambda temporary: save_file(tensors, str(temporary)))
+        write_json_atomically(self.checkpoint_path, structure)
         write_json_atomically(self.folder / RUN_FILE, {**self.record(), "epochs_done": epoch, "epochs": epochs})
 
     def load(self) -> dict | None:
@@ -142,17 +149,17 @@ class RunFolder:
         Raises:
             LabelSharingError: the checkpoint cannot be read.
         """
-        import pickle
-
-        import torch
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
 
         if not self.checkpoint_path.is_file():
             return None
         try:
-            return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+            tensors = load_file(str(self.folder / CHECKPOINT_TENSORS))
+            return _from_json(json.loads(self.checkpoint_path.read_text()), tensors)
+        except (OSError, ValueError, KeyError, SafetensorError) as exc:
             raise LabelSharingError(
-                f"The checkpoint {self.checkpoint_path} cannot be read ({exc}); delete {self.folder} and start over."
+                f"The checkpoint in {self.folder} cannot be read ({exc}); delete {self.folder} and start over."
             ) from exc
 
     def remove(self) -> None:
@@ -227,6 +234,33 @@ def restore_trainer(run: RunFolder | None, trainer_state: Mapping, result, log: 
     result.planned_epochs = int(checkpoint["planned_epochs"])
     log(f"resuming after epoch {checkpoint['epoch']} (checkpoint in {run.folder})")
     return int(checkpoint["epoch"]) + 1, float(checkpoint["seconds"])
+
+
+def _to_json(value: Any, path: str, tensors: dict) -> Any:
+    """``value`` (nested dicts, lists, tensors, numbers) as JSON; tensors go into ``tensors``
+    under their path and are replaced by ``{"tensor": path}``. Dicts become key/value pairs, so
+    the optimiser's integer keys come back as integers."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        tensors[path] = value.detach().to("cpu").contiguous()
+        return {"tensor": path}
+    if isinstance(value, Mapping):
+        return {"items": [[key, _to_json(item, f"{path}/{key}", tensors)] for key, item in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(item, f"{path}/{index}", tensors) for index, item in enumerate(value)]
+    return value
+
+
+def _from_json(value: Any, tensors: Mapping) -> Any:
+    """Inverse of :func:`_to_json`."""
+    if isinstance(value, dict):
+        if "tensor" in value:
+            return tensors[value["tensor"]]
+        return {key: _from_json(item, tensors) for key, item in value["items"]}
+    if isinstance(value, list):
+        return [_from_json(item, tensors) for item in value]
+    return value
 
 
 def _age(path: Path) -> str:
