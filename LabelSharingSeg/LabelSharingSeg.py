@@ -19,6 +19,8 @@ import qt
 import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -56,21 +58,20 @@ class LabelSharingSeg(ScriptedLoadableModule):
 
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "LabelSharingSeg"
-        self.parent.categories = ["Segmentation"]
+        self.parent.title = _("LabelSharingSeg")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
         self.parent.contributors = ["LabelSharingSeg contributors"]
-        self.parent.helpText = (
-            "Segment volumes with one network trained on many independent tasks (label sharing, "
-            "Anand et al., MICCAI ADSMI 2024); define new tasks from segmentations in the scene, "
-            "train or extend models in the background, and export segmentations. "
-            "See the <a href='https://github.com/labelsharingseg/LabelSharingSeg#using-it-in-3d-slicer'>"
-            "documentation</a>."
-        )
-        self.parent.acknowledgementText = (
-            "Method: Anand et al., 'Label Sharing Incremental Learning Framework for Independent "
-            "Multi-Label Segmentation Tasks'. Built on 3D Slicer, PyTorch and MONAI."
-        )
+        self.parent.helpText = _("""
+Segment volumes with one network trained on many independent tasks (label sharing, Anand et al.,
+MICCAI ADSMI 2024); define new tasks from segmentations in the scene, train or extend models in the
+background, and export segmentations. Sample data: the LabelSharingSeg category of the Sample Data
+module. See the <a href="https://github.com/labelsharingseg/SlicerLabelSharingSeg#using-it-in-3d-slicer">documentation</a>.
+""")
+        self.parent.acknowledgementText = _("""
+Method: Anand et al., "Label Sharing Incremental Learning Framework for Independent Multi-Label
+Segmentation Tasks". Built on 3D Slicer, PyTorch and MONAI.
+""")
 
 
 @parameterNodeWrapper

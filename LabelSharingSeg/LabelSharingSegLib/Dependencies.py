@@ -24,6 +24,7 @@ import subprocess
 from typing import Any, Callable, List, Optional, Sequence
 
 from .ModuleError import ModuleError
+from .Translation import tr as _
 
 __all__ = ["ENGINE_REQUIREMENTS", "TORCH_REQUIREMENT", "Dependencies"]
 
@@ -80,14 +81,14 @@ class Dependencies:
         Raises:
             ModuleError: the user cancelled.
         """
-        shown = ["torch (through the PyTorch extension)" if n == _TORCH else ENGINE_REQUIREMENTS[n] for n in missing]
+        shown = [_("torch (through the PyTorch extension)") if n == _TORCH else ENGINE_REQUIREMENTS[n] for n in missing]
         ask = confirm or self._confirmDialog
         if not ask(
-            "LabelSharingSeg needs Python packages that are not installed yet. Installing them needs a "
-            "network connection and may take several minutes. Install now?",
-            "Packages: " + ", ".join(shown),
+            _("LabelSharingSeg needs Python packages that are not installed yet. Installing them needs a "
+              "network connection and may take several minutes. Install now?"),
+            _("Packages: {packages}").format(packages=", ".join(shown)),
         ):
-            raise ModuleError("Installation cancelled: LabelSharingSeg cannot continue without these packages.")
+            raise ModuleError(_("Installation cancelled: LabelSharingSeg cannot continue without these packages."))
 
     def install(self, missing: Sequence[str], onStep: Optional[Callable[[int, int, str], None]] = None) -> None:
         """Install ``missing`` (torch first, through the PyTorch extension), reporting each step.
@@ -100,18 +101,19 @@ class Dependencies:
         packages = [ENGINE_REQUIREMENTS[name] for name in missing if name != _TORCH]
         total = int(_TORCH in missing) + int(bool(packages))
         if _TORCH in missing:
-            report(0, total, "Installing PyTorch through the PyTorch extension (several minutes)...")
+            report(0, total, _("Installing PyTorch through the PyTorch extension (several minutes)..."))
             self._installTorch()
         if packages:
-            report(total - 1, total, f"Installing {', '.join(packages)}...")
+            report(total - 1, total, _("Installing {packages}...").format(packages=", ".join(packages)))
             try:
                 self._slicer.util.pip_install(packages + self._pins())
             except subprocess.CalledProcessError as exc:
                 raise ModuleError(
-                    f"Installing {', '.join(packages)} failed (pip exit code {exc.returncode}). Check the network "
-                    "connection and the Python console, then try again.", _processOutput(exc)
+                    _("Installing {packages} failed (pip exit code {code}). Check the network connection and the "
+                      "Python console, then try again.").format(packages=", ".join(packages), code=exc.returncode),
+                    _processOutput(exc),
                 ) from exc
-        report(total, total, "Python packages installed.")
+        report(total, total, _("Python packages installed."))
 
     def ensureInstalled(self, confirm: Optional[Callable[[str, str], bool]] = None) -> str:
         """Install whatever is missing (after ``confirm``) and describe what is installed (scripts)."""
@@ -123,16 +125,17 @@ class Dependencies:
 
     def describe(self) -> str:
         """E.g. ``PyTorch 2.3.1, MONAI 1.3.2`` from the metadata (imports neither)."""
-        parts = [f"{label} {self._version(name) or 'not installed'}" for name, label in _SHOWN]
-        return ", ".join(parts) + "; the engine reports its device when it runs."
+        notInstalled = _("not installed")
+        parts = [f"{label} {self._version(name) or notInstalled}" for name, label in _SHOWN]
+        return _("{versions}; the engine reports its device when it runs.").format(versions=", ".join(parts))
 
     def _installTorch(self) -> None:
         try:
             torchLogic = self._import("PyTorchUtils").PyTorchUtilsLogic()
         except ModuleNotFoundError as exc:
             raise ModuleError(
-                "LabelSharingSeg needs the PyTorch extension. Install 'PyTorch' from the Extensions Manager, "
-                "restart Slicer and try again."
+                _("LabelSharingSeg needs the PyTorch extension. Install 'PyTorch' from the Extensions Manager, "
+                  "restart Slicer and try again.")
             ) from exc
         try:
             # Older PyTorchUtils versions have no torchVersionRequirement argument: feature-detect it.
@@ -142,18 +145,19 @@ class Dependencies:
                 torch = torchLogic.installTorch(askConfirmation=False)
         except subprocess.CalledProcessError as exc:
             raise ModuleError(
-                f"Installing PyTorch failed (exit code {exc.returncode}). Install it from the PyTorch Utils "
-                "module, or check the network connection, and try again.", _processOutput(exc)
+                _("Installing PyTorch failed (exit code {code}). Install it from the PyTorch Utils module, or check "
+                  "the network connection, and try again.").format(code=exc.returncode),
+                _processOutput(exc),
             ) from exc
         if torch is None:
-            raise ModuleError("PyTorch was not installed. Install it from the PyTorch Utils module and try again.")
+            raise ModuleError(_("PyTorch was not installed. Install it from the PyTorch Utils module and try again."))
 
     @staticmethod
     def _pins() -> List[str]:
         return [f"{name}=={version}" for name in _PINNED for version in [_installedVersion(name)] if version]
 
     def _confirmDialog(self, text: str, details: str) -> bool:
-        return bool(self._slicer.util.confirmOkCancelDisplay(text, "Install Python packages", detailedText=details))
+        return bool(self._slicer.util.confirmOkCancelDisplay(text, _("Install Python packages"), detailedText=details))
 
 
 def _processOutput(exc: subprocess.CalledProcessError) -> str:

@@ -14,10 +14,11 @@ from .EngineCommands import isSetPath
 from .Export import BatchExport, SegmentationExporter
 from .JobPanel import JobPanel, runAction, userAction
 from .ModuleError import ModuleError
+from .Translation import tr as _
 
 __all__ = ["ExportPanel"]
 
-_TITLE = "Export"
+_TITLE = _("Export")
 
 
 class ExportPanel:
@@ -49,16 +50,16 @@ class ExportPanel:
         """Start exporting the chosen segmentation, or all of them."""
         node = self._parameterNode()
         if not isSetPath(node.exportFolder):
-            raise ModuleError("Choose the folder to export into.")
+            raise ModuleError(_("Choose the folder to export into."))
         if node.exportAll:
             nodes = list(self.slicer.util.getNodesByClass("vtkMRMLSegmentationNode"))
         else:
             nodes = [node.exportSegmentation] if node.exportSegmentation is not None else []
         if not nodes:
-            raise ModuleError("There is no segmentation to export.")
+            raise ModuleError(_("There is no segmentation to export."))
         exporter: SegmentationExporter = self.logic.exporter
         batch = BatchExport(exporter, nodes, node.exportFolder, node.exportFormat, self._taskLabels())
-        self.jobs.enterBusy("Exporting")
+        self.jobs.enterBusy(_("Exporting"))
         self.batch = batch
         self.qt.QTimer.singleShot(0, self._exportNext)
 
@@ -76,7 +77,8 @@ class ExportPanel:
         try:
             more = bool(runAction(self.slicer, _TITLE, batch.exportNext))
             self.jobs.step(len(batch.written) + len(batch.errors), len(batch.nodes),
-                           f"Exported {len(batch.written)} of {len(batch.nodes)} segmentation(s).")
+                           _("Exported {done} of {total} segmentation(s).").format(
+                               done=len(batch.written), total=len(batch.nodes)))
         finally:
             if more:
                 self.qt.QTimer.singleShot(0, self._exportNext)
@@ -86,7 +88,9 @@ class ExportPanel:
         if not more and batch.errors:
             details = "\n".join(f"{name}: {message}" for name, message in batch.errors)
             self.slicer.util.errorDisplay(
-                f"{len(batch.errors)} of {len(batch.nodes)} segmentation(s) could not be exported.", detailedText=details
+                _("{failed} of {total} segmentation(s) could not be exported.").format(
+                    failed=len(batch.errors), total=len(batch.nodes)),
+                detailedText=details,
             )
         elif not more:
             self.ui.exportFolderPathLineEdit.addCurrentPathToHistory()

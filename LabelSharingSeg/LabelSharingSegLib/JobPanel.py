@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence
 from .EngineJob import EngineJob
 from .EngineProcess import EngineResult, ProgressUpdate
 from .ModuleError import ModuleError
+from .Translation import tr as _
 
 __all__ = ["JobPanel", "userAction", "showError"]
 
@@ -38,7 +39,7 @@ def showError(slicerModule: Any, message: str, details: str = "") -> None:
 
 def runAction(slicerModule: Any, title: str, action: Callable[[], Any]) -> Any:
     """Run ``action``; show a ``ModuleError`` as a dialog, anything else via ``tryWithErrorDisplay``."""
-    with slicerModule.util.tryWithErrorDisplay(f"{title} failed."):
+    with slicerModule.util.tryWithErrorDisplay(_("{title} failed.").format(title=title)):
         try:
             return action()
         except ModuleError as exc:
@@ -96,7 +97,7 @@ class JobPanel:
     def cancelIfRunning(self, button: Any) -> bool:
         """If ``button`` started the running job, cancel it and return True."""
         if self._job.isRunning and button is self._busyButton:
-            self.ui.statusLabel.text = "Cancelling..."
+            self.ui.statusLabel.text = _("Cancelling...")
             self._job.cancel()
             return True
         return False
@@ -104,7 +105,7 @@ class JobPanel:
     def cancel(self) -> None:
         """Cancel the running job (scene close); its end is reported as usual."""
         if self._job.isRunning:
-            self.ui.statusLabel.text = "Cancelling: the scene is closing..."
+            self.ui.statusLabel.text = _("Cancelling: the scene is closing...")
             self._job.cancel()
 
     def stop(self) -> None:
@@ -120,13 +121,14 @@ class JobPanel:
             self._setIdle()
             try:
                 if result.succeeded:
-                    self.ui.statusLabel.text = f"{title}: done."
+                    self.ui.statusLabel.text = _("{title}: done.").format(title=title)
                     runAction(self.slicer, title, onSuccess)
                 elif result.cancelled:
-                    self.ui.statusLabel.text = f"{title}: cancelled."
+                    self.ui.statusLabel.text = _("{title}: cancelled.").format(title=title)
                 else:
-                    self.ui.statusLabel.text = f"{title}: failed."
-                    showError(self.slicer, f"{title} failed: {result.errorMessage}", result.log)
+                    self.ui.statusLabel.text = _("{title}: failed.").format(title=title)
+                    showError(self.slicer, _("{title} failed: {reason}").format(title=title, reason=result.errorMessage),
+                              result.log)
             finally:
                 if onEnd is not None:
                     onEnd()
@@ -141,7 +143,7 @@ class JobPanel:
         self.enterBusy(title)
         try:
             yield self.step
-            self.ui.statusLabel.text = f"{title}: done."
+            self.ui.statusLabel.text = _("{title}: done.").format(title=title)
         finally:
             self.leaveBusy()
 
@@ -152,7 +154,7 @@ class JobPanel:
             ModuleError: other work is under way.
         """
         if self.isBusy:
-            raise ModuleError("LabelSharingSeg is busy; wait for the running work to end or cancel it first.")
+            raise ModuleError(_("LabelSharingSeg is busy; wait for the running work to end or cancel it first."))
         self._mainThreadWork = True
         self._setBusy(title, None)
 
@@ -173,7 +175,7 @@ class JobPanel:
         if not missing:
             return
         dependencies.confirmInstall(missing)
-        with self.busy("Installing Python packages") as step:
+        with self.busy(_("Installing Python packages")) as step:
             dependencies.install(missing, step)
 
     def _onProgress(self, update: ProgressUpdate) -> None:
@@ -184,19 +186,19 @@ class JobPanel:
     def _onLog(self, line: str) -> None:
         self.ui.logTextEdit.appendPlainText(line)
         if line.startswith(_DEVICE_LINE):  # the engine names the device it runs on
-            self.ui.torchInfoLabel.text = f"Engine device: {line[len(_DEVICE_LINE):]}"
+            self.ui.torchInfoLabel.text = _("Engine device: {device}").format(device=line[len(_DEVICE_LINE):])
 
     def _setBusy(self, title: str, button: Optional[Any]) -> None:
         if button is not None:
             self._busyButton, self._busyText = button, button.text
-            button.text = "Cancel"
+            button.text = _("Cancel")
             button.enabled = True
         for other in self._buttons:
             if other is not button:
                 other.enabled = False
         self.ui.progressBar.value = 0
         self.ui.progressBar.visible = True
-        self.ui.statusLabel.text = f"{title}: starting..."
+        self.ui.statusLabel.text = _("{title}: starting...").format(title=title)
 
     def _setIdle(self) -> None:
         if self._busyButton is not None:

@@ -16,10 +16,12 @@ from .JobPanel import JobPanel, userAction
 from .ModuleError import ModuleError
 from .SourceVolumes import SourceVolumeTable
 from .TaskDefinition import Grouping, TaskDefinition, uniqueCaseIds
+from .Translation import tr as _
 
 __all__ = ["TaskPanel", "COLUMNS"]
 
-COLUMNS = ("Label", "Relative size", "Present in", "Shared label", "Pinned", "Same shared label in the model")
+COLUMNS = (_("Label"), _("Relative size"), _("Present in"), _("Shared label"), _("Pinned"),
+           _("Same shared label in the model"))
 _SHARED, _PINNED = 3, 4
 
 
@@ -73,15 +75,16 @@ class TaskPanel:
         cases = []
         for done, (segmentation, caseId) in enumerate(zip(segmentations, caseIds)):
             if step is not None:
-                step(done, len(segmentations), f"Reading {segmentation.GetName()} ({done + 1} of {len(segmentations)})...")
+                step(done, len(segmentations), _("Reading {name} ({number} of {total})...").format(
+                    name=segmentation.GetName(), number=done + 1, total=len(segmentations)))
             volume = self.sourceVolumes.sourceVolume(segmentation)
             cases.append(self.logic.sceneIO.caseFromSegmentation(segmentation, caseId, volume))
         return TaskDefinition(node.taskName, node.modality, cases)
 
-    @userAction("Computing the grouping")
+    @userAction(_("Computing the grouping"))
     def onComputeGrouping(self, checked: bool = False) -> None:
         """Measure label sizes and show the grouping against the chosen model's tasks."""
-        with self.jobs.busy("Measuring the labels") as step:
+        with self.jobs.busy(_("Measuring the labels")) as step:
             self.definition = self.defineTask(step)
             self.pins = {}
             self.refreshGrouping()
@@ -101,7 +104,8 @@ class TaskPanel:
         table.setRowCount(len(self.grouping.rows))
         for row, entry in enumerate(self.grouping.rows):
             cells = [
-                entry.label, f"{100 * entry.relativeSize:.3g} %", f"{100 * entry.presence:.0f} % of cases",
+                entry.label, f"{100 * entry.relativeSize:.3g} %",
+                _("{percent} % of cases").format(percent=f"{100 * entry.presence:.0f}"),
                 str(entry.shared), "", "; ".join(entry.others) or "-",
             ]
             for column, text in enumerate(cells):
@@ -115,9 +119,10 @@ class TaskPanel:
         table.blockSignals(False)
         table.resizeColumnsToContents()
         warnings = list(self.grouping.warnings)
-        self.ui.taskWarningsLabel.text = "\n".join(f"Warning: {w}" for w in warnings) if warnings else "No warnings."
+        self.ui.taskWarningsLabel.text = (
+            "\n".join(_("Warning: {warning}").format(warning=w) for w in warnings) if warnings else _("No warnings."))
 
-    @userAction("Pinning a shared label")
+    @userAction(_("Pinning a shared label"))
     def onCellChanged(self, row: int, column: int) -> None:
         """Editing a shared label pins it; unticking "Pinned" releases it."""
         table = self.ui.groupingTableWidget
@@ -127,7 +132,7 @@ class TaskPanel:
             text = table.item(row, _SHARED).text().strip()
             if not text.isdigit() or int(text) < 1:
                 self.refreshGrouping()
-                raise ModuleError(f"The shared label of '{label}' must be a whole number from 1.")
+                raise ModuleError(_("The shared label of '{label}' must be a whole number from 1.").format(label=label))
             self.pins[label] = int(text)
         elif column == _PINNED:
             if table.item(row, _PINNED).checkState() == self.qt.Qt.Checked:
@@ -143,25 +148,25 @@ class TaskPanel:
             self.refreshGrouping()
             raise
 
-    @userAction("Writing the task dataset")
+    @userAction(_("Writing the task dataset"))
     def onExportDataset(self, checked: bool = False) -> None:
         """Write the task as ``<dataset folder>/<task name>/`` and add it to the training list."""
         node = self._parameterNode()
         if not isSetPath(node.datasetFolder):
-            raise ModuleError("Choose the folder the task dataset is written into.")
+            raise ModuleError(_("Choose the folder the task dataset is written into."))
         if not node.taskName.strip():
-            raise ModuleError("Give the task a name (for example 'abdomen_ct'); it names the dataset's folder.")
+            raise ModuleError(_("Give the task a name (for example 'abdomen_ct'); it names the dataset's folder."))
         folder = Path(node.datasetFolder) / node.taskName.strip()
         overwrite = (folder / "dataset.json").exists() and self.slicer.util.confirmOkCancelDisplay(
-            f"{folder} already holds a dataset. Replace its dataset.json and files of the same cases?"
+            _("{folder} already holds a dataset. Replace its dataset.json and files of the same cases?").format(folder=folder)
         )
         self.jobs.installMissing(self.logic.dependencies, ["pynrrd"])  # NrrdIO writes through pynrrd
-        with self.jobs.busy("Writing the task dataset") as step:
+        with self.jobs.busy(_("Writing the task dataset")) as step:
             definition = self.defineTask(step)
             definition.writeDataset(folder, self._segmentColors(), overwrite=overwrite, onCase=step)
         self._addDatasetFolder(str(folder))
         self.ui.datasetFolderPathLineEdit.addCurrentPathToHistory()
-        self.ui.statusLabel.text = f"Task dataset written to {folder}."
+        self.ui.statusLabel.text = _("Task dataset written to {folder}.").format(folder=folder)
 
     def _segmentColors(self) -> Dict[str, List[float]]:
         colors: Dict[str, List[float]] = {}

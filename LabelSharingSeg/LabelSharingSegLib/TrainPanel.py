@@ -18,6 +18,7 @@ from .EngineCommands import addTaskArgs, trainArgs, writePins
 from .JobPanel import JobPanel, userAction
 from .ModelOutput import freeModelName, modelOutputFolder
 from .ModuleError import ModuleError
+from .Translation import tr as _
 
 __all__ = ["TrainPanel"]
 
@@ -56,7 +57,7 @@ class TrainPanel:
         return [widget.item(row).text() for row in range(widget.count)]
 
     def onAddDataset(self, checked: bool = False) -> None:
-        folder = self.qt.QFileDialog.getExistingDirectory(None, "Task dataset folder (holding dataset.json)")
+        folder = self.qt.QFileDialog.getExistingDirectory(None, _("Task dataset folder (holding dataset.json)"))
         if folder:
             self.addDatasetFolder(folder)
 
@@ -77,11 +78,12 @@ class TrainPanel:
         if node is None:
             return
         try:
-            self.ui.modelTargetLabel.text = f"The model will be written to {modelOutputFolder(node.modelsFolder, node.modelName)}"
+            self.ui.modelTargetLabel.text = _("The model will be written to {folder}").format(
+                folder=modelOutputFolder(node.modelsFolder, node.modelName))
         except ModuleError as exc:
             self.ui.modelTargetLabel.text = str(exc)
 
-    @userAction("Training")
+    @userAction(_("Training"))
     def onTrain(self, checked: bool = False) -> None:
         """Train a new model from the listed task folders (or cancel the running training)."""
         if self.jobs.cancelIfRunning(self.ui.trainButton):
@@ -90,9 +92,9 @@ class TrainPanel:
         outFolder = modelOutputFolder(node.modelsFolder, node.modelName)
         self.jobs.installMissing(self.logic.dependencies)
         args = trainArgs(self.datasetFolders(), outFolder, node.trainEpochs, node.device, self._pinsFile("train"))
-        self._run("Training", args, self.ui.trainButton, outFolder)
+        self._run(_("Training"), args, self.ui.trainButton, outFolder)
 
-    @userAction("Adding the task")
+    @userAction(_("Adding the task"))
     def onAddTask(self, checked: bool = False) -> None:
         """Add the selected task folder to the chosen model, written as a new model folder."""
         if self.jobs.cancelIfRunning(self.ui.addTaskButton):
@@ -100,15 +102,15 @@ class TrainPanel:
         node = self._parameterNode()
         model = self._currentModel()
         if model is None:
-            raise ModuleError("Choose the model to extend in the Segment section (model folder).")
+            raise ModuleError(_("Choose the model to extend in the Segment section (model folder)."))
         item = self.ui.trainDatasetsListWidget.currentItem()
         if item is None:
-            raise ModuleError("Select the task dataset folder to add in the list.")
+            raise ModuleError(_("Select the task dataset folder to add in the list."))
         outFolder = modelOutputFolder(node.modelsFolder, node.modelName)
         self.jobs.installMissing(self.logic.dependencies)
         args = addTaskArgs(model.folder, item.text(), outFolder, node.addTaskEpochs, node.replay, node.device,
                            self._pinsFile("add"))
-        self._run("Adding the task", args, self.ui.addTaskButton, outFolder)
+        self._run(_("Adding the task"), args, self.ui.addTaskButton, outFolder)
 
     def _run(self, title: str, args: List[str], button: Any, outFolder: Path) -> None:
         node = self._parameterNode()

@@ -9,6 +9,8 @@ widgets are in ``fakes_qt.py``.
 from __future__ import annotations
 
 import contextlib
+import inspect
+import os
 import sys
 import traceback
 import types
@@ -308,10 +310,12 @@ def fakeSlicer(tmpPath: str = "/tmp") -> types.ModuleType:
     slicer = types.ModuleType("slicer")
     slicer.mrmlScene = FakeScene()
     # qSlicerCoreApplication (Base/QTCore/qSlicerCoreApplication.h): temporaryPath and
-    # slicerUserSettingsFilePath properties, testingEnabled(); processEvents from QApplication
+    # slicerUserSettingsFilePath properties, testingEnabled(); processEvents and translate(context,
+    # text) from QCoreApplication (no translation installed: the text itself)
     slicer.app = types.SimpleNamespace(
         temporaryPath=tmpPath, processEvents=lambda: None, testingEnabled=lambda: False,
         slicerUserSettingsFilePath=str(Path(tmpPath) / "settings" / "slicer.org" / "Slicer.ini"),
+        translate=lambda context, text: text,
     )
     slicer.vtkSegmentationConverter = types.SimpleNamespace(GetReferenceImageGeometryParameterName=lambda: REFERENCE_GEOMETRY)
     segmentationsLogic = FakeSegmentationsLogic()
@@ -397,9 +401,29 @@ def _fakeParameterNodeWrapper(cls):
     return cls
 
 
+def fakeI18n() -> types.ModuleType:
+    """slicer.i18n (Base/Python/slicer/i18n.py, 5.8.0 and main): ``translate(context, text)`` returns
+    ``slicer.app.translate(context, text)``; ``tr(text)`` translates in the context named after the file
+    that calls it (``getContext``: "<folder>.<file>" when the folder holds ``__init__.py``, else "<file>")."""
+    i18n = types.ModuleType("slicer.i18n")
+
+    def translate(context: str, text: str) -> str:
+        return sys.modules["slicer"].app.translate(context, text)
+
+    def getContext(sourceFile: str) -> str:
+        folder, name = os.path.dirname(sourceFile), os.path.basename(sourceFile).replace(".py", "")
+        return f"{os.path.basename(folder)}.{name}" if os.path.isfile(os.path.join(folder, "__init__.py")) else name
+
+    def tr(text: str) -> str:
+        return translate(getContext(inspect.currentframe().f_back.f_code.co_filename), text)
+
+    i18n.translate, i18n.getContext, i18n.tr = translate, getContext, tr
+    return i18n
+
+
 def installFakeSlicerModules() -> Dict[str, types.ModuleType]:
-    """Put fakes of slicer, slicer.util, slicer.parameterNodeWrapper, slicer.ScriptedLoadableModule,
-    qt, ctk and vtk into ``sys.modules`` (the caller restores ``sys.modules``)."""
+    """Put fakes of slicer, slicer.util, slicer.i18n, slicer.parameterNodeWrapper,
+    slicer.ScriptedLoadableModule, qt, ctk and vtk into ``sys.modules`` (the caller restores ``sys.modules``)."""
     slicer = fakeSlicer()
     wrapper = types.ModuleType("slicer.parameterNodeWrapper")
     wrapper.parameterNodeWrapper = _fakeParameterNodeWrapper
@@ -413,13 +437,14 @@ def installFakeSlicerModules() -> Dict[str, types.ModuleType]:
     slicer.util.loadUI = mock.MagicMock(name="loadUI")
     slicer.parameterNodeWrapper = wrapper
     slicer.ScriptedLoadableModule = slm
+    slicer.i18n = fakeI18n()
     qt = types.ModuleType("qt")
     qt.QTimer = mock.MagicMock(name="QTimer")
     qt.QTableWidgetItem = mock.MagicMock(name="QTableWidgetItem")
     qt.Qt = mock.MagicMock(name="Qt")
     ctk = types.ModuleType("ctk")
     modules = {
-        "slicer": slicer, "slicer.util": slicer.util, "slicer.parameterNodeWrapper": wrapper,
+        "slicer": slicer, "slicer.util": slicer.util, "slicer.i18n": slicer.i18n, "slicer.parameterNodeWrapper": wrapper,
         "slicer.ScriptedLoadableModule": slm, "qt": qt, "ctk": ctk, "vtk": fakeVtk(),
     }
     sys.modules.update(modules)
