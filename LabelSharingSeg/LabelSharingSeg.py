@@ -15,6 +15,7 @@ import os
 import pathlib
 from typing import Annotated, Any, List, Optional, Sequence
 
+import ctk
 import qt
 import slicer
 import vtk
@@ -30,6 +31,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from LabelSharingSegLib.DemoData import DemoFolder, DemoSamples
 from LabelSharingSegLib.Dependencies import Dependencies
 from LabelSharingSegLib.EngineCommands import DEVICES, isSetPath, trainArgs
 from LabelSharingSegLib.EngineDefaults import trainingDefaults
@@ -38,6 +40,8 @@ from LabelSharingSegLib.Export import EXPORT_FORMATS, SegmentationExporter
 from LabelSharingSegLib.ExportPanel import ExportPanel
 from LabelSharingSegLib.JobPanel import JobPanel
 from LabelSharingSegLib.ModelInfo import ModelInfo
+from LabelSharingSegLib.ModelLibrary import ModelLibrary
+from LabelSharingSegLib.ModelLibraryPanel import ModelLibraryPanel
 from LabelSharingSegLib.ModelOutput import defaultModelsFolder, freeModelName
 from LabelSharingSegLib.ModuleError import ModuleError
 from LabelSharingSegLib.SceneIO import SceneIO
@@ -72,6 +76,15 @@ module. See the <a href="https://github.com/labelsharingseg/SlicerLabelSharingSe
 Method: Anand et al., "Label Sharing Incremental Learning Framework for Independent Multi-Label
 Segmentation Tasks". Built on 3D Slicer, PyTorch and MONAI.
 """)
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """Add the demo cases to the Sample Data module (category LabelSharingSeg; ``LabelSharingSegLib/DemoData.py``)."""
+    import SampleData
+
+    samples = DemoSamples(DemoFolder.forUser(slicer.app.slicerUserSettingsFilePath), EngineJob(MODULE_DIR))
+    samples.register(SampleData.SampleDataLogic, os.path.join(MODULE_DIR, "Resources", "Icons"))
 
 
 @parameterNodeWrapper
@@ -121,10 +134,13 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = lambda: self._parameterNode  # noqa: E731
         self.segmentPanel = SegmentPanel(ui, self.logic, self.jobs, node, slicer)
         model = lambda: self.segmentPanel.model  # noqa: E731
+        self.library = ModelLibrary(qt.QSettings())  # the application settings (slicer.util.settingsValue)
         self.trainPanel = TrainPanel(ui, self.logic, self.jobs, node, model, lambda: self.taskPanel.pinsOfDefinedTask(),
-                                     slicer, qt)
+                                     slicer, qt, onModelWritten=self.library.add)
         self.taskPanel = TaskPanel(ui, self.logic, self.jobs, node, model, self.trainPanel.addDatasetFolder, slicer, qt)
         self.exportPanel = ExportPanel(ui, self.logic, self.jobs, node, self.segmentPanel.taskLabels, slicer, qt)
+        self.libraryPanel = ModelLibraryPanel(ui, self.library, DemoFolder.forUser(slicer.app.slicerUserSettingsFilePath),
+                                              self.logic, self.jobs, node, model, slicer, qt, ctk)
         self.jobs.onIdle = self._checkCanApply
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)

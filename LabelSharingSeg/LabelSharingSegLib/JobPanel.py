@@ -84,6 +84,10 @@ class JobPanel:
         self.onIdle: Optional[Callable[[], None]] = None
         self._setIdle()
 
+    def addActionButtons(self, buttons: Sequence[Any]) -> None:
+        """More buttons to disable while work runs (sections built in code after this panel)."""
+        self._buttons += [button for button in buttons if button not in self._buttons]
+
     @property
     def isRunning(self) -> bool:
         """An engine job runs in the background."""

@@ -34,11 +34,13 @@ class TrainPanel:
         currentModel: returns the ``ModelInfo`` chosen in the Segment section (or None).
         pinsOfDefinedTask: returns ``(task name, pins)`` edited in the task table, or None.
         slicerModule, qtModule: the ``slicer`` and ``qt`` modules.
+        onModelWritten: called with the new model's folder and ``"trained"`` or ``"added task"``
+            when a run succeeds (the model library remembers it).
     """
 
     def __init__(self, ui: Any, logic: Any, jobs: JobPanel, parameterNode: Callable[[], Any],
                  currentModel: Callable[[], Any], pinsOfDefinedTask: Callable[[], Optional[tuple]],
-                 slicerModule: Any, qtModule: Any) -> None:
+                 slicerModule: Any, qtModule: Any, onModelWritten: Optional[Callable[[Path, str], None]] = None) -> None:
         self.ui = ui
         self.logic = logic
         self.jobs = jobs
@@ -47,6 +49,7 @@ class TrainPanel:
         self._parameterNode = parameterNode
         self._currentModel = currentModel
         self._pinsOfDefinedTask = pinsOfDefinedTask
+        self._onModelWritten = onModelWritten
         ui.addDatasetButton.connect("clicked(bool)", self.onAddDataset)
         ui.removeDatasetButton.connect("clicked(bool)", self.onRemoveDataset)
         ui.trainButton.connect("clicked(bool)", self.onTrain)
@@ -92,7 +95,7 @@ class TrainPanel:
         outFolder = modelOutputFolder(node.modelsFolder, node.modelName)
         self.jobs.installMissing(self.logic.dependencies)
         args = trainArgs(self.datasetFolders(), outFolder, node.trainEpochs, node.device, self._pinsFile("train"))
-        self._run(_("Training"), args, self.ui.trainButton, outFolder)
+        self._run(_("Training"), args, self.ui.trainButton, outFolder, "trained")
 
     @userAction(_("Adding the task"))
     def onAddTask(self, checked: bool = False) -> None:
@@ -110,13 +113,15 @@ class TrainPanel:
         self.jobs.installMissing(self.logic.dependencies)
         args = addTaskArgs(model.folder, item.text(), outFolder, node.addTaskEpochs, node.replay, node.device,
                            self._pinsFile("add"))
-        self._run(_("Adding the task"), args, self.ui.addTaskButton, outFolder)
+        self._run(_("Adding the task"), args, self.ui.addTaskButton, outFolder, "added task")
 
-    def _run(self, title: str, args: List[str], button: Any, outFolder: Path) -> None:
+    def _run(self, title: str, args: List[str], button: Any, outFolder: Path, source: str) -> None:
         node = self._parameterNode()
         outFolder.parent.mkdir(parents=True, exist_ok=True)  # the default per-user folder may not exist yet
 
         def succeeded() -> None:
+            if self._onModelWritten is not None:
+                self._onModelWritten(outFolder, source)
             self.ui.modelsFolderPathLineEdit.addCurrentPathToHistory()
             self.ui.modelPathLineEdit.currentPath = str(outFolder)  # the new model becomes the chosen one
             self.ui.modelPathLineEdit.addCurrentPathToHistory()

@@ -20,7 +20,7 @@ from unittest import mock
 
 import numpy as np
 
-from .fakes_qt import FakeNodeComboBox
+from .fakes_qt import FakeButton, FakeNodeComboBox, FakeTreeWidget, FakeTreeWidgetItem, fakeSettingsClass
 
 MODULE_DIR = Path(__file__).resolve().parents[3] / "LabelSharingSeg"
 
@@ -311,8 +311,11 @@ def fakeSlicer(tmpPath: str = "/tmp") -> types.ModuleType:
     slicer.mrmlScene = FakeScene()
     # qSlicerCoreApplication (Base/QTCore/qSlicerCoreApplication.h): temporaryPath and
     # slicerUserSettingsFilePath properties, testingEnabled(); processEvents and translate(context,
-    # text) from QCoreApplication (no translation installed: the text itself)
+    # text) from QCoreApplication (no translation installed: the text itself); connect(signal, slot) as
+    # PythonQt does (recorded in ``connections``, e.g. qSlicerApplication's startupCompleted())
+    connections: List[tuple] = []
     slicer.app = types.SimpleNamespace(
+        connections=connections, connect=lambda signal, slot: connections.append((signal, slot)),
         temporaryPath=tmpPath, processEvents=lambda: None, testingEnabled=lambda: False,
         slicerUserSettingsFilePath=str(Path(tmpPath) / "settings" / "slicer.org" / "Slicer.ini"),
         translate=lambda context, text: text,
@@ -337,7 +340,19 @@ def fakeSlicer(tmpPath: str = "/tmp") -> types.ModuleType:
     def arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, referenceVolumeNode=None):
         return segmentationNode.masks[segmentId].astype(np.uint8)
 
+    def loadVolume(filename, properties={}, returnNode=False):
+        """util.py loadVolume/loadLabelVolume -> loadNodeFromFile(filename, "VolumeFile", properties): the
+        loaded node, named ``properties["name"]`` (read here with SimpleITK; identity IJK->RAS)."""
+        import SimpleITK as sitk
+
+        voxels = sitk.GetArrayFromImage(sitk.ReadImage(str(filename)))
+        className = "vtkMRMLLabelMapVolumeNode" if properties.get("labelmap") else "vtkMRMLScalarVolumeNode"
+        return addVolumeFromArray(voxels, np.eye(4), properties.get("name", Path(filename).name), className)
+
     util.addVolumeFromArray = addVolumeFromArray
+    util.loadVolume = loadVolume
+    util.loadLabelVolume = lambda filename, properties={}, returnNode=False: loadVolume(
+        filename, {**properties, "labelmap": True})
     util.arrayFromSegmentBinaryLabelmap = arrayFromSegmentBinaryLabelmap
     util.exportNode = mock.MagicMock(return_value=True)
     util.errorDisplay = mock.MagicMock()
@@ -442,7 +457,12 @@ def installFakeSlicerModules() -> Dict[str, types.ModuleType]:
     qt.QTimer = mock.MagicMock(name="QTimer")
     qt.QTableWidgetItem = mock.MagicMock(name="QTableWidgetItem")
     qt.Qt = mock.MagicMock(name="Qt")
+    qt.QSettings = fakeSettingsClass()
+    qt.QTreeWidget, qt.QTreeWidgetItem, qt.QPushButton = FakeTreeWidget, FakeTreeWidgetItem, FakeButton
+    qt.QVBoxLayout, qt.QHBoxLayout = mock.MagicMock(name="QVBoxLayout"), mock.MagicMock(name="QHBoxLayout")
+    qt.QFileDialog = mock.MagicMock(name="QFileDialog")
     ctk = types.ModuleType("ctk")
+    ctk.ctkCollapsibleButton = mock.MagicMock(name="ctkCollapsibleButton")
     modules = {
         "slicer": slicer, "slicer.util": slicer.util, "slicer.i18n": slicer.i18n, "slicer.parameterNodeWrapper": wrapper,
         "slicer.ScriptedLoadableModule": slm, "qt": qt, "ctk": ctk, "vtk": fakeVtk(),

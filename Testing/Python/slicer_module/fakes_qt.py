@@ -226,3 +226,111 @@ class FakeListWidget(FakeSignals):
     def takeItem(self, row: int) -> "FakeListWidget.Item":
         self._current = -1
         return self._items.pop(row)
+
+
+class FakeTreeWidgetItem:
+    """QTreeWidgetItem: ``setText/text``, ``setToolTip/toolTip``, ``setData/data`` per (column, role) (``data``
+    of an unset role is an invalid QVariant, ``None`` in PythonQt), ``addChild``, ``childCount``, ``child``,
+    ``parent``."""
+
+    def __init__(self) -> None:
+        self.texts: Dict[int, str] = {}
+        self.toolTips: Dict[int, str] = {}
+        self.values: Dict[tuple, Any] = {}
+        self.children: List["FakeTreeWidgetItem"] = []
+        self._parent: Optional["FakeTreeWidgetItem"] = None
+
+    def setText(self, column: int, text: str) -> None:
+        self.texts[column] = text
+
+    def text(self, column: int) -> str:
+        return self.texts.get(column, "")
+
+    def setToolTip(self, column: int, text: str) -> None:
+        self.toolTips[column] = text
+
+    def toolTip(self, column: int) -> str:
+        return self.toolTips.get(column, "")
+
+    def setData(self, column: int, role: Any, value: Any) -> None:
+        self.values[(column, role)] = value
+
+    def data(self, column: int, role: Any) -> Any:
+        return self.values.get((column, role))
+
+    def addChild(self, child: "FakeTreeWidgetItem") -> None:
+        child._parent = self
+        self.children.append(child)
+
+    def childCount(self) -> int:
+        return len(self.children)
+
+    def child(self, index: int) -> "FakeTreeWidgetItem":
+        return self.children[index]
+
+    def parent(self) -> Optional["FakeTreeWidgetItem"]:
+        return self._parent
+
+
+class FakeTreeWidget(FakeSignals):
+    """QTreeWidget: top-level items, the current item; ``click(item)`` emits ``itemClicked(QTreeWidgetItem*,int)``
+    as a user click does (``setCurrentItem`` does not emit it: qtreewidget.cpp emits itemClicked from the view's
+    ``clicked`` signal only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items: List[FakeTreeWidgetItem] = []
+        self._current: Optional[FakeTreeWidgetItem] = None
+        self.headers: List[str] = []
+
+    def setColumnCount(self, count: int) -> None:
+        self.columnCount = count
+
+    def setHeaderLabels(self, labels: List[str]) -> None:
+        self.headers = list(labels)
+
+    def clear(self) -> None:
+        self.items, self._current = [], None
+
+    def addTopLevelItem(self, item: FakeTreeWidgetItem) -> None:
+        self.items.append(item)
+
+    def topLevelItemCount(self) -> int:
+        return len(self.items)
+
+    def topLevelItem(self, index: int) -> FakeTreeWidgetItem:
+        return self.items[index]
+
+    def setCurrentItem(self, item: FakeTreeWidgetItem) -> None:
+        self._current = item
+
+    def currentItem(self) -> Optional[FakeTreeWidgetItem]:
+        return self._current
+
+    def expandAll(self) -> None:
+        return None
+
+    def click(self, item: FakeTreeWidgetItem, column: int = 0) -> None:
+        self._current = item
+        self.emit("itemClicked(QTreeWidgetItem*,int)", item, column)
+
+
+def fakeSettingsClass() -> type:
+    """QSettings (qtbase ``src/corelib/io/qsettings.h``): every instance made with the default constructor
+    reads and writes the same application settings; ``value(key, defaultValue)`` gives the default for a
+    missing key; ``setValue``, ``contains``. The returned class has its own empty store."""
+
+    class FakeSettings:
+        store: Dict[str, Any] = {}
+
+        def value(self, key: str, defaultValue: Any = None) -> Any:
+            return self.store.get(key, defaultValue)
+
+        def setValue(self, key: str, value: Any) -> None:
+            self.store[key] = value
+
+        def contains(self, key: str) -> bool:
+            return key in self.store
+
+    FakeSettings.store = {}
+    return FakeSettings

@@ -26,7 +26,7 @@ MODULE_DIR = Path(__file__).resolve().parents[3] / "LabelSharingSeg"
 LIB = MODULE_DIR / "LabelSharingSegLib"
 #: files whose user-visible texts are wrapped for translation
 TRANSLATED = [MODULE_DIR / "LabelSharingSeg.py"] + [LIB / f"{name}.py" for name in (
-    "Dependencies", "ExportPanel", "JobPanel", "TaskPanel", "TrainPanel",
+    "DemoData", "Dependencies", "ExportPanel", "JobPanel", "ModelLibrary", "ModelLibraryPanel", "TaskPanel", "TrainPanel",
 )]
 #: files not wrapped yet (SegmentPanel, Segmenter, TaskDefinition and Export were being edited elsewhere;
 #: the others hold no texts or only messages of pure helpers) -- every module file is in one list
