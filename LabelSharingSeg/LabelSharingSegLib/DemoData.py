@@ -135,13 +135,23 @@ class DemoFolder:
                 folder / "labelsTs" / f"{task.testCase}{task.ending}")
 
     def segmentSpecs(self, task: DemoTask) -> List[SegmentSpec]:
-        """The task's labels with the demo model's colours, or default colours before it exists."""
-        if self.hasModel():
-            labels = ModelInfo.load(self.model).task(task.task).labels
-            return [SegmentSpec(label.name, label.value, label.color, label.terminology) for label in labels]
+        """The task's labels with the demo model's colours (so reference and result look alike), or
+        default colours while there is no demo model holding the task."""
+        model = self._demoModel()
+        if model is not None and task.task in model.tasks:
+            return [SegmentSpec(label.name, label.value, label.color, label.terminology)
+                    for label in model.task(task.task).labels]
         meta = json.loads((self.data / task.folder / "dataset.json").read_text(encoding="utf-8"))
         values = sorted((int(value), name) for name, value in meta["labels"].items() if int(value) != 0)
         return [SegmentSpec(name, value, defaultColor(index)) for index, (value, name) in enumerate(values)]
+
+    def _demoModel(self) -> Optional[ModelInfo]:
+        if not self.hasModel():
+            return None
+        try:
+            return ModelInfo.load(self.model)
+        except ModuleError:  # unreadable: the reference still loads, with default colours
+            return None
 
     @staticmethod
     def taskOfVolume(volumeName: str) -> Optional[str]:
