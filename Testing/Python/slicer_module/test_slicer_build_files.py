@@ -1,4 +1,5 @@
-"""Build and catalog files: CMake lists every shipped file, .s4ext / .json agree with CMake (no Slicer)."""
+"""Build and catalog files: CMake lists every shipped file, .s4ext / .json agree with CMake, and the catalog
+entry passes the checks of the Extensions Index (no Slicer)."""
 
 from __future__ import annotations
 
@@ -69,6 +70,8 @@ def test_extension_cmake_s4ext_and_catalog_entry_agree():
     assert meta["iconurl"] == cmakeVariable(top, "EXTENSION_ICONURL")
     assert meta["screenshoturls"] == cmakeVariable(top, "EXTENSION_SCREENSHOTURLS")
     assert meta["depends"].split() == cmakeVariable(top, "EXTENSION_DEPENDS").split() == ["PyTorch"]
+    assert meta["status"] == cmakeVariable(top, "EXTENSION_STATUS")
+    assert meta["keywords"] == cmakeVariable(top, "EXTENSION_KEYWORDS")
     catalog = json.loads((REPO / "LabelSharingSeg.json").read_text())
     assert catalog["category"] == meta["category"]
     assert catalog["build_dependencies"] == meta["depends"].split()
@@ -78,9 +81,42 @@ def test_extension_cmake_s4ext_and_catalog_entry_agree():
 
 def test_extension_assets_exist():
     assert (REPO / "LICENSE").read_text().lstrip().startswith("Apache License")
-    for path in ("Resources/LabelSharingSeg.png", "Resources/Screenshots/panel-mockup.png",
+    for path in ("Resources/LabelSharingSeg.png", "Resources/Screenshots/panel.png",
                  "LabelSharingSeg/Resources/Icons/LabelSharingSeg.png"):
         assert (REPO / path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
-    for url in (cmakeVariable((REPO / "CMakeLists.txt").read_text(), "EXTENSION_ICONURL"),
-                cmakeVariable((REPO / "CMakeLists.txt").read_text(), "EXTENSION_SCREENSHOTURLS")):
+    top = (REPO / "CMakeLists.txt").read_text()
+    for url in [cmakeVariable(top, "EXTENSION_ICONURL"), *cmakeVariable(top, "EXTENSION_SCREENSHOTURLS").split()]:
         assert (REPO / url.split("/main/", 1)[1]).is_file(), url
+
+
+def test_catalog_entry_follows_the_schema_the_index_uses():
+    """Validated against slicer-extension-catalog-entry-schema-v1.0.1.json (copied from Slicer/Slicer
+    ``Schemas/`` at 583e9b37; the index's entries name v1.0.1): required keys, no other keys, types, limits."""
+    schema = json.loads((Path(__file__).parent / "slicer-extension-catalog-entry-schema-v1.0.1.json").read_text())
+    entry = json.loads((REPO / "LabelSharingSeg.json").read_text())
+    assert entry["$schema"] == schema["$id"]
+    assert set(schema["required"]) <= set(entry) <= set(schema["properties"])
+    types = {"string": str, "array": list, "integer": int, "boolean": bool}
+    for key, value in entry.items():
+        rule = schema["properties"][key]
+        assert isinstance(value, types[rule["type"]]), key
+        assert value in rule.get("enum", [value]) and rule.get("minimum", value) <= value <= rule.get("maximum", value)
+        if rule["type"] == "array":
+            assert all(isinstance(item, str) for item in value), key
+
+
+def test_catalog_entry_passes_the_index_checks():
+    """The checks of Slicer/ExtensionsIndex ``scripts/check_description_files.py``: the repository name
+    contains "slicer", scm_url is https or git, the top-level project() is named like the JSON file, icon
+    and screenshot URLs are http(s) (here: raw files of the same repository, present in this tree)."""
+    entry = json.loads((REPO / "LabelSharingSeg.json").read_text())
+    scheme, _, path = entry["scm_url"].partition("://")
+    repository = path.rstrip("/").split("/")[-1]
+    assert scheme in ("https", "git") and "slicer" in repository.lower() and repository == "SlicerLabelSharingSeg"
+    top = (REPO / "CMakeLists.txt").read_text()
+    assert re.search(r"project\s*\(\s*([^\s\)]+)", top).group(1) == Path("LabelSharingSeg.json").stem
+    owner = path.split("/")[1]
+    raw = f"https://raw.githubusercontent.com/{owner}/{repository}/{entry['scm_revision']}/"
+    for url in [cmakeVariable(top, "EXTENSION_ICONURL"), *cmakeVariable(top, "EXTENSION_SCREENSHOTURLS").split()]:
+        assert url.startswith(raw), url
+    assert cmakeVariable(top, "EXTENSION_HOMEPAGE").startswith(entry["scm_url"])
