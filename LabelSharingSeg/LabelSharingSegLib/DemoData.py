@@ -17,9 +17,10 @@ Data module downloads URIs, so each case is registered with a ``customDownloader
 SampleData.py``, ``setCategoriesFromSampleDataSources``, 5.8.0 and main). It writes the data if
 needed, then loads the task's first test case (never trained on): the image as a volume and its
 reference labels as a segmentation with the task's label names (and the demo model's colours once
-the model exists). The registered ``uris`` are the ``file://`` URIs of the image files (``urllib``
-copies local files too), so ``SampleDataLogic().downloadSample(name)`` from a script loads the
-image once the data has been written.
+the model exists). The registered ``uris`` are the ``file://`` URIs of the image files: SampleData's
+``downloadFile`` fetches with ``urllib.request.urlretrieve``, which copies local ``file:`` URLs too
+(SampleData's own tests load local files through ``path2uri``), so ``SampleDataLogic().downloadSample(name)``
+from a script loads the image once the data has been written.
 
 Slicer calls: ``SampleDataLogic.registerCustomSampleDataSource(category, sampleName, uris,
 fileNames, nodeNames, customDownloader, thumbnailFileName, loadFileTypes)`` (a static method, 5.8.0
