@@ -107,7 +107,7 @@ def _cmd_worker(args: argparse.Namespace, progress: ProgressReporter) -> int:
 
     requests, replies = standard_streams()
     return serve(args.model, requests, replies, device=args.device, backend=args.backend, precision=args.precision,
-                 batch_size=args.batch_size, log=lambda message: print(message, file=sys.stderr, flush=True))
+                 batch_size=args.batch_size)
 
 
 def _cmd_evaluate(args: argparse.Namespace, progress: ProgressReporter) -> int:

@@ -12,6 +12,7 @@ The protocol (``docs/CONTRACTS.md``, "Worker protocol"), in short::
 
     -> {"id": 1, "task": "abdomen", "inputs": ["/tmp/ct.nrrd"], "out": "/tmp/out", "format": "nrrd"}
     <- {"status": "progress", "id": 1, "percent": 100.0, "text": "predicting 1/1 case=ct"}
+    <- {"status": "log", "id": 1, "text": "wrote /tmp/out/ct.nrrd"}
     <- {"status": "ok", "id": 1, "written": ["/tmp/out/ct.nrrd"], "seconds": 0.41}
     -> {"id": 2, "command": "quit"}
     <- {"status": "ok", "id": 2}
@@ -19,8 +20,9 @@ The protocol (``docs/CONTRACTS.md``, "Worker protocol"), in short::
 A request that fails (a user error: unknown task, missing input, existing output) gets an
 ``error`` reply and the worker reads the next one. Anything else is a bug: it ends the worker as
 it ends ``predict`` (exit 1, traceback in a file). End of input ends the worker with exit 0.
-Standard output carries replies only: whatever else would be printed there, by this package or
-a library, goes to standard error with the log lines.
+Standard output carries replies only, log lines included (``log`` replies, in order with the
+others); whatever else would be printed there, by this package or a library, goes to standard
+error with the warnings.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ def parse_request(line: str) -> PredictRequest:
 
 
 def serve(model: str | Path, requests: Iterable[str], replies: TextIO, device: str = "auto", backend: str = "auto",
-          precision: str = "fp32", batch_size: int = 16, log: Callable[[str], None] = print) -> int:
+          precision: str = "fp32", batch_size: int = 16) -> int:
     """Load ``model`` once, then answer ``requests`` (lines) on ``replies`` until a quit or their end.
 
     Args:
@@ -120,7 +122,9 @@ def serve(model: str | Path, requests: Iterable[str], replies: TextIO, device: s
         requests: request lines (the worker's standard input).
         replies: where reply lines are written and flushed (the worker's standard output).
         device, backend, precision, batch_size: as ``predict``'s options, for every request.
-        log: receives the log lines ``predict`` prints (device, files written, reloads).
+
+    The lines ``predict`` prints (device, graph built, files written) and reloads are ``log``
+    replies, with the id of the request they belong to (``null`` while the model first loads).
 
     Returns:
         0, the exit code.
@@ -128,6 +132,7 @@ def serve(model: str | Path, requests: Iterable[str], replies: TextIO, device: s
     Raises:
         LabelSharingError: the model cannot be loaded at start (nothing is served).
     """
+    log = _LogReplies(replies)
     loader = _ModelLoader(Path(model), dict(device=device, batch_size=batch_size, backend=backend,
                                             precision=precision), log)
     loader.current()
@@ -144,6 +149,7 @@ def serve(model: str | Path, requests: Iterable[str], replies: TextIO, device: s
         if request.command == "quit":
             _reply(replies, "ok", request.id)
             break
+        log.request_id = request.id
         try:
             written, seconds = _predict(loader, request, replies)
         except LabelSharingError as exc:
@@ -225,6 +231,17 @@ def _files_signature(folder: Path) -> tuple:
             continue
         signature.append((stat.st_mtime_ns, stat.st_size, stat.st_ino))
     return tuple(signature)
+
+
+class _LogReplies:
+    """A log function sending each line as a ``log`` reply of the current request."""
+
+    def __init__(self, replies: TextIO) -> None:
+        self.replies = replies
+        self.request_id: Any = None
+
+    def __call__(self, line: str) -> None:
+        _reply(self.replies, "log", self.request_id, text=line)
 
 
 class _ReplyProgress(ProgressReporter):

@@ -53,13 +53,13 @@ class Worker:
         return json.loads(line)
 
     def final(self) -> tuple[dict, list[dict]]:
-        """The next ok/error reply, and the progress replies before it."""
-        progress = []
+        """The next ok/error reply, and the progress and log replies before it."""
+        before = []
         while True:
             reply = self.reply()
-            if reply["status"] != "progress":
-                return reply, progress
-            progress.append(reply)
+            if reply["status"] not in ("progress", "log"):
+                return reply, before
+            before.append(reply)
 
     def end(self, timeout: float = 60) -> tuple[int, str, str]:
         """Close the worker's input (end of input) and wait: (exit code, rest of stdout, stderr)."""
@@ -76,18 +76,20 @@ def _request(request_id, image, out, **extra) -> dict:
 def test_two_requests_write_what_predict_writes_and_end_of_input_ends_the_worker(model_and_image, tmp_path):
     model, image = model_and_image
     worker = Worker(str(model), *FLAGS)
+    loading = worker.reply()  # the line predict prints, as a log reply of no request
+    assert loading["status"] == "log" and loading["id"] is None and loading["text"].startswith("device: cpu")
     ready = worker.reply()
     assert ready["status"] == "ready" and ready["id"] is None and ready["model"] == str(model)
     assert ready["device"].startswith("cpu") and ready["backend"].startswith("torch")
     for request_id, out in (("first", tmp_path / "a"), (2, tmp_path / "b")):
         worker.send(_request(request_id, image, out))
-        reply, progress = worker.final()
+        reply, before = worker.final()
         assert reply["status"] == "ok" and reply["id"] == request_id, reply
         assert reply["written"] == [str(out / "ct.nrrd")] and reply["seconds"] >= 0
-        assert progress and progress[-1]["percent"] == 100.0 and progress[-1]["id"] == request_id
+        assert [(r["status"], r["id"]) for r in before][-2:] == [("progress", request_id), ("log", request_id)]
+        assert before[-2]["percent"] == 100.0 and before[-1]["text"] == f"wrote {out / 'ct.nrrd'}"
     code, out, err = worker.end()  # end of input
     assert code == 0 and out == ""
-    assert "device: cpu" in err and f"wrote {tmp_path / 'b' / 'ct.nrrd'}" in err
 
     done = subprocess.run([sys.executable, "-m", "labelsharing", "--progress", "none", "predict", str(model), "--task",
                            "TaskA", str(image), "--out", str(tmp_path / "p"), "--format", "nrrd", *FLAGS],
@@ -105,7 +107,8 @@ def test_two_requests_write_what_predict_writes_and_end_of_input_ends_the_worker
 def test_a_failing_request_gets_an_error_reply_and_the_worker_goes_on(model_and_image, tmp_path):
     model, image = model_and_image
     worker = Worker(str(model), *FLAGS)
-    assert worker.reply()["status"] == "ready"
+    while worker.reply()["status"] != "ready":
+        pass
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "ct.nrrd").write_bytes(b"the user's file")
     bad = [
@@ -171,7 +174,7 @@ def test_a_model_replaced_on_disk_is_loaded_again_before_the_next_request(tmp_pa
     image = tmp_path / "ct.nrrd"
     sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(1).normal(0, 1, (4, 16, 16)).astype(np.float32)),
                     str(image))
-    replies, log = [], []
+    replies = []
 
     def requests():
         yield json.dumps(_request(1, image, tmp_path / "old"))
@@ -185,9 +188,10 @@ def test_a_model_replaced_on_disk_is_loaded_again_before_the_next_request(tmp_pa
         def flush(self):
             return None
 
-    assert serve(folder, requests(), Replies(), device="cpu", backend="torch", log=log.append) == 0
-    assert [r["status"] for r in replies if r["status"] != "progress"] == ["ready", "ok", "ok"]
-    assert sum("changed on disk" in line for line in log) == 1
+    assert serve(folder, requests(), Replies(), device="cpu", backend="torch") == 0
+    assert [r["status"] for r in replies if r["status"] not in ("progress", "log")] == ["ready", "ok", "ok"]
+    reloads = [r for r in replies if r["status"] == "log" and "changed on disk" in r["text"]]
+    assert [r["id"] for r in reloads] == [2]
     from labelsharing.inference import Predictor
 
     fresh = Predictor.from_model_dir(folder, device="cpu", backend="torch")
