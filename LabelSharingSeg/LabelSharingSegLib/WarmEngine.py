@@ -37,10 +37,12 @@ from .EngineJob import BUSY, EngineJob
 from .EngineProcess import EngineProcess, EngineResult, ProgressUpdate
 from .ModuleError import ModuleError
 
-__all__ = ["WarmEngine"]
+__all__ = ["WarmEngine", "PREDICTED_IN"]
 
 #: the worker answered a request with an error: the exit code ``predict`` gives a user error
 _USER_ERROR = 2
+#: start of the log line giving the seconds the worker spent on a request (the rest is the round trip)
+PREDICTED_IN = "warm engine: predicted in"
 
 
 @dataclass
@@ -63,12 +65,14 @@ class WarmEngine:
         qtModule: injected by tests; imported when omitted.
         idleSeconds: a worker without a request for this long is ended (its memory, GPU
             memory included, comes back).
-        intervalMs: polling interval of the timer while a worker lives.
+        busyIntervalMs: polling interval while a request runs: a reply waits up to this long
+            before the caller hears of it (50 ms against predictions of 0.1 s and more).
+        idleIntervalMs: polling interval of an idle worker (its end and the idle time are noticed).
         clock: seconds, monotonic (tests inject one).
     """
 
-    def __init__(self, engineJob: EngineJob, qtModule: Any = None, idleSeconds: float = 600.0, intervalMs: int = 200,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, engineJob: EngineJob, qtModule: Any = None, idleSeconds: float = 600.0,
+                 busyIntervalMs: int = 50, idleIntervalMs: int = 1000, clock: Callable[[], float] = time.monotonic) -> None:
         if qtModule is None:
             import qt as qtModule
         self._job = engineJob
@@ -79,8 +83,8 @@ class WarmEngine:
         self._request: Optional[_Request] = None
         self._nextId = 1
         self._lastUsed = clock()
+        self._intervalsMs = (busyIntervalMs, idleIntervalMs)
         self._timer = qtModule.QTimer()
-        self._timer.setInterval(intervalMs)
         self._timer.connect("timeout()", self._poll)
 
     # ------------------------------------------------------------------ EngineJob's interface
@@ -112,6 +116,7 @@ class WarmEngine:
         self._ensureWorker(work)
         self._request = _Request(self._nextId, work, onFinished, onProgress, onLog)
         self._nextId += 1
+        self._updateTimer()
         self._worker.send(json.dumps({"id": self._request.id, **work.request()}))  # if it fails, the end is polled
 
     def cancel(self) -> None:
@@ -129,7 +134,7 @@ class WarmEngine:
     def endWorker(self) -> None:
         """End the worker now (scene close, idle, another model); a running request is reported cancelled."""
         worker, self._worker, self._workerKey = self._worker, None, None
-        self._timer.stop()
+        self._updateTimer()
         if worker is not None:
             worker.cancel()  # kills the process group and reaps the process
             self._drain(worker)
@@ -147,6 +152,18 @@ class WarmEngine:
         worker = EngineProcess(onLog=self._onWorkerLog, onStdout=self._onReply, onFinished=self._onWorkerEnded)
         worker.start(command, env=env, interactive=True)
         self._worker, self._workerKey = worker, key
+
+    def _updateTimer(self) -> None:
+        """Poll often while a request runs, seldom while the worker idles, not at all without a worker.
+
+        ``QTimer::start()`` restarts a running timer, and ``setInterval`` restarts an active one
+        with the new interval (qtbase ``src/corelib/kernel/qtimer.cpp`` at 051488c, ``QTimer::start``,
+        ``QTimer::setInterval``).
+        """
+        if self._worker is None:
+            self._timer.stop()
+            return
+        self._timer.setInterval(self._intervalsMs[0] if self._request is not None else self._intervalsMs[1])
         self._timer.start()
 
     def _poll(self) -> None:
@@ -177,6 +194,7 @@ class WarmEngine:
             percent = min(100.0, max(0.0, float(reply.get("percent", 0.0))))
             request.onProgress(ProgressUpdate(percent, str(reply.get("text", ""))))
         elif status == "ok":
+            self._onWorkerLog(f"{PREDICTED_IN} {float(reply.get('seconds', 0.0)):.3f} s")
             self._finish(EngineResult(0, False, "", "\n".join(request.log)))
         elif status == "error":
             self._finish(EngineResult(_USER_ERROR, False, str(reply.get("error", "")), "\n".join(request.log)))
@@ -192,8 +210,8 @@ class WarmEngine:
         """The worker process ended: drop it; a request it was answering ends cancelled or runs once."""
         if self._worker is not None and self._worker.result is result:
             self._worker, self._workerKey = None, None
-            self._timer.stop()
         request, self._request = self._request, None
+        self._updateTimer()
         if request is None:
             return
         if result.cancelled:
@@ -211,6 +229,7 @@ class WarmEngine:
     def _finish(self, result: EngineResult) -> None:
         request, self._request = self._request, None
         self._lastUsed = self._clock()
+        self._updateTimer()
         request.onFinished(result)
 
     @staticmethod
