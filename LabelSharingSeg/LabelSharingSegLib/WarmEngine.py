@@ -108,11 +108,11 @@ class WarmEngine:
         Raises:
             ModuleError: another job runs, or ``PythonSlicer`` is not found.
         """
+        if self.isRunning:
+            raise ModuleError(BUSY)
         if not isinstance(work, PredictCall):
             self._job.start(work, onFinished, onProgress=onProgress, onLog=onLog)
             return
-        if self.isRunning:
-            raise ModuleError(BUSY)
         self._ensureWorker(work)
         self._request = _Request(self._nextId, work, onFinished, onProgress, onLog)
         self._nextId += 1

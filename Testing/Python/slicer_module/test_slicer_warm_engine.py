@@ -24,6 +24,7 @@ import pytest
 from LabelSharingSegLib import EngineJob as EngineJobModule
 from LabelSharingSegLib.EngineCommands import PredictCall
 from LabelSharingSegLib.EngineJob import EngineJob
+from LabelSharingSegLib.ModuleError import ModuleError
 from LabelSharingSegLib.WarmEngine import WarmEngine
 
 from .fakes import FakeVolumeNode
@@ -213,6 +214,14 @@ def test_an_idle_worker_ends_after_the_idle_time(engine, tmp_path):
     engine._poll()
     assert engine.workerPid is None and _ended(worker)
     engine._timer.stop.assert_called()
+
+
+def test_one_job_at_a_time(engine, tmp_path):
+    engine.start(_call(tmp_path, task="slow"), lambda result: None)
+    for work in (_call(tmp_path), ["train", "unused"]):
+        with pytest.raises(ModuleError, match="Another LabelSharingSeg job is running"):
+            engine.start(work, lambda result: None)
+    assert engine.commands == [["worker", str(tmp_path / "m1"), "--device", "cpu"]]
 
 
 def test_other_commands_run_once_through_the_engine_job(engine, tmp_path):
