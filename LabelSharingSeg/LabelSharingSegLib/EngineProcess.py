@@ -235,10 +235,11 @@ class EngineProcess:
                 raise TimeoutError(f"engine command did not finish within {timeout} s")
             time.sleep(interval)
 
-    def send(self, line: str) -> bool:
-        """Write one line to the standard input of an ``interactive`` process; False if it has closed it.
+    def send(self, line: str) -> None:
+        """Write one line to the standard input of an ``interactive`` process.
 
-        A closed pipe means the process is ending: :meth:`poll` then delivers its result.
+        A process that has closed its input is ending: nothing is written, and :meth:`poll`
+        delivers its result as for any end.
         """
         if self._process is None or self._process.stdin is None:
             raise RuntimeError("send() needs a process started with interactive=True.")
@@ -246,8 +247,7 @@ class EngineProcess:
             self._process.stdin.write(line.rstrip("\n") + "\n")
             self._process.stdin.flush()
         except (BrokenPipeError, ValueError):  # ValueError: the pipe object is already closed
-            return False
-        return True
+            pass
 
     def cancel(self) -> None:
         """Kill the process and all its descendants. The result then says ``cancelled``."""

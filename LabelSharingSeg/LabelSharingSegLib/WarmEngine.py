@@ -117,7 +117,7 @@ class WarmEngine:
         self._request = _Request(self._nextId, work, onFinished, onProgress, onLog)
         self._nextId += 1
         self._updateTimer()
-        self._worker.send(json.dumps({"id": self._request.id, **work.request()}))  # if it fails, the end is polled
+        self._worker.send(json.dumps({"id": self._request.id, **work.request()}))  # a dead worker's end is polled
 
     def cancel(self) -> None:
         """Cancel the running request (its worker is killed) or one-shot command; the end is reported as cancelled."""
