@@ -18,10 +18,11 @@ without being cancelled, the request runs again as a one-shot ``predict``, so a 
 never costs the user a result, only time; a worker that died while idle is replaced at the next Apply.
 
 Slicer facts: ``PythonSlicer`` forwards its standard input and output to the interpreter it
-launches (CTK AppLauncher ``Base/ctkAppLauncher.cpp``, ``ctkAppLauncherPrivate::runProcess``:
+launches (CTK AppLauncher dcb7a7e, ``Base/ctkAppLauncher.cpp``, ``ctkAppLauncherPrivate::runProcess``:
 ``setProcessChannelMode(QProcess::ForwardedChannels)`` when no splash screen is shown, and
-``setInputChannelMode(QProcess::ForwardedInputChannel)``), so the worker's pipes reach the
-engine. The polling timer is a ``qt.QTimer`` with ``connect("timeout()", f)``, as in ``EngineJob``;
+``setInputChannelMode(QProcess::ForwardedInputChannel)``; Slicer configures ``PythonSlicer`` with
+``SPLASHSCREEN_DISABLED`` in ``SuperBuild/python_configure_python_launcher.cmake``), so the
+worker's pipes reach the engine. The polling timer is a ``qt.QTimer`` with ``connect("timeout()", f)``, as in ``EngineJob``;
 callbacks run on the main thread, from that timer.
 """
 
