@@ -27,8 +27,8 @@ from LabelSharingSegLib.EngineJob import EngineJob
 from LabelSharingSegLib.ModuleError import ModuleError
 from LabelSharingSegLib.WarmEngine import WarmEngine
 
-from .fakes import FakeVolumeNode
-from .widget_harness import buildWidget, loadModuleFile
+from .fakes import FakeSegmentationNode, FakeVolumeNode
+from .widget_harness import buildWidget, loadModuleFile, writeModel
 
 _STAND_IN = textwrap.dedent("""
     import json, os, sys, time
@@ -67,8 +67,8 @@ class Clock:
 
 
 @pytest.fixture
-def engine(fakeSlicerModules, tmp_path, monkeypatch):
-    """A WarmEngine whose commands run the stand-in behind a launcher; yields it, ends it after."""
+def standInCommands(tmp_path, monkeypatch):
+    """Every engine command runs the stand-in behind a launcher; the list of their arguments."""
     standIn = tmp_path / "stand_in.py"
     standIn.write_text(_STAND_IN)
     commands = []
@@ -78,6 +78,13 @@ def engine(fakeSlicerModules, tmp_path, monkeypatch):
         return [sys.executable, "-c", _LAUNCHER, str(standIn), *args], None
 
     monkeypatch.setattr(EngineJob, "command", command)
+    return commands
+
+
+@pytest.fixture
+def engine(fakeSlicerModules, standInCommands):
+    """A WarmEngine on the stand-in; yields it, ends it after."""
+    commands = standInCommands
     clock = Clock()
     job = EngineJob("unused", fakeSlicerModules["slicer"], fakeSlicerModules["qt"])
     warm = WarmEngine(job, fakeSlicerModules["qt"], idleSeconds=60.0, clock=clock)
@@ -231,6 +238,34 @@ def test_other_commands_run_once_through_the_engine_job(engine, tmp_path):
         engine._job._poll()
         time.sleep(0.02)
     assert results[0].succeeded and engine.workerPid is None and engine.commands == [["predict", "unused"]]
+
+
+# ----------------------------------------------------------------------------- the module
+@pytest.mark.parametrize("event", ["cleanup", "scene close"])
+def test_the_module_ends_its_warm_worker_on_cleanup_and_scene_close(fakeSlicerModules, standInCommands, tmp_path,
+                                                                     event):
+    """Module cleanup (ScriptedLoadableModuleWidget.cleanup) and the scene's StartCloseEvent end the idle worker."""
+    slicer = fakeSlicerModules["slicer"]
+    slicer.app.temporaryPath = str(tmp_path)
+    widget = buildWidget(loadModuleFile(), slicer)
+    widget.jobs._job = widget.engine  # the module's own runner, not the harness's fake
+    widget.logic.dependencies.missing = lambda distributions=None: []
+    widget.logic.segmenter.load = lambda request: FakeSegmentationNode("result")  # the stand-in writes no file
+    node = widget._parameterNode
+    node.inputVolume = FakeVolumeNode(np.zeros((2, 4, 4), dtype=np.int16), np.eye(4), "ct")
+    widget.ui.modelPathLineEdit.currentPath = str(writeModel(tmp_path / "model"))
+    widget.ui.applyButton.click()
+    while widget.jobs.isRunning:
+        widget.engine._poll()
+        time.sleep(0.02)
+    assert widget.ui.statusLabel.text == "Segmentation: done." and standInCommands[0][0] == "worker"
+    worker = _engineOf(widget.engine)
+    if event == "cleanup":
+        widget.cleanup()
+    else:
+        widget.onSceneStartClose(None, None)
+    assert _ended(worker) and widget.engine.workerPid is None
+    slicer.util.errorDisplay.assert_not_called()
 
 
 # ----------------------------------------------------------------------------- the module with the real engine
