@@ -39,6 +39,7 @@ BENCH_OUT ?= bench_output
 bench: $(STAMP)
 	$(PY) benchmarks/backends.py
 	$(PY) benchmarks/inference_speed.py
+	$(PY) benchmarks/slicer_round_trip.py
 	$(PY) benchmarks/paper_comparison.py --out $(BENCH_OUT)/paper_comparison
 
 clean:

@@ -50,6 +50,7 @@ from LabelSharingSegLib.Segmenter import Segmenter
 from LabelSharingSegLib.TaskDefinition import MODALITIES, TaskDefinition, uniqueCaseIds
 from LabelSharingSegLib.TaskPanel import TaskPanel
 from LabelSharingSegLib.TrainPanel import TrainPanel
+from LabelSharingSegLib.WarmEngine import WarmEngine
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 #: the engine's training defaults and limits (``labelsharing defaults``), the only copy
@@ -130,7 +131,8 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ui = self.ui
         buttons = [ui.applyButton, ui.checkDependenciesButton, ui.computeGroupingButton, ui.exportDatasetButton,
                    ui.trainButton, ui.addTaskButton, ui.exportButton]
-        self.jobs = JobPanel(ui, EngineJob(MODULE_DIR), buttons, slicer)
+        self.engine = WarmEngine(EngineJob(MODULE_DIR))  # Apply reuses one engine process (issue 11)
+        self.jobs = JobPanel(ui, self.engine, buttons, slicer)
         node = lambda: self._parameterNode  # noqa: E731
         self.segmentPanel = SegmentPanel(ui, self.logic, self.jobs, node, slicer)
         model = lambda: self.segmentPanel.model  # noqa: E731
@@ -148,7 +150,7 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.segmentPanel.onModelFolderChanged(str(self._parameterNode.modelFolder))
 
     def cleanup(self) -> None:
-        """The module is going away (application exit, reload): end running work, reporting nothing."""
+        """The module is going away (application exit, reload): end running work and the warm engine, reporting nothing."""
         self.jobs.stop()
         self.exportPanel.stop()
         self.removeObservers()
@@ -160,8 +162,9 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
-        """The nodes a running job reads or fills are going: cancel it (and an export batch)."""
+        """The nodes a running job reads or fills are going: cancel it (and an export batch); end the warm engine."""
         self.jobs.cancel()
+        self.engine.endWorker()
         self.exportPanel.stop()
         self.setParameterNode(None)
 

@@ -6,14 +6,16 @@ Commands and options are those of ``docs/CONTRACTS.md`` ("Command line").
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from .ModuleError import ModuleError
 
-__all__ = ["DEVICES", "predictArgs", "trainArgs", "addTaskArgs", "writePins", "isSetPath"]
+__all__ = ["DEVICES", "PredictCall", "predictArgs", "trainArgs", "addTaskArgs", "writePins", "isSetPath"]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+_FORMAT = "nrrd"  # what Segmenter reads back (SceneIO.addLabelmapFromFile)
 PathLike = Union[str, Path]
 
 
@@ -24,13 +26,47 @@ def isSetPath(path: Optional[PathLike]) -> bool:
 
 def predictArgs(modelFolder: PathLike, task: str, inputFile: PathLike, outFolder: PathLike, device: str) -> List[str]:
     """``predict MODEL --task NAME INPUT --out OUTDIR --format nrrd --device D``."""
-    _checkDevice(device)
-    if not task:
-        raise ModuleError("Choose the task to segment (the list is filled from the model).")
-    return [
-        "predict", str(modelFolder), "--task", task, str(inputFile),
-        "--out", str(outFolder), "--format", "nrrd", "--device", device,
-    ]
+    return PredictCall(str(modelFolder), task, str(inputFile), str(outFolder), device).args
+
+
+@dataclass(frozen=True)
+class PredictCall:
+    """One segmentation by the engine, as a ``predict`` command line or as a request to a warm worker.
+
+    Both forms say the same (``docs/CONTRACTS.md``: ``predict`` and "Worker protocol"): the
+    worker started with :attr:`workerArgs` and sent :meth:`request` writes what :attr:`args` writes.
+
+    Raises:
+        ModuleError: an unknown device or an empty task name.
+    """
+
+    modelFolder: str
+    task: str
+    inputFile: str
+    outFolder: str
+    device: str
+
+    def __post_init__(self) -> None:
+        _checkDevice(self.device)
+        if not self.task:
+            raise ModuleError("Choose the task to segment (the list is filled from the model).")
+
+    @property
+    def args(self) -> List[str]:
+        """The one-shot command: ``predict MODEL --task NAME INPUT --out OUTDIR --format nrrd --device D``."""
+        return [
+            "predict", self.modelFolder, "--task", self.task, self.inputFile,
+            "--out", self.outFolder, "--format", _FORMAT, "--device", self.device,
+        ]
+
+    @property
+    def workerArgs(self) -> List[str]:
+        """The worker serving this call's model: ``worker MODEL --device D`` (the key of a warm worker)."""
+        return ["worker", self.modelFolder, "--device", self.device]
+
+    def request(self) -> Dict[str, Any]:
+        """The worker request (without ``id``) for :attr:`args`' task, input, output folder and format."""
+        return {"task": self.task, "inputs": [self.inputFile], "out": self.outFolder, "format": _FORMAT}
 
 
 def trainArgs(

@@ -17,7 +17,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from .EngineProcess import EngineProcess, EngineResult, ProgressUpdate, engineCommand
 from .ModuleError import ModuleError
 
-__all__ = ["EngineJob"]
+__all__ = ["EngineJob", "BUSY"]
+
+BUSY = "Another LabelSharingSeg job is running; wait for it or cancel it first."
 
 
 class EngineJob:
@@ -58,7 +60,7 @@ class EngineJob:
             ModuleError: if another command is running or ``PythonSlicer`` is not found.
         """
         if self.isRunning:
-            raise ModuleError("Another LabelSharingSeg job is running; wait for it or cancel it first.")
+            raise ModuleError(BUSY)
 
         def finished(result: EngineResult) -> None:
             self._timer.stop()

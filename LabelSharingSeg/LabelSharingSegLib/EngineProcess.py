@@ -10,10 +10,15 @@ Cancel kills the whole process tree: ``PythonSlicer`` is a launcher whose child 
 interpreter, and Slicer ships no ``psutil``, so the child starts as the leader of a new process
 group (POSIX: a new session; Windows: a new process group) and Cancel ends the group
 (``killpg`` / ``taskkill /T``), which the engine's own children (data-loader workers) join too.
+
+A long-lived child that reads requests (``labelsharing worker``, see ``WarmEngine``) is started
+with ``interactive=True``: its standard input is a pipe fed by :meth:`EngineProcess.send`, and its
+standard output, where it speaks its own protocol, goes to ``onStdout`` instead of the progress parser.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -109,6 +114,7 @@ class _Callbacks:
     onProgress: Optional[Callable[[ProgressUpdate], None]] = None
     onLog: Optional[Callable[[str], None]] = None
     onFinished: Optional[Callable[[EngineResult], None]] = None
+    onStdout: Optional[Callable[[str], None]] = None
 
 
 @dataclass
@@ -127,6 +133,8 @@ class EngineProcess:
         onLog: called with every output line (stdout and stderr, progress lines included).
         onFinished: called once with the ``EngineResult`` when the process has ended and its
             output is read.
+        onStdout: if given, receives every stdout line in place of the progress parser and
+            ``onLog`` (a child speaking its own protocol there); ``onLog`` then gets stderr only.
         maxLogLines: lines kept for the log shown to the user (the oldest are dropped).
 
     Example:
@@ -144,8 +152,9 @@ class EngineProcess:
         onLog: Optional[Callable[[str], None]] = None,
         onFinished: Optional[Callable[[EngineResult], None]] = None,
         maxLogLines: int = 5000,
+        onStdout: Optional[Callable[[str], None]] = None,
     ) -> None:
-        self._callbacks = _Callbacks(onProgress, onLog, onFinished)
+        self._callbacks = _Callbacks(onProgress, onLog, onFinished, onStdout)
         self._maxLogLines = maxLogLines
         self._process: Optional[subprocess.Popen] = None
         self._queue: "queue.Queue[tuple[str, Optional[str]]]" = queue.Queue()
@@ -155,8 +164,12 @@ class EngineProcess:
         self.result: Optional[EngineResult] = None
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, command: Sequence[str], env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None) -> None:
-        """Start ``command``. Raises ``RuntimeError`` if this object already ran a process."""
+    def start(self, command: Sequence[str], env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
+              interactive: bool = False) -> None:
+        """Start ``command`` (with ``interactive``, its standard input is a pipe for :meth:`send`).
+
+        Raises ``RuntimeError`` if this object already ran a process.
+        """
         if self._process is not None:
             raise RuntimeError("EngineProcess runs one command; create a new one for the next command.")
         creationFlags = 0
@@ -166,7 +179,7 @@ class EngineProcess:
             list(command),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if interactive else subprocess.DEVNULL,
             env=dict(env) if env is not None else None,
             cwd=cwd,
             universal_newlines=True,
@@ -202,6 +215,9 @@ class EngineProcess:
             else:
                 self._handleLine(name, line)
         if self._state.openStreams == 0 and self._process.poll() is not None:
+            if self._process.stdin is not None:
+                with contextlib.suppress(OSError):  # unread requests of a process that has ended
+                    self._process.stdin.close()
             self.result = self._makeResult(self._process.returncode)
             if self._callbacks.onFinished:
                 self._callbacks.onFinished(self.result)
@@ -219,6 +235,20 @@ class EngineProcess:
                 raise TimeoutError(f"engine command did not finish within {timeout} s")
             time.sleep(interval)
 
+    def send(self, line: str) -> None:
+        """Write one line to the standard input of an ``interactive`` process.
+
+        A process that has closed its input is ending: nothing is written, and :meth:`poll`
+        delivers its result as for any end.
+        """
+        if self._process is None or self._process.stdin is None:
+            raise RuntimeError("send() needs a process started with interactive=True.")
+        try:
+            self._process.stdin.write(line.rstrip("\n") + "\n")
+            self._process.stdin.flush()
+        except (BrokenPipeError, ValueError):  # ValueError: the pipe object is already closed
+            pass
+
     def cancel(self) -> None:
         """Kill the process and all its descendants. The result then says ``cancelled``."""
         if self._process is None or self.result is not None:
@@ -234,6 +264,9 @@ class EngineProcess:
         self._queue.put((name, None))
 
     def _handleLine(self, name: str, line: str) -> None:
+        if name == _STDOUT and self._callbacks.onStdout is not None:
+            self._callbacks.onStdout(line)
+            return
         state = self._state
         state.log.append(line)
         if len(state.log) > self._maxLogLines:

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Callable, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Union
 
+from .EngineCommands import PredictCall
 from .EngineJob import EngineJob
 from .EngineProcess import EngineResult, ProgressUpdate
 from .ModuleError import ModuleError
@@ -65,7 +66,8 @@ class JobPanel:
 
     Args:
         ui: the module's ``ui`` (uses ``progressBar``, ``statusLabel``, ``logTextEdit``, ``torchInfoLabel``).
-        engineJob: runs the engine in the background.
+        engineJob: runs the engine in the background (an ``EngineJob``, or the module's ``WarmEngine``
+            around one).
         actionButtons: buttons disabled while work runs (except the one that started an engine job).
         slicerModule: the ``slicer`` module (injected by tests; imported when omitted).
     """
@@ -117,9 +119,12 @@ class JobPanel:
         self.onIdle = None
         self._job.stop()
 
-    def run(self, title: str, args: Sequence[str], button: Any, onSuccess: Callable[[], None],
+    def run(self, title: str, args: Union[Sequence[str], PredictCall], button: Any, onSuccess: Callable[[], None],
             onEnd: Optional[Callable[[], None]] = None) -> None:
-        """Start ``labelsharing <args>``; ``onSuccess`` runs if it succeeds, ``onEnd`` always."""
+        """Start ``labelsharing <args>``; ``onSuccess`` runs if it succeeds, ``onEnd`` always.
+
+        ``args`` may be a ``PredictCall``, which a ``WarmEngine`` runs in its warm worker.
+        """
 
         def finished(result: EngineResult) -> None:
             self._setIdle()
@@ -137,7 +142,8 @@ class JobPanel:
                 if onEnd is not None:
                     onEnd()
 
-        self.ui.logTextEdit.appendPlainText(f"--- {title}: labelsharing {' '.join(args)}")
+        commandLine = args.args if isinstance(args, PredictCall) else args
+        self.ui.logTextEdit.appendPlainText(f"--- {title}: labelsharing {' '.join(commandLine)}")
         self._job.start(args, finished, onProgress=self._onProgress, onLog=self._onLog)
         self._setBusy(title, button)
 

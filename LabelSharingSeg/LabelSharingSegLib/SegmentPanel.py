@@ -127,6 +127,6 @@ class SegmentPanel:
             self.ui.modelPathLineEdit.addCurrentPathToHistory()  # a model that worked joins the recent list
 
         self.jobs.run(
-            "Segmentation", request.args, self.ui.applyButton, onSuccess=loaded,
+            "Segmentation", request.call, self.ui.applyButton, onSuccess=loaded,
             onEnd=lambda: self.logic.segmenter.cleanup(request),
         )

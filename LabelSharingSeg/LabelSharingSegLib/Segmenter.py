@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional
 
-from .EngineCommands import predictArgs
+from .EngineCommands import PredictCall
 from .ModelInfo import ModelInfo
 from .ModuleError import ModuleError
 from .SceneIO import SceneIO
@@ -31,14 +31,19 @@ _CASE = "volume"
 
 @dataclass
 class SegmentationRequest:
-    """One segmentation run: inputs, the engine arguments and its temporary folder."""
+    """One segmentation run: inputs, the engine call and its temporary folder."""
 
     inputVolume: Any
     model: ModelInfo
     task: str
     outputSegmentation: Any
     workDir: Path
-    args: List[str]
+    call: PredictCall
+
+    @property
+    def args(self) -> List[str]:
+        """The one-shot ``predict`` command line of :attr:`call`."""
+        return self.call.args
 
     @property
     def resultFile(self) -> Path:
@@ -64,14 +69,14 @@ class Segmenter:
 
     def prepare(self, inputVolume: Any, model: ModelInfo, task: str, device: str,
                 outputSegmentation: Any = None) -> SegmentationRequest:
-        """Write the input volume to a temporary folder and build the ``predict`` arguments."""
+        """Write the input volume to a temporary folder and build the ``predict`` call."""
         if inputVolume is None:
             raise ModuleError("Choose the input volume.")
         model.task(task)
         workDir = Path(tempfile.mkdtemp(prefix="LabelSharingSeg-", dir=self._slicer.app.temporaryPath))
         inputFile = self._sceneIO.writeVolume(inputVolume, workDir / "input" / f"{_CASE}.nrrd")
-        args = predictArgs(model.folder, task, inputFile, workDir / "output", device)
-        return SegmentationRequest(inputVolume, model, task, outputSegmentation, workDir, args)
+        call = PredictCall(str(model.folder), task, str(inputFile), str(workDir / "output"), device)
+        return SegmentationRequest(inputVolume, model, task, outputSegmentation, workDir, call)
 
     def load(self, request: SegmentationRequest) -> Any:
         """Create (or fill) the output segmentation from the engine's result, then clean up.

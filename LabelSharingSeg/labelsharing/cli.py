@@ -16,7 +16,7 @@ import warnings
 from typing import Sequence
 
 from labelsharing import __version__
-from labelsharing.errors import LabelSharingError
+from labelsharing.errors import LabelSharingError, file_error_message
 from labelsharing.progress import PROGRESS_MODES, ProgressReporter
 
 __all__ = ["main", "build_parser"]
@@ -100,6 +100,14 @@ def _cmd_predict(args: argparse.Namespace, progress: ProgressReporter) -> int:
     for path in written:
         log(f"wrote {path}")
     return 0
+
+
+def _cmd_worker(args: argparse.Namespace, progress: ProgressReporter) -> int:
+    from labelsharing.worker import serve, standard_streams
+
+    requests, replies = standard_streams()
+    return serve(args.model, requests, replies, device=args.device, backend=args.backend, precision=args.precision,
+                 batch_size=args.batch_size)
 
 
 def _cmd_evaluate(args: argparse.Namespace, progress: ProgressReporter) -> int:
@@ -218,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
                               "<case>_probabilities.nii.gz); never an input image and never any other file. Without "
                               "it, an existing output stops the command before anything is predicted")
     predict.set_defaults(handler=_cmd_predict)
+
+    worker = commands.add_parser("worker", help="keep a model loaded and predict request after request: JSON lines "
+                                                "on stdin, replies on stdout (docs/CONTRACTS.md; Slicer's Apply)")
+    worker.add_argument("model", metavar="MODEL", help="[REQUIRED] model folder")
+    _add_device_flag(worker)
+    _add_backend_flags(worker)
+    worker.add_argument("--batch-size", type=_positive_int, default=16, help="[OPTIONAL] slices per batch (16)")
+    worker.set_defaults(handler=_cmd_worker)
 
     evaluate = commands.add_parser("evaluate", help="Dice per task and label on the datasets' test splits")
     evaluate.add_argument("model", metavar="MODEL", help="[REQUIRED] model folder")
@@ -417,10 +433,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: interrupted; nothing was written for the unfinished step.", file=sys.stderr)
         return 130
     except OSError as exc:  # the environment: a full disk, a missing or read-only file
-        if args.debug or exc.filename is None:
+        if args.debug or file_error_message(exc) is None:
             raise
-        print(f"error: {exc.strerror or exc}: {exc.filename}. Check the path, its permissions and the free space.",
-              file=sys.stderr)
+        print(f"error: {file_error_message(exc)}", file=sys.stderr)
         return 2
     except Exception:  # a bug, not the user's doing: say so in one line, keep the traceback in a file
         if args.debug:

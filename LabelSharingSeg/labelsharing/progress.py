@@ -63,11 +63,15 @@ class ProgressReporter:
             if percent - count["last_percent"] >= 1.0 or done >= total:
                 count["last_percent"] = percent
                 extra = " ".join(f"{k}={_short(v)}" for k, v in postfix.items())
-                stream = self._stream or sys.stdout
-                stream.write(f"PROGRESS {percent:.1f} {description} {done}/{total} {extra}".rstrip() + "\n")
-                stream.flush()
+                self.emit_line(percent, f"{description} {done}/{total} {extra}".rstrip())
 
         yield advance_lines
+
+    def emit_line(self, percent: float, text: str) -> None:
+        """``lines`` mode: print ``PROGRESS <percent> <text>`` (a subclass may send it elsewhere)."""
+        stream = self._stream or sys.stdout
+        stream.write(f"PROGRESS {percent:.1f} {text}\n")
+        stream.flush()
 
 
 def _short(value: object) -> str:

@@ -128,3 +128,22 @@ def test_a_process_object_runs_one_command():
     process.wait(timeout=60)
     with pytest.raises(RuntimeError):
         process.start([PY, "-c", "pass"])
+
+
+def test_an_interactive_process_reads_sent_lines_and_its_stdout_goes_to_onStdout():
+    """The warm engine's transport: lines in on stdin, stdout to ``onStdout`` only, stderr to ``onLog``."""
+    script = ("import sys\nfor line in sys.stdin:\n    print('echo ' + line.strip(), flush=True)\n"
+              "    print('seen', file=sys.stderr, flush=True)")
+    stdout, log = [], []
+    process = EngineProcess(onLog=log.append, onStdout=stdout.append)
+    process.start([PY, "-c", script], interactive=True)
+    process.send("one")
+    process.send("two\n")
+    while len(stdout) < 2 or len(log) < 2:
+        assert process.poll() is None, "the child ended early"
+        psutil.wait_procs([], timeout=0.02)
+    assert stdout == ["echo one", "echo two"] and log == ["seen", "seen"]
+    process.cancel()
+    result = process.wait(timeout=60)
+    assert result.cancelled and "echo one" not in result.log
+    process.send("after the end")  # a closed pipe: nothing to write, nothing raised

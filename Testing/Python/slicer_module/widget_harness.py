@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 from unittest import mock
 
+from LabelSharingSegLib.EngineCommands import PredictCall
 from LabelSharingSegLib.EngineProcess import EngineResult
 
 from .fakes import MODULE_DIR
@@ -29,7 +30,7 @@ _BEHAVIOUR = {"QPushButton": FakeButton, "ctkPathLineEdit": FakePathLineEdit, "Q
 
 
 class FakeEngineJob:
-    """Stands in for ``EngineJob``: records ``start`` and lets the test finish the run."""
+    """Stands in for the panel's runner (``WarmEngine``): records ``start`` and lets the test finish the run."""
 
     def __init__(self) -> None:
         self.args: Optional[List[str]] = None
@@ -37,7 +38,10 @@ class FakeEngineJob:
         self.isRunning = False
 
     def start(self, args, onFinished, onProgress=None, onLog=None) -> None:
-        self.args, self._finished, self.isRunning = list(args), onFinished, True
+        """``args``: engine arguments, or the ``PredictCall`` of an Apply (recorded as its ``predict`` arguments)."""
+        self.work = args
+        self.args = args.args if isinstance(args, PredictCall) else list(args)
+        self._finished, self.isRunning = onFinished, True
         self.onLog = onLog
 
     def finish(self, returnCode: int = 0) -> None:
