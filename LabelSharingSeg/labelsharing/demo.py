@@ -85,7 +85,7 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), device: s
                   for t in before["tasks"]}
     log("Forgetting: test Dice of the old tasks before and after adding " + tasks[3].name)
     log(forgetting_table(forgetting).split("\n", 1)[1])
-    report = write_report(out, plan, three, four, before, after, tasks, device=device,
+    report = write_report(out, plan, four, before, after, tasks, device=device,
                           seconds=time.perf_counter() - start)
     log(f"report written to {report} ({time.perf_counter() - start:.0f} s in all)")
     return report

@@ -20,10 +20,14 @@ from labelsharing.planning import plan_table
 __all__ = ["write_report"]
 
 
-def write_report(out: Path, plan: SharedLabelPlan, model_3: Path, model_4: Path, before: Mapping, after: Mapping,
+def write_report(out: Path, plan: SharedLabelPlan, model_4: Path, before: Mapping, after: Mapping,
                  tasks: Sequence[TaskDataset], device: str = "auto", seconds: float = 0.0) -> Path:
-    """Write ``out/report.md`` and its pictures; returns the report's path."""
-    history = [h for m in (model_3, model_4) for h in json.loads((m / "model.json").read_text())["history"]]
+    """Write ``out/report.md`` and its pictures; returns the report's path.
+
+    The training curves come from the 4-task model's history alone: ``add_task`` carries the
+    parent's runs over, so that history already starts with the 3-task model's training.
+    """
+    history = json.loads((model_4 / "model.json").read_text())["history"]
     lines = [
         "# LabelSharingSeg demo report", "",
         f"Four synthetic tasks, one label-sharing UNet: trained on three, the fourth added with replay. "

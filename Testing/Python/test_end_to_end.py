@@ -64,7 +64,13 @@ def test_train_info_predict_evaluate_add_task(demo, tmp_path, capsys):
     assert "ChestXR" in json.loads((tmp_path / "four" / "model.json").read_text())["tasks"]
 
 
-def test_demo_writes_report_with_pictures(tmp_path):
+def test_demo_writes_report_with_pictures(tmp_path, monkeypatch):
+    import labelsharing.report as report_module
+
+    plotted: list[list] = []
+    draw_curves = report_module._plot_curves
+    monkeypatch.setattr(report_module, "_plot_curves", lambda runs, path: (plotted.append(list(runs)),
+                                                                          draw_curves(runs, path)))
     messages: list[str] = []
     report = run_demo(tmp_path, DemoSettings(cases=3, epochs=1, add_task_epochs=1, input_size=32), device="cpu",
                       log=messages.append)
@@ -74,6 +80,10 @@ def test_demo_writes_report_with_pictures(tmp_path):
         assert f"]({picture})" in text and (tmp_path / picture).stat().st_size > 1000
     assert any(m.startswith("Forgetting") for m in messages)
     assert json.loads((tmp_path / "dice_4tasks.json").read_text())["tasks"]["ChestXR"]["split"] == "test"
+    # The 4-task model's history already holds the 3-task model's training: each run is drawn once.
+    runs = json.loads((tmp_path / "model_4tasks" / "model.json").read_text())["history"]
+    assert [(r["kind"], r["tasks"]) for r in plotted[0]] == [(r["kind"], r["tasks"]) for r in runs]
+    assert [r["kind"] for r in runs] == ["train", "add-task"]
 
 
 def _shapes_task(root: Path, name: str, channel: str, intensities: tuple[float, float, float], seed: int) -> Path:
