@@ -25,7 +25,6 @@ from labelsharing.datasets import read_task_dataset
 from labelsharing.evaluation import evaluate_model
 from labelsharing.inference import Predictor, select_device
 from labelsharing.model import SegmentationModel, default_architecture, package_versions
-from labelsharing.model_folder import build_model_config
 from labelsharing.planning import plan_task_datasets
 from labelsharing.training import FitResult, TrainingOptions, fit, task_config, train
 from labelsharing.training_data import prepare_task
@@ -168,11 +167,9 @@ def _run_conditioned(kind: str, folders: Sequence[Path], options: TrainingOption
     else:
         architecture = default_architecture(options.features, options.features)
         network = DynamicHeadNetwork(architecture, allowed)
-    # The engine's model.json builder describes plan, tasks and input for the predictor. Its
-    # architecture record is the label-sharing UNet's: DoDNet's head lives only in ``network``, and
-    # these models are never written to disk.
-    config = build_model_config(default_architecture(plan.n_shared + 1, options.features), options.input_size,
-                                plan, {t.name: task_config(t, plan) for t in tasks}, versions=package_versions())
+    config = {"architecture": architecture, "input_size": [options.input_size] * 2, "plan": plan.to_dict(),
+              "tasks": {t.name: task_config(t, plan) for t in tasks}, "history": [], "parent": None,
+              "versions": package_versions()}
     model = SegmentationModel(config=config, network=network.to(device))
     index = task_indices(plan.task_names)
     fitted = fit_conditioned(model, tasks, options, device, index, log)
