@@ -167,6 +167,9 @@ def _run_conditioned(kind: str, folders: Sequence[Path], options: TrainingOption
     else:
         architecture = default_architecture(options.features, options.features)
         network = DynamicHeadNetwork(architecture, allowed)
+    # Not a model.json, so not from model_folder.build_model_config: the merged plan (one channel per
+    # label of every task) and DoDNet's feature head break the shared-label schema by design. This
+    # in-memory config only tells TaskPredictor the tasks and labels; it is never written.
     config = {"architecture": architecture, "input_size": [options.input_size] * 2, "plan": plan.to_dict(),
               "tasks": {t.name: task_config(t, plan) for t in tasks}, "history": [], "parent": None,
               "versions": package_versions()}
