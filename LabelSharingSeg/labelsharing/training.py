@@ -102,6 +102,7 @@ class FitResult:
     epochs: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     best_dice: float = float("nan")
+    best_smoothed: float = -math.inf
     seconds: float = 0.0
     planned_epochs: int = 0
     recent_gain: float | None = None
@@ -304,9 +305,11 @@ def fit(
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     selectable = [t.name for t in tasks if t.validation and (select_on is None or t.name in select_on)]
-    result = FitResult(best_state={}, best_dice=-math.inf)
+    result = FitResult(best_state={})
     trainer_state = {"network": network, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     first_epoch, elapsed = restore_trainer(run, trainer_state, result, log)
+    resumed_best = next((e.get("val_smoothed") for e in result.epochs if e["epoch"] == result.best_epoch), None)
+    result.best_smoothed = -math.inf if resumed_best is None else resumed_best
     if result.planned_epochs:
         schedule.epochs = result.planned_epochs  # a resumed time-budget run keeps the epochs it chose
     if not selectable:
@@ -341,10 +344,11 @@ def fit(
             if context.is_main:  # validation, best weights and checkpoints are the main process's business
                 network.eval()
                 dice = validation_dice(model, tasks, device, predictor_factory)
-                improved = _keep_if_best(result, network, dice, selectable, epoch)
+                smoothed = _smoothed_score(result.epochs, dice, selectable)
+                improved = _keep_if_best(result, network, dice, selectable, smoothed, epoch)
                 steps = epoch * options.steps_per_epoch
                 result.epochs.append({"epoch": epoch, "steps": steps, "images": steps * images_per_step,
-                                      "loss": epoch_loss, "val_dice": dice,
+                                      "loss": epoch_loss, "val_dice": dice, "val_smoothed": smoothed,
                                       "seconds": round(time.perf_counter() - start, 1)})
                 log(_epoch_line(epoch, schedule.epochs, steps, epoch_loss, dice, improved))
             if options.time_budget is not None and epoch == first_epoch == 1:
@@ -400,12 +404,32 @@ class _Schedule:
             f"(the first took {first_epoch_seconds:.1f} s)")
 
 
-def _keep_if_best(result: FitResult, network, dice: Mapping[str, dict], selectable: Sequence[str], epoch: int) -> bool:
-    """Keep ``network``'s weights in ``result`` if the mean Dice of the selectable tasks improved."""
+#: Weight of the newest epoch in the smoothed validation score that picks the written epoch. A
+#: validation split of one or two cases swings by 0.2-0.5 Dice between epochs (issue 9's real-data
+#: check), so the raw maximum is often one lucky early epoch; nnU-Net v2 picks its best checkpoint
+#: on the same exponential moving average (0.9 old + 0.1 new) of its validation Dice.
+SELECTION_SMOOTHING = 0.1
+
+
+def _smoothed_score(epochs: Sequence[Mapping], dice: Mapping[str, dict], selectable: Sequence[str]) -> float | None:
+    """Exponential moving average of the selectable tasks' mean validation Dice, this epoch included
+    (``None`` if this epoch has no score: nothing to select on)."""
     scores = [dice[task]["mean"] for task in selectable if task in dice]
-    if not scores or float(np.mean(scores)) <= result.best_dice:
+    if not scores:
+        return None
+    previous = next((e["val_smoothed"] for e in reversed(epochs) if e.get("val_smoothed") is not None), None)
+    score = float(np.mean(scores))
+    return score if previous is None else (1 - SELECTION_SMOOTHING) * previous + SELECTION_SMOOTHING * score
+
+
+def _keep_if_best(result: FitResult, network, dice: Mapping[str, dict], selectable: Sequence[str],
+                  smoothed: float | None, epoch: int) -> bool:
+    """Keep ``network``'s weights in ``result`` if the smoothed validation score improved; the
+    recorded ``best_dice`` is that epoch's own mean validation Dice of the selectable tasks."""
+    if smoothed is None or smoothed <= result.best_smoothed:
         return False
-    result.best_dice, result.best_epoch = float(np.mean(scores)), epoch
+    result.best_smoothed, result.best_epoch = smoothed, epoch
+    result.best_dice = float(np.mean([dice[task]["mean"] for task in selectable if task in dice]))
     result.best_state = copy.deepcopy(network.state_dict())
     return True
 

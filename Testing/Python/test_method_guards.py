@@ -214,3 +214,30 @@ def test_the_written_model_is_the_best_validated_epoch(big_and_small, tmp_path, 
     second, last = _EpochTwoIsBest.validated[1], _EpochTwoIsBest.validated[2]
     assert all(torch.equal(written[k], second[k]) for k in written)
     assert any(not torch.equal(written[k], last[k]) for k in written)
+
+
+def test_one_lucky_validation_epoch_does_not_pick_the_model(big_and_small, tmp_path, monkeypatch):
+    """Guards against selecting on the raw per-epoch validation Dice (issue 9: on a one-case validation
+    split the Dice swings by 0.2-0.5 between epochs, and one lucky early epoch was written). The
+    epoch is chosen on the smoothed curve, as nnU-Net chooses its best checkpoint on an exponential
+    moving average: scores 0.3, 0.9 (a spike), 0.3, then 0.7 steadily must write the last epoch."""
+    from safetensors.torch import load_file
+
+    import labelsharing.training as training
+
+    scores = iter([0.3, 0.9, 0.3, 0.7, 0.7, 0.7, 0.7, 0.7])
+    validated: list[dict] = []
+
+    def scripted_dice(model, tasks, device, predictor_factory=None):
+        validated.append(copy.deepcopy(model.network.state_dict()))
+        return {task.name: {"mean": next(scores)} for task in tasks if task.validation}
+
+    monkeypatch.setattr(training, "validation_dice", scripted_dice)
+    training.train([big_and_small[1]], tmp_path / "model", training.TrainingOptions(epochs=8, **TINY),
+                   log=lambda m: None)
+
+    record = json.loads((tmp_path / "model" / "model.json").read_text())["history"][-1]
+    assert record["best_epoch"] == 8 and record["best_mean_dice"] == pytest.approx(0.7)
+    written = load_file(str(tmp_path / "model" / "model.safetensors"))
+    assert all(torch.equal(written[k], validated[-1][k]) for k in written)
+    assert any(not torch.equal(written[k], validated[1][k]) for k in written)
