@@ -255,20 +255,23 @@ class LabelSharingSegTest(ScriptedLoadableModuleTest):
         return slicer.util.addVolumeFromArray(voxels, ijkToRas, "box"), voxels
 
     def test_importKnownLabelmap(self):
-        """Segments get the task's names, colours and exactly the label map's voxels."""
+        """Segments get the task's names, colours, terminology and exactly the label map's voxels."""
         import numpy as np
         from LabelSharingSegLib.SegmentImport import SegmentImporter, SegmentSpec
+        from labelsharing.terminology import EXAMPLE_ENTRY
 
         volume, voxels = self._boxVolume()
         labels = (voxels == 200).astype(np.uint8) + 2 * (voxels == 400).astype(np.uint8)
         labelmap = SceneIO().addLabelmapFromArray(labels, SceneIO().ijkToRas(volume), "known")
         segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-        specs = [SegmentSpec("organ", 1, (0.9, 0.5, 0.1)), SegmentSpec("lesion", 2, (0.1, 0.2, 0.9))]
+        specs = [SegmentSpec("organ", 1, (0.9, 0.5, 0.1), EXAMPLE_ENTRY), SegmentSpec("lesion", 2, (0.1, 0.2, 0.9))]
         ids = SegmentImporter().importLabelmap(labelmap, segmentation, specs, volume)
+        properties = SceneIO().segmentProperties(segmentation)
         for spec, segmentId in zip(specs, ids):
             segment = segmentation.GetSegmentation().GetSegment(segmentId)
             self.assertEqual(segment.GetName(), spec.name)
             np.testing.assert_allclose(segment.GetColor(), spec.color, atol=1e-6)
+            self.assertEqual(properties[spec.name].terminology, spec.terminology)
             mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
             np.testing.assert_array_equal(mask > 0, labels == spec.value)
 

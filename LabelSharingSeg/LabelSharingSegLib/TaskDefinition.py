@@ -138,12 +138,16 @@ class TaskDefinition:
         self,
         folder: Union[str, Path],
         colors: Optional[Mapping[str, Sequence[float]]] = None,
+        terminology: Optional[Mapping[str, str]] = None,
         overwrite: bool = False,
         onCase: Optional[Callable[[int, int, str], None]] = None,
     ) -> Path:
         """Write the task as an nnU-Net-style dataset folder the engine reads (CONTRACTS.md).
 
         Layout: ``dataset.json``, ``imagesTr/<case>_0000.nrrd``, ``labelsTr/<case>.nrrd``.
+        ``colors`` (label name -> 0..1 RGB) and ``terminology`` (label name -> Slicer terminology
+        entry string) become ``dataset.json`` ``colors`` and ``terminology`` for the task's labels;
+        the engine keeps both in the model and gives them back to the predicted segments.
         ``onCase(done, total, text)`` is called before each case and once at the end.
 
         Raises:
@@ -167,6 +171,8 @@ class TaskDefinition:
         }
         if colors:
             description["colors"] = {name: [float(c) for c in colors[name][:3]] for name in self.labels if name in colors}
+        if terminology:
+            description["terminology"] = {name: terminology[name] for name in self.labels if terminology.get(name)}
         (folder / "dataset.json").write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
         if onCase is not None:
             onCase(len(self.cases), len(self.cases), f"Wrote {len(self.cases)} case(s) to {folder}.")

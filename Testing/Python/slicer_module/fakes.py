@@ -53,10 +53,25 @@ class FakeVtkStringArray:
         return len(self.values)
 
 
+class FakeVtkReference:
+    """vtk.reference (VTK ``Wrapping/PythonCore/PyVTKReference.cxx``): holds a value a wrapped method
+    returns through a non-const reference argument; ``get()`` / ``set(value)``."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def get(self) -> Any:
+        return self.value
+
+    def set(self, value: Any) -> None:
+        self.value = value
+
+
 def fakeVtk() -> types.ModuleType:
     vtk = types.ModuleType("vtk")
     vtk.vtkMatrix4x4 = FakeVtkMatrix4x4
     vtk.vtkStringArray = FakeVtkStringArray
+    vtk.reference = FakeVtkReference
     vtk.vtkCommand = types.SimpleNamespace(ModifiedEvent=33)
     return vtk
 
@@ -110,7 +125,8 @@ class FakeVolumeNode:
 
 
 class FakeSegment:
-    """vtkSegment: name, colour, tags."""
+    """vtkSegment (``Libs/vtkSegmentationCore/vtkSegment.{h,cxx}``): name, colour, tags; the
+    terminology tag is named ``"TerminologyEntry"`` (``vtkSegment::GetTerminologyEntryTagName``)."""
 
     def __init__(self, name: str, color=(0.5, 0.5, 0.5)) -> None:
         self.name = name
@@ -135,6 +151,17 @@ class FakeSegment:
 
     def SetTag(self, tag: str, value: str) -> None:
         self.tags[tag] = value
+
+    def GetTag(self, tag: str, value: FakeVtkReference) -> bool:
+        """``bool GetTag(std::string tag, std::string& value)`` (vtkSegment.h, 5.8.0 and main): the
+        value comes back through a ``vtk.reference``; a plain str is refused, as VTK's wrapping
+        refuses an immutable object for a non-const reference argument."""
+        if not isinstance(value, FakeVtkReference):
+            raise TypeError(f"GetTag argument 2: a vtk.reference is required, not {type(value).__name__}")
+        if tag not in self.tags:
+            return False
+        value.set(self.tags[tag])
+        return True
 
 
 class FakeSegmentation:
