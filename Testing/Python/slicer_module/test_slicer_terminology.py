@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from .fakes import FakeSegmentationNode, FakeVolumeNode, fakeSlicer, fakeVtk
 from LabelSharingSegLib.Export import SegmentationExporter
+from LabelSharingSegLib.ModuleError import ModuleError
 from LabelSharingSegLib.SceneIO import SceneIO
 from LabelSharingSegLib.TaskDefinition import TaskDefinition
 
@@ -63,3 +65,12 @@ def test_label_map_export_sidecar_keeps_the_terminology(tmp_path):
     sidecar = json.loads((tmp_path / "case_1.labels.json").read_text())
     assert sidecar["terminology"] == {"liver": KIDNEY}
     assert sidecar["colors"] == {"liver": [0.8, 0.2, 0.1], "tumour": [0.2, 0.2, 0.9]}
+
+
+def test_a_terminology_the_engine_would_refuse_stops_the_export_naming_the_segment(tmp_path):
+    node = _segmentation(terminology="liver")  # a name where Slicer writes a coded entry
+    sceneIO = SceneIO(fakeSlicer(), fakeVtk())
+    definition = TaskDefinition("abdomen", "CT", [sceneIO.caseFromSegmentation(node, "case_1")])
+    with pytest.raises(ModuleError, match="'liver'.*7 parts"):
+        definition.writeDataset(tmp_path / "abdomen", terminology={"liver": "liver"})
+    assert not (tmp_path / "abdomen").exists()  # refused before anything is written
