@@ -38,6 +38,7 @@ from LabelSharingSegLib.JobPanel import JobPanel
 from LabelSharingSegLib.ModelInfo import ModelInfo
 from LabelSharingSegLib.ModelOutput import defaultModelsFolder, freeModelName
 from LabelSharingSegLib.ModuleError import ModuleError
+from LabelSharingSegLib.ResultPanel import ResultPanel
 from LabelSharingSegLib.SceneIO import SceneIO
 from LabelSharingSegLib.SegmentPanel import SegmentPanel
 from LabelSharingSegLib.Segmenter import Segmenter
@@ -119,6 +120,7 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.jobs = JobPanel(ui, EngineJob(MODULE_DIR), buttons, slicer)
         node = lambda: self._parameterNode  # noqa: E731
         self.segmentPanel = SegmentPanel(ui, self.logic, self.jobs, node, slicer)
+        self.resultPanel = ResultPanel(ui, slicer)
         model = lambda: self.segmentPanel.model  # noqa: E731
         self.trainPanel = TrainPanel(ui, self.logic, self.jobs, node, model, lambda: self.taskPanel.pinsOfDefinedTask(),
                                      slicer, qt)
@@ -138,17 +140,21 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self.resultPanel.enter()
 
     def exit(self) -> None:
+        self.resultPanel.exit()
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
         """The nodes a running job reads or fills are going: cancel it (and an export batch)."""
         self.jobs.cancel()
         self.exportPanel.stop()
+        self.resultPanel.onSceneStartClose()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
+        self.resultPanel.onSceneEndClose()
         if self.parent.isEntered:
             self.initializeParameterNode()
 
@@ -174,6 +180,8 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         self.trainPanel.updateTarget()
+        if self._parameterNode:
+            self.resultPanel.follow(self._parameterNode.outputSegmentation, self._parameterNode.inputVolume)
         if self.jobs.isBusy:
             return
         ok, reason = self.segmentPanel.canApply()

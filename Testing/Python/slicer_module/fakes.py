@@ -307,12 +307,55 @@ class FakeSubjectHierarchy:
         self.parents[item] = parent
 
 
+class FakeSegmentEditorNode:
+    """vtkMRMLSegmentEditorNode (``Modules/Loadable/Segmentations/MRML/vtkMRMLSegmentEditorNode.h``): the
+    editor's parameter node, holding its segmentation and source volume; a singleton tag
+    (``vtkMRMLNode::SetSingletonTag``) and ``UnRegister`` (reference count of a C++-created node)."""
+
+    def __init__(self) -> None:
+        self.singletonTag: Optional[str] = None
+        self.segmentationNode: Any = None
+        self.sourceVolumeNode: Any = None
+        self.unregistered = False
+
+    def SetSingletonTag(self, tag: str) -> None:
+        self.singletonTag = tag
+
+    def GetSingletonTag(self) -> Optional[str]:
+        return self.singletonTag
+
+    def UnRegister(self, owner: Any) -> None:
+        self.unregistered = True
+
+    def GetClassName(self) -> str:
+        return "vtkMRMLSegmentEditorNode"
+
+
 class FakeScene:
-    """vtkMRMLScene: AddNewNodeByClass / RemoveNode / GetFirstNodeByClass."""
+    """vtkMRMLScene: AddNewNodeByClass / RemoveNode / GetFirstNodeByClass, and the singleton calls
+    ``GetSingletonNode(tag, className)``, ``CreateNodeByClass(className)`` and ``AddNode(node)``, which
+    returns the existing singleton of the same class and tag instead of adding a second
+    (``Libs/MRML/Core/vtkMRMLScene.h``, 5.8.0 and main)."""
 
     def __init__(self) -> None:
         self.nodes: List[Any] = []
         self.StartCloseEvent, self.EndCloseEvent = 1, 2
+
+    def CreateNodeByClass(self, className: str) -> Any:
+        if className != "vtkMRMLSegmentEditorNode":
+            raise NotImplementedError(className)
+        return FakeSegmentEditorNode()
+
+    def GetSingletonNode(self, singletonTag: str, className: str) -> Any:
+        return next((n for n in self.nodes if isinstance(n, FakeSegmentEditorNode) and n.GetClassName() == className
+                     and n.GetSingletonTag() == singletonTag), None)
+
+    def AddNode(self, node: Any) -> Any:
+        existing = node.GetSingletonTag() and self.GetSingletonNode(node.GetSingletonTag(), node.GetClassName())
+        if existing:
+            return existing
+        self.nodes.append(node)
+        return node
 
     def AddNewNodeByClass(self, className: str, name: str = "") -> Any:
         node = FakeSegmentationNode(name) if className == "vtkMRMLSegmentationNode" else mock.MagicMock()
