@@ -160,10 +160,9 @@ class TaskPanel:
         with self.jobs.busy("Writing the task dataset") as step:
             definition = self.defineTask(step)
             properties = self._segmentProperties()
-            definition.writeDataset(
-                folder, {name: p.color for name, p in properties.items()},
-                {name: p.terminology for name, p in properties.items() if p.terminology}, overwrite=overwrite, onCase=step,
-            )
+            colors = {name: p.color for name, p in properties.items()}
+            terminology = {name: p.terminology for name, p in properties.items() if p.terminology}
+            definition.writeDataset(folder, colors, terminology, overwrite=overwrite, onCase=step)
         self._addDatasetFolder(str(folder))
         self.ui.datasetFolderPathLineEdit.addCurrentPathToHistory()
         self.ui.statusLabel.text = f"Task dataset written to {folder}."

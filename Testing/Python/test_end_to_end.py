@@ -78,7 +78,8 @@ def test_train_info_predict_evaluate_add_task(demo, tmp_path, capsys):
     chest = _with_terminology(demo[3], tmp_path, {"heart": HEART})
     assert main(["--progress", "none", "add-task", str(model), str(chest), "--out", str(tmp_path / "four"),
                  *TINY_FLAGS, "--replay", "0.5"]) == 0
-    labels = {task: body["labels"] for task, body in json.loads((tmp_path / "four" / "model.json").read_text())["tasks"].items()}
+    extended = json.loads((tmp_path / "four" / "model.json").read_text())["tasks"]
+    labels = {task: body["labels"] for task, body in extended.items()}
     assert labels["ChestXR"]["heart"]["terminology"] == HEART and labels["AbdomenCT"]["liver"]["terminology"] == LIVER
 
 

@@ -289,7 +289,8 @@ class FakeSegmentEditorWidget(FakeSignals):
     def setSourceVolumeNode(self, node: Any) -> None:
         if self.editorNode is None or self.segmentationNode() is None:
             if node is not None:
-                self.criticals.append("setSourceVolumeNode failed: need to set segment editor and segmentation nodes first")
+                self.criticals.append(
+                    "setSourceVolumeNode failed: need to set segment editor and segmentation nodes first")
             return
         self.editorNode.sourceVolumeNode = node
 

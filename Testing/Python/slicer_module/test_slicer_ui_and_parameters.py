@@ -106,7 +106,8 @@ def test_choice_parameters_match_the_code_constants():
         assert re.search(rf"{field}: Annotated\[str, Choice\(list\({constant}\)\)\]", text)
 
 
-@pytest.mark.parametrize("section", ["Segment", "Correct the result", "Define a task", "Train / add task", "Export", "Log"])
+@pytest.mark.parametrize("section", ["Segment", "Correct the result", "Define a task", "Train / add task", "Export",
+                                     "Log"])
 def test_sections_exist(section):
     root = ElementTree.parse(UI_FILE).getroot()
     titles = [w.find("property[@name='text']/string").text for w in root.iter("widget") if w.get("class") == "ctkCollapsibleButton"]

@@ -20,8 +20,8 @@ from LabelSharingSegLib.EngineProcess import EngineResult
 
 from .fakes import MODULE_DIR
 from .fakes_qt import (
-    FakeButton, FakeCheckableNodeComboBox, FakeCollapsibleButton, FakeComboBox, FakeListWidget, FakePathLineEdit, FakeSegmentEditorWidget,
-    FakeShow3DButton, FakeTableWidget,
+    FakeButton, FakeCheckableNodeComboBox, FakeCollapsibleButton, FakeComboBox, FakeListWidget, FakePathLineEdit,
+    FakeSegmentEditorWidget, FakeShow3DButton, FakeTableWidget,
 )
 from .test_slicer_ui_and_parameters import uiWidgets
 
