@@ -44,6 +44,7 @@ from LabelSharingSegLib.ModelLibrary import ModelLibrary
 from LabelSharingSegLib.ModelLibraryPanel import ModelLibraryPanel
 from LabelSharingSegLib.ModelOutput import defaultModelsFolder, freeModelName
 from LabelSharingSegLib.ModuleError import ModuleError
+from LabelSharingSegLib.ResultPanel import ResultPanel
 from LabelSharingSegLib.SceneIO import SceneIO
 from LabelSharingSegLib.SegmentPanel import SegmentPanel
 from LabelSharingSegLib.Segmenter import Segmenter
@@ -135,6 +136,7 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.jobs = JobPanel(ui, self.engine, buttons, slicer)
         node = lambda: self._parameterNode  # noqa: E731
         self.segmentPanel = SegmentPanel(ui, self.logic, self.jobs, node, slicer)
+        self.resultPanel = ResultPanel(ui, slicer)
         model = lambda: self.segmentPanel.model  # noqa: E731
         self.library = ModelLibrary(qt.QSettings())  # the application settings (slicer.util.settingsValue)
         self.trainPanel = TrainPanel(ui, self.logic, self.jobs, node, model, lambda: self.taskPanel.pinsOfDefinedTask(),
@@ -157,8 +159,10 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self.resultPanel.enter()
 
     def exit(self) -> None:
+        self.resultPanel.exit()
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
@@ -166,9 +170,11 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.jobs.cancel()
         self.engine.endWorker()
         self.exportPanel.stop()
+        self.resultPanel.onSceneStartClose()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
+        self.resultPanel.onSceneEndClose()
         if self.parent.isEntered:
             self.initializeParameterNode()
 
@@ -194,6 +200,8 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         self.trainPanel.updateTarget()
+        if self._parameterNode:
+            self.resultPanel.follow(self._parameterNode.outputSegmentation, self._parameterNode.inputVolume)
         if self.jobs.isBusy:
             return
         ok, reason = self.segmentPanel.canApply()
@@ -275,20 +283,23 @@ class LabelSharingSegTest(ScriptedLoadableModuleTest):
         return slicer.util.addVolumeFromArray(voxels, ijkToRas, "box"), voxels
 
     def test_importKnownLabelmap(self):
-        """Segments get the task's names, colours and exactly the label map's voxels."""
+        """Segments get the task's names, colours, terminology and exactly the label map's voxels."""
         import numpy as np
         from LabelSharingSegLib.SegmentImport import SegmentImporter, SegmentSpec
+        from labelsharing.terminology import EXAMPLE_ENTRY
 
         volume, voxels = self._boxVolume()
         labels = (voxels == 200).astype(np.uint8) + 2 * (voxels == 400).astype(np.uint8)
         labelmap = SceneIO().addLabelmapFromArray(labels, SceneIO().ijkToRas(volume), "known")
         segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-        specs = [SegmentSpec("organ", 1, (0.9, 0.5, 0.1)), SegmentSpec("lesion", 2, (0.1, 0.2, 0.9))]
+        specs = [SegmentSpec("organ", 1, (0.9, 0.5, 0.1), EXAMPLE_ENTRY), SegmentSpec("lesion", 2, (0.1, 0.2, 0.9))]
         ids = SegmentImporter().importLabelmap(labelmap, segmentation, specs, volume)
+        properties = SceneIO().segmentProperties(segmentation)
         for spec, segmentId in zip(specs, ids):
             segment = segmentation.GetSegmentation().GetSegment(segmentId)
             self.assertEqual(segment.GetName(), spec.name)
             np.testing.assert_allclose(segment.GetColor(), spec.color, atol=1e-6)
+            self.assertEqual(properties[spec.name].terminology, spec.terminology)
             mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
             np.testing.assert_array_equal(mask > 0, labels == spec.value)
 

@@ -66,7 +66,8 @@ class SegmentationExporter:
         self, segmentationNode: Any, folder: Union[str, Path], fileFormat: str,
         taskLabels: Optional[Mapping[str, int]] = None,
     ) -> Path:
-        """Export to ``folder/<node name>.<fileFormat>``; label maps also get ``<name>.labels.json``.
+        """Export to ``folder/<node name>.<fileFormat>``; label maps also get ``<name>.labels.json``
+        (``labels``, ``colors`` and ``terminology`` as in a task's ``dataset.json``).
 
         Raises:
             ModuleError: unknown format, no reference volume (label maps), or a failed write.
@@ -98,10 +99,13 @@ class SegmentationExporter:
             self._write(node, path)
         finally:
             self._sceneIO.removeNode(node)
+        properties = self._sceneIO.segmentProperties(segmentationNode)
         sidecar = folder / f"{stem}.labels.json"
-        sidecar.write_text(json.dumps(
-            {"labels": {"background": 0, **values}, "colors": _segmentColors(segmentationNode)}, indent=2
-        ) + "\n", encoding="utf-8")
+        sidecar.write_text(json.dumps({
+            "labels": {"background": 0, **values},
+            "colors": {name: [round(c, 4) for c in p.color] for name, p in properties.items()},
+            "terminology": {name: p.terminology for name, p in properties.items() if p.terminology},
+        }, indent=2) + "\n", encoding="utf-8")
         return path
 
     def _write(self, node: Any, path: Path) -> None:
@@ -111,15 +115,6 @@ class SegmentationExporter:
             raise ModuleError(f"Slicer has no writer for {path.name}: {exc}") from exc
         if not written:
             raise ModuleError(f"Could not write {path} (see the application log for Slicer's message).")
-
-
-def _segmentColors(segmentationNode: Any) -> Dict[str, List[float]]:
-    segmentation = segmentationNode.GetSegmentation()
-    colors = {}
-    for index in range(segmentation.GetNumberOfSegments()):
-        segment = segmentation.GetSegment(segmentation.GetNthSegmentID(index))
-        colors[segment.GetName()] = [round(float(c), 4) for c in segment.GetColor()]
-    return colors
 
 
 @dataclass

@@ -13,13 +13,19 @@ where their signatures come from (Slicer ``Base/Python/slicer/util.py`` unless n
   ``SetReferenceImageGeometryParameterFromVolumeNode(volume)`` and
   ``vtkMRMLNode.GetNodeReference(role)`` (``Libs/MRML/Core/vtkMRMLSegmentationNode.h``);
 - ``vtkSegmentation.GetNumberOfSegments()`` / ``GetNthSegmentID(i)`` / ``GetSegment(id)``
-  (``Libs/vtkSegmentationCore/vtkSegmentation.h``).
+  (``Libs/vtkSegmentationCore/vtkSegmentation.h``);
+- ``vtkSegment.GetColor()``, ``GetTerminologyEntryTagName()`` and ``bool GetTag(std::string tag,
+  std::string& value)`` (``Libs/vtkSegmentationCore/vtkSegment.h``, 5.8.0 and main), whose value
+  comes back through a ``vtk.reference`` (VTK ``Wrapping/PythonCore/PyVTKReference.cxx``), as
+  Slicer's ``DICOMSegmentationPlugin.getDeserializedTerminologyEntry`` reads it. Slicer 5.10 added
+  ``vtkSegment.GetTerminology()``, a shortcut for the same tag; the tag works on 5.8 too.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -27,7 +33,16 @@ from .ModuleError import ModuleError
 from .NrrdIO import readNrrd, writeNrrd
 from .TaskDefinition import TaskCase
 
-__all__ = ["SceneIO"]
+__all__ = ["SceneIO", "SegmentProperties"]
+
+
+@dataclass(frozen=True)
+class SegmentProperties:
+    """What a segment says about its label besides the voxels: 0..1 RGB colour and the Slicer
+    terminology entry string (``None`` when the segment has none)."""
+
+    color: Tuple[float, float, float]
+    terminology: Optional[str] = None
 
 
 class SceneIO:
@@ -97,6 +112,18 @@ class SceneIO:
                 ) from exc
             masks[name] = np.asarray(mask) > 0 if name not in masks else masks[name] | (np.asarray(mask) > 0)
         return masks
+
+    def segmentProperties(self, segmentationNode: Any) -> Dict[str, SegmentProperties]:
+        """segment name -> colour and terminology, in segment order (the first segment of a name wins)."""
+        segmentation = segmentationNode.GetSegmentation()
+        properties: Dict[str, SegmentProperties] = {}
+        for index in range(segmentation.GetNumberOfSegments()):
+            segment = segmentation.GetSegment(segmentation.GetNthSegmentID(index))
+            entry = self._vtk.reference("")
+            segment.GetTag(segment.GetTerminologyEntryTagName(), entry)
+            color = tuple(float(c) for c in segment.GetColor())
+            properties.setdefault(segment.GetName(), SegmentProperties(color, str(entry.get()) or None))
+        return properties
 
     def caseFromSegmentation(self, segmentationNode: Any, caseId: str, sourceVolume: Any = None) -> TaskCase:
         """A ``TaskCase`` (image, geometry, masks) from a segmentation and its source volume.

@@ -17,6 +17,7 @@ import numpy as np
 
 from labelsharing.errors import LabelSharingError
 from labelsharing.plan import LabelStats, SharedLabelPlan, measure_label_sizes
+from labelsharing.terminology import terminology_entry_problem
 
 from .ModuleError import ModuleError
 from .NrrdIO import writeNrrd
@@ -138,20 +139,33 @@ class TaskDefinition:
         self,
         folder: Union[str, Path],
         colors: Optional[Mapping[str, Sequence[float]]] = None,
+        terminology: Optional[Mapping[str, str]] = None,
         overwrite: bool = False,
         onCase: Optional[Callable[[int, int, str], None]] = None,
     ) -> Path:
         """Write the task as an nnU-Net-style dataset folder the engine reads (CONTRACTS.md).
 
         Layout: ``dataset.json``, ``imagesTr/<case>_0000.nrrd``, ``labelsTr/<case>.nrrd``.
+        ``colors`` (label name -> 0..1 RGB) and ``terminology`` (label name -> Slicer terminology
+        entry string) become ``dataset.json`` ``colors`` and ``terminology`` for the task's labels;
+        the engine keeps both in the model and gives them back to the predicted segments.
         ``onCase(done, total, text)`` is called before each case and once at the end.
 
         Raises:
-            ModuleError: if the folder already holds a dataset and ``overwrite`` is False.
+            ModuleError: if the folder already holds a dataset and ``overwrite`` is False, or a
+                terminology entry is one the engine would refuse (checked before writing).
         """
         folder = Path(folder)
         if (folder / "dataset.json").exists() and not overwrite:
             raise ModuleError(f"{folder} already holds a dataset (dataset.json). Choose an empty folder.")
+        terminology = {name: entry for name, entry in (terminology or {}).items() if name in self.labels and entry}
+        for name, entry in terminology.items():
+            problem = terminology_entry_problem(entry)
+            if problem is not None:
+                raise ModuleError(
+                    f"The terminology of segment '{name}' {problem}. Choose its terminology again in the Segment "
+                    "Editor (double-click the segment's colour), or clear it, then export again."
+                )
         for done, case in enumerate(self.cases):
             if onCase is not None:
                 onCase(done, len(self.cases), f"Writing case {case.caseId} ({done + 1} of {len(self.cases)})...")
@@ -167,6 +181,8 @@ class TaskDefinition:
         }
         if colors:
             description["colors"] = {name: [float(c) for c in colors[name][:3]] for name in self.labels if name in colors}
+        if terminology:
+            description["terminology"] = terminology
         (folder / "dataset.json").write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
         if onCase is not None:
             onCase(len(self.cases), len(self.cases), f"Wrote {len(self.cases)} case(s) to {folder}.")

@@ -9,11 +9,12 @@ with ``setFlags``/``setCheckState``, ``blockSignals``, the ``cellChanged(int,int
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 from .EngineCommands import isSetPath
 from .JobPanel import JobPanel, userAction
 from .ModuleError import ModuleError
+from .SceneIO import SegmentProperties
 from .SourceVolumes import SourceVolumeTable
 from .TaskDefinition import Grouping, TaskDefinition, uniqueCaseIds
 from .Translation import tr as _
@@ -163,16 +164,18 @@ class TaskPanel:
         self.jobs.installMissing(self.logic.dependencies, ["pynrrd"])  # NrrdIO writes through pynrrd
         with self.jobs.busy(_("Writing the task dataset")) as step:
             definition = self.defineTask(step)
-            definition.writeDataset(folder, self._segmentColors(), overwrite=overwrite, onCase=step)
+            properties = self._segmentProperties()
+            colors = {name: p.color for name, p in properties.items()}
+            terminology = {name: p.terminology for name, p in properties.items() if p.terminology}
+            definition.writeDataset(folder, colors, terminology, overwrite=overwrite, onCase=step)
         self._addDatasetFolder(str(folder))
         self.ui.datasetFolderPathLineEdit.addCurrentPathToHistory()
         self.ui.statusLabel.text = _("Task dataset written to {folder}.").format(folder=folder)
 
-    def _segmentColors(self) -> Dict[str, List[float]]:
-        colors: Dict[str, List[float]] = {}
+    def _segmentProperties(self) -> Dict[str, SegmentProperties]:
+        """Colour and terminology of each label, from the first ticked segmentation that has it."""
+        properties: Dict[str, SegmentProperties] = {}
         for segmentationNode in self.ui.taskSegmentationsSelector.checkedNodes():
-            segmentation = segmentationNode.GetSegmentation()
-            for index in range(segmentation.GetNumberOfSegments()):
-                segment = segmentation.GetSegment(segmentation.GetNthSegmentID(index))
-                colors.setdefault(segment.GetName(), list(segment.GetColor()))
-        return colors
+            for name, found in self.logic.sceneIO.segmentProperties(segmentationNode).items():
+                properties.setdefault(name, found)
+        return properties

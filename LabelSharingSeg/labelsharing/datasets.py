@@ -2,7 +2,8 @@
 
 A task is one folder::
 
-    dataset.json            name, channel_names, labels, numTraining, file_ending[, modality, colors]
+    dataset.json            name, channel_names, labels, numTraining, file_ending[, modality, colors,
+                            terminology]
     imagesTr/<case>_0000<file_ending>
     labelsTr/<case><file_ending>   or   labelsTr/<case>.seg.nrrd   (a Slicer segmentation)
     imagesTs/, labelsTs/    optional test split, same naming; test images without a label are
@@ -33,6 +34,7 @@ from labelsharing.imageio import (
     read_label,
 )
 from labelsharing.plan import LabelStats, measure_label_sizes
+from labelsharing.terminology import EXAMPLE_ENTRY, terminology_entry_problem
 
 __all__ = ["MODALITIES", "Case", "TaskDataset", "TaskSummary", "read_task_dataset", "inspect_task_dataset", "load_case"]
 
@@ -337,6 +339,14 @@ def _parse_terminology(root: Path, terminology: object, labels: Mapping[str, int
         raise LabelSharingError(
             f'{root}/dataset.json: "terminology" must map declared label names to Slicer terminology strings.'
         )
+    for name, entry in terminology.items():
+        problem = terminology_entry_problem(entry)
+        if problem is not None:
+            raise LabelSharingError(
+                f'{root}/dataset.json: the terminology of label "{name}" {problem}. Give the entry as Slicer '
+                f'writes it (a segment\'s TerminologyEntry tag), e.g. "{EXAMPLE_ENTRY}", or leave the label out '
+                'of "terminology".'
+            )
     return dict(terminology)
 
 

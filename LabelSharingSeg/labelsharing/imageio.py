@@ -14,7 +14,7 @@ from __future__ import annotations
 import gzip
 import zlib
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -25,6 +25,7 @@ from labelsharing.safe_write import check_gzip_stream, write_atomically
 __all__ = [
     "SEG_NRRD",
     "MAX_LABEL_VALUE",
+    "SegmentInfo",
     "read_image",
     "read_label",
     "write_label",
@@ -37,6 +38,16 @@ SEG_NRRD = ".seg.nrrd"
 #: Largest label value a task may declare (label maps are read as uint8 or uint16).
 MAX_LABEL_VALUE = 65535
 _KNOWN_ENDINGS = (SEG_NRRD, ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff")
+
+
+class SegmentInfo(NamedTuple):
+    """One label as a Slicer segment: name, value in the label map, 0..1 RGB colour and the Slicer
+    terminology entry string (``None`` when the task gives none; see :mod:`labelsharing.terminology`)."""
+
+    name: str
+    value: int
+    color: tuple[float, float, float]
+    terminology: str | None = None
 
 
 def _ending(path: Path) -> str:
@@ -185,7 +196,7 @@ def write_label(
     labels: np.ndarray,
     reference: sitk.Image,
     path: str | Path,
-    segments: Sequence[tuple[str, int, Sequence[float]]] = (),
+    segments: Sequence[SegmentInfo] = (),
 ) -> Path:
     """Write a label map on the grid of ``reference``, atomically (see :mod:`labelsharing.safe_write`).
 
@@ -194,7 +205,8 @@ def write_label(
         reference: image whose size, spacing, origin and direction the output takes exactly.
         path: output file. ``.seg.nrrd`` writes a Slicer segmentation with one segment per entry
             of ``segments``; other endings write a plain label image with SimpleITK.
-        segments: (name, value, colour as 0..1 RGB) for each label; needed for ``.seg.nrrd``.
+        segments: name, value, colour and terminology of each label (:class:`SegmentInfo`, or a
+            plain ``(name, value, colour)`` tuple); needed for ``.seg.nrrd``.
 
     Returns:
         the written path.

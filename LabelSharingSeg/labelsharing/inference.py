@@ -23,7 +23,7 @@ import SimpleITK as sitk
 
 from labelsharing.backends import create_backend, log_line
 from labelsharing.errors import LabelSharingError
-from labelsharing.imageio import case_id_from_path, read_image, write_image, write_label
+from labelsharing.imageio import SegmentInfo, case_id_from_path, read_image, write_image, write_label
 from labelsharing.model import SegmentationModel, label_color
 from labelsharing.orientation import Slicing
 from labelsharing.preprocessing import normalize_intensities
@@ -134,15 +134,16 @@ class Predictor:
         return cls(SegmentationModel.load(folder, device="cpu"), device, batch_size, backend, precision, folder, log)
 
     # ------------------------------------------------------------------------------ images
-    def task_labels(self, task: str) -> list[tuple[str, int, list[float]]]:
-        """(name, value, colour) of a task's labels, by ascending value (the probability order)."""
+    def task_labels(self, task: str) -> list[SegmentInfo]:
+        """Name, value, colour and terminology of a task's labels, by ascending value (the probability order)."""
         config = self.model.task(task)
         assignments = self.plan.labels(task)
         entries = [
-            (name, int(entry["value"]), list(entry.get("color") or label_color(assignments[name].shared)))
+            SegmentInfo(name, int(entry["value"]), tuple(entry.get("color") or label_color(assignments[name].shared)),
+                        entry.get("terminology"))
             for name, entry in config["labels"].items()
         ]
-        return sorted(entries, key=lambda entry: entry[1])
+        return sorted(entries, key=lambda entry: entry.value)
 
     def predict_image(self, image: sitk.Image, task: str) -> np.ndarray:
         """Label map of ``image`` in ``task``'s own label values.
@@ -173,7 +174,7 @@ class Predictor:
         config = self.model.task(task)  # raises LabelSharingError with a suggestion
         labels = self.task_labels(task)
         shared_of = self.plan.labels(task)
-        channels = [shared_of[name].shared for name, _, _ in labels]  # network channel of each task label
+        channels = [shared_of[label.name].shared for label in labels]  # network channel of each task label
         unused = [s for s in range(1, self.plan.n_shared + 1) if s not in channels]
 
         array = normalize_intensities(sitk.GetArrayViewFromImage(image), config["normalization"])
@@ -182,7 +183,7 @@ class Predictor:
         n = len(slices)
         fit = slicing.square_fit(image, self.model.input_size)
 
-        max_value = max((value for _, value, _ in labels), default=0)
+        max_value = max((label.value for label in labels), default=0)
         output = np.zeros(array.shape, dtype=np.uint8 if max_value < 256 else np.uint16)
         out_slices = slicing.slices(output, image)  # a view: writing into it fills ``output``
         probs = np.zeros((len(labels) + 1,) + array.shape, dtype=np.float16) if probabilities else None
@@ -219,7 +220,7 @@ class Predictor:
 
         ``<case>`` is the input's name without ending and nnU-Net channel suffix
         (``ct_0000.nii.gz`` -> ``ct``). Outputs have exactly the input's grid. ``seg.nrrd`` is a
-        Slicer segmentation with the task's label names and colours. With ``probabilities``,
+        Slicer segmentation with the task's label names, colours and terminology. With ``probabilities``,
         ``<case>_probabilities.nii.gz`` is also written: a float32 vector image on the input grid,
         one component per task label, background first (order of :meth:`task_labels`).
 

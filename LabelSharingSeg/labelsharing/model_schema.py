@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, NoReturn
 
 from labelsharing.errors import LabelSharingError
 from labelsharing.preprocessing import NORMALIZATION_BY_MODALITY, PLANES
+from labelsharing.terminology import terminology_entry_problem
 
 __all__ = [
     "FORMAT_VERSION",
@@ -114,6 +115,19 @@ class Text(Field):
     def check(self, value: Any, path: str) -> None:
         if not isinstance(value, str) or not value:
             _refuse(path, value, self.allowed)
+
+
+class TerminologyEntry(Field):
+    """A Slicer terminology entry string (:func:`labelsharing.terminology.terminology_entry_problem`)."""
+
+    allowed = "a Slicer terminology entry"
+
+    def check(self, value: Any, path: str) -> None:
+        if not isinstance(value, str):
+            _refuse(path, value, self.allowed)
+        problem = terminology_entry_problem(value)
+        if problem is not None:
+            _refuse(path, value, f"{self.allowed} (this one {problem})")
 
 
 class Pattern(Field):
@@ -282,7 +296,7 @@ TASK = Fields(
         "modality": Choice(*NORMALIZATION_BY_MODALITY),
         "normalization": NORMALIZATION,
         "labels": Names(Fields({"value": _VALUE, "shared": _SHARED},
-                               {"color": Array(_FRACTION, 3, 3), "terminology": Text()}),
+                               {"color": Array(_FRACTION, 3, 3), "terminology": TerminologyEntry()}),
                         hi=MAX_SHARED, what="label names"),
     },
     optional={"plane": Choice(None, *PLANES), "target_spacing": Array(Number(0.0, 1e4, above=True), 2, 2),

@@ -15,7 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from labelsharing.errors import LabelSharingError
-from labelsharing.imageio import _values_text, geometry_mismatch
+from labelsharing.imageio import SegmentInfo, _values_text, geometry_mismatch
 
 __all__ = ["read_seg_nrrd", "write_seg_nrrd"]
 
@@ -134,12 +134,12 @@ def _segment_label_values(path: Path, segments: Sequence[Mapping], labels: Mappi
     return by_value
 
 
-def write_seg_nrrd(
-    labels: np.ndarray, reference: sitk.Image, path: Path, segments: Sequence[tuple[str, int, Sequence[float]]]
-) -> None:
+def write_seg_nrrd(labels: np.ndarray, reference: sitk.Image, path: Path, segments: Sequence[SegmentInfo]) -> None:
     """Write ``labels`` ((z, y, x) or (y, x), on ``reference``'s grid) as a Slicer segmentation with
-    one segment per (name, value, 0..1 RGB colour) of ``segments``. Not atomic by itself: callers
-    write to a temporary path (see :func:`labelsharing.imageio.write_label`)."""
+    one segment per entry of ``segments`` (:class:`SegmentInfo` or a ``(name, value, colour)``
+    tuple). A segment's terminology goes into its ``TerminologyEntry`` tag, which Slicer reads
+    back into the segment (``SegmentN_Tags``, ``vtkMRMLSegmentationStorageNode``). Not atomic by
+    itself: callers write to a temporary path (see :func:`labelsharing.imageio.write_label`)."""
     import slicerio
 
     if reference.GetDimension() == 2:
@@ -164,19 +164,26 @@ def write_seg_nrrd(
         "containedRepresentationNames": ["Binary labelmap"],
         "masterRepresentation": "Binary labelmap",
         "referenceImageExtentOffset": [0, 0, 0],
-        "segments": [
-            {
-                "id": f"Segment_{value}",
-                "name": name,
-                "labelValue": int(value),
-                "layer": 0,
-                "color": [float(c) for c in color],
-                "extent": _extent(voxels == value),
-            }
-            for name, value, color in segments
-        ],
+        "segments": [_segment(SegmentInfo(*segment), voxels) for segment in segments],
     }
     slicerio.write_segmentation(str(path), segmentation)
+
+
+def _segment(info: SegmentInfo, voxels: np.ndarray) -> dict:
+    """slicerio's description of one segment of ``voxels`` ((i, j, k) label values)."""
+    from slicerio.segmentation import terminology_entry_from_string
+
+    segment = {
+        "id": f"Segment_{info.value}",
+        "name": info.name,
+        "labelValue": int(info.value),
+        "layer": 0,
+        "color": [float(c) for c in info.color],
+        "extent": _extent(voxels == info.value),
+    }
+    if info.terminology:
+        segment["terminology"] = terminology_entry_from_string(info.terminology)
+    return segment
 
 
 def _extent(mask: np.ndarray) -> list[int]:

@@ -186,6 +186,29 @@ def test_optional_colors_and_terminology(tmp_path):
         read_task_dataset(root)
 
 
+LIVER = ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure"
+         "~SCT^10200004^Liver~^^~Anatomic codes - DICOM master list~^^~^^")
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("liver", "7 parts"),                                                 # a name, not an entry
+    (LIVER.rsplit("~", 1)[0], "7 parts"),                                 # a part missing
+    ("~" + LIVER.split("~", 1)[1], "context name"),                       # no terminology context
+    (LIVER.replace("SCT^10200004^Liver", "SCT^10200004"), "type"),        # a code without its meaning
+    (LIVER.replace("SCT^123037004^Anatomical Structure", "^^"), "category"),
+    (LIVER.replace("Liver", "Liver|left"), "'|'"),                       # would split the .seg.nrrd tag list
+    (LIVER.replace("Liver", "Liver\nx"), "line break"),                  # would end the NRRD header line
+])
+def test_malformed_terminology_entries_are_refused(tmp_path, entry, message):
+    """Entries Slicer could not read (vtkSlicerTerminologiesModuleLogic::DeserializeTerminologyEntry:
+    7 '~' parts, a context name, category and type as scheme^value^meaning, a category) or that
+    would break a .seg.nrrd header are refused when the dataset is read, naming the label."""
+    root = write_task(tmp_path / "T", {"liver": 1}, [boxes((4, 4), {1: 3})], extra={"terminology": {"liver": entry}})
+    with pytest.raises(LabelSharingError, match="liver") as error:
+        read_task_dataset(root)
+    assert message in str(error.value)
+
+
 def _test_split(root: Path, labelled: int, unlabelled: int) -> None:
     """Copy training cases into imagesTs (and the first ``labelled`` labels into labelsTs)."""
     (root / "imagesTs").mkdir()

@@ -5,6 +5,7 @@ learns in a few epochs (accuracy: a Dice floor)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,17 @@ from labelsharing.demo import DemoSettings, run_demo
 from labelsharing.demo_data import make_demo_datasets
 
 TINY_FLAGS = ["--epochs", "1", "--batch-size", "8", "--device", "cpu"]
+_ANATOMY = "Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure~SCT^"
+LIVER = _ANATOMY + "10200004^Liver~^^~Anatomic codes - DICOM master list~^^~^^"
+HEART = _ANATOMY + "80891009^Heart~^^~Anatomic codes - DICOM master list~^^~^^"
+
+
+def _with_terminology(task: Path, out: Path, terminology: dict[str, str]) -> Path:
+    """A copy of a demo task whose dataset.json gives ``terminology`` (as the Slicer module writes it)."""
+    copy = shutil.copytree(task, out / task.name)
+    meta = json.loads((copy / "dataset.json").read_text())
+    (copy / "dataset.json").write_text(json.dumps({**meta, "terminology": terminology}))
+    return copy
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +39,8 @@ def demo(tmp_path_factory) -> list[Path]:
 
 def test_train_info_predict_evaluate_add_task(demo, tmp_path, capsys):
     model = tmp_path / "model"
-    args = ["--progress", "none", "train", *map(str, demo[:3]), "--out", str(model), *TINY_FLAGS,
+    tasks = [_with_terminology(demo[0], tmp_path, {"liver": LIVER}), *demo[1:3]]
+    args = ["--progress", "none", "train", *map(str, tasks), "--out", str(model), *TINY_FLAGS,
             "--input-size", "32", "--features", "4"]
     assert main(args) == 0
     assert main(args) == 2 and "already exists" in capsys.readouterr().err
@@ -43,6 +56,9 @@ def test_train_info_predict_evaluate_add_task(demo, tmp_path, capsys):
     written = out / image.name.replace("_0000.nii.gz", ".seg.nrrd")
     segmentation = slicerio.read_segmentation(str(written))
     assert {s["name"] for s in segmentation["segments"]} == {"liver", "spleen", "left_kidney", "aorta"}
+    terminology = {s["name"]: slicerio.segmentation.terminology_entry_to_string(s["terminology"])
+                   for s in segmentation["segments"] if "terminology" in s}
+    assert terminology == {"liver": LIVER}  # dataset.json -> model.json -> the predicted segment
     assert segmentation["voxels"].shape == sitk.ReadImage(str(image)).GetSize()
 
     assert main(["predict", str(model), str(image), "--task", "Abdomen", "--out", str(out)]) == 2
@@ -59,9 +75,12 @@ def test_train_info_predict_evaluate_add_task(demo, tmp_path, capsys):
     assert entry["mean_dice"] == pytest.approx(np.mean([d["dice"] for d in entry["labels"].values()
                                                         if d["dice"] is not None]))
 
-    assert main(["--progress", "none", "add-task", str(model), str(demo[3]), "--out", str(tmp_path / "four"),
+    chest = _with_terminology(demo[3], tmp_path, {"heart": HEART})
+    assert main(["--progress", "none", "add-task", str(model), str(chest), "--out", str(tmp_path / "four"),
                  *TINY_FLAGS, "--replay", "0.5"]) == 0
-    assert "ChestXR" in json.loads((tmp_path / "four" / "model.json").read_text())["tasks"]
+    extended = json.loads((tmp_path / "four" / "model.json").read_text())["tasks"]
+    labels = {task: body["labels"] for task, body in extended.items()}
+    assert labels["ChestXR"]["heart"]["terminology"] == HEART and labels["AbdomenCT"]["liver"]["terminology"] == LIVER
 
 
 def test_demo_writes_report_with_pictures(tmp_path, monkeypatch):

@@ -92,7 +92,7 @@ def test_probabilities_follow_task_labels(fake: Predictor):
     image = _image(_stripes((32, 32)))
     labels, probs = fake.predict_probabilities(image, "TaskB")
     # Channels: background, then task labels by value (tiny=1, large=2): channel c <-> value c.
-    assert [name for name, _, _ in fake.task_labels("TaskB")] == ["tiny", "large"]
+    assert [label.name for label in fake.task_labels("TaskB")] == ["tiny", "large"]
     np.testing.assert_array_equal(probs.argmax(axis=0), labels)
     assert probs[0][:, 24:].min() > 0.99  # shared label 3 (unused by TaskB) counts as background
 
@@ -160,6 +160,31 @@ def test_predict_files_keeps_geometry(fake: Predictor, tmp_path: Path, file_form
         np.testing.assert_allclose(result.GetSpacing(), image.GetSpacing(), atol=tolerance)
         np.testing.assert_allclose(result.GetOrigin(), image.GetOrigin(), atol=tolerance * 100)
         np.testing.assert_allclose(result.GetDirection(), image.GetDirection(), atol=tolerance)
+
+
+LIVER_TERM = ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure"
+              "~SCT^10200004^Liver~^^~Anatomic codes - DICOM master list~^^~^^")
+
+
+def test_seg_nrrd_output_tags_segments_with_the_task_terminology(fake: Predictor, tmp_path: Path):
+    """Each segment of a predicted .seg.nrrd carries its label's terminology as Slicer writes it:
+    ``SegmentN_Tags:=...|TerminologyEntry:<entry>|`` (vtkMRMLSegmentationStorageNode.cxx,
+    GetSegmentTagsAsString); a label without terminology gets no TerminologyEntry tag."""
+    import nrrd
+    import slicerio
+
+    fake.model.config["tasks"]["TaskB"]["labels"]["large"]["terminology"] = LIVER_TERM
+    source = tmp_path / "case_0000.nii.gz"
+    sitk.WriteImage(_image(_stripes((24, 40))), str(source))
+    (written,) = fake.predict_files([source], "TaskB", tmp_path / "out", file_format="seg.nrrd")
+
+    header = nrrd.read_header(str(written))
+    tags = {header[f"Segment{i}_Name"]: header[f"Segment{i}_Tags"] for i in range(2)}
+    assert f"TerminologyEntry:{LIVER_TERM}|" in tags["large"]
+    assert "TerminologyEntry" not in tags["tiny"]
+    segments = {s["name"]: s for s in slicerio.read_segmentation(str(written), skip_voxels=True)["segments"]}
+    assert slicerio.segmentation.terminology_entry_to_string(segments["large"]["terminology"]) == LIVER_TERM
+    assert "terminology" not in segments["tiny"]
 
 
 def test_predict_files_names_progress_and_probabilities(fake: Predictor, tmp_path: Path):

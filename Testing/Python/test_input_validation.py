@@ -25,6 +25,7 @@ from labelsharing.datasets import inspect_task_dataset, read_task_dataset
 from labelsharing.errors import LabelSharingError
 from labelsharing.imageio import read_image, read_label, write_label
 from labelsharing.inference import Predictor
+from labelsharing.terminology import EXAMPLE_ENTRY
 from tiny_model import make_model
 
 FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -392,7 +393,7 @@ DATASET_KEYS = ("name", "channel_names", "labels", "numTraining", "file_ending",
 @pytest.fixture(scope="module")
 def fuzz_task(tmp_path_factory) -> Path:
     return write_task(tmp_path_factory.mktemp("fuzz") / "T", {"a": 1, "b": 2}, [boxes((6, 6), {1: 4, 2: 3})],
-                      extra={"colors": {"a": [1, 0, 0]}, "terminology": {"a": "x"}, "modality": "CT"})
+                      extra={"colors": {"a": [1, 0, 0]}, "terminology": {"a": EXAMPLE_ENTRY}, "modality": "CT"})
 
 
 def _read_task_or_refuse(root: Path) -> None:

@@ -20,6 +20,7 @@ from labelsharing.errors import LabelSharingError
 from labelsharing.inference import Predictor
 from labelsharing.model_info import describe_model
 from labelsharing.model_schema import validate_model_config
+from labelsharing.terminology import EXAMPLE_ENTRY
 from tiny_model import make_config, make_model
 
 
@@ -119,6 +120,10 @@ EDITS = {
                             "0..1"),
     "colour as a string": (_set("tasks.TaskA.labels.big.color", "red"), "tasks.TaskA.labels.big.color",
                            "a list of 3 items"),
+    "terminology not an entry": (_set("tasks.TaskA.labels.big.terminology", "liver"),
+                                 "tasks.TaskA.labels.big.terminology", "a Slicer terminology entry.*7 parts"),
+    "terminology with a tag separator": (_set("tasks.TaskA.labels.big.terminology", EXAMPLE_ENTRY + "|x"),
+                                         "tasks.TaskA.labels.big.terminology", "'[|]'"),
     "unknown modality": (_set("tasks.TaskA.modality", "PET"), "tasks.TaskA.modality", "'CT', 'MR', 'XR', 'other'"),
     "axis 3": (_set("tasks.TaskA.axis", 3), "tasks.TaskA.axis", "null, 0, 1, 2"),
     "axis true": (_set("tasks.TaskA.axis", True), "tasks.TaskA.axis", "null, 0, 1, 2"),
@@ -193,7 +198,7 @@ def _valid_config() -> dict:
     config.update(weights_sha256="0" * 64, parameters=1234, versions={"torch": "2.0", "x": [1, {"y": None}]},
                   history=[{"kind": "train", "anything": {"goes": [1, 2]}}])
     config["tasks"]["TaskA"].update(dataset="/data/TaskA")
-    config["tasks"]["TaskA"]["labels"]["big"]["terminology"] = "Segmentation category and type - ...~liver"
+    config["tasks"]["TaskA"]["labels"]["big"]["terminology"] = EXAMPLE_ENTRY
     return config
 
 

@@ -55,10 +55,25 @@ class FakeVtkStringArray:
         return len(self.values)
 
 
+class FakeVtkReference:
+    """vtk.reference (VTK ``Wrapping/PythonCore/PyVTKReference.cxx``): holds a value a wrapped method
+    returns through a non-const reference argument; ``get()`` / ``set(value)``."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def get(self) -> Any:
+        return self.value
+
+    def set(self, value: Any) -> None:
+        self.value = value
+
+
 def fakeVtk() -> types.ModuleType:
     vtk = types.ModuleType("vtk")
     vtk.vtkMatrix4x4 = FakeVtkMatrix4x4
     vtk.vtkStringArray = FakeVtkStringArray
+    vtk.reference = FakeVtkReference
     vtk.vtkCommand = types.SimpleNamespace(ModifiedEvent=33)
     return vtk
 
@@ -112,7 +127,8 @@ class FakeVolumeNode:
 
 
 class FakeSegment:
-    """vtkSegment: name, colour, tags."""
+    """vtkSegment (``Libs/vtkSegmentationCore/vtkSegment.{h,cxx}``): name, colour, tags; the
+    terminology tag is named ``"TerminologyEntry"`` (``vtkSegment::GetTerminologyEntryTagName``)."""
 
     def __init__(self, name: str, color=(0.5, 0.5, 0.5)) -> None:
         self.name = name
@@ -137,6 +153,17 @@ class FakeSegment:
 
     def SetTag(self, tag: str, value: str) -> None:
         self.tags[tag] = value
+
+    def GetTag(self, tag: str, value: FakeVtkReference) -> bool:
+        """``bool GetTag(std::string tag, std::string& value)`` (vtkSegment.h, 5.8.0 and main): the
+        value comes back through a ``vtk.reference``; a plain str is refused, as VTK's wrapping
+        refuses an immutable object for a non-const reference argument."""
+        if not isinstance(value, FakeVtkReference):
+            raise TypeError(f"GetTag argument 2: a vtk.reference is required, not {type(value).__name__}")
+        if tag not in self.tags:
+            return False
+        value.set(self.tags[tag])
+        return True
 
 
 class FakeSegmentation:
@@ -282,12 +309,55 @@ class FakeSubjectHierarchy:
         self.parents[item] = parent
 
 
+class FakeSegmentEditorNode:
+    """vtkMRMLSegmentEditorNode (``Modules/Loadable/Segmentations/MRML/vtkMRMLSegmentEditorNode.h``): the
+    editor's parameter node, holding its segmentation and source volume; a singleton tag
+    (``vtkMRMLNode::SetSingletonTag``) and ``UnRegister`` (reference count of a C++-created node)."""
+
+    def __init__(self) -> None:
+        self.singletonTag: Optional[str] = None
+        self.segmentationNode: Any = None
+        self.sourceVolumeNode: Any = None
+        self.unregistered = False
+
+    def SetSingletonTag(self, tag: str) -> None:
+        self.singletonTag = tag
+
+    def GetSingletonTag(self) -> Optional[str]:
+        return self.singletonTag
+
+    def UnRegister(self, owner: Any) -> None:
+        self.unregistered = True
+
+    def GetClassName(self) -> str:
+        return "vtkMRMLSegmentEditorNode"
+
+
 class FakeScene:
-    """vtkMRMLScene: AddNewNodeByClass / RemoveNode / GetFirstNodeByClass."""
+    """vtkMRMLScene: AddNewNodeByClass / RemoveNode / GetFirstNodeByClass, and the singleton calls
+    ``GetSingletonNode(tag, className)``, ``CreateNodeByClass(className)`` and ``AddNode(node)``, which
+    returns the existing singleton of the same class and tag instead of adding a second
+    (``Libs/MRML/Core/vtkMRMLScene.h``, 5.8.0 and main)."""
 
     def __init__(self) -> None:
         self.nodes: List[Any] = []
         self.StartCloseEvent, self.EndCloseEvent = 1, 2
+
+    def CreateNodeByClass(self, className: str) -> Any:
+        if className != "vtkMRMLSegmentEditorNode":
+            raise NotImplementedError(className)
+        return FakeSegmentEditorNode()
+
+    def GetSingletonNode(self, singletonTag: str, className: str) -> Any:
+        return next((n for n in self.nodes if isinstance(n, FakeSegmentEditorNode) and n.GetClassName() == className
+                     and n.GetSingletonTag() == singletonTag), None)
+
+    def AddNode(self, node: Any) -> Any:
+        existing = node.GetSingletonTag() and self.GetSingletonNode(node.GetSingletonTag(), node.GetClassName())
+        if existing:
+            return existing
+        self.nodes.append(node)
+        return node
 
     def AddNewNodeByClass(self, className: str, name: str = "") -> Any:
         node = FakeSegmentationNode(name) if className == "vtkMRMLSegmentationNode" else mock.MagicMock()

@@ -15,7 +15,12 @@ Only the behaviour a test needs, each with the source it imitates:
 - ``qMRMLNodeComboBox`` (Slicer ``Libs/MRML/Widgets/qMRMLNodeComboBox.h``): properties
   ``nodeTypes``, ``noneEnabled``, ``addEnabled``, ``removeEnabled``, ``showChildNodeTypes``;
   ``setMRMLScene``, ``setCurrentNode``, ``currentNode()``;
-- ``qMRMLCheckableNodeComboBox.checkedNodes()`` (``Libs/MRML/Widgets/qMRMLCheckableNodeComboBox.h``).
+- ``qMRMLCheckableNodeComboBox.checkedNodes()`` (``Libs/MRML/Widgets/qMRMLCheckableNodeComboBox.h``);
+- ``ctkCollapsibleButton`` (CTK ``Libs/Widgets/ctkCollapsibleButton.h``): property ``collapsed``,
+  whose change emits ``contentsCollapsed(bool)``;
+- ``qMRMLSegmentationShow3DButton.setSegmentationNode`` / ``segmentationNode()`` and
+  ``qMRMLSegmentEditorWidget`` (Slicer ``Modules/Loadable/Segmentations/Widgets/``, 5.8.0 and main):
+  see the classes.
 """
 
 from __future__ import annotations
@@ -334,3 +339,99 @@ def fakeSettingsClass() -> type:
 
     FakeSettings.store = {}
     return FakeSettings
+
+
+class FakeShow3DButton(FakeSignals):
+    """qMRMLSegmentationShow3DButton (``qMRMLSegmentationShow3DButton.h``): ``setSegmentationNode(node)``
+    (a slot; the button then shows or hides the node's closed-surface representation) and
+    ``segmentationNode()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.node: Any = None
+
+    def setSegmentationNode(self, node: Any) -> None:
+        self.node = node
+
+    def segmentationNode(self) -> Any:
+        return self.node
+
+
+class FakeSegmentEditorWidget(FakeSignals):
+    """qMRMLSegmentEditorWidget (``qMRMLSegmentEditorWidget.{h,cxx}``, 5.8.0 and main).
+
+    The segmentation and source volume live in the editor's parameter node. As in the .cxx,
+    ``setSegmentationNode`` needs the parameter node first and ``setSourceVolumeNode`` needs the
+    parameter node and a segmentation; otherwise a non-null node is not set and a ``qCritical``
+    is logged (recorded in ``criticals``). Changing the segmentation deactivates the active
+    effect. Shortcuts and view observations are flags; ``setActiveEffect(None)`` deactivates.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.editorNode: Any = None
+        self.criticals: List[str] = []
+        self.activeEffect: Any = None
+        self.shortcutsInstalled = False
+        self.viewsObserved = False
+
+    def setMRMLSegmentEditorNode(self, node: Any) -> None:
+        self.editorNode = node
+
+    def mrmlSegmentEditorNode(self) -> Any:
+        return self.editorNode
+
+    def setSegmentationNode(self, node: Any) -> None:
+        if self.editorNode is None:
+            if node is not None:
+                self.criticals.append("setSegmentationNode failed: need to set segment editor node first")
+            return
+        if self.editorNode.segmentationNode is node:
+            return
+        self.activeEffect = None
+        self.editorNode.segmentationNode = node
+
+    def segmentationNode(self) -> Any:
+        return self.editorNode.segmentationNode if self.editorNode is not None else None
+
+    def setSourceVolumeNode(self, node: Any) -> None:
+        if self.editorNode is None or self.segmentationNode() is None:
+            if node is not None:
+                self.criticals.append(
+                    "setSourceVolumeNode failed: need to set segment editor and segmentation nodes first")
+            return
+        self.editorNode.sourceVolumeNode = node
+
+    def sourceVolumeNode(self) -> Any:
+        return self.editorNode.sourceVolumeNode if self.editorNode is not None else None
+
+    def setActiveEffect(self, effect: Any) -> None:
+        self.activeEffect = effect
+        self.viewsObserved = effect is not None  # setActiveEffect sets up / removes view observations
+
+    def installKeyboardShortcuts(self, parent: Any = None) -> None:
+        self.shortcutsInstalled = True
+
+    def uninstallKeyboardShortcuts(self) -> None:
+        self.shortcutsInstalled = False
+
+    def removeViewObservations(self) -> None:
+        self.viewsObserved = False
+
+
+class FakeCollapsibleButton(FakeSignals):
+    """ctkCollapsibleButton: setting ``collapsed`` to a new value emits ``contentsCollapsed(bool)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._collapsed = False
+
+    @property
+    def collapsed(self) -> bool:
+        return self._collapsed
+
+    @collapsed.setter
+    def collapsed(self, value: bool) -> None:
+        if bool(value) != self._collapsed:
+            self._collapsed = bool(value)
+            self.emit("contentsCollapsed(bool)", self._collapsed)

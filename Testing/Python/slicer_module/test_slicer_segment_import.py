@@ -89,6 +89,8 @@ def test_segmenter_prepares_predict_and_loads_the_result(tmp_path):
     segmentationNode = segmenter.load(request)
     names = [segmentationNode.segmentation.GetSegment(i).GetName() for i in segmentationNode.segmentation.segments]
     assert names == ["liver", "kidney"]  # task label order (by value)
+    tags = [segmentationNode.segmentation.GetSegment(i).tags for i in segmentationNode.segmentation.segments]
+    assert tags == [{"TerminologyEntry": TERM}, {}]  # model.json terminology -> the segment's tag
     assert segmentationNode.name == "CT abdomen" and segmentationNode.displayNodesCreated
     assert segmentationNode.transformNodeId == "T1"
     [(labelmap, _, idsByValue)] = slicer.segmentationsLogic.imports

@@ -17,7 +17,9 @@ CODE_FILES = [MODULE_DIR / "LabelSharingSeg.py", *sorted((MODULE_DIR / "LabelSha
 #: widget-name ending -> classes that fit it
 FITTING = [
     ("CollapsibleButton", {"ctkCollapsibleButton"}),
+    ("Show3DButton", {"qMRMLSegmentationShow3DButton"}),
     ("Button", {"QPushButton"}),
+    ("EditorWidget", {"qMRMLSegmentEditorWidget"}),
     ("Selector", {"qMRMLNodeComboBox", "qMRMLCheckableNodeComboBox"}),
     ("PathLineEdit", {"ctkPathLineEdit"}),
     ("LineEdit", {"QLineEdit"}),
@@ -104,16 +106,35 @@ def test_choice_parameters_match_the_code_constants():
         assert re.search(rf"{field}: Annotated\[str, Choice\(list\({constant}\)\)\]", text)
 
 
-@pytest.mark.parametrize("section", ["Segment", "Define a task", "Train / add task", "Export", "Log"])
+@pytest.mark.parametrize("section", ["Segment", "Correct the result", "Define a task", "Train / add task", "Export",
+                                     "Log"])
 def test_sections_exist(section):
     root = ElementTree.parse(UI_FILE).getroot()
     titles = [w.find("property[@name='text']/string").text for w in root.iter("widget") if w.get("class") == "ctkCollapsibleButton"]
     assert section in titles
 
 
+#: qMRML classes without a scene: the module's own top widget, and the Show 3D button, a ctkMenuButton
+#: that only takes a segmentation node (Modules/Loadable/Segmentations/Widgets/qMRMLSegmentationShow3DButton.h)
+NO_SCENE = {"qMRMLWidget", "qMRMLSegmentationShow3DButton"}
+
+
 def test_mrml_widgets_receive_the_scene():
     root = ElementTree.parse(UI_FILE).getroot()
     receivers = {c.find("receiver").text for c in root.iter("connection") if c.find("slot").text == "setMRMLScene(vtkMRMLScene*)"}
     widgets, _ = uiWidgets()
-    mrmlWidgets = {name for name, cls in widgets.items() if cls.startswith("qMRML") and cls != "qMRMLWidget"}
+    mrmlWidgets = {name for name, cls in widgets.items() if cls.startswith("qMRML") and cls not in NO_SCENE}
     assert mrmlWidgets == receivers
+
+
+def test_the_embedded_editor_follows_the_segment_section():
+    """Its own node selectors are hidden and it keeps 10 undo states, as Slicer's Segment Editor
+    module does; the properties are Q_PROPERTYs of qMRMLSegmentEditorWidget.h (5.8.0 and main)."""
+    root = ElementTree.parse(UI_FILE).getroot()
+    [editor] = [w for w in root.iter("widget") if w.get("class") == "qMRMLSegmentEditorWidget"]
+    properties = {prop.get("name"): prop[0].text for prop in editor.findall("property")}
+    assert properties == {"segmentationNodeSelectorVisible": "false", "sourceVolumeNodeSelectorVisible": "false",
+                          "maximumNumberOfUndoStates": "10"}
+    declared = {w.find("class").text: w.find("header").text for w in root.iter("customwidget")}
+    assert declared["qMRMLSegmentEditorWidget"] == "qMRMLSegmentEditorWidget.h"
+    assert declared["qMRMLSegmentationShow3DButton"] == "qMRMLSegmentationShow3DButton.h"

@@ -194,3 +194,23 @@ def test_dataset_export_disables_the_actions_and_reports_each_case(env, tmp_path
         f"Writing case case_{i} ({i + 1} of 3)..." for i in range(3)]
     assert [b.enabled for b in actionButtons(widget)] == before
     assert widget.trainPanel.datasetFolders() == [str(tmp_path / "abdomen")]
+
+
+# ----------------------------------------------------------------------------- issue 10, item 8
+def test_exported_task_dataset_keeps_the_segments_terminology(env, tmp_path):
+    """A segment's terminology is its "TerminologyEntry" tag, read through vtkSegment::GetTag(tag,
+    vtk.reference) (vtkSegment.h, 5.8.0 and main); it goes into dataset.json ``terminology``."""
+    from .test_slicer_terminology import LIVER
+
+    module, widget, slicer = env
+    case = _segmentationFromFile(slicer, _volume(slicer, "source"))
+    segment = case.segmentation.GetSegment(case.segmentation.GetNthSegmentID(0))
+    segment.SetTag(segment.GetTerminologyEntryTagName(), LIVER)
+    node = widget._parameterNode
+    node.taskName, node.datasetFolder = "abdomen", tmp_path
+    widget.logic.dependencies._version = lambda name: "1.0"
+    widget.ui.taskSegmentationsSelector.check([case])
+    widget.ui.exportDatasetButton.click()
+    slicer.util.errorDisplay.assert_not_called()
+    description = json.loads((tmp_path / "abdomen" / "dataset.json").read_text())
+    assert description["terminology"] == {"liver": LIVER} and description["colors"]["liver"] == [0.8, 0.3, 0.2]

@@ -21,12 +21,15 @@ from LabelSharingSegLib.EngineProcess import EngineResult
 
 from .fakes import MODULE_DIR
 from .fakes_qt import (
-    FakeButton, FakeCheckableNodeComboBox, FakeComboBox, FakeListWidget, FakePathLineEdit, FakeTableWidget,
+    FakeButton, FakeCheckableNodeComboBox, FakeCollapsibleButton, FakeComboBox, FakeListWidget, FakePathLineEdit,
+    FakeSegmentEditorWidget, FakeShow3DButton, FakeTableWidget,
 )
 from .test_slicer_ui_and_parameters import uiWidgets
 
 _BEHAVIOUR = {"QPushButton": FakeButton, "ctkPathLineEdit": FakePathLineEdit, "QTableWidget": FakeTableWidget,
-              "qMRMLCheckableNodeComboBox": FakeCheckableNodeComboBox, "QListWidget": FakeListWidget}
+              "qMRMLCheckableNodeComboBox": FakeCheckableNodeComboBox, "QListWidget": FakeListWidget,
+              "qMRMLSegmentEditorWidget": FakeSegmentEditorWidget, "qMRMLSegmentationShow3DButton": FakeShow3DButton,
+              "ctkCollapsibleButton": FakeCollapsibleButton}
 
 
 class FakeEngineJob:
