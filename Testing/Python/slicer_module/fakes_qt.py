@@ -26,6 +26,7 @@ Only the behaviour a test needs, each with the source it imitates:
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional
+from unittest import mock
 
 
 class FakeSignals:
@@ -420,11 +421,17 @@ class FakeSegmentEditorWidget(FakeSignals):
 
 
 class FakeCollapsibleButton(FakeSignals):
-    """ctkCollapsibleButton: setting ``collapsed`` to a new value emits ``contentsCollapsed(bool)``."""
+    """ctkCollapsibleButton: setting ``collapsed`` to a new value emits ``contentsCollapsed(bool)``;
+    ``parentWidget()`` (QWidget, qwidget.h) is the module panel, a recording mock whose ``layout()``
+    takes ``indexOf``/``insertWidget`` (QBoxLayout) calls."""
 
     def __init__(self) -> None:
         super().__init__()
         self._collapsed = False
+        self._parent = mock.MagicMock(name="modulePanel")
+
+    def parentWidget(self) -> Any:
+        return self._parent
 
     @property
     def collapsed(self) -> bool:

@@ -27,7 +27,7 @@ LIB = MODULE_DIR / "LabelSharingSegLib"
 #: files whose user-visible texts are wrapped for translation
 TRANSLATED = [MODULE_DIR / "LabelSharingSeg.py"] + [LIB / f"{name}.py" for name in (
     "DemoData", "Dependencies", "ExportPanel", "JobPanel", "ModelLibrary", "ModelLibraryPanel", "TaskPanel", "TrainPanel",
-    "WarmEngine",
+    "ResultPanel", "WarmEngine",
 )]
 #: files not wrapped yet (SegmentPanel, Segmenter, TaskDefinition and Export were being edited elsewhere;
 #: the others hold no texts or only messages of pure helpers) -- every module file is in one list
