@@ -166,9 +166,29 @@ class ctkCollapsibleButton(_KeepsOtherProperties, QtWidgets.QWidget):
             painter.drawRect(0, self.headerHeight() // 2, self.width() - 1, self.height() - self.headerHeight() // 2 - 1)
 
 
+class qMRMLSegmentationShow3DButton(_KeepsOtherProperties, QtWidgets.QPushButton):
+    """A push button reading "Show 3D" (``Modules/Loadable/Segmentations/Widgets/qMRMLSegmentationShow3DButton.cxx``
+    sets that text; it is a ``ctkMenuButton``, a push button with a menu arrow)."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__("Show 3D", parent)
+
+    def setMRMLScene(self, scene) -> None:
+        return None
+
+
+class qMRMLSegmentEditorWidget(_KeepsOtherProperties, QtWidgets.QLabel):
+    """Stands in for the Segment Editor (``qMRMLSegmentEditorWidget``), drawn only when its section is
+    expanded; the screenshot shows that section folded."""
+
+    def setMRMLScene(self, scene) -> None:
+        return None
+
+
 def installStandIns() -> None:
     """Make ``import qMRMLNodeComboBox`` (what uic does for ``<header>qMRMLNodeComboBox.h</header>``) find them."""
-    for cls in (qMRMLWidget, qMRMLNodeComboBox, qMRMLCheckableNodeComboBox, ctkPathLineEdit, ctkCollapsibleButton):
+    for cls in (qMRMLWidget, qMRMLNodeComboBox, qMRMLCheckableNodeComboBox, ctkPathLineEdit, ctkCollapsibleButton,
+                qMRMLSegmentationShow3DButton, qMRMLSegmentEditorWidget):
         module = types.ModuleType(cls.__name__)
         setattr(module, cls.__name__, cls)
         sys.modules[cls.__name__] = module
