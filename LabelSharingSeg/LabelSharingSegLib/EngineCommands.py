@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from .ModuleError import ModuleError
+from .Translation import tr as _
 
 __all__ = ["DEVICES", "PredictCall", "predictArgs", "trainArgs", "addTaskArgs", "writePins", "isSetPath"]
 
@@ -49,7 +50,7 @@ class PredictCall:
     def __post_init__(self) -> None:
         _checkDevice(self.device)
         if not self.task:
-            raise ModuleError("Choose the task to segment (the list is filled from the model).")
+            raise ModuleError(_("Choose the task to segment (the list is filled from the model)."))
 
     @property
     def args(self) -> List[str]:
@@ -75,9 +76,9 @@ def trainArgs(
     """``train DATASET... --out MODEL --epochs N --device D [--pins FILE]``."""
     _checkDevice(device)
     if not datasets:
-        raise ModuleError("Add at least one task dataset folder to train on.")
+        raise ModuleError(_("Add at least one task dataset folder to train on."))
     if not isSetPath(outFolder):
-        raise ModuleError("Choose the folder where the new model is written.")
+        raise ModuleError(_("Choose the folder where the new model is written."))
     args = ["train", *[str(d) for d in datasets], "--out", str(outFolder), "--epochs", str(int(epochs)), "--device", device]
     return args + (["--pins", str(pinsFile)] if pinsFile else [])
 
@@ -89,9 +90,9 @@ def addTaskArgs(
     """``add-task MODEL DATASET --out NEW_MODEL --epochs N --replay F --device D [--pins FILE]``."""
     _checkDevice(device)
     if not isSetPath(outFolder):
-        raise ModuleError("Choose the folder where the extended model is written.")
+        raise ModuleError(_("Choose the folder where the extended model is written."))
     if Path(outFolder).resolve() == Path(modelFolder).resolve():
-        raise ModuleError("Write the extended model to a new folder: the chosen model stays unchanged.")
+        raise ModuleError(_("Write the extended model to a new folder: the chosen model stays unchanged."))
     args = [
         "add-task", str(modelFolder), str(dataset), "--out", str(outFolder),
         "--epochs", str(int(epochs)), "--replay", f"{float(replay):g}", "--device", device,
@@ -110,4 +111,5 @@ def writePins(path: PathLike, task: str, pins: Mapping[str, int]) -> Optional[Pa
 
 def _checkDevice(device: str) -> None:
     if device not in DEVICES:
-        raise ModuleError(f"Device must be one of {', '.join(DEVICES)}, not '{device}'.")
+        raise ModuleError(_("Device must be one of {devices}, not '{device}'.").format(
+            devices=", ".join(DEVICES), device=device))

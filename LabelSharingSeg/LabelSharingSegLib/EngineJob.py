@@ -16,10 +16,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .EngineProcess import EngineProcess, EngineResult, ProgressUpdate, engineCommand
 from .ModuleError import ModuleError
+from .Translation import tr as _
 
 __all__ = ["EngineJob", "BUSY"]
 
-BUSY = "Another LabelSharingSeg job is running; wait for it or cancel it first."
+#: translated when the module is loaded (Slicer has started by then)
+BUSY = _("Another LabelSharingSeg job is running; wait for it or cancel it first.")
 
 
 class EngineJob:
@@ -75,7 +77,7 @@ class EngineJob:
         """The full command line and environment for engine arguments ``args``."""
         python = shutil.which("PythonSlicer")
         if not python:
-            raise ModuleError("PythonSlicer was not found on PATH; is this running inside 3D Slicer?")
+            raise ModuleError(_("PythonSlicer was not found on PATH; is this running inside 3D Slicer?"))
         prefix, env = engineCommand(python, self._moduleDir, self._slicer.util.startupEnvironment())
         return prefix + list(args), env
 

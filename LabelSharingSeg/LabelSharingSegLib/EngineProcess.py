@@ -30,6 +30,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .Translation import tr as _
+
 __all__ = [
     "ProgressUpdate",
     "EngineResult",
@@ -289,15 +291,18 @@ class EngineProcess:
         state = self._state
         log = "\n".join(state.log)
         if self._cancelled:
-            return EngineResult(returnCode, True, "Cancelled.", log)
+            return EngineResult(returnCode, True, _("Cancelled."), log)
         if returnCode == 0:
             return EngineResult(returnCode, False, "", log)
         if state.errors:
             message = state.errors[-1]
         else:
             tail = [line for line in state.stderrTail if line.strip()]
-            last = f" Last message: {tail[-1].strip()}" if tail else ""
-            message = f"The engine stopped with exit code {returnCode}.{last}"
+            if tail:
+                message = _("The engine stopped with exit code {code}. Last message: {message}").format(
+                    code=returnCode, message=tail[-1].strip())
+            else:
+                message = _("The engine stopped with exit code {code}.").format(code=returnCode)
         return EngineResult(returnCode, False, message, log)
 
 

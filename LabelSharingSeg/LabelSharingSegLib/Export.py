@@ -22,6 +22,7 @@ import numpy as np
 
 from .ModuleError import ModuleError
 from .SceneIO import SceneIO
+from .Translation import tr as _
 
 __all__ = ["EXPORT_FORMATS", "SegmentationExporter", "BatchExport", "labelValuesFor"]
 
@@ -73,7 +74,8 @@ class SegmentationExporter:
             ModuleError: unknown format, no reference volume (label maps), or a failed write.
         """
         if fileFormat not in EXPORT_FORMATS:
-            raise ModuleError(f"Unknown export format '{fileFormat}'; choose one of {', '.join(EXPORT_FORMATS)}.")
+            raise ModuleError(_("Unknown export format '{format}'; choose one of {formats}.").format(
+                format=fileFormat, formats=", ".join(EXPORT_FORMATS)))
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         stem = _UNSAFE.sub("_", segmentationNode.GetName()).strip("_") or "segmentation"
@@ -84,8 +86,9 @@ class SegmentationExporter:
         volume = self._sceneIO.referenceVolume(segmentationNode)
         if volume is None:
             raise ModuleError(
-                f"Segmentation '{segmentationNode.GetName()}' has no reference volume, so it has no grid "
-                "to write a label map on. Export it as .seg.nrrd, or set its source volume in the Segment Editor."
+                _("Segmentation '{name}' has no reference volume, so it has no grid to write a label map on. "
+                  "Export it as .seg.nrrd, or set its source volume in the Segment Editor.").format(
+                    name=segmentationNode.GetName())
             )
         masks = self._sceneIO.segmentMasks(segmentationNode, volume)
         values = labelValuesFor(list(masks), taskLabels)
@@ -112,9 +115,9 @@ class SegmentationExporter:
         try:
             written = self._slicer.util.exportNode(node, str(path), {})
         except ValueError as exc:
-            raise ModuleError(f"Slicer has no writer for {path.name}: {exc}") from exc
+            raise ModuleError(_("Slicer has no writer for {file}: {reason}").format(file=path.name, reason=exc)) from exc
         if not written:
-            raise ModuleError(f"Could not write {path} (see the application log for Slicer's message).")
+            raise ModuleError(_("Could not write {path} (see the application log for Slicer's message).").format(path=path))
 
 
 @dataclass

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 from .ModuleError import ModuleError
+from .Translation import tr as _
 
 __all__ = ["LabelInfo", "TaskInfo", "ModelInfo", "defaultColor"]
 
@@ -63,19 +64,20 @@ class ModelInfo:
         path = folder / "model.json"
         if not path.is_file():
             raise ModuleError(
-                f"{folder} is not a LabelSharingSeg model folder: it has no model.json. "
-                "Choose the folder written by 'labelsharing train' or by the Train button."
+                _("{folder} is not a LabelSharingSeg model folder: it has no model.json. "
+                  "Choose the folder written by 'labelsharing train' or by the Train button.").format(folder=folder)
             )
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModuleError(f"Cannot read {path}: {exc}") from exc
+            raise ModuleError(_("Cannot read {path}: {reason}").format(path=path, reason=exc)) from exc
         try:
             tasks = {name: _task(name, body) for name, body in data["tasks"].items()}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ModuleError(f"{path} has no valid 'tasks' section ({type(exc).__name__}: {exc}).") from exc
+            raise ModuleError(_("{path} has no valid 'tasks' section ({error}: {reason}).").format(
+                path=path, error=type(exc).__name__, reason=exc)) from exc
         if not tasks:
-            raise ModuleError(f"{path} lists no tasks.")
+            raise ModuleError(_("{path} lists no tasks.").format(path=path))
         return cls(folder, tasks, dict(data.get("plan") or {}), str(data.get("labelsharing_version", "")))
 
     @property
@@ -85,7 +87,8 @@ class ModelInfo:
     def task(self, name: str) -> TaskInfo:
         """One task; raises ``ModuleError`` naming the known tasks for an unknown one."""
         if name not in self.tasks:
-            raise ModuleError(f"The model has no task '{name}'. Its tasks: {', '.join(self.tasks)}.")
+            raise ModuleError(_("The model has no task '{task}'. Its tasks: {tasks}.").format(
+                task=name, tasks=", ".join(self.tasks)))
         return self.tasks[name]
 
 

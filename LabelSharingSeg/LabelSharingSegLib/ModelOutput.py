@@ -19,6 +19,7 @@ from typing import Union
 
 from .EngineCommands import isSetPath
 from .ModuleError import ModuleError
+from .Translation import tr as _
 
 __all__ = ["defaultModelsFolder", "modelOutputFolder", "freeModelName"]
 
@@ -39,18 +40,19 @@ def modelOutputFolder(parent: PathLike, name: str) -> Path:
             that already exists (the engine would refuse it).
     """
     if not isSetPath(parent):
-        raise ModuleError("Choose the models folder the new model is written into.")
+        raise ModuleError(_("Choose the models folder the new model is written into."))
     name = (name or "").strip()
     if not name:
-        raise ModuleError("Give the new model a name (it becomes its folder's name).")
+        raise ModuleError(_("Give the new model a name (it becomes its folder's name)."))
     if not _NAME.match(name) or name in (".", ".."):
         raise ModuleError(
-            f"The model name '{name}' is not a plain folder name: use letters, digits, spaces, '.', '_' "
-            "or '-', starting with a letter or digit."
+            _("The model name '{name}' is not a plain folder name: use letters, digits, spaces, '.', '_' "
+              "or '-', starting with a letter or digit.").format(name=name)
         )
     folder = Path(parent) / name
     if folder.exists():
-        raise ModuleError(f"{folder} already exists. Choose another model name; existing models are never replaced.")
+        raise ModuleError(_("{folder} already exists. Choose another model name; existing models are never "
+                            "replaced.").format(folder=folder))
     return folder
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from .Geometry import RAS_TO_LPS, ijkToRasFromLpsGeometry, lpsGeometryFromIjkToRas
 from .ModuleError import ModuleError
+from .Translation import tr as _
 
 __all__ = ["writeNrrd", "readNrrd"]
 
@@ -79,17 +80,21 @@ def readNrrd(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
     try:
         voxels, header = nrrd.read(str(path), index_order="C")
     except (OSError, ValueError, KeyError, zlib.error, NRRDError) as exc:
-        raise ModuleError(f"Cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+        reason = getattr(exc, "strerror", None) or exc
+        raise ModuleError(_("Cannot read {path}: {reason}").format(path=path, reason=reason)) from exc
     dimension = voxels.ndim
     if dimension not in (2, 3) or voxels.dtype.kind not in "iuf":
-        raise ModuleError(f"{path}: only 2D and 3D scalar NRRD files are supported "
-                          f"(dimension {dimension}, type {header.get('type')}).")
-    flip = _SPACE_FLIPS.get(str(header.get("space", "left-posterior-superior")).lower())
+        valueType = header.get("type")
+        raise ModuleError(_("{path}: only 2D and 3D scalar NRRD files are supported (dimension {dimension}, "
+                            "type {type}).").format(path=path, dimension=dimension, type=valueType))
+    space = str(header.get("space", "left-posterior-superior"))
+    flip = _SPACE_FLIPS.get(space.lower())
     if flip is None:
-        raise ModuleError(f"{path}: unsupported NRRD space '{header['space']}' (LPS and RAS are supported).")
+        raise ModuleError(_("{path}: unsupported NRRD space '{space}' (LPS and RAS are supported).").format(
+            path=path, space=space))
     vectors = [np.asarray(v, dtype=float) for v in header.get("space directions", [])]  # matrix or vector list
     if len(vectors) != dimension or any(v.ndim != 1 or v.size > 3 or not np.all(np.isfinite(v)) for v in vectors):
-        raise ModuleError(f"{path}: NRRD 'space directions' must give one vector per axis.")
+        raise ModuleError(_("{path}: NRRD 'space directions' must give one vector per axis.").format(path=path))
     axes = np.eye(3)  # column c = step of voxel axis c; a 2D image keeps the unit third axis
     for column, vector in enumerate(vectors):
         axes[: vector.size, column] = vector
@@ -110,7 +115,7 @@ def _nrrd():
         import nrrd
     except ImportError as exc:
         raise ModuleError(
-            "Reading and writing NRRD files needs the pynrrd package, which is not installed yet. Press "
-            "'Check dependencies' in the Segment section to install the engine's packages, then try again."
+            _("Reading and writing NRRD files needs the pynrrd package, which is not installed yet. Press "
+              "'Check dependencies' in the Segment section to install the engine's packages, then try again.")
         ) from exc
     return nrrd

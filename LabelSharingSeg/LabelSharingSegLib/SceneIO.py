@@ -32,6 +32,7 @@ import numpy as np
 from .ModuleError import ModuleError
 from .NrrdIO import readNrrd, writeNrrd
 from .TaskDefinition import TaskCase
+from .Translation import tr as _
 
 __all__ = ["SceneIO", "SegmentProperties"]
 
@@ -70,7 +71,7 @@ class SceneIO:
     def writeVolume(self, volumeNode: Any, path: Union[str, Path]) -> Path:
         """Write a scalar volume as an LPS ``.nrrd`` file the engine reads."""
         if volumeNode is None or volumeNode.GetImageData() is None:
-            raise ModuleError("The input volume has no image data.")
+            raise ModuleError(_("The input volume has no image data."))
         return writeNrrd(path, self._slicer.util.arrayFromVolume(volumeNode), self.ijkToRas(volumeNode))
 
     def addLabelmapFromFile(self, path: Union[str, Path], name: str, transformNodeId: Optional[str] = None) -> Any:
@@ -106,9 +107,10 @@ class SceneIO:
                 mask = self._slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, referenceVolume)
             except RuntimeError as exc:
                 raise ModuleError(
-                    f"Slicer could not read segment '{name}' of '{segmentationNode.GetName()}' on the grid of "
-                    f"'{referenceVolume.GetName()}' ({exc}). Check that the segment is not empty and that the "
-                    "source volume is the right one."
+                    _("Slicer could not read segment '{segment}' of '{segmentation}' on the grid of '{volume}' "
+                      "({reason}). Check that the segment is not empty and that the source volume is the right "
+                      "one.").format(segment=name, segmentation=segmentationNode.GetName(),
+                                      volume=referenceVolume.GetName(), reason=exc)
                 ) from exc
             masks[name] = np.asarray(mask) > 0 if name not in masks else masks[name] | (np.asarray(mask) > 0)
         return masks
@@ -141,8 +143,9 @@ class SceneIO:
         volume = sourceVolume if sourceVolume is not None else self.referenceVolume(segmentationNode)
         if volume is None or volume.GetImageData() is None:
             raise ModuleError(
-                f"Segmentation '{segmentationNode.GetName()}' has no source volume. Choose the volume it was "
-                "drawn on in the 'Source volume' column of the task's segmentation list, then try again."
+                _("Segmentation '{name}' has no source volume. Choose the volume it was drawn on in the "
+                  "'Source volume' column of the task's segmentation list, then try again.").format(
+                    name=segmentationNode.GetName())
             )
         image = np.array(self._slicer.util.arrayFromVolume(volume))
         return TaskCase(caseId, image, self.ijkToRas(volume), self.segmentMasks(segmentationNode, volume))

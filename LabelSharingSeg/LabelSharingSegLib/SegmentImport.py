@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple
 
 from .ModuleError import ModuleError
+from .Translation import tr as _
 
 __all__ = ["SegmentSpec", "SegmentImporter"]
 
@@ -91,7 +92,7 @@ class SegmentImporter:
             idsByValue.InsertNextValue(byValue.get(value, ""))
         logic = self._slicer.modules.segmentations.logic()
         if not logic.ImportLabelmapToSegmentationNode(labelmapNode, segmentationNode, idsByValue):
-            raise ModuleError("Slicer could not import the segmentation result (see the application log).")
+            raise ModuleError(_("Slicer could not import the segmentation result (see the application log)."))
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolume)
         self.placeUnderStudyOf(segmentationNode, referenceVolume)
         return segmentIds

@@ -22,6 +22,7 @@ from .EngineCommands import isSetPath
 from .JobPanel import JobPanel, userAction
 from .ModelInfo import ModelInfo
 from .ModuleError import ModuleError
+from .Translation import tr as _
 
 __all__ = ["SegmentPanel"]
 
@@ -59,12 +60,12 @@ class SegmentPanel:
         """Whether Apply may run, and the tooltip saying why not."""
         node = self._parameterNode()
         if node is None or node.inputVolume is None:
-            return False, "Choose the input volume."
+            return False, _("Choose the input volume.")
         if self.model is None:
-            return False, "Choose a model folder (one holding model.json)."
+            return False, _("Choose a model folder (one holding model.json).")
         if not self.ui.taskComboBox.currentText:
-            return False, "Choose the task."
-        return True, "Segment the input volume with the chosen task."
+            return False, _("Choose the task.")
+        return True, _("Segment the input volume with the chosen task.")
 
     def onModelFolderChanged(self, path: str = "") -> None:
         """Read the model's tasks into the task list (silently empty for a non-model folder)."""
@@ -72,7 +73,7 @@ class SegmentPanel:
         self.model = None
         self.ui.taskComboBox.clear()
         if not isSetPath(path) or not (Path(path) / "model.json").is_file():
-            self.ui.modelInfoLabel.text = "Choose a model folder (one holding model.json)."
+            self.ui.modelInfoLabel.text = _("Choose a model folder (one holding model.json).")
             return
         try:
             self.model = self.logic.loadModel(path)
@@ -90,7 +91,8 @@ class SegmentPanel:
             combo.blockSignals(wasBlocked)
         self.onTaskChanged()
         shared = self.model.plan.get("n_shared", "?")
-        self.ui.modelInfoLabel.text = f"{len(self.model.tasks)} task(s), {shared} shared label(s)."
+        self.ui.modelInfoLabel.text = _("{tasks} task(s), {shared} shared label(s).").format(
+            tasks=len(self.model.tasks), shared=shared)
 
     def onTaskChanged(self, index: int = 0) -> None:
         node = self._parameterNode()
@@ -101,13 +103,13 @@ class SegmentPanel:
             labels = ", ".join(label.name for label in task.labels)
             self.ui.taskComboBox.toolTip = f"{task.modality}: {labels}"
 
-    @userAction("Checking the Python packages")
+    @userAction(_("Checking the Python packages"))
     def onCheckDependencies(self, checked: bool = False) -> None:
         """Install missing packages (after asking) and show the installed torch and MONAI versions."""
         self.jobs.installMissing(self.logic.dependencies)
         self.ui.torchInfoLabel.text = self.logic.dependencies.describe()
 
-    @userAction("Segmentation")
+    @userAction(_("Segmentation"))
     def onApply(self, checked: bool = False) -> None:
         """Start segmenting (or cancel the running segmentation)."""
         if self.jobs.cancelIfRunning(self.ui.applyButton):
@@ -127,6 +129,6 @@ class SegmentPanel:
             self.ui.modelPathLineEdit.addCurrentPathToHistory()  # a model that worked joins the recent list
 
         self.jobs.run(
-            "Segmentation", request.call, self.ui.applyButton, onSuccess=loaded,
+            _("Segmentation"), request.call, self.ui.applyButton, onSuccess=loaded,
             onEnd=lambda: self.logic.segmenter.cleanup(request),
         )

@@ -23,6 +23,7 @@ from .ModelInfo import ModelInfo
 from .ModuleError import ModuleError
 from .SceneIO import SceneIO
 from .SegmentImport import SegmentImporter, SegmentSpec
+from .Translation import tr as _
 
 __all__ = ["SegmentationRequest", "Segmenter"]
 
@@ -71,7 +72,7 @@ class Segmenter:
                 outputSegmentation: Any = None) -> SegmentationRequest:
         """Write the input volume to a temporary folder and build the ``predict`` call."""
         if inputVolume is None:
-            raise ModuleError("Choose the input volume.")
+            raise ModuleError(_("Choose the input volume."))
         model.task(task)
         workDir = Path(tempfile.mkdtemp(prefix="LabelSharingSeg-", dir=self._slicer.app.temporaryPath))
         inputFile = self._sceneIO.writeVolume(inputVolume, workDir / "input" / f"{_CASE}.nrrd")
@@ -86,7 +87,8 @@ class Segmenter:
         """
         try:
             if not request.resultFile.is_file():
-                raise ModuleError(f"The engine finished but wrote no result ({request.resultFile.name}).")
+                raise ModuleError(_("The engine finished but wrote no result ({file}).").format(
+                    file=request.resultFile.name))
             volume = request.inputVolume
             segmentation = request.outputSegmentation
             if segmentation is None:

@@ -24,6 +24,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .Translation import tr as _
+
 __all__ = ["parseImageGeometry", "sameGeometry", "defaultSourceVolume", "SourceVolumeTable"]
 
 _VOLUME_CLASS = "vtkMRMLScalarVolumeNode"
@@ -90,7 +92,7 @@ class SourceVolumeTable:
         self.qt = qtModule
         self._rows: List[Tuple[Any, Any]] = []  # (segmentation, selector)
         table.setColumnCount(2)
-        table.setHorizontalHeaderLabels(["Segmentation", "Source volume"])
+        table.setHorizontalHeaderLabels([_("Segmentation"), _("Source volume")])
 
     def refresh(self, segmentations: Sequence[Any]) -> None:
         """One row per segmentation, keeping the volumes already chosen for those still listed."""

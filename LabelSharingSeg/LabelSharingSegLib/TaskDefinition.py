@@ -21,6 +21,7 @@ from labelsharing.terminology import terminology_entry_problem
 
 from .ModuleError import ModuleError
 from .NrrdIO import writeNrrd
+from .Translation import tr as _
 
 __all__ = ["TaskCase", "GroupingRow", "Grouping", "TaskDefinition", "MODALITIES", "unionOfSegmentNames", "uniqueCaseIds"]
 
@@ -69,17 +70,18 @@ class TaskDefinition:
     def __init__(self, name: str, modality: str, cases: Sequence[TaskCase]) -> None:
         name = name.strip()
         if not name:
-            raise ModuleError("Give the task a name (for example 'abdomen_ct').")
+            raise ModuleError(_("Give the task a name (for example 'abdomen_ct')."))
         if modality not in MODALITIES:
-            raise ModuleError(f"Modality must be one of {', '.join(MODALITIES)}, not '{modality}'.")
+            raise ModuleError(_("Modality must be one of {modalities}, not '{modality}'.").format(
+                modalities=", ".join(MODALITIES), modality=modality))
         if not cases:
-            raise ModuleError("Select at least one segmentation (with its reference volume) to define a task.")
+            raise ModuleError(_("Select at least one segmentation (with its reference volume) to define a task."))
         self.name = name
         self.modality = modality
         self.cases = list(cases)
         self.labelNames, self.warnings = unionOfSegmentNames({c.caseId: list(c.segments) for c in self.cases})
         if not self.labelNames:
-            raise ModuleError("The selected segmentations have no segments.")
+            raise ModuleError(_("The selected segmentations have no segments."))
         #: label name -> value in the task's label maps (1, 2, ... in order of first appearance)
         self.labels: Dict[str, int] = {label: index + 1 for index, label in enumerate(self.labelNames)}
 
@@ -92,7 +94,8 @@ class TaskDefinition:
             mask = np.asarray(mask)
             if mask.shape != shape:
                 raise ModuleError(
-                    f"Case '{case.caseId}': segment '{name}' has shape {mask.shape}, its volume {shape}."
+                    _("Case '{case}': segment '{segment}' has shape {maskShape}, its volume {volumeShape}.").format(
+                        case=case.caseId, segment=name, maskShape=mask.shape, volumeShape=shape)
                 )
             values[mask > 0] = self.labels[name]
         return values
@@ -157,18 +160,21 @@ class TaskDefinition:
         """
         folder = Path(folder)
         if (folder / "dataset.json").exists() and not overwrite:
-            raise ModuleError(f"{folder} already holds a dataset (dataset.json). Choose an empty folder.")
+            raise ModuleError(_("{folder} already holds a dataset (dataset.json). Choose an empty folder.").format(
+                folder=folder))
         terminology = {name: entry for name, entry in (terminology or {}).items() if name in self.labels and entry}
         for name, entry in terminology.items():
             problem = terminology_entry_problem(entry)
             if problem is not None:
                 raise ModuleError(
-                    f"The terminology of segment '{name}' {problem}. Choose its terminology again in the Segment "
-                    "Editor (double-click the segment's colour), or clear it, then export again."
+                    _("The terminology of segment '{segment}' {problem}. Choose its terminology again in the "
+                      "Segment Editor (double-click the segment's colour), or clear it, then export again.").format(
+                        segment=name, problem=problem)
                 )
         for done, case in enumerate(self.cases):
             if onCase is not None:
-                onCase(done, len(self.cases), f"Writing case {case.caseId} ({done + 1} of {len(self.cases)})...")
+                onCase(done, len(self.cases), _("Writing case {case} ({number} of {total})...").format(
+                    case=case.caseId, number=done + 1, total=len(self.cases)))
             writeNrrd(folder / "imagesTr" / f"{case.caseId}_0000.nrrd", case.image, case.ijkToRas)
             writeNrrd(folder / "labelsTr" / f"{case.caseId}.nrrd", self.labelArray(case), case.ijkToRas)
         description = {
@@ -185,7 +191,8 @@ class TaskDefinition:
             description["terminology"] = terminology
         (folder / "dataset.json").write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
         if onCase is not None:
-            onCase(len(self.cases), len(self.cases), f"Wrote {len(self.cases)} case(s) to {folder}.")
+            onCase(len(self.cases), len(self.cases),
+                   _("Wrote {count} case(s) to {folder}.").format(count=len(self.cases), folder=folder))
         return folder
 
 
@@ -209,9 +216,8 @@ def unionOfSegmentNames(caseSegmentNames: Mapping[str, Sequence[str]]) -> Tuple[
         missing = [case for case, segmentNames in caseSegmentNames.items() if name not in segmentNames]
         if missing:
             present = len(caseSegmentNames) - len(missing)
-            warnings.append(
-                f"'{name}' is in {present} of {len(caseSegmentNames)} cases (missing in: {', '.join(missing)})."
-            )
+            warnings.append(_("'{label}' is in {present} of {total} cases (missing in: {missing}).").format(
+                label=name, present=present, total=len(caseSegmentNames), missing=", ".join(missing)))
     return names, warnings
 
 

@@ -37,6 +37,7 @@ from .EngineCommands import PredictCall
 from .EngineJob import BUSY, EngineJob
 from .EngineProcess import EngineProcess, EngineResult, ProgressUpdate
 from .ModuleError import ModuleError
+from .Translation import tr as _
 
 __all__ = ["WarmEngine", "PREDICTED_IN"]
 
@@ -217,7 +218,7 @@ class WarmEngine:
             return
         if result.cancelled:
             self._lastUsed = self._clock()
-            request.onFinished(EngineResult(result.returnCode, True, "Cancelled.", "\n".join(request.log)))
+            request.onFinished(EngineResult(result.returnCode, True, _("Cancelled."), "\n".join(request.log)))
             return
         reason = result.errorMessage or f"exit code {result.returnCode}"
         if request.onLog is not None:
