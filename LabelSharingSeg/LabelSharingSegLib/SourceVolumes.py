@@ -37,7 +37,7 @@ def parseImageGeometry(text: str) -> Optional[Tuple[np.ndarray, Tuple[int, ...]]
 
     Example:
         >>> matrix, extent = parseImageGeometry("2;0;0;0;0;2;0;0;0;0;3;0;0;0;0;1;0;9;0;9;0;4;")
-        >>> matrix[2, 2], extent
+        >>> float(matrix[2, 2]), extent
         (3.0, (0, 9, 0, 9, 0, 4))
     """
     values = [v for v in (text or "").split(";") if v.strip()]
