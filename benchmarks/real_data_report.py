@@ -93,10 +93,11 @@ def markdown_report(results: Mapping) -> str:
                  "incr. after add", "after - per-task"], rows), "",
             "### Test Dice per label, nnU-Net convention (cases where the label is absent from both maps are "
             "left out)", "",
-            "The tables above use the engine's convention (absent from both = 1.0, as of this run). Here each "
-            "label's Dice is averaged only over the test cases where the reference or the prediction holds it; "
-            "`ref` = test cases holding the label, `FP` = cases where the method predicts it but the reference "
-            "has none (each such case scores 0 above instead of 1).", ""]
+            "Each label's Dice averaged only over the test cases where the reference or the prediction holds "
+            "it. Since issue 9 (defect 5) the engine's own Dice follows this convention, so the means equal the "
+            "table above (engines before it counted a label absent from both maps as 1.0); this table adds "
+            "`ref` = test cases holding the label and `FP` = cases where the method predicts it but the "
+            "reference has none (each such case scores 0).", ""]
     rows = []
     methods = ("per_task", "label_sharing", "incremental")
     for task in tasks:
