@@ -21,6 +21,7 @@ decompresses and compresses).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -275,14 +276,38 @@ class Predictor:
             raise LabelSharingError(f"Cannot create the output folder {out_dir}: {exc.strerror or exc}. "
                                     "Choose another --out.") from exc
         segments = self.task_labels(task)
-        with progress.track("predicting", total=len(paths), unit="image") as advance:
-            for path, case, label_file, probability_file in zip(paths, cases, label_files, probability_files):
-                image = read_image(path)
+
+        def write(labels, probs, image, label_file, probability_file) -> None:
+            write_label(labels, image, label_file, segments)
+            if probs is not None:
+                _write_probabilities(probs, image, probability_file)
+
+        # One I/O thread, in order: it writes result i - 1 and reads image i + 1 while image i is
+        # predicted; at most two images and two results are held. A failure surfaces at its image,
+        # after the results before it are written and counted.
+        with progress.track("predicting", total=len(paths), unit="image") as advance, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelsharing-io") as io:
+            upcoming, written = io.submit(read_image, paths[0]), []
+
+            def finish_writing() -> None:
+                while written:
+                    future, case = written.pop()
+                    future.result()
+                    advance(case=case)
+
+            for index, (case, label_file, probability_file) in enumerate(zip(cases, label_files, probability_files)):
+                try:
+                    image = upcoming.result()
+                except BaseException:
+                    finish_writing()
+                    raise
+                if index + 1 < len(paths):
+                    upcoming = io.submit(read_image, paths[index + 1])
                 labels, probs = self._predict(image, task, probabilities)
-                write_label(labels, image, label_file, segments)
-                if probs is not None:
-                    _write_probabilities(probs, image, probability_file)
-                advance(case=case)
+                finish_writing()
+                written.append((io.submit(write, labels, probs, image, label_file, probability_file), case))
+                del image, labels, probs
+            finish_writing()
         return label_files
 
 

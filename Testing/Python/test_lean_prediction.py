@@ -223,3 +223,32 @@ def test_resampled_argmax_falls_back_to_every_channel_on_salt_and_pepper(monkeyp
     monkeypatch.undo()
     expected = F.interpolate(probabilities, size=(50, 50), mode="bilinear", align_corners=False).max(dim=1).indices
     torch.testing.assert_close(labels.long(), expected)
+
+
+# ----------------------------------------------------------------------------- files, with I/O in a thread
+def test_predict_files_overlaps_io_yet_stops_at_an_unreadable_image(tmp_path):
+    """Reading image i + 1 and writing result i - 1 run beside the prediction of image i: the
+    results are those of predicting one file at a time, and a damaged input stops the run at that
+    input with the results before it written (and nothing after it)."""
+    import io
+
+    from labelsharing.errors import LabelSharingError
+    from labelsharing.progress import ProgressReporter
+
+    predictor = Predictor(_model("smooth", "ct"), "cpu", batch_size=4)
+    inputs = []
+    for index in range(4):
+        inputs.append(tmp_path / "in" / f"case{index}_0000.nii.gz")
+        inputs[-1].parent.mkdir(exist_ok=True)
+        sitk.WriteImage(_phantom((4, 30, 20), seed=index), str(inputs[-1]))
+    written = predictor.predict_files(inputs[:3], "TaskA", tmp_path / "out")
+    for path, output in zip(inputs, written):
+        expected = predictor.predict_image(sitk.ReadImage(str(path)), "TaskA")
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(output))), expected)
+
+    inputs[2].write_bytes(inputs[2].read_bytes()[:-100])  # cut short: refused when read
+    stream = io.StringIO()
+    with pytest.raises(LabelSharingError, match="case2_0000.nii.gz"):
+        predictor.predict_files(inputs, "TaskA", tmp_path / "again", progress=ProgressReporter("lines", stream))
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["case0.nii.gz", "case1.nii.gz"]
+    assert "predicting 2/4" in stream.getvalue() and "predicting 3/4" not in stream.getvalue()
