@@ -35,6 +35,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# as the command line does (labelsharing.cli.main), before torch starts its threads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import SimpleITK as sitk
 import torch
