@@ -31,7 +31,7 @@ import SimpleITK as sitk
 from labelsharing.backends import create_backend, log_line
 from labelsharing.errors import LabelSharingError
 from labelsharing.imageio import case_id_from_path, read_image, write_image, write_label
-from labelsharing.label_resampling import first_argmax, resampled_argmax
+from labelsharing.label_resampling import resampled_argmax
 from labelsharing.model import SegmentationModel, label_color
 from labelsharing.orientation import Slicing
 from labelsharing.preprocessing import intensity_normalizer
@@ -208,7 +208,7 @@ class Predictor:
                 soft = self.backend(fit.forward(batch)).float().softmax(dim=1)  # (B, n_shared + 1, S, S)
                 if probabilities or self.device.type != "cpu":
                     full = fit.backward(soft)  # (B, n_shared + 1, H, W)
-                    out_slices[start:stop] = lookup[first_argmax(full)].cpu().numpy()
+                    out_slices[start:stop] = lookup[full.max(dim=1).indices].cpu().numpy()
                 else:  # the same labels, without resampling every channel (labelsharing.label_resampling)
                     out_slices[start:stop] = resampled_argmax(fit.crop(soft), (fit.height, fit.width), lookup).numpy()
                 if probabilities:

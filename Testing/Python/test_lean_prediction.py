@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from labelsharing.inference import Predictor
-from labelsharing.label_resampling import MAX_BOUNDARY_FRACTION, first_argmax, resampled_argmax
+from labelsharing.label_resampling import MAX_BOUNDARY_FRACTION, resampled_argmax
 from labelsharing.model import SegmentationModel, build_network
 from labelsharing.orientation import Slicing
 from labelsharing.preprocessing import intensity_normalizer, normalize_intensities
@@ -174,20 +174,11 @@ def test_normalising_parts_equals_normalising_the_whole(normalization):
     assert volume.dtype == np.int16 and parts.dtype == np.float32
 
 
-def test_first_argmax_takes_the_first_of_tied_maxima():
-    probabilities = torch.tensor([[0.2, 0.4, 0.4], [0.5, 0.5, 0.0], [0.1, 0.3, 0.6], [1 / 3, 1 / 3, 1 / 3]])
-    probabilities = probabilities.T.reshape(1, 3, 2, 2)
-    assert first_argmax(probabilities).flatten().tolist() == [1, 0, 2, 0]
-    random = torch.rand(2, 5, 7, 9)
-    torch.testing.assert_close(first_argmax(random), random.max(dim=1).indices)
-
-
 @pytest.mark.parametrize("smoothness", [4, 16, 64])
 @pytest.mark.parametrize("size", [(128, 128), (100, 140), (48, 48), (30, 90), (17, 200)])
 def test_resampled_argmax_equals_resampling_every_channel(smoothness, size):
-    """Smooth random probabilities (blobs of ``64 / smoothness`` pixels): boundary pixels are
-    interpolated with PyTorch's taps and rounding, the rest copied; unused channels share label 0,
-    so a corner pair {0, 3} with a third channel winning between them is covered."""
+    """Smooth random probabilities (blobs of ``smoothness`` pixels): boundary pixels are
+    interpolated with PyTorch's taps, the rest copied; channels 0 and 3 share label 0."""
     torch.manual_seed(smoothness)
     logits = F.interpolate(torch.randn(3, 5, 64 // smoothness + 1, 64 // smoothness + 1) * 3, size=(48, 48),
                            mode="bilinear", align_corners=False)
