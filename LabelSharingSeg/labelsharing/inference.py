@@ -205,12 +205,12 @@ class Predictor:
             for start in range(0, n, self.batch_size):
                 stop = min(start + self.batch_size, n)
                 batch = torch.from_numpy(np.ascontiguousarray(normalize(slices[start:stop])))[:, None].to(self.device)
-                soft = self.backend(fit.forward(batch)).float().softmax(dim=1)  # (B, n_shared + 1, S, S)
+                logits = self.backend(fit.forward(batch)).float()  # (B, n_shared + 1, S, S)
                 if probabilities or self.device.type != "cpu":
-                    full = fit.backward(soft)  # (B, n_shared + 1, H, W)
+                    full = fit.backward(logits.softmax(dim=1))  # (B, n_shared + 1, H, W)
                     out_slices[start:stop] = lookup[full.max(dim=1).indices].cpu().numpy()
                 else:  # the same labels, without resampling every channel (labelsharing.label_resampling)
-                    out_slices[start:stop] = resampled_argmax(fit.crop(soft), (fit.height, fit.width), lookup).numpy()
+                    out_slices[start:stop] = resampled_argmax(fit.crop(logits), (fit.height, fit.width), lookup).numpy()
                 if probabilities:
                     background = full[:, [0] + unused].sum(dim=1)
                     prob_slices[0][start:stop] = background.half().cpu().numpy()

@@ -9,18 +9,19 @@ low-resolution pixels around an output pixel. Where those four pixels share thei
 maximum c (``p_i(c) > p_i(k)`` for k < c and ``>=`` for k > c), every weighted mixture keeps
 that order, so its first maximum is c as well. :func:`resampled_argmax` therefore
 
-1. takes the argmax at low resolution (4 x fewer pixels at a 2:1 scale) and maps it to labels;
+1. takes the argmax at low resolution (4 x fewer pixels at a 2:1 scale; on the logits: the
+   softmax keeps their order) and maps it to labels;
 2. copies it to every output pixel (one gather of the output's bytes);
 3. recomputes the output pixels of the 2 x 2 blocks whose argmax differ (next to a boundary:
-   a few percent of a trained model's slice): their four corners' probabilities, gathered once
-   per block, are blended with PyTorch's taps and weights, and the first maximum taken.
+   about 1 % of the blocks of a trained model's slice): the softmax of their four corners is
+   blended with PyTorch's taps and weights, and the first maximum taken.
 
 The labels equal the reference's except where two interpolated probabilities tie to within
-float32 rounding (PyTorch's kernel rounds through fused multiply-adds, this module does not:
-values can differ in their last bit). When most blocks hold a boundary (an untrained network's
-salt-and-pepper output), the reference is run instead: it is then the cheaper of the two.
+float32 rounding (the order of the roundings differs from PyTorch's kernel, so values can differ
+in their last bits). When most blocks hold a boundary (an untrained network's salt-and-pepper
+output), the reference is run instead: it is then the cheaper of the two.
 
-Shapes: probabilities (B, C, h, w); labels (B, H, W) on the slice grid.
+Shapes: logits (B, C, h, w); labels (B, H, W) on the slice grid.
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ __all__ = ["resampled_argmax", "MAX_BOUNDARY_FRACTION"]
 MAX_BOUNDARY_FRACTION = 0.25
 
 
-def resampled_argmax(probabilities, size: tuple[int, int], lookup):
-    """``lookup[argmax over C of F.interpolate(probabilities, size, "bilinear")]``, computed cheaply.
+def resampled_argmax(logits, size: tuple[int, int], lookup):
+    """``lookup[argmax over C of F.interpolate(logits.softmax(1), size, "bilinear")]``, computed cheaply.
 
     Args:
-        probabilities: (B, C, h, w) float32 tensor (e.g. a softmax) on the CPU.
+        logits: (B, C, h, w) float32 tensor on the CPU; the softmax is taken only where needed.
         size: (H, W), the slice grid.
         lookup: (C,) integer tensor mapping each channel to an output label (e.g. shared label
             -> task value, unused shared labels -> 0).
@@ -50,34 +51,38 @@ def resampled_argmax(probabilities, size: tuple[int, int], lookup):
     import torch
     import torch.nn.functional as F
 
-    batch, channels, h, w = probabilities.shape
-    low = probabilities.max(dim=1).indices  # (B, h, w), the first maximum
+    batch, channels, h, w = logits.shape
+    low = logits.max(dim=1).indices  # (B, h, w): the softmax keeps the order of the logits
     if (h, w) == tuple(size):
         return lookup[low]
     # blocks (b, r, c) whose corners (r or r + 1, c or c + 1; the last row and column clamped, as
     # in PyTorch's kernel) do not share one argmax; judged by channel, not by label: two channels
     # mapped to one label (e.g. background) can have a third channel win between them
-    padded = F.pad(low[:, None].to(torch.float32), (0, 1, 0, 1), mode="replicate")[:, 0]
+    low = low.to(torch.uint8 if channels <= 256 else torch.int64)
+    padded = torch.cat([low, low[:, -1:]], 1)
+    padded = torch.cat([padded, padded[:, :, -1:]], 2)
     across = padded[:, :, :-1] != padded[:, :, 1:]
     mixed = across[:, :-1] | across[:, 1:] | (padded[:, :-1, :-1] != padded[:, 1:, :-1])
     b, r, c = mixed.nonzero(as_tuple=True)
     if b.numel() > MAX_BOUNDARY_FRACTION * mixed.numel():
-        full = F.interpolate(probabilities, size=tuple(size), mode="bilinear", align_corners=False)
+        full = F.interpolate(logits.softmax(dim=1), size=tuple(size), mode="bilinear", align_corners=False)
         return lookup[full.max(dim=1).indices]
 
     rows, cols = _Taps(h, size[0]), _Taps(w, size[1])
-    coarse = lookup[low].numpy()
+    coarse = np.take(lookup.numpy(), low.numpy())
     labels = torch.from_numpy(np.take(np.take(coarse, rows.lower.numpy(), axis=1), cols.lower.numpy(), axis=2))
 
-    flat = probabilities.reshape(-1)
+    flat = logits.reshape(-1)
     offsets = (b * (channels * h * w))[:, None] + torch.arange(channels) * (h * w)  # (blocks, C)
     below, right = (r + 1).clamp(max=h - 1), (c + 1).clamp(max=w - 1)
-    corners = [flat[offsets + (row * w + col)[:, None]] for row, col in ((r, c), (r, right), (below, c), (below, right))]
+    corners = torch.stack([flat[offsets + (row * w + col)[:, None]]
+                           for row, col in ((r, c), (r, right), (below, c), (below, right))])  # (4, blocks, C)
+    corners = (corners - corners.amax(dim=2, keepdim=True)).exp_()  # the softmax, of the corners only
+    corners /= corners.sum(dim=2, keepdim=True)
     block, y, x = _block_pixels(r, c, rows, cols)
-    top_left, top_right, bottom_left, bottom_right = (corner.index_select(0, block) for corner in corners)
-    left, right = cols.weight_lower[x, None], cols.weight_upper[x, None]
-    values = ((top_left * left + top_right * right) * rows.weight_lower[y, None]
-              + (bottom_left * left + bottom_right * right) * rows.weight_upper[y, None])
+    weights = (torch.stack([rows.weight_lower[y], rows.weight_upper[y]])[:, None]
+               * torch.stack([cols.weight_lower[x], cols.weight_upper[x]])[None]).reshape(4, -1, 1)
+    values = (corners.index_select(1, block) * weights).sum(dim=0)  # (pixels, C)
     pixels = (b[block] * size[0] + y) * size[1] + x
     labels.view(-1)[pixels] = lookup[values.max(dim=1).indices]
     return labels

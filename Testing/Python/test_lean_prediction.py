@@ -182,13 +182,12 @@ def test_resampled_argmax_equals_resampling_every_channel(smoothness, size):
     torch.manual_seed(smoothness)
     logits = F.interpolate(torch.randn(3, 5, 64 // smoothness + 1, 64 // smoothness + 1) * 3, size=(48, 48),
                            mode="bilinear", align_corners=False)
-    probabilities = logits.softmax(dim=1)
     lookup = torch.tensor([0, 7, 5, 0, 9], dtype=torch.uint8)
-    full = F.interpolate(probabilities, size=size, mode="bilinear", align_corners=False)
+    full = F.interpolate(logits.softmax(dim=1), size=size, mode="bilinear", align_corners=False)
     expected = lookup[full.max(dim=1).indices]
     top2 = full.topk(2, dim=1).values
     tied = (top2[:, 0] - top2[:, 1] < TIE).numpy()
-    _assert_same_labels(resampled_argmax(probabilities, size, lookup).numpy(), expected.numpy(), tied)
+    _assert_same_labels(resampled_argmax(logits, size, lookup).numpy(), expected.numpy(), tied)
 
 
 def test_a_label_between_two_channels_of_one_task_label_is_kept():
@@ -197,7 +196,7 @@ def test_a_label_between_two_channels_of_one_task_label_is_kept():
     background_0, background_3 = [0.50, 0.0, 0.45, 0.05], [0.05, 0.0, 0.45, 0.50]
     probabilities = torch.tensor([[background_0, background_3]] * 2).permute(2, 0, 1)[None]  # (1, 4, 2, 2)
     lookup = torch.tensor([0, 7, 5, 0], dtype=torch.uint8)
-    labels = resampled_argmax(probabilities, (2, 4), lookup)
+    labels = resampled_argmax(probabilities.log(), (2, 4), lookup)  # logits whose softmax is ``probabilities``
     expected = lookup[F.interpolate(probabilities, size=(2, 4), mode="bilinear", align_corners=False).max(1).indices]
     assert expected[0].tolist() == [[0, 5, 5, 0]] * 2
     torch.testing.assert_close(labels, expected)
@@ -205,14 +204,14 @@ def test_a_label_between_two_channels_of_one_task_label_is_kept():
 
 def test_resampled_argmax_falls_back_to_every_channel_on_salt_and_pepper(monkeypatch):
     """Random per-pixel labels: nearly every block holds a boundary, so the reference is run."""
-    probabilities = torch.rand(2, 4, 24, 24).softmax(dim=1)
+    logits = torch.randn(2, 4, 24, 24)
     lookup = torch.arange(4, dtype=torch.uint8)
     calls, interpolate = [], F.interpolate
     monkeypatch.setattr(F, "interpolate", lambda *args, **kwargs: calls.append(kwargs) or interpolate(*args, **kwargs))
-    labels = resampled_argmax(probabilities, (50, 50), lookup)
+    labels = resampled_argmax(logits, (50, 50), lookup)
     assert len(calls) == 1 and MAX_BOUNDARY_FRACTION < 1
     monkeypatch.undo()
-    expected = F.interpolate(probabilities, size=(50, 50), mode="bilinear", align_corners=False).max(dim=1).indices
+    expected = F.interpolate(logits.softmax(1), size=(50, 50), mode="bilinear", align_corners=False).max(dim=1).indices
     torch.testing.assert_close(labels.long(), expected)
 
 
