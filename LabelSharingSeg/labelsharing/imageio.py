@@ -219,7 +219,7 @@ def write_label(
     reference_shape = sitk.GetArrayViewFromImage(reference).shape
     if labels.shape != reference_shape:
         raise ValueError(f"labels shape {labels.shape} != reference array shape {reference_shape}")
-    labels = labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)
+    labels = labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16, copy=False)
     if not path.name.lower().endswith(SEG_NRRD):
         image = sitk.GetImageFromArray(labels)
         image.CopyInformation(reference)
@@ -247,19 +247,22 @@ def write_image(image: sitk.Image, path: str | Path) -> Path:
 def _check_written_image(path: Path, size: Sequence[int], components: int) -> None:
     """Raise unless ``path`` reads back whole with this size (ValueError, or the reader's error).
 
-    A ``.gz`` file is checked through its gzip stream (ITK reads a cut ``.nii.gz`` without error,
-    filling zeros) and its header, without holding the pixels twice; others are read whole.
+    A ``.gz`` file is checked through its header and its gzip stream (ITK reads a cut ``.nii.gz``
+    without error, filling zeros), without holding the pixels twice: a ``.nii.gz`` whose gzip
+    trailer records the length its header describes is complete (as :func:`read_image` checks
+    it); any other is decompressed to its end. Other files are read whole.
     """
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     if path.name.lower().endswith(".gz"):
-        length = check_gzip_stream(path)
         reader.ReadImageInformation()
         written_size, written_components = reader.GetSize(), reader.GetNumberOfComponents()
-        one_voxel = sitk.Image([1] * len(size), reader.GetPixelID(), written_components)
-        payload = int(np.prod(size)) * sitk.GetArrayViewFromImage(one_voxel).nbytes
-        if length < payload:
-            raise ValueError(f"{length} bytes of data, expected at least {payload}")
+        if not (_ending(path) == ".nii.gz" and _gzip_trailer_matches(path, _nifti_bytes(reader))):
+            length = check_gzip_stream(path)
+            one_voxel = sitk.Image([1] * len(size), reader.GetPixelID(), written_components)
+            payload = int(np.prod(size)) * sitk.GetArrayViewFromImage(one_voxel).nbytes
+            if length < payload:
+                raise ValueError(f"{length} bytes of data, expected at least {payload}")
     else:
         written = reader.Execute()
         written_size, written_components = written.GetSize(), written.GetNumberOfComponentsPerPixel()
@@ -286,9 +289,7 @@ def _check_complete(path: Path, reader: sitk.ImageFileReader) -> None:
     """
     ending = _ending(path)
     if ending in (".nii", ".nii.gz"):
-        dims = [int(reader.GetMetaData(f"dim[{axis}]")) for axis in range(1, int(reader.GetMetaData("dim[0]")) + 1)]
-        voxel_bytes = int(np.prod(dims)) * int(reader.GetMetaData("bitpix")) // 8
-        expected = int(float(reader.GetMetaData("vox_offset"))) + voxel_bytes
+        expected = _nifti_bytes(reader)
         if ending == ".nii":
             if path.stat().st_size < expected:
                 raise LabelSharingError(
@@ -296,10 +297,8 @@ def _check_complete(path: Path, reader: sitk.ImageFileReader) -> None:
                     "Copy or export the file again."
                 )
             return
-        with path.open("rb") as stream:
-            stream.seek(-4, 2)
-            if int.from_bytes(stream.read(4), "little") == expected % 2**32:
-                return
+        if _gzip_trailer_matches(path, expected):
+            return
     if path.name.lower().endswith(".gz"):
         try:
             with gzip.open(path, "rb") as stream:
@@ -307,6 +306,23 @@ def _check_complete(path: Path, reader: sitk.ImageFileReader) -> None:
                     pass
         except (OSError, EOFError, zlib.error) as exc:
             raise LabelSharingError(f"{path} is truncated or damaged ({exc}). Copy or export the file again.") from exc
+
+
+def _nifti_bytes(reader: sitk.ImageFileReader) -> int:
+    """The length of a NIfTI file (header, extensions and voxels) that its header describes."""
+    dims = [int(reader.GetMetaData(f"dim[{axis}]")) for axis in range(1, int(reader.GetMetaData("dim[0]")) + 1)]
+    voxel_bytes = int(np.prod(dims)) * int(reader.GetMetaData("bitpix")) // 8
+    return int(float(reader.GetMetaData("vox_offset"))) + voxel_bytes
+
+
+def _gzip_trailer_matches(path: Path, length: int) -> bool:
+    """The gzip trailer of ``path`` records ``length`` uncompressed bytes (mod 2**32): the stream is whole.
+
+    A cut stream ends in compressed data instead, which matches by chance once in 2**32.
+    """
+    with path.open("rb") as stream:
+        stream.seek(-4, 2)
+        return int.from_bytes(stream.read(4), "little") == length % 2**32
 
 
 def _values_text(values: Sequence[float]) -> str:

@@ -1,20 +1,27 @@
 """Prediction: from an image and a task name to a label map in the task's own label values.
 
 The network predicts shared labels (background + Λ_1..Λ_n*) on 2D ``S x S`` slices. A volume
-is normalised as the task was in training, viewed in LPS and cut parallel to the task's plane
-(:mod:`labelsharing.orientation`; a view, no copy), each batch of slices is resampled to the
+is viewed in LPS and cut parallel to the task's plane (:mod:`labelsharing.orientation`; a view,
+no copy); each batch of slices is normalised as the task was in training, resampled to the
 task's target spacing and fitted into ``S x S`` (one interpolation), run through the network,
 its softmax resampled back onto the slice grid, and the shared-label argmax is mapped back
 through the task's inverse map (shared labels the task does not use become background, as in
 the paper). Probabilities, not labels, are resampled back, as nnU-Net does: nearest-neighbour
-label maps would be blocky and shifted at non-integer scales. Labels are written through the
-same LPS view into an array laid out like the input, so the output has exactly the input's
-grid. Memory stays bounded: only one batch of logits exists at a time; labels go straight into
-a preallocated uint8/uint16 array.
+label maps would be blocky and shifted at non-integer scales. On the CPU the labels are taken
+without resampling every channel (:mod:`labelsharing.label_resampling`: the same labels at a
+fraction of the cost). Labels are written through the same LPS view into an array laid out
+like the input, so the output has exactly the input's grid. Memory stays bounded: nothing the
+size of the volume is made but the output (uint8/uint16); one batch of slices is normalised,
+and one batch of probabilities exists, at a time.
+
+:meth:`Predictor.predict_files` reads the next image and writes the previous result in a
+background thread while a volume is predicted (SimpleITK releases the GIL while it reads,
+decompresses and compresses).
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,9 +31,10 @@ import SimpleITK as sitk
 from labelsharing.backends import create_backend, log_line
 from labelsharing.errors import LabelSharingError
 from labelsharing.imageio import SegmentInfo, case_id_from_path, read_image, write_image, write_label
+from labelsharing.label_resampling import resampled_argmax
 from labelsharing.model import SegmentationModel, label_color
 from labelsharing.orientation import Slicing
-from labelsharing.preprocessing import normalize_intensities
+from labelsharing.preprocessing import intensity_normalizer
 from labelsharing.progress import SILENT, ProgressReporter
 from labelsharing.safe_write import check_outputs
 
@@ -177,32 +185,38 @@ class Predictor:
         channels = [shared_of[label.name].shared for label in labels]  # network channel of each task label
         unused = [s for s in range(1, self.plan.n_shared + 1) if s not in channels]
 
-        array = normalize_intensities(sitk.GetArrayViewFromImage(image), config["normalization"])
+        stored = sitk.GetArrayViewFromImage(image)  # no copy: slices are normalised batch by batch
+        normalize = intensity_normalizer(stored, config["normalization"])
         slicing = Slicing.from_config(config)
-        slices = slicing.slices(array, image)  # (n, H, W) view
+        slices = slicing.slices(stored, image)  # (n, H, W) view
         n = len(slices)
         fit = slicing.square_fit(image, self.model.input_size)
-
         max_value = max((label.value for label in labels), default=0)
-        output = np.zeros(array.shape, dtype=np.uint8 if max_value < 256 else np.uint16)
+        dtype = np.uint8 if max_value < 256 else np.uint16
+        # shared label -> task value; torch has no uint16 arithmetic, so larger values travel as int32
+        lookup = torch.from_numpy(self.plan.from_shared(task, np.arange(self.plan.n_shared + 1)))
+        lookup = lookup.to(torch.uint8 if dtype == np.uint8 else torch.int32, copy=True).to(self.device)
+
+        output = np.zeros(stored.shape, dtype=dtype)
         out_slices = slicing.slices(output, image)  # a view: writing into it fills ``output``
-        probs = np.zeros((len(labels) + 1,) + array.shape, dtype=np.float16) if probabilities else None
+        probs = np.zeros((len(labels) + 1,) + stored.shape, dtype=np.float16) if probabilities else None
         prob_slices = [slicing.slices(probs[c], image) for c in range(len(labels) + 1)] if probabilities else []
 
         with torch.inference_mode():
             for start in range(0, n, self.batch_size):
                 stop = min(start + self.batch_size, n)
-                batch = torch.from_numpy(np.ascontiguousarray(slices[start:stop]))[:, None].to(self.device)
-                logits = self.backend(fit.forward(batch))
-                soft = fit.backward(logits.float().softmax(dim=1))  # (B, n_shared + 1, H, W)
-                # max().indices: the first maximum, like argmax, but ~8x faster over dim 1 on the CPU
-                shared = soft.max(dim=1).indices.to(torch.uint8).cpu().numpy()
-                out_slices[start:stop] = self.plan.from_shared(task, shared)
+                batch = torch.from_numpy(np.ascontiguousarray(normalize(slices[start:stop])))[:, None].to(self.device)
+                logits = self.backend(fit.forward(batch)).float()  # (B, n_shared + 1, S, S)
+                if probabilities or self.device.type != "cpu":
+                    full = fit.backward(logits.softmax(dim=1))  # (B, n_shared + 1, H, W)
+                    out_slices[start:stop] = lookup[full.max(dim=1).indices].cpu().numpy()
+                else:  # the same labels, without resampling every channel (labelsharing.label_resampling)
+                    out_slices[start:stop] = resampled_argmax(fit.crop(logits), (fit.height, fit.width), lookup).numpy()
                 if probabilities:
-                    background = soft[:, [0] + unused].sum(dim=1)
+                    background = full[:, [0] + unused].sum(dim=1)
                     prob_slices[0][start:stop] = background.half().cpu().numpy()
                     for c, channel in enumerate(channels, start=1):
-                        prob_slices[c][start:stop] = soft[:, channel].half().cpu().numpy()
+                        prob_slices[c][start:stop] = full[:, channel].half().cpu().numpy()
         return output, probs
 
     # ------------------------------------------------------------------------------ files
@@ -263,14 +277,38 @@ class Predictor:
             raise LabelSharingError(f"Cannot create the output folder {out_dir}: {exc.strerror or exc}. "
                                     "Choose another --out.") from exc
         segments = self.task_labels(task)
-        with progress.track("predicting", total=len(paths), unit="image") as advance:
-            for path, case, label_file, probability_file in zip(paths, cases, label_files, probability_files):
-                image = read_image(path)
+
+        def write(labels, probs, image, label_file, probability_file) -> None:
+            write_label(labels, image, label_file, segments)
+            if probs is not None:
+                _write_probabilities(probs, image, probability_file)
+
+        # One I/O thread, in order: it writes result i - 1 and reads image i + 1 while image i is
+        # predicted; at most two images and two results are held. A failure surfaces at its image,
+        # after the results before it are written and counted.
+        with progress.track("predicting", total=len(paths), unit="image") as advance, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelsharing-io") as io:
+            upcoming, written = io.submit(read_image, paths[0]), []
+
+            def finish_writing() -> None:
+                while written:
+                    future, case = written.pop()
+                    future.result()
+                    advance(case=case)
+
+            for index, (case, label_file, probability_file) in enumerate(zip(cases, label_files, probability_files)):
+                try:
+                    image = upcoming.result()
+                except BaseException:
+                    finish_writing()
+                    raise
+                if index + 1 < len(paths):
+                    upcoming = io.submit(read_image, paths[index + 1])
                 labels, probs = self._predict(image, task, probabilities)
-                write_label(labels, image, label_file, segments)
-                if probs is not None:
-                    _write_probabilities(probs, image, probability_file)
-                advance(case=case)
+                finish_writing()
+                written.append((io.submit(write, labels, probs, image, label_file, probability_file), case))
+                del image, labels, probs
+            finish_writing()
         return label_files
 
 

@@ -1,17 +1,23 @@
 """The ``plan`` stage: read task datasets, measure label sizes, check which tasks look alike
-(:mod:`labelsharing.appearance`), build the shared-label plan."""
+(:mod:`labelsharing.appearance`), build the shared-label plan.
+
+Datasets and images are read through imports inside the functions: ``labelsharing info`` needs
+only :func:`plan_table`, and starts without SimpleITK.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
-from labelsharing.appearance import Appearance, compare_datasets
-from labelsharing.datasets import TaskSummary, inspect_task_dataset, read_task_dataset
 from labelsharing.errors import LabelSharingError
 from labelsharing.plan import USER_PIN, SharedLabelPlan
 from labelsharing.progress import SILENT, ProgressReporter
 from labelsharing.tables import format_table
+
+if TYPE_CHECKING:
+    from labelsharing.appearance import Appearance
+    from labelsharing.datasets import TaskSummary
 
 __all__ = ["summarise_tasks", "plan_tasks", "plan_task_datasets", "plan_table"]
 
@@ -25,6 +31,8 @@ def summarise_tasks(folders: Sequence[str | Path], progress: ProgressReporter = 
     Raises:
         LabelSharingError: on the first invalid dataset, or two datasets with one task name.
     """
+    from labelsharing.datasets import inspect_task_dataset, read_task_dataset
+
     tasks = [read_task_dataset(folder) for folder in folders]
     names = [t.name for t in tasks]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -64,6 +72,8 @@ def plan_task_datasets(
         the plan, the task summaries (with the loaded cases if ``keep_cases``) and the
         look-alike check's result.
     """
+    from labelsharing.appearance import compare_datasets
+
     summaries = summarise_tasks(folders, progress, keep_cases)
     appearance = compare_datasets([s.task for s in summaries], {s.task.name: s.cases for s in summaries})
     plan = plan_tasks(summaries, pins, appearance.groups())

@@ -12,7 +12,7 @@ image index axis (0 = i, 1 = j, 2 = k) as in SimpleITK, so numpy axis = 2 - axis
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -22,6 +22,7 @@ __all__ = [
     "NORMALIZATION_BY_MODALITY",
     "fit_ct_normalization",
     "normalize_intensities",
+    "intensity_normalizer",
     "ORIENTATION",
     "PLANES",
     "choose_slice_axis",
@@ -79,20 +80,40 @@ def normalize_intensities(image: np.ndarray, normalization: Mapping) -> np.ndarr
     i.e. not the air around an MR head), ``percentile`` (per image, 1st..99th percentile
     -> 0..1, clipped; suits X-ray projections whose exposure varies).
     """
-    x = np.asarray(image, dtype=np.float32)
+    return intensity_normalizer(image, normalization)(image)
+
+
+def intensity_normalizer(image: np.ndarray, normalization: Mapping) -> Callable[[np.ndarray], np.ndarray]:
+    """:func:`normalize_intensities` of ``image`` as a function of any part of it (e.g. a batch of slices).
+
+    Per-image statistics (``zscore_foreground``, ``percentile``) are taken from the whole image
+    here, once; ``ct`` needs none, so ``image`` is not even read. Applied to parts, the function
+    gives exactly the values of normalising the whole image (the same numpy expression), without
+    a float copy of the whole volume ever existing beside the statistics.
+
+    Returns:
+        ``part -> float32 array`` of the part's shape (a new array; ``part`` is left unchanged).
+    """
     scheme = normalization.get("scheme")
     if scheme == "ct":
-        lo, hi = normalization["clip"]
-        return ((np.clip(x, lo, hi) - normalization["mean"]) / normalization["std"]).astype(np.float32)
+        (lo, hi), mean, std = normalization["clip"], normalization["mean"], normalization["std"]
+        return lambda part: ((np.clip(_float32(part), lo, hi) - mean) / std).astype(np.float32, copy=False)
     if scheme == "zscore_foreground":
+        x = _float32(image)
         lo, hi = float(x.min()), float(np.percentile(x, 99))
         mask = x > lo + 0.05 * (hi - lo)
         values = x[mask] if mask.sum() > 0.05 * x.size else x.ravel()
-        return ((x - values.mean()) / max(float(values.std()), 1e-6)).astype(np.float32)
+        mean, std = values.mean(), max(float(values.std()), 1e-6)
+        return lambda part: ((_float32(part) - mean) / std).astype(np.float32, copy=False)
     if scheme == "percentile":
-        lo, hi = np.percentile(x, [1, 99])
-        return np.clip((x - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0).astype(np.float32)
+        lo, hi = np.percentile(_float32(image), [1, 99])
+        scale = max(float(hi - lo), 1e-6)
+        return lambda part: np.clip((_float32(part) - lo) / scale, 0.0, 1.0).astype(np.float32, copy=False)
     raise ValueError(f"unknown normalisation scheme {scheme!r}")
+
+
+def _float32(array: np.ndarray) -> np.ndarray:
+    return np.asarray(array, dtype=np.float32)
 
 
 def choose_slice_axis(spacing: Sequence[float], size: Sequence[int]) -> int | None:
@@ -202,14 +223,18 @@ class SquareFit:
             best = torch.maximum(weight, best)
         return self._pad(resized, torch.zeros((), dtype=labels.dtype, device=labels.device))
 
+    def crop(self, batch):
+        """(B, C, size, size) -> (B, C, h, w): the fitted slice without its padding (a view)."""
+        h, w = self.scaled
+        top, left = self.offset
+        return batch[:, :, top : top + h, left : left + w]
+
     def backward(self, batch):
         """(B, C, size, size) tensor (e.g. logits) -> (B, C, H, W) on the slice's own grid (bilinear)."""
         import torch.nn.functional as F
 
-        h, w = self.scaled
-        top, left = self.offset
-        cropped = batch[:, :, top : top + h, left : left + w]
-        if (h, w) == (self.height, self.width):
+        cropped = self.crop(batch)
+        if cropped.shape[-2:] == (self.height, self.width):
             return cropped
         return F.interpolate(cropped, size=(self.height, self.width), mode="bilinear", align_corners=False)
 

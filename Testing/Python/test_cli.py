@@ -47,3 +47,21 @@ def test_module_entry_point_and_help_does_not_import_torch():
     assert result.returncode == 0 and result.stdout.startswith("labelsharing ")
     result = subprocess.run([sys.executable, "-m", "labelsharing", "plan", "x", "--bogus"], capture_output=True, text=True)
     assert result.returncode == 2 and "unrecognized arguments" in result.stderr
+
+
+def test_help_and_info_start_without_torch(tmp_path):
+    """``--help``, a command's ``--help`` and ``info MODEL`` are what a user (and the Slicer module)
+    runs to look: they must not pay for torch, MONAI or OpenVINO (issue 11: < 0.5 s; timed in
+    benchmarks/startup.py), nor for numpy where nothing is computed."""
+    from tiny_model import make_model
+
+    folder = make_model(fake=False).save(tmp_path / "model")
+    code = ("import sys\nfrom labelsharing.cli import main\n"
+            "for argv in (['--help'], ['predict', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print('help imported:', sorted(m for m in ('torch', 'monai', 'openvino', 'numpy') if m in sys.modules))\n"
+            "main(['info', sys.argv[1]])\n"
+            "print('info imported:', sorted(m for m in ('torch', 'monai', 'openvino', 'SimpleITK') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True)
+    assert "help imported: []" in result.stdout and "info imported: []" in result.stdout
+    assert "TaskA" in result.stdout  # info did describe the model
