@@ -276,7 +276,8 @@ def fit(
 
     Args:
         model: network and config (the config's ``tasks`` entries drive validation).
-        tasks: prepared tasks; their ``validation`` cases give the per-epoch Dice.
+        tasks: prepared tasks; their ``validation`` cases give the Dice of validated epochs
+            (every epoch, or every N-th: :func:`~labelsharing.validation.validation_interval`).
         options: epochs, batch size (per process), learning rate, seed.
         device: torch device.
         shares: fraction of draws per task (default: equal), e.g. for replay when adding a task.
@@ -421,7 +422,7 @@ class _Schedule:
 
     def fit_to_budget(self, budget_seconds: float, first_epoch_seconds: float, log: Log) -> None:
         """Choose the number of epochs that fits ``budget_seconds``, given the first epoch's time
-        (training and validation)."""
+        (training, and validation shared over the epochs of one validation interval)."""
         self.epochs = max(1, int(budget_seconds // max(first_epoch_seconds, 1e-3)))
         log(f"time budget {budget_seconds / 60:g} min: {self.epochs} epochs of {self.steps} steps "
             f"(the first took {first_epoch_seconds:.1f} s)")
