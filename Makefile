@@ -39,6 +39,7 @@ BENCH_OUT ?= bench_output
 bench: $(STAMP)
 	$(PY) benchmarks/backends.py
 	$(PY) benchmarks/inference_speed.py
+	$(PY) benchmarks/training_throughput.py
 	$(PY) benchmarks/paper_comparison.py --out $(BENCH_OUT)/paper_comparison
 
 clean:

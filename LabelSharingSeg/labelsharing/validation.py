@@ -23,7 +23,9 @@ __all__ = ["VALIDATION_SLICES_PER_TRAINED", "validation_interval", "validation_d
 
 
 #: Validation may predict, averaged over the epochs, this many held-out slices per slice trained
-#: on (see :func:`validation_interval`).
+#: on (see :func:`validation_interval`). A held-out slice costs about 0.3 of a trained one
+#: (4.9 vs 16.5 ms on 2 CPU cores at 96 x 96, ``benchmarks/training_throughput.py``), so
+#: validation takes at most about 15 % of the training time.
 VALIDATION_SLICES_PER_TRAINED = 0.5
 
 
