@@ -267,7 +267,7 @@ def test_validation_every_n_epochs_keeps_the_first_and_the_last(tmp_path, demo_t
 def test_the_validation_interval_follows_the_held_out_slices():
     from types import SimpleNamespace
 
-    from labelsharing.training import VALIDATION_SLICES_PER_TRAINED, validation_interval
+    from labelsharing.validation import VALIDATION_SLICES_PER_TRAINED, validation_interval
 
     options = TrainingOptions(steps_per_epoch=30, batch_size=16)  # 480 slices trained on an epoch
     per_epoch = VALIDATION_SLICES_PER_TRAINED * 480
