@@ -60,10 +60,10 @@ def _test(predictor, folders: Sequence[Path]) -> dict:
 
 def _prepared(folders: Sequence[Path], options: TrainingOptions, plan_of=None):
     """The engine's preparation (as ``train`` does it), optionally with another label encoding."""
-    plan, summaries, _ = plan_task_datasets(folders, log=_quiet, keep_cases=True)
+    plan, summaries, _ = plan_task_datasets(folders, log=_quiet)
     method_plan = plan_of(plan) if plan_of else plan
-    tasks = [prepare_task(s.task, method_plan, options.input_size, options.val_fraction, options.seed, options.axis,
-                          s.cases) for s in summaries]
+    tasks = [prepare_task(s.task, method_plan, options.input_size, options.val_fraction, options.seed, options.axis)
+             for s in summaries]
     return method_plan, tasks
 
 

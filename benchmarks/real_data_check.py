@@ -183,9 +183,9 @@ def _run(name: str, fn: Callable[[], SegmentationModel], folders: Sequence[Path]
 
 def run_check(folders: Sequence[Path], work: Path, logs: Path, options: TrainingOptions) -> dict:
     """Prepare the tasks as ``train`` does, count slices, run the look-alike check and the three methods."""
-    plan, summaries, appearance = plan_task_datasets(folders, log=_file_log(logs / "plan.log"), keep_cases=True)
-    prepared = [prepare_task(s.task, plan, options.input_size, options.val_fraction, options.seed, options.axis,
-                             s.cases) for s in summaries]
+    plan, summaries, appearance = plan_task_datasets(folders, log=_file_log(logs / "plan.log"))
+    prepared = [prepare_task(s.task, plan, options.input_size, options.val_fraction, options.seed, options.axis)
+                for s in summaries]
     names = [t.name for t in prepared]
     slices = {t.name: len(t.images) for t in prepared}
     lookalike = {**appearance.to_dict(), "warnings": appearance.warnings()}

@@ -171,20 +171,17 @@ def compare_tasks(cases: Mapping[str, Iterable], per_task: int = 300, seed: int 
     return Appearance(tuple(names), task_confusion(thumbnails, per_task, seed))
 
 
-def compare_datasets(datasets: Sequence, loaded: Mapping[str, Sequence] | None = None) -> Appearance:
+def compare_datasets(datasets: Sequence, thumbnails: Mapping[str, Sequence[np.ndarray]] | None = None) -> Appearance:
     """Run the look-alike check on task datasets, reading each case's image one at a time.
 
     Args:
         datasets: ``TaskDataset`` objects.
-        loaded: task name -> its already loaded (image, label) training pairs, to skip reading.
+        thumbnails: task name -> its training cases' thumbnails (:func:`case_thumbnails`),
+            computed while the cases were read for planning, to skip reading them again.
     """
     from labelsharing.imageio import read_image
 
-    loaded = loaded or {}
-
-    def images(dataset):
-        if loaded.get(dataset.name):
-            return (image for image, _ in loaded[dataset.name])
-        return (read_image(case.image) for case in dataset.training)
-
-    return compare_tasks({d.name: images(d) for d in datasets})
+    thumbnails = thumbnails or {}
+    per_task = {d.name: list(thumbnails.get(d.name) or [case_thumbnails(read_image(c.image)) for c in d.training])
+                for d in datasets}
+    return Appearance(tuple(per_task), task_confusion(list(per_task.values())))

@@ -165,6 +165,18 @@ class RunFolder:
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
+    @contextmanager
+    def removed_on_failure(self, active: bool = True) -> Iterator[None]:
+        """Remove the folder if the block fails (when ``active``: a run this process just
+        started). A run that fails before training, on a broken case say, leaves nothing to resume."""
+        completed = False
+        try:
+            yield
+            completed = True
+        finally:
+            if active and not completed:
+                self.remove()
+
 
 @contextmanager
 def claim_output(out: Path, inputs: Sequence[str | Path], force: bool, identity: Mapping, resume: bool,
@@ -207,9 +219,13 @@ def resume_command(command: Sequence[str] | None) -> str:
     return " ".join(shlex.quote(a) for a in ["labelsharing", *arguments])
 
 
+#: Options a resumed run may change: they do not change what is computed.
+_FREE_OPTIONS = ("device", "slice_memory_mb")
+
+
 def run_options(options) -> dict:
     """The options that must not change between an interrupted run and its resumption."""
-    return {key: value for key, value in vars(options).items() if key != "device"}
+    return {key: value for key, value in vars(options).items() if key not in _FREE_OPTIONS}
 
 
 def trainer_checkpoint(trainer_state: Mapping, result, epoch: int, seconds: float) -> dict:

@@ -18,6 +18,7 @@ from typing import Sequence
 from labelsharing import __version__
 from labelsharing.errors import LabelSharingError, file_error_message
 from labelsharing.progress import PROGRESS_MODES, ProgressReporter
+from labelsharing.slice_store import DEFAULT_SLICE_MEMORY_MB
 
 __all__ = ["main", "build_parser"]
 
@@ -68,7 +69,8 @@ def _cmd_train(args: argparse.Namespace, progress: ProgressReporter) -> int:
     options = TrainingOptions(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, time_budget=args.time_budget,
                               batch_size=args.batch_size, input_size=args.input_size,
                               features=args.features, learning_rate=args.lr, val_fraction=args.val_fraction,
-                              device=args.device, seed=args.seed, axis=args.axis)
+                              device=args.device, seed=args.seed, axis=args.axis, val_every=args.val_every,
+                              slice_memory_mb=args.slice_memory)
     train(args.datasets, args.out, options, pins=read_pins(args.pins) if args.pins else None, force=args.force,
           progress=progress, log=_log_for(progress), resume=args.resume, command=args.argv)
     return 0
@@ -81,7 +83,8 @@ def _cmd_add_task(args: argparse.Namespace, progress: ProgressReporter) -> int:
 
     options = TrainingOptions(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, time_budget=args.time_budget,
                               batch_size=args.batch_size, learning_rate=args.lr,
-                              val_fraction=args.val_fraction, device=args.device, seed=args.seed)
+                              val_fraction=args.val_fraction, device=args.device, seed=args.seed,
+                              val_every=args.val_every, slice_memory_mb=args.slice_memory)
     add_task(args.model, args.dataset, args.out, options, replay=args.replay,
              pins=read_pins(args.pins) if args.pins else None, force=args.force, progress=progress,
              log=_log_for(progress), resume=args.resume, command=args.argv)
@@ -292,6 +295,12 @@ def _add_training_flags(parser: argparse.ArgumentParser, epochs: int = 25, lr: f
                              "slices per step)")
     parser.add_argument("--lr", type=_learning_rate, default=lr, help=f"[OPTIONAL] peak AdamW learning rate ({lr:g})")
     parser.add_argument("--seed", type=_seed, default=0, help="[OPTIONAL] random seed (0); repeatable on the CPU")
+    parser.add_argument("--val-every", type=_positive_int, default=None, metavar="N",
+                        help="[OPTIONAL] validate every N epochs, and the first and last (default: every epoch, or "
+                             "every few when the held-out cases have many more slices than an epoch trains on)")
+    parser.add_argument("--slice-memory", type=_megabytes, default=DEFAULT_SLICE_MEMORY_MB, metavar="MB",
+                        help=f"[OPTIONAL] training slices kept in RAM ({DEFAULT_SLICE_MEMORY_MB:g} MB); those beyond "
+                             "are kept in a memory-mapped file in the run's working folder (same results, less RAM)")
     parser.add_argument("--resume", action="store_true",
                         help="[OPTIONAL] continue an interrupted run of this same command from its last end-of-epoch "
                              "checkpoint (kept in <out's folder>/.<out's name>.work/ until the model is written)")
@@ -332,6 +341,13 @@ def _minutes(text: str) -> float:
     return value
 
 
+def _megabytes(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of MB >= 0, got {text}")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = _number(text)
     if not 0 <= value < 1:
@@ -361,9 +377,10 @@ _TYPE_LIMITS = {
     _positive_int: {"minimum": 1},
     _fraction: {"minimum": 0.0, "maximum": 1.0, "maximum_exclusive": True},
     _learning_rate: {"minimum": 0.0, "minimum_exclusive": True, "maximum": 1.0},
+    _megabytes: {"minimum": 0.0},
 }
 _DEFAULTS_COMMANDS = ("train", "add-task")
-_DEFAULTS_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "lr", "replay", "val_fraction")
+_DEFAULTS_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "lr", "replay", "val_fraction", "slice_memory")
 
 
 def training_defaults() -> dict:

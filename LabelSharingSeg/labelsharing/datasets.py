@@ -24,6 +24,7 @@ from typing import Callable, Iterator, Mapping
 import numpy as np
 import SimpleITK as sitk
 
+from labelsharing.appearance import case_thumbnails
 from labelsharing.errors import LabelSharingError
 from labelsharing.imageio import (
     MAX_LABEL_VALUE,
@@ -93,7 +94,7 @@ class TaskSummary:
     stats: dict[str, LabelStats]
     dimension: int
     warnings: list[str]
-    cases: tuple[tuple[sitk.Image, sitk.Image], ...] = ()
+    thumbnails: tuple[np.ndarray, ...] = ()
 
 
 def read_task_dataset(folder: str | Path) -> TaskDataset:
@@ -143,8 +144,8 @@ def read_task_dataset(folder: str | Path) -> TaskDataset:
 
 
 def inspect_task_dataset(task: TaskDataset, progress: Callable[[int, int], None] | None = None,
-                         keep_cases: bool = False) -> TaskSummary:
-    """Load every training pair, check it, and measure each label's size.
+                         thumbnails: bool = False) -> TaskSummary:
+    """Load every training pair, one at a time, check it, and measure each label's size.
 
     Checks: image/label size and geometry agree, label values are declared, all cases have
     the same dimension. A declared label that never occurs is a warning.
@@ -152,21 +153,22 @@ def inspect_task_dataset(task: TaskDataset, progress: Callable[[int, int], None]
     Args:
         task: the dataset.
         progress: called as ``progress(done, total)`` after each case.
-        keep_cases: keep the loaded (image, label) pairs in ``TaskSummary.cases``, so that
-            training does not read every file a second time.
+        thumbnails: also keep each case's appearance thumbnails (``TaskSummary.thumbnails``, see
+            :func:`~labelsharing.appearance.case_thumbnails`), so that the look-alike check does
+            not read every image a second time. No volume is kept.
 
     Raises:
         LabelSharingError: naming the file and the fix, on the first broken case.
     """
     dims: set[int] = set()
-    kept: list[tuple[sitk.Image, sitk.Image]] = []
+    kept: list[np.ndarray] = []
 
     def arrays() -> Iterator[np.ndarray]:
         for index, case in enumerate(task.training):
             image, label = load_case(task, case)
             dims.add(image.GetDimension())
-            if keep_cases:
-                kept.append((image, label))
+            if thumbnails:
+                kept.append(case_thumbnails(image))
             yield sitk.GetArrayViewFromImage(label)
             if progress is not None:
                 progress(index + 1, len(task.training))
@@ -179,7 +181,7 @@ def inspect_task_dataset(task: TaskDataset, progress: Callable[[int, int], None]
         for name, s in stats.items()
         if s.presence == 0
     ]
-    return TaskSummary(task=task, stats=stats, dimension=dims.pop(), warnings=notes, cases=tuple(kept))
+    return TaskSummary(task=task, stats=stats, dimension=dims.pop(), warnings=notes, thumbnails=tuple(kept))
 
 
 def load_case(task: TaskDataset, case: Case):

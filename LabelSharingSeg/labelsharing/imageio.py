@@ -27,6 +27,7 @@ __all__ = [
     "MAX_LABEL_VALUE",
     "SegmentInfo",
     "read_image",
+    "read_image_header",
     "read_label",
     "write_label",
     "write_image",
@@ -120,6 +121,27 @@ def read_image(path: str | Path) -> sitk.Image:
                 "values (e.g. the image's minimum) before training or prediction."
             )
     return image
+
+
+def read_image_header(path: str | Path) -> sitk.ImageFileReader:
+    """The geometry of an image file, without reading its pixels.
+
+    Returns:
+        a reader after ``ReadImageInformation``: like a :class:`SimpleITK.Image` it answers
+        ``GetSize``, ``GetSpacing``, ``GetOrigin``, ``GetDirection`` and ``GetDimension``, so slices can
+        be planned and counted (:class:`~labelsharing.orientation.Slicing`) before any volume is loaded.
+
+    Raises:
+        LabelSharingError: naming the file, if it is missing or not an image.
+    """
+    path = _existing_file(path, "Image")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise LabelSharingError(f"Cannot read image {path}: {_first_line(exc)}") from exc
+    return reader
 
 
 def read_label(path: str | Path, labels: Mapping[str, int], reference: sitk.Image | None = None) -> sitk.Image:

@@ -24,6 +24,7 @@ from labelsharing.model import SegmentationModel, grow_output_channels, package_
 from labelsharing.orientation import Slicing
 from labelsharing.planning import summarise_tasks
 from labelsharing.progress import SILENT, ProgressReporter
+from labelsharing.slice_store import SliceStore
 from labelsharing.tables import format_table
 from labelsharing.checkpoint import RunFolder, claim_output, run_options
 from labelsharing.training import Log, TrainingOptions, describe_processes, fit, history_entry, main_process_output, \
@@ -77,11 +78,13 @@ def add_task(
     with claim_output(out, [model_dir, dataset], force, identity, resume, command) as run:
         context = start_distributed(options.device)
         try:
-            with context.together():
-                model, tasks, shares, before = _prepare(model_dir, dataset, options, replay, pins, context,
-                                                        *main_process_output(context, progress, log))
+            with context.together():  # the working folder first: slices beyond --slice-memory are kept there
                 if context.is_main and not resume:
                     run.start()
+            with run.removed_on_failure(context.is_main and not resume), context.together():
+                model, tasks, shares, before = _prepare(model_dir, dataset, options, replay, pins, context,
+                                                        SliceStore(run.folder, options.slice_memory_mb),
+                                                        *main_process_output(context, progress, log))
             return _fine_tune(model, tasks, shares, before, model_dir, Path(dataset), out, options, replay, force,
                               context, run, *main_process_output(context, progress, log))
         finally:
@@ -89,14 +92,15 @@ def add_task(
 
 
 def _prepare(model_dir: Path, dataset, options: TrainingOptions, replay: float, pins, context: DistributedContext,
-             progress: ProgressReporter, log: Log):
-    """The parent model grown for the new task, the prepared tasks, draw shares and Dice before."""
+             store: SliceStore, progress: ProgressReporter, log: Log):
+    """The parent model grown for the new task, the prepared tasks (slices in ``store``), draw
+    shares and Dice before."""
     device = context.device
     log(describe_processes(context))
     parent = SegmentationModel.load(model_dir, device=str(device))
-    summary = summarise_tasks([dataset], progress, keep_cases=True)[0]
+    summary = summarise_tasks([dataset], progress, thumbnails=True)[0]
     name = summary.task.name
-    appearance = compare_datasets([summary.task, *_old_datasets(parent)], {name: summary.cases})
+    appearance = compare_datasets([summary.task, *_old_datasets(parent)], {name: summary.thumbnails})
     look_alike = [t for pair in appearance.look_alike_pairs(involving=name) for t in pair
                   if t != name and t in parent.plan.task_names]
     terminology = {name: summary.task.terminology, **{t: {n: e["terminology"] for n, e in entry["labels"].items()
@@ -114,8 +118,8 @@ def _prepare(model_dir: Path, dataset, options: TrainingOptions, replay: float, 
             f"the output layer grows to {plan.n_shared} shared labels (new channels start from background).")
     input_size = parent.input_size
     new_task = prepare_task(summary.task, plan, input_size, options.val_fraction, options.seed, options.axis,
-                            summary.cases)
-    old_tasks = _prepare_old_tasks(parent, plan, replay, log)
+                            store=store)
+    old_tasks = _prepare_old_tasks(parent, plan, replay, log, store)
     config.update(plan=plan.to_dict(), parent=str(model_dir.resolve()), versions=package_versions(),
                   parameters=sum(p.numel() for p in network.parameters()), appearance=appearance.to_dict())
     config["tasks"][name] = task_config(new_task, plan)
@@ -160,9 +164,11 @@ def _old_datasets(parent: SegmentationModel) -> list:
     return [read_task_dataset(f) for f in folders if f and (Path(f) / "dataset.json").is_file()]
 
 
-def _prepare_old_tasks(parent: SegmentationModel, plan, replay: float, log: Log) -> list[PreparedTask]:
-    """Old tasks' data, prepared with their stored preprocessing and their own validation split;
-    without replay only their validation cases are read (to measure forgetting)."""
+def _prepare_old_tasks(parent: SegmentationModel, plan, replay: float, log: Log,
+                       store: SliceStore | None = None) -> list[PreparedTask]:
+    """Old tasks' data, prepared with their stored preprocessing and their own validation split
+    (slices in ``store``, default RAM); without replay only their validation cases are read (to
+    measure forgetting)."""
     prepared, missing = [], []
     for task_name, entry in parent.config["tasks"].items():
         folder = entry.get("dataset")
@@ -174,7 +180,7 @@ def _prepare_old_tasks(parent: SegmentationModel, plan, replay: float, log: Log)
         prepared.append(prepare_task(dataset, plan, parent.input_size, val_fraction, seed,
                                      normalization=entry["normalization"],
                                      validation_ids=entry.get("validation_cases"), slicing=Slicing.from_config(entry),
-                                     validation_only=replay == 0))  # not replayed: only measured
+                                     validation_only=replay == 0, store=store))  # not replayed: only measured
     if missing and replay > 0:
         raise LabelSharingError(
             "Replay needs the old tasks' training data, but these dataset folders are missing: "

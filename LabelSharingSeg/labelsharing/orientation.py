@@ -123,6 +123,11 @@ class Slicing:
         height, width = self._in_plane(image, image.GetSize())
         return int(height), int(width)
 
+    def slice_count(self, image: sitk.Image) -> int:
+        """Number of slices of ``image`` (an image, or its header: :func:`~labelsharing.imageio.read_image_header`)."""
+        height, width = self.slice_shape(image)
+        return int(np.prod(image.GetSize())) // (height * width)
+
     def pixel_spacing(self, image: sitk.Image) -> tuple[float, float]:
         """(row, column) spacing in mm of the slices of ``image``."""
         row, column = self._in_plane(image, image.GetSpacing())

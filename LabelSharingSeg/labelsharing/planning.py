@@ -23,10 +23,10 @@ __all__ = ["summarise_tasks", "plan_tasks", "plan_task_datasets", "plan_table"]
 
 
 def summarise_tasks(folders: Sequence[str | Path], progress: ProgressReporter = SILENT,
-                    keep_cases: bool = False) -> list[TaskSummary]:
-    """Read, validate and measure each task dataset folder.
+                    thumbnails: bool = False) -> list[TaskSummary]:
+    """Read, validate and measure each task dataset folder, one case at a time.
 
-    ``keep_cases`` keeps the loaded images in the summaries (see ``inspect_task_dataset``).
+    ``thumbnails`` keeps each case's appearance thumbnails in the summaries (see ``inspect_task_dataset``).
 
     Raises:
         LabelSharingError: on the first invalid dataset, or two datasets with one task name.
@@ -44,7 +44,7 @@ def summarise_tasks(folders: Sequence[str | Path], progress: ProgressReporter = 
     summaries = []
     for task in tasks:
         with progress.track(f"checking {task.name}", total=len(task.training), unit="case") as advance:
-            summaries.append(inspect_task_dataset(task, lambda done, total: advance(), keep_cases))
+            summaries.append(inspect_task_dataset(task, lambda done, total: advance(), thumbnails))
     return summaries
 
 
@@ -63,19 +63,17 @@ def plan_task_datasets(
     pins: Mapping[str, Mapping[str, int]] | None = None,
     progress: ProgressReporter = SILENT,
     log: Callable[[str], None] = print,
-    keep_cases: bool = False,
 ) -> tuple[SharedLabelPlan, list[TaskSummary], Appearance]:
     """Check and measure the datasets, run the look-alike check, build their plan, and report
-    the warnings of all three.
+    the warnings of all three. Each case is read once, and no volume is kept.
 
     Returns:
-        the plan, the task summaries (with the loaded cases if ``keep_cases``) and the
-        look-alike check's result.
+        the plan, the task summaries (with their cases' thumbnails) and the look-alike check's result.
     """
     from labelsharing.appearance import compare_datasets
 
-    summaries = summarise_tasks(folders, progress, keep_cases)
-    appearance = compare_datasets([s.task for s in summaries], {s.task.name: s.cases for s in summaries})
+    summaries = summarise_tasks(folders, progress, thumbnails=True)
+    appearance = compare_datasets([s.task for s in summaries], {s.task.name: s.thumbnails for s in summaries})
     plan = plan_tasks(summaries, pins, appearance.groups())
     for note in [w for s in summaries for w in s.warnings] + appearance.warnings() + plan.warnings:
         log(f"warning: {note}")

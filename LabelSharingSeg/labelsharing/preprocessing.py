@@ -41,7 +41,7 @@ ORIENTATION = "LPS"
 PLANES = ("sagittal", "coronal", "axial")
 
 
-def fit_ct_normalization(images: Iterable[np.ndarray], labels: Iterable[np.ndarray], samples: int = 20000) -> dict:
+def fit_ct_normalization(cases: Iterable[tuple[np.ndarray, np.ndarray]], samples: int = 20000) -> dict:
     """CT normalisation from a task's training data, as nnU-Net does.
 
     Intensities inside the labelled foreground of all training images are pooled (a random
@@ -49,8 +49,8 @@ def fit_ct_normalization(images: Iterable[np.ndarray], labels: Iterable[np.ndarr
     after clipping to it.
 
     Args:
-        images: HU arrays, any shape.
-        labels: the matching label arrays (foreground > 0).
+        cases: (HU array, label array) pairs, any shape (foreground: label > 0); iterated once,
+            so a generator that loads one case at a time keeps memory to one case.
         samples: foreground voxels kept per image.
 
     Returns:
@@ -58,7 +58,7 @@ def fit_ct_normalization(images: Iterable[np.ndarray], labels: Iterable[np.ndarr
     """
     rng = np.random.default_rng(0)
     pooled = []
-    for image, label in zip(images, labels):
+    for image, label in cases:
         values = np.asarray(image)[np.asarray(label) > 0]
         if values.size > samples:
             values = rng.choice(values, samples, replace=False)

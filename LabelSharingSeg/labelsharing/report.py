@@ -78,9 +78,9 @@ def _plot_curves(history: Sequence[Mapping], path: Path) -> None:
         epochs = run["epochs"]
         x = [offset + e["epoch"] for e in epochs]
         ax_loss.plot(x, [e["loss"] for e in epochs], label=f"{run['kind']} ({', '.join(run['tasks'])})")
-        for task in (epochs[-1]["val_dice"] if epochs else {}):
-            ax_dice.plot(x, [e["val_dice"].get(task, {}).get("mean", np.nan) for e in epochs],
-                         label=f"{task} ({run['kind']})")
+        for task in (epochs[-1]["val_dice"] if epochs else {}):  # validated epochs only (see --val-every)
+            validated = [(offset + e["epoch"], e["val_dice"][task]["mean"]) for e in epochs if task in e["val_dice"]]
+            ax_dice.plot(*zip(*validated), label=f"{task} ({run['kind']})")
         offset += len(epochs)
     ax_loss.set(xlabel="epoch", ylabel="Dice + CE loss", title="training loss")
     ax_dice.set(xlabel="epoch", ylabel="validation Dice", title="validation Dice per task", ylim=(0, 1))

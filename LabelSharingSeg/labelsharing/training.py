@@ -1,10 +1,13 @@
 """Training one shared-label UNet on all tasks.
 
-All tasks' slices are pooled with shared labels and drawn with task-balanced weights; the
-loss is Dice + cross-entropy (MONAI ``DiceCELoss``), the optimiser AdamW with a linear
-warm-up then cosine decay. Each epoch ends with Dice per task and label on held-out cases,
+All tasks' slices are pooled with shared labels and drawn with task-balanced weights, a batch
+at a time, and augmented as one tensor on the training device (:mod:`labelsharing.augmentation`);
+the loss is Dice + cross-entropy (MONAI ``DiceCELoss``), the optimiser AdamW with a linear
+warm-up then cosine decay. Validated epochs end with Dice per task and label on held-out cases,
 computed by the same :class:`~labelsharing.inference.Predictor` that inference uses, and the
-best weights (mean Dice over tasks) are kept. The model folder is written only at the end.
+best weights (mean Dice over tasks) are kept. Every epoch is validated unless the held-out
+cases hold many slices: then every N-th (:func:`validation_interval`), so that validation does
+not dominate the run. The model folder is written only at the end.
 
 Nothing is lost to an interruption: every epoch ends with a checkpoint in the run's working
 folder (:mod:`labelsharing.checkpoint`), and ``resume=True`` continues from it with the same
@@ -28,10 +31,12 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from labelsharing.augmentation import augment_batch
 from labelsharing.checkpoint import RunFolder, claim_output, epoch_seed, restore_trainer, run_options, \
     trainer_checkpoint
 from labelsharing.distributed import DistributedContext, start_distributed
 from labelsharing.errors import LabelSharingError
+from labelsharing.imageio import read_image_header
 from labelsharing.model import SegmentationModel, build_network, default_architecture, label_color, package_versions
 from labelsharing.model_folder import build_model_config
 from labelsharing.orientation import plan_slicing
@@ -39,10 +44,11 @@ from labelsharing.plan import SharedLabelPlan
 from labelsharing.planning import plan_task_datasets
 from labelsharing.preprocessing import choose_input_size
 from labelsharing.progress import SILENT, ProgressReporter
-from labelsharing.training_data import PreparedTask, SharedSliceDataset, prepare_task, sampling_weights, \
-    training_transforms
+from labelsharing.slice_store import DEFAULT_SLICE_MEMORY_MB, SliceStore
+from labelsharing.training_data import PooledSlices, PreparedTask, prepare_task, sampling_weights
+from labelsharing.validation import validation_dice, validation_interval
 
-__all__ = ["TrainingOptions", "FitResult", "train", "fit", "task_config", "validation_dice",
+__all__ = ["TrainingOptions", "FitResult", "train", "fit", "task_config", "validation_dice", "validation_interval",
            "main_process_output", "describe_processes"]
 
 Log = Callable[[str], None]
@@ -57,6 +63,10 @@ class TrainingOptions:
     the data set's size), followed by validation. Under ``torchrun`` every process makes these
     steps with its own draws (``batch_size`` is per process). ``time_budget`` (minutes), if given,
     replaces ``epochs``: the number of epochs is fitted to the time after the first epoch.
+    ``val_every`` validates every that many epochs (and the first and last); default: see
+    :func:`validation_interval`. ``slice_memory_mb``: the training slices kept in RAM; those
+    beyond go to a memory-mapped file in the run's working folder
+    (:class:`~labelsharing.slice_store.SliceStore`); results do not depend on it.
     """
 
     epochs: int = 25
@@ -72,6 +82,8 @@ class TrainingOptions:
     device: str = "auto"
     seed: int = 0
     axis: int | None = None
+    val_every: int | None = None
+    slice_memory_mb: float = DEFAULT_SLICE_MEMORY_MB
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.features < 1 or self.steps_per_epoch < 1:
@@ -92,6 +104,10 @@ class TrainingOptions:
                                     f"got {self.input_size}.")
         if not 0 <= self.val_fraction < 1:
             raise LabelSharingError(f"--val-fraction must lie in [0, 1), got {self.val_fraction}.")
+        if self.val_every is not None and self.val_every < 1:
+            raise LabelSharingError(f"--val-every must be at least 1, got {self.val_every}.")
+        if not (math.isfinite(self.slice_memory_mb) and self.slice_memory_mb >= 0):
+            raise LabelSharingError(f"--slice-memory must be a number of MB >= 0, got {self.slice_memory_mb}.")
 
 
 @dataclass
@@ -182,16 +198,18 @@ def _train(datasets, out: Path, options: TrainingOptions, pins, force: bool, con
     import torch
 
     device = context.device
-    with context.together():
-        plan, summaries, appearance = plan_task_datasets(datasets, pins, progress, log, keep_cases=True)
+    with context.together():  # the working folder first: slices beyond --slice-memory are kept there
+        if context.is_main and not resume:
+            run.start()
+    with run.removed_on_failure(context.is_main and not resume), context.together():
+        plan, summaries, appearance = plan_task_datasets(datasets, pins, progress, log)
         log(describe_processes(context))
-        loaded = {s.task.name: s.cases for s in summaries}
-        input_size = options.input_size or _default_input_size(loaded, options.axis)
-        tasks = [prepare_task(s.task, plan, input_size, options.val_fraction, options.seed, options.axis, s.cases)
+        input_size = options.input_size or _default_input_size([s.task for s in summaries], options.axis)
+        store = SliceStore(run.folder, options.slice_memory_mb)
+        tasks = [prepare_task(s.task, plan, input_size, options.val_fraction, options.seed, options.axis, store=store)
                  for s in summaries]
         log(f"{sum(len(t.images) for t in tasks)} training slices of {input_size}x{input_size} from "
-            f"{len(tasks)} tasks; {plan.n_shared} shared labels")
-        del summaries, loaded  # the loaded volumes: only slices and validation cases are needed from here
+            f"{len(tasks)} tasks ({store.describe()}); {plan.n_shared} shared labels")
 
     torch.manual_seed(options.seed)
     architecture = default_architecture(plan.n_shared + 1, options.features)
@@ -200,8 +218,6 @@ def _train(datasets, out: Path, options: TrainingOptions, pins, force: bool, con
                                 parameters=sum(p.numel() for p in network.parameters()), versions=package_versions(),
                                 appearance=appearance.to_dict())
     model = SegmentationModel(config=config, network=network)
-    if context.is_main and not resume:
-        run.start()
     result = fit(model, tasks, options, device, progress=progress, log=log, context=context, run=run)
     with context.together():  # the others wait for the main process to write (and hear if it fails)
         if context.is_main:
@@ -231,12 +247,14 @@ def history_entry(kind: str, options: TrainingOptions, device, result: FitResult
     }
 
 
-def _default_input_size(loaded: Mapping[str, Sequence], axis: int | None) -> int:
-    """Per task, the median longer side of its slices at its target spacing; see :func:`choose_input_size`."""
+def _default_input_size(tasks: Sequence, axis: int | None) -> int:
+    """Per task, the median longer side of its slices at its target spacing (from the files'
+    headers); see :func:`choose_input_size`."""
     per_task = []
-    for pairs in loaded.values():
-        slicing = plan_slicing([image for image, _ in pairs], axis)
-        sides = [max(slicing.resampled_shape(image)) for image, _ in pairs]
+    for task in tasks:
+        headers = [read_image_header(case.image) for case in task.training]
+        slicing = plan_slicing(headers, axis)
+        sides = [max(slicing.resampled_shape(header)) for header in headers]
         per_task.append((int(np.median(sides)),) * 2)
     return choose_input_size(per_task)
 
@@ -259,7 +277,8 @@ def fit(
 
     Args:
         model: network and config (the config's ``tasks`` entries drive validation).
-        tasks: prepared tasks; their ``validation`` cases give the per-epoch Dice.
+        tasks: prepared tasks; their ``validation`` cases give the Dice of validated epochs
+            (every epoch, or every N-th: :func:`~labelsharing.validation.validation_interval`).
         options: epochs, batch size (per process), learning rate, seed.
         device: torch device.
         shares: fraction of draws per task (default: equal), e.g. for replay when adding a task.
@@ -292,12 +311,9 @@ def fit(
     if context.world_size > 1:
         trainee = torch.nn.parallel.DistributedDataParallel(
             network, device_ids=[device.index] if device.type == "cuda" else None)
-    dataset = SharedSliceDataset(tasks, training_transforms(model.input_size, options.seed))
+    pooled = PooledSlices(tasks)
+    weights = torch.as_tensor(sampling_weights(tasks, shares), dtype=torch.double)
     generator = torch.Generator()
-    sampler = torch.utils.data.WeightedRandomSampler(
-        torch.as_tensor(sampling_weights(tasks, shares), dtype=torch.double),
-        num_samples=options.steps_per_epoch * options.batch_size, replacement=True, generator=generator)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=options.batch_size, sampler=sampler, drop_last=False)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     optimizer = torch.optim.AdamW(network.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
     schedule = _Schedule(options.epochs, options.steps_per_epoch, options.warmup_fraction)
@@ -314,17 +330,24 @@ def fit(
         schedule.epochs = result.planned_epochs  # a resumed time-budget run keeps the epochs it chose
     if not selectable:
         log("note: no validation cases to choose the best epoch on; the last epoch's weights are kept.")
+    interval = validation_interval(tasks, options)
+    if interval > 1 and any(t.validation for t in tasks):
+        log(f"validating every {interval} epochs (and the first and last): {sum(t.validation_slices for t in tasks)} "
+            f"held-out slices, {options.steps_per_epoch * options.batch_size} trained on an epoch")
     images_per_step = options.batch_size * context.world_size
     start = time.perf_counter() - elapsed
     with progress.track("training", total=schedule.total, unit="step") as advance:
         advance((first_epoch - 1) * options.steps_per_epoch)
         epoch = first_epoch
         while epoch <= schedule.epochs:
-            _reseed(epoch_seed(options.seed, context.rank, epoch), generator, dataset.transforms)
+            _reseed(epoch_seed(options.seed, context.rank, epoch), generator)
+            draws = torch.multinomial(weights, options.steps_per_epoch * options.batch_size, replacement=True,
+                                      generator=generator).numpy()
             trainee.train()
             losses = []
-            for step, batch in enumerate(loader, start=1):
-                images, labels = batch["image"].to(device), batch["label"].to(device)
+            for step in range(1, options.steps_per_epoch + 1):
+                batch = pooled.batch(draws[(step - 1) * options.batch_size:step * options.batch_size])
+                images, labels = augment_batch(batch["image"].to(device), batch["label"].to(device), generator)
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                     logits = trainee(images) if forward is None else forward(trainee, images, batch["task"].to(device))
@@ -341,9 +364,13 @@ def fit(
             epoch_loss = context.mean(float(np.mean(losses)))  # every process, same place: no desynchronisation
             if not math.isfinite(epoch_loss):
                 raise _diverged(epoch, len(losses), epoch_loss, options)
+            validation_seconds, dice = 0.0, {}
+            validated = epoch == 1 or epoch % interval == 0 or epoch == schedule.epochs
             if context.is_main:  # validation, best weights and checkpoints are the main process's business
                 network.eval()
-                dice = validation_dice(model, tasks, device, predictor_factory)
+                validation_start = time.perf_counter()
+                dice = validation_dice(model, tasks, device, predictor_factory) if validated else {}
+                validation_seconds = time.perf_counter() - validation_start
                 smoothed = _smoothed_score(result.epochs, dice, selectable)
                 improved = _keep_if_best(result, network, dice, selectable, smoothed, epoch)
                 steps = epoch * options.steps_per_epoch
@@ -351,8 +378,9 @@ def fit(
                                       "loss": epoch_loss, "val_dice": dice, "val_smoothed": smoothed,
                                       "seconds": round(time.perf_counter() - start, 1)})
                 log(_epoch_line(epoch, schedule.epochs, steps, epoch_loss, dice, improved))
-            if options.time_budget is not None and epoch == first_epoch == 1:
-                schedule.fit_to_budget(options.time_budget * 60, context.mean(time.perf_counter() - start), log)
+            if options.time_budget is not None and epoch == first_epoch == 1:  # the first epoch is validated:
+                typical = time.perf_counter() - start - validation_seconds * (1 - 1 / interval)  # ... not all are
+                schedule.fit_to_budget(options.time_budget * 60, context.mean(typical), log)
                 advance(0, total=schedule.total)
             result.planned_epochs = schedule.epochs
             if context.is_main and run is not None:
@@ -398,7 +426,7 @@ class _Schedule:
 
     def fit_to_budget(self, budget_seconds: float, first_epoch_seconds: float, log: Log) -> None:
         """Choose the number of epochs that fits ``budget_seconds``, given the first epoch's time
-        (training and validation)."""
+        (training, and validation shared over the epochs of one validation interval)."""
         self.epochs = max(1, int(budget_seconds // max(first_epoch_seconds, 1e-3)))
         log(f"time budget {budget_seconds / 60:g} min: {self.epochs} epochs of {self.steps} steps "
             f"(the first took {first_epoch_seconds:.1f} s)")
@@ -445,12 +473,11 @@ def _recent_gain(epochs: Sequence[Mapping], selectable: Sequence[str]) -> float 
     return float(np.mean(curve[-window:]) - np.mean(curve[-2 * window:-window]))
 
 
-def _reseed(seed: int, generator, transforms) -> None:
-    """Seed every random stream of one epoch (sampler, augmentation, torch) from ``seed``."""
+def _reseed(seed: int, generator) -> None:
+    """Seed every random stream of one epoch (draws and augmentation, torch) from ``seed``."""
     import torch
 
     generator.manual_seed(seed)
-    transforms.set_random_state(seed=seed)
     torch.manual_seed(seed)
 
 
@@ -460,34 +487,6 @@ def _diverged(epoch: int, step: int, value: float, options: TrainingOptions) -> 
         f"high for these data (--lr {options.learning_rate:g}); train again with a lower --lr (e.g. "
         f"{options.learning_rate / 4:g}). Nothing was written."
     )
-
-
-def validation_dice(model: SegmentationModel, tasks: Sequence[PreparedTask], device,
-                    predictor_factory: Callable | None = None) -> dict[str, dict]:
-    """Dice per task and label on each task's held-out cases (mean over cases).
-
-    ``predictor_factory(model, device)`` builds the predictor (default: ``Predictor``).
-
-    Returns:
-        ``{task: {"mean": m, "labels": {label: dice}}}`` for tasks that have validation cases in
-        which at least one of their labels occurs.
-    """
-    from labelsharing.evaluation import DiceAccumulator
-    from labelsharing.inference import Predictor
-
-    predictor = (predictor_factory or Predictor)(model, device)
-    result = {}
-    for task in tasks:
-        if not task.validation:
-            continue
-        labels = {name: entry["value"] for name, entry in model.config["tasks"][task.name]["labels"].items()}
-        accumulator = DiceAccumulator(labels)
-        for image, truth in task.validation:
-            accumulator.add(predictor.predict_image(image, task.name), truth)
-        per_label = accumulator.mean_dice()  # labels absent from every case have no Dice and are left out
-        if per_label:
-            result[task.name] = {"mean": float(np.mean(list(per_label.values()))), "labels": per_label}
-    return result
 
 
 def _epoch_line(epoch: int, epochs: int, steps: int, loss: float, dice: Mapping[str, dict], improved: bool) -> str:

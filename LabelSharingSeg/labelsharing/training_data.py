@@ -1,32 +1,40 @@
 """Training data: every task's cases as normalised, square 2D slices with shared labels.
 
-Each task is prepared once (:func:`prepare_task`): its cases are read, a normalisation is fitted
-(CT) or chosen (MR, X-ray), volumes are viewed in LPS and cut parallel to the task's plane, and
-each slice is resampled to the task's in-plane target spacing and fitted (scaled, padded) into
-``S x S`` (:mod:`labelsharing.orientation`). Labels are mapped to shared labels through the plan. Slices of
-all tasks are then pooled (:class:`SharedSliceDataset`) and drawn with task-balanced weights
-(:func:`sampling_weights`) so that a task with many slices does not drown a small one.
+Each task is prepared once (:func:`prepare_task`): a normalisation is fitted (CT) or chosen (MR,
+X-ray), volumes are viewed in LPS and cut parallel to the task's plane, and each slice is
+resampled to the task's in-plane target spacing and fitted (scaled, padded) into ``S x S``
+(:mod:`labelsharing.orientation`). Labels are mapped to shared labels through the plan. Slices
+of all tasks are then pooled where they lie (:class:`PooledSlices`) and drawn with task-balanced
+weights (:func:`sampling_weights`) so that a task with many slices does not drown a small one.
 
-Memory: slices are kept in memory as float16 images and uint8 labels, ``2 * S * S * 1.5``
-bytes per slice (about 200 kB at S=256).
+Memory: the slices are counted from the files' headers first, then the cases are read one at a
+time and each case's slices are written straight into the task's block of the run's
+:class:`~labelsharing.slice_store.SliceStore` (float16 images, uint8 labels: ``3 * S * S`` bytes a
+slice, 192 kB at S = 256; in RAM, or memory-mapped for large sets). No volume outlives its case,
+and no second copy of the slices is made. Held-out validation cases are read again each time
+validation needs them (:meth:`PreparedTask.load_validation`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
 from labelsharing.datasets import Case, TaskDataset, load_case
 from labelsharing.errors import LabelSharingError
+from labelsharing.imageio import read_image_header
 from labelsharing.orientation import Slicing, plan_slicing
 from labelsharing.plan import SharedLabelPlan
 from labelsharing.preprocessing import NORMALIZATION_BY_MODALITY, SquareFit, fit_ct_normalization, normalize_intensities
+from labelsharing.slice_store import SliceStore, label_dtype
 
-__all__ = ["PreparedTask", "prepare_task", "split_cases", "SharedSliceDataset", "sampling_weights",
-           "training_transforms"]
+__all__ = ["PreparedTask", "prepare_task", "split_cases", "PooledSlices", "sampling_weights"]
+
+#: Slices fitted at a time: bounds the float32 and int64 temporaries of a long volume.
+_CHUNK = 32
 
 
 @dataclass
@@ -37,11 +45,14 @@ class PreparedTask:
         name: task name.
         dataset: the task's dataset folder.
         modality, normalization, slicing: preprocessing stored in the model for inference.
-        images: (n, S, S) float16 normalised slices. labels: (n, S, S) uint8 shared labels.
+        images: (n, S, S) float16 normalised slices; labels: (n, S, S) uint8 (uint16 past 255
+            shared labels) shared labels. Both are a block of the run's slice store, in RAM or
+            memory-mapped (:class:`~labelsharing.slice_store.SliceStore`).
         foreground: (n,) bool, slice holds any label.
-        validation: held-out cases as (image, task-label array) for Dice during training.
-        validation_ids: the held-out cases' ids, stored in ``model.json`` so that a later
+        validation: the held-out cases, for Dice during training; read when needed
+            (:meth:`load_validation`). Their ids are stored in ``model.json`` so that a later
             ``add-task`` validates (and never trains) on exactly these cases.
+        validation_slices: the number of slices of the held-out cases (what one validation predicts).
     """
 
     name: str
@@ -51,9 +62,20 @@ class PreparedTask:
     images: np.ndarray
     labels: np.ndarray
     foreground: np.ndarray
-    validation: list[tuple[sitk.Image, np.ndarray]] = field(default_factory=list)
-    validation_ids: tuple[str, ...] = ()
+    validation: list[Case] = field(default_factory=list)
     slicing: Slicing = field(default_factory=Slicing)
+    validation_slices: int = 0
+
+    @property
+    def validation_ids(self) -> tuple[str, ...]:
+        """The held-out cases' ids."""
+        return tuple(case.case_id for case in self.validation)
+
+    def load_validation(self) -> Iterator[tuple[sitk.Image, np.ndarray]]:
+        """The held-out cases as (image, task-label array), read one at a time."""
+        for case in self.validation:
+            image, label = load_case(self.dataset, case)
+            yield image, sitk.GetArrayFromImage(label)
 
 
 def split_cases(cases: Sequence[Case], val_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
@@ -73,13 +95,13 @@ def prepare_task(
     val_fraction: float = 0.2,
     seed: int = 0,
     axis: int | None = None,
-    loaded: Sequence[tuple[sitk.Image, sitk.Image]] | None = None,
     normalization: dict | None = None,
     validation_ids: Sequence[str] | None = None,
     slicing: Slicing | None = None,
     validation_only: bool = False,
+    store: SliceStore | None = None,
 ) -> PreparedTask:
-    """Load, normalise, slice and square-fit one task's training cases.
+    """Normalise, slice and square-fit one task's training cases, one case at a time.
 
     Args:
         dataset: the task.
@@ -89,19 +111,20 @@ def prepare_task(
         seed: fixes the validation split.
         axis: force the plane of 3D images by the LPS axis it cuts across (0 = sagittal,
             1 = coronal, 2 = axial); default: :func:`~labelsharing.orientation.plan_slicing`.
-        loaded: the (image, label) pairs of ``dataset.training`` if already loaded.
         normalization: a stored normalisation to reuse (an existing model's task) instead of
-            fitting one.
+            fitting one (a CT normalisation is fitted in a first pass over the training cases).
         validation_ids: a stored validation split (an existing model's task) to reuse instead
             of drawing one with ``val_fraction`` and ``seed``.
         slicing: a stored slicing (an existing model's task) to reuse instead of planning one
             from the task's training images (``axis`` is then ignored).
-        validation_only: read only the validation cases and prepare no training slices (an old
-            task that is measured but not replayed); needs the stored ``normalization`` and
-            ``slicing``.
+        validation_only: prepare no training slices and read no case, only the held-out cases'
+            headers (an old task that is measured but not replayed); needs the stored
+            ``normalization`` and ``slicing``.
+        store: where the slices go (default: a store in RAM).
 
     Raises:
-        LabelSharingError: a stored validation case is no longer in the dataset.
+        LabelSharingError: a stored validation case is no longer in the dataset; unreadable or
+            inconsistent cases (:func:`~labelsharing.datasets.load_case`).
     """
     if validation_ids is None:
         train_cases, val_cases = split_cases(dataset.training, val_fraction, seed)
@@ -111,36 +134,44 @@ def prepare_task(
         if normalization is None or slicing is None:
             raise ValueError("validation_only needs the stored normalization and slicing")
         train_cases = []
-    if loaded is not None:
-        by_id = {case.case_id: pair for case, pair in zip(dataset.training, loaded)}
-    else:  # read each needed case once
-        by_id = {case.case_id: load_case(dataset, case) for case in [*train_cases, *val_cases]}
-    train_pairs = [by_id[c.case_id] for c in train_cases]
-    arrays = [(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(label)) for image, label in train_pairs]
-
+    planned = dataset.training if slicing is None else [*train_cases, *val_cases]
+    headers = {case.case_id: read_image_header(case.image) for case in planned}
+    if slicing is None:
+        slicing = plan_slicing([headers[c.case_id] for c in dataset.training], axis)
     scheme = NORMALIZATION_BY_MODALITY[dataset.modality]
     if normalization is None:
-        normalization = (fit_ct_normalization([a for a, _ in arrays], [b for _, b in arrays])
-                         if scheme == "ct" else {"scheme": scheme})
-    if slicing is None:
-        slicing = plan_slicing([by_id[c.case_id][0] for c in dataset.training], axis)
+        normalization = fit_ct_normalization(_arrays(dataset, train_cases)) if scheme == "ct" else {"scheme": scheme}
 
-    images, labels = [], []
-    for (image, _), (img_arr, lab_arr) in zip(train_pairs, arrays):
-        slices = slicing.slices(normalize_intensities(img_arr, normalization), image)
-        shared = slicing.slices(plan.to_shared(dataset.name, lab_arr), image)
-        fitted_images, fitted_labels = _fit_slices(slices, shared, input_size, slicing.aspect(image))
-        images.append(fitted_images)
-        labels.append(fitted_labels)
-    empty = np.zeros((0, input_size, input_size))
-    image_stack = np.concatenate(images) if images else empty.astype(np.float16)
-    label_stack = np.concatenate(labels) if labels else empty.astype(np.uint8)
-    validation = [(by_id[c.case_id][0], sitk.GetArrayFromImage(by_id[c.case_id][1])) for c in val_cases]
+    counts = [slicing.slice_count(headers[c.case_id]) for c in train_cases]
+    images, labels = (store or SliceStore()).allocate(sum(counts), input_size, label_dtype(plan.n_shared))
+    foreground = np.zeros(len(images), dtype=bool)
+    start = 0
+    for case, count in zip(train_cases, counts):
+        image, label = load_case(dataset, case)
+        image_slices = slicing.slices(normalize_intensities(sitk.GetArrayViewFromImage(image), normalization), image)
+        label_slices = slicing.slices(sitk.GetArrayViewFromImage(label), image)
+        if len(image_slices) != count:
+            raise LabelSharingError(f"{case.image} changed while the task was prepared ({len(image_slices)} slices, "
+                                    f"{count} when its header was read). Train again once the files stay put.")
+        aspect = slicing.aspect(image)
+        for first in range(0, count, _CHUNK):
+            chunk, rows = slice(first, min(first + _CHUNK, count)), slice(start + first, start + min(first + _CHUNK, count))
+            shared = plan.to_shared(dataset.name, label_slices[chunk]).astype(labels.dtype)
+            images[rows], labels[rows] = _fit_slices(image_slices[chunk], shared, input_size, aspect)
+            foreground[rows] = labels[rows].reshape(len(shared), -1).any(axis=1)
+        start += count
     return PreparedTask(
         name=dataset.name, dataset=dataset, modality=dataset.modality, normalization=normalization,
-        images=image_stack, labels=label_stack, foreground=label_stack.reshape(len(label_stack), input_size * input_size).any(axis=1),
-        validation=validation, validation_ids=tuple(c.case_id for c in val_cases), slicing=slicing,
+        images=images, labels=labels, foreground=foreground, validation=list(val_cases), slicing=slicing,
+        validation_slices=sum(slicing.slice_count(headers[c.case_id]) for c in val_cases),
     )
+
+
+def _arrays(dataset: TaskDataset, cases: Sequence[Case]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(image, label) arrays of ``cases``, read one case at a time."""
+    for case in cases:
+        image, label = load_case(dataset, case)
+        yield sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(label)
 
 
 def _stored_split(dataset: TaskDataset, validation_ids: Sequence[str]) -> tuple[list[Case], list[Case]]:
@@ -159,16 +190,15 @@ def _stored_split(dataset: TaskDataset, validation_ids: Sequence[str]) -> tuple[
 
 def _fit_slices(slices: np.ndarray, shared: np.ndarray, size: int,
                 aspect: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """(n, H, W) image and shared-label slices -> (n, S, S) float16 images and uint8 labels
-    (``aspect``: see :class:`SquareFit`)."""
+    """(n, H, W) image and shared-label slices -> (n, S, S) float32 images and labels (uint8 if
+    ``shared`` is, else int32; ``aspect``: see :class:`SquareFit`)."""
     import torch
 
     fit = SquareFit(slices.shape[1], slices.shape[2], size, aspect)
     image_t = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))[:, None]
-    label_t = torch.from_numpy(np.ascontiguousarray(shared, dtype=np.uint8))[:, None]
-    fitted_image = fit.forward(image_t)[:, 0].numpy().astype(np.float16)
-    fitted_label = fit.forward_labels(label_t)[:, 0].numpy()
-    return fitted_image, fitted_label
+    label_type = np.uint8 if shared.dtype == np.uint8 else np.int32
+    label_t = torch.from_numpy(np.ascontiguousarray(shared, dtype=label_type))[:, None]
+    return fit.forward(image_t)[:, 0].numpy(), fit.forward_labels(label_t)[:, 0].numpy()
 
 
 def sampling_weights(tasks: Sequence[PreparedTask], shares: Mapping[str, float] | None = None) -> np.ndarray:
@@ -189,50 +219,34 @@ def sampling_weights(tasks: Sequence[PreparedTask], shares: Mapping[str, float] 
     return np.concatenate(weights)
 
 
-def training_transforms(input_size: int, seed: int):
-    """MONAI augmentation suited to medical slices: small affine, intensity scale/shift, noise.
+class PooledSlices:
+    """The training slices of several prepared tasks, pooled where they lie, drawn by batch.
 
-    No flips: left/right laterality matters (left vs right kidney or lung).
-    """
-    from monai.transforms import Compose, RandAffined, RandGaussianNoised, RandScaleIntensityd, RandShiftIntensityd
-
-    transforms = Compose([
-        RandAffined(keys=("image", "label"), prob=0.5, rotate_range=(np.pi / 18,), scale_range=(0.1, 0.1),
-                    translate_range=(0.05 * input_size, 0.05 * input_size), mode=("bilinear", "nearest"),
-                    padding_mode=("border", "zeros")),
-        RandScaleIntensityd(keys="image", factors=0.1, prob=0.3),
-        RandShiftIntensityd(keys="image", offsets=0.1, prob=0.3),
-        RandGaussianNoised(keys="image", std=0.03, prob=0.2),
-    ])
-    transforms.set_random_state(seed=seed)
-    return transforms
-
-
-class SharedSliceDataset:
-    """torch-style dataset over the pooled slices of several prepared tasks.
-
-    The tasks' slice arrays are indexed where they are, not concatenated: the training slices
-    exist once in memory. Index ``i`` runs over the tasks in order, then their slices.
-    Items are ``{"image": (1, S, S) float32, "label": (1, S, S) int64, "task": index}`` tensors.
+    The tasks' slice arrays are indexed in place, not concatenated: the training slices exist
+    once (in the store). Index ``i`` runs over the tasks in order, then their slices.
     """
 
-    def __init__(self, tasks: Sequence[PreparedTask], transforms=None):
+    def __init__(self, tasks: Sequence[PreparedTask]):
         self.tasks = list(tasks)
         self.starts = np.cumsum([0] + [len(t.images) for t in self.tasks])
-        self.transforms = transforms
 
     def __len__(self) -> int:
         return int(self.starts[-1])
 
-    def __getitem__(self, index: int) -> dict:
+    def batch(self, indices: np.ndarray) -> dict:
+        """The slices at ``indices`` (B,) as ``{"image": (B, 1, S, S) float32, "label": (B, 1, S, S)
+        int64, "task": (B,) int64 index of each slice's task}`` tensors, in the order given."""
         import torch
 
-        task_index = int(np.searchsorted(self.starts, index, side="right")) - 1
-        task, local = self.tasks[task_index], index - int(self.starts[task_index])
-        item = {"image": torch.from_numpy(task.images[local].astype(np.float32))[None],
-                "label": torch.from_numpy(task.labels[local].astype(np.float32))[None]}
-        if self.transforms is not None:
-            item = self.transforms(item)
-        image = torch.as_tensor(item["image"], dtype=torch.float32)
-        label = torch.as_tensor(item["label"]).round().long()
-        return {"image": image, "label": label, "task": task_index}
+        indices = np.asarray(indices, dtype=np.int64)
+        task_of = np.searchsorted(self.starts, indices, side="right") - 1
+        size = self.tasks[0].images.shape[-1]
+        images = np.empty((len(indices), size, size), np.float32)
+        labels = np.empty((len(indices), size, size), np.int64)
+        for task_index in np.unique(task_of):
+            chosen = task_of == task_index
+            local = indices[chosen] - self.starts[task_index]
+            images[chosen] = self.tasks[task_index].images[local]
+            labels[chosen] = self.tasks[task_index].labels[local]
+        return {"image": torch.from_numpy(images)[:, None], "label": torch.from_numpy(labels)[:, None],
+                "task": torch.from_numpy(task_of)}

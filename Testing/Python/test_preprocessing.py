@@ -25,14 +25,14 @@ def test_ct_normalization_uses_foreground_window_and_is_repeatable():
     label[:, 4:12, 4:12] = 1
     image[label == 1] = rng.normal(60, 10, int(label.sum()))  # an organ
     image[0, 0, 0] = 3000  # metal outside the foreground: must not widen the window
-    norm = fit_ct_normalization([image], [label])
+    norm = fit_ct_normalization([(image, label)])
     assert norm["scheme"] == "ct" and 20 < norm["clip"][0] < 60 < norm["clip"][1] < 100
     out = normalize_intensities(image, norm)
     assert out.dtype == np.float32
     assert abs(out[label == 1].mean()) < 0.1 and abs(out[label == 1].std() - 1) < 0.1
     np.testing.assert_array_equal(normalize_intensities(image, dict(norm)), out)  # stored dict -> same result
     with pytest.raises(LabelSharingError, match="foreground"):
-        fit_ct_normalization([image], [np.zeros_like(label)])
+        fit_ct_normalization([(image, np.zeros_like(label))])
 
 
 def test_mr_zscore_ignores_the_dark_background():

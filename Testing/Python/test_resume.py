@@ -107,14 +107,14 @@ def test_a_loss_that_becomes_nan_stops_the_run_and_writes_nothing(xr_tasks, tmp_
 
     import labelsharing.training_data as training_data
 
-    real_item = training_data.SharedSliceDataset.__getitem__
+    real_batch = training_data.PooledSlices.batch
 
-    def nan_item(self, index):
-        item = real_item(self, index)
-        item["image"] = torch.full_like(item["image"], float("nan"))
-        return item
+    def nan_batch(self, indices):
+        batch = real_batch(self, indices)
+        batch["image"] = torch.full_like(batch["image"], float("nan"))
+        return batch
 
-    monkeypatch.setattr(training_data.SharedSliceDataset, "__getitem__", nan_item)
+    monkeypatch.setattr(training_data.PooledSlices, "batch", nan_batch)
     options = TrainingOptions(epochs=2, batch_size=8, input_size=32, features=4, device="cpu")
     with pytest.raises(LabelSharingError, match=r"epoch 1, step 1: the loss became nan.*lower --lr"):
         train(xr_tasks, tmp_path / "model", options, log=lambda m: None)

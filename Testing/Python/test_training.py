@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from labelsharing.demo_data import make_demo_datasets
 from labelsharing.errors import LabelSharingError
@@ -156,7 +157,7 @@ def test_training_slices_come_only_from_training_cases_and_validation_only_from_
     held_out = {marker[c] for c in task.validation_ids}
     trained_on = {float(v) for v in np.unique(task.images)}
     assert trained_on == set(marker.values()) - held_out
-    assert {float(sitk.GetArrayViewFromImage(image).flat[0]) for image, _ in task.validation} == held_out
+    assert {float(sitk.GetArrayViewFromImage(image).flat[0]) for image, _ in task.load_validation()} == held_out
 
 
 def test_an_epoch_is_a_fixed_number_of_steps_whatever_the_data_size(tmp_path, demo_tasks):
@@ -207,8 +208,8 @@ def test_a_run_that_ends_while_validation_still_climbs_says_so(curve, rising):
     assert (None if gain is None else gain > STILL_IMPROVING) == rising
 
 
-def test_pooled_dataset_indexes_each_tasks_slices_in_place():
-    from labelsharing.training_data import SharedSliceDataset
+def test_pooled_slices_index_each_tasks_slices_in_place():
+    from labelsharing.training_data import PooledSlices
 
     a = PreparedTask(name="a", dataset=None, modality="CT", normalization={},
                      images=np.arange(3 * 4, dtype=np.float16).reshape(3, 2, 2),
@@ -216,9 +217,70 @@ def test_pooled_dataset_indexes_each_tasks_slices_in_place():
     b = PreparedTask(name="b", dataset=None, modality="CT", normalization={},
                      images=-np.ones((2, 2, 2), np.float16), labels=np.ones((2, 2, 2), np.uint8),
                      foreground=np.ones(2, bool))
-    dataset = SharedSliceDataset([a, b])
-    assert len(dataset) == 5 and dataset.tasks[0].images is a.images  # no pooled second copy
-    assert [dataset[i]["task"] for i in range(5)] == [0, 0, 0, 1, 1]
-    assert dataset[2]["image"][0].tolist() == [[8.0, 9.0], [10.0, 11.0]]
-    assert dataset[3]["image"].min() == -1 and dataset[3]["label"].max() == 1
-    assert len(sampling_weights([a, b])) == len(dataset)
+    pooled = PooledSlices([a, b])
+    assert len(pooled) == 5 and pooled.tasks[0].images is a.images  # no pooled second copy
+    batch = pooled.batch(np.array([3, 2, 0, 4]))  # in the order asked for
+    assert batch["task"].tolist() == [1, 0, 0, 1]
+    assert batch["image"].shape == (4, 1, 2, 2) and batch["image"].dtype == torch.float32
+    assert batch["image"][1, 0].tolist() == [[8.0, 9.0], [10.0, 11.0]] and batch["image"][0].min() == -1
+    assert batch["label"].dtype == torch.int64 and batch["label"][:, 0, 0, 0].tolist() == [1, 0, 0, 1]
+    assert len(sampling_weights([a, b])) == len(pooled)
+
+
+def test_memory_mapped_slices_train_the_same_weights_as_slices_in_ram(tmp_path, demo_tasks, monkeypatch):
+    """--slice-memory 0 puts every slice in a memory-mapped file in the run's working folder (never
+    in the model folder); same seed, bit-identical weights."""
+    import labelsharing.training as training
+    from labelsharing.checkpoint import work_folder_for
+    from labelsharing.cli import main
+
+    train(demo_tasks[:2], tmp_path / "ram", TrainingOptions(**{**TINY, "epochs": 2}), log=lambda m: None)
+    real_fit, seen = training.fit, {}
+
+    def fit_that_looks(model, tasks, *args, **kwargs):
+        seen["memory_mapped"] = all(isinstance(t.images, np.memmap) and isinstance(t.labels, np.memmap) for t in tasks)
+        maps = Path("/proc/self/maps")
+        seen["maps"] = maps.read_text() if maps.is_file() else None
+        return real_fit(model, tasks, *args, **kwargs)
+
+    monkeypatch.setattr(training, "fit", fit_that_looks)
+    flags = ["--epochs", "2", "--batch-size", "8", "--input-size", "32", "--features", "4", "--device", "cpu",
+             "--seed", "3"]
+    assert main(["--progress", "none", "train", *map(str, demo_tasks[:2]), "--out", str(tmp_path / "mapped"), *flags,
+                 "--slice-memory", "0"]) == 0
+    assert seen["memory_mapped"]
+    if seen["maps"] is not None:
+        assert str(work_folder_for(tmp_path / "mapped")) in seen["maps"]
+    assert str(tmp_path / "mapped" / "") not in (seen["maps"] or "")
+    assert (tmp_path / "mapped" / "model.safetensors").read_bytes() == (tmp_path / "ram" / "model.safetensors").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mapped", "ram"]  # working folders gone
+
+
+def test_validation_every_n_epochs_keeps_the_first_and_the_last(tmp_path, demo_tasks):
+    options = TrainingOptions(**{**TINY, "epochs": 5, "steps_per_epoch": 2, "val_every": 2})
+    train(demo_tasks[2:3], tmp_path / "m", options, log=lambda m: None)
+    history = json.loads((tmp_path / "m" / "model.json").read_text())["history"][0]
+    assert [e["epoch"] for e in history["epochs"] if e["val_dice"]] == [1, 2, 4, 5]
+    assert history["best_epoch"] in (1, 2, 4, 5)
+
+
+def test_the_validation_interval_follows_the_held_out_slices():
+    from types import SimpleNamespace
+
+    from labelsharing.validation import VALIDATION_SLICES_PER_TRAINED, validation_interval
+
+    options = TrainingOptions(steps_per_epoch=30, batch_size=16)  # 480 slices trained on an epoch
+    per_epoch = VALIDATION_SLICES_PER_TRAINED * 480
+    assert validation_interval([SimpleNamespace(validation_slices=100)], options) == 1  # the demo: every epoch
+    assert validation_interval([SimpleNamespace(validation_slices=int(per_epoch) + 1)] * 2, options) == 3
+    assert validation_interval([SimpleNamespace(validation_slices=10**6)], TrainingOptions(val_every=4)) == 4
+
+
+def test_a_run_that_fails_while_preparing_leaves_no_working_folder(tmp_path):
+    from conftest import boxes, write_task
+
+    broken = write_task(tmp_path / "Broken", {"a": 1}, [boxes((4, 6, 6), {1: 20})] * 3)
+    (broken / "labelsTr" / "case001.nii.gz").write_bytes(b"not an image")
+    with pytest.raises(LabelSharingError):
+        train([broken], tmp_path / "model", TrainingOptions(**TINY), log=lambda m: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Broken"]
