@@ -18,7 +18,6 @@ from typing import Sequence
 from labelsharing import __version__
 from labelsharing.errors import LabelSharingError, file_error_message
 from labelsharing.progress import PROGRESS_MODES, ProgressReporter
-from labelsharing.slice_store import DEFAULT_SLICE_MEMORY_MB
 
 __all__ = ["main", "build_parser"]
 
@@ -281,6 +280,10 @@ def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
                              "from fp32 on a small fraction of voxels")
 
 
+#: ``slice_store.DEFAULT_SLICE_MEMORY_MB``, repeated so ``--help`` starts without numpy (a test keeps them equal)
+_SLICE_MEMORY_MB = 512.0
+
+
 def _add_training_flags(parser: argparse.ArgumentParser, epochs: int = 25, lr: float = 2e-3) -> None:
     parser.add_argument("--epochs", type=_positive_int, default=epochs,
                         help=f"[OPTIONAL] epochs ({epochs}); an epoch is --steps-per-epoch optimisation steps of "
@@ -298,8 +301,8 @@ def _add_training_flags(parser: argparse.ArgumentParser, epochs: int = 25, lr: f
     parser.add_argument("--val-every", type=_positive_int, default=None, metavar="N",
                         help="[OPTIONAL] validate every N epochs, and the first and last (default: every epoch, or "
                              "every few when the held-out cases have many more slices than an epoch trains on)")
-    parser.add_argument("--slice-memory", type=_megabytes, default=DEFAULT_SLICE_MEMORY_MB, metavar="MB",
-                        help=f"[OPTIONAL] training slices kept in RAM ({DEFAULT_SLICE_MEMORY_MB:g} MB); those beyond "
+    parser.add_argument("--slice-memory", type=_megabytes, default=_SLICE_MEMORY_MB, metavar="MB",
+                        help=f"[OPTIONAL] training slices kept in RAM ({_SLICE_MEMORY_MB:g} MB); those beyond "
                              "are kept in a memory-mapped file in the run's working folder (same results, less RAM)")
     parser.add_argument("--resume", action="store_true",
                         help="[OPTIONAL] continue an interrupted run of this same command from its last end-of-epoch "

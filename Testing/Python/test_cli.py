@@ -65,3 +65,18 @@ def test_help_and_info_start_without_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True)
     assert "help imported: []" in result.stdout and "info imported: []" in result.stdout
     assert "TaskA" in result.stdout  # info did describe the model
+
+
+def test_command_line_defaults_are_the_engine_defaults():
+    """The parser repeats a few engine defaults as literals (so ``--help`` imports neither torch nor
+    numpy); they must stay those of ``TrainingOptions`` and the slice store."""
+    from labelsharing.cli import build_parser
+    from labelsharing.slice_store import DEFAULT_SLICE_MEMORY_MB
+    from labelsharing.training import TrainingOptions
+
+    args = build_parser().parse_args(["train", "data", "--out", "model"])
+    engine = TrainingOptions()
+    assert args.slice_memory == DEFAULT_SLICE_MEMORY_MB == engine.slice_memory_mb
+    assert (args.epochs, args.steps_per_epoch, args.batch_size, args.lr) == (
+        engine.epochs, engine.steps_per_epoch, engine.batch_size, engine.learning_rate)
+
