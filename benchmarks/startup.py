@@ -77,7 +77,8 @@ def main() -> None:
 
         floor = _best([python, "-c", "pass"], args.repeats)
         print(f"{'python -c pass (the floor)':<44} {floor:6.2f} s")
-        for name, arguments in (("labelsharing --help", ["--help"]), ("labelsharing info MODEL", ["info", str(model_dir)])):
+        looks = (("labelsharing --help", ["--help"]), ("labelsharing info MODEL", ["info", str(model_dir)]))
+        for name, arguments in looks:
             seconds = _best([*cli, *arguments], args.repeats)
             imported = _imported(arguments)
             print(f"{name:<44} {seconds:6.2f} s  ({seconds - floor:+.2f} s over the floor; goal < 0.5 s; "

@@ -61,7 +61,8 @@ def test_help_and_info_start_without_torch(tmp_path):
             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
             "print('help imported:', sorted(m for m in ('torch', 'monai', 'openvino', 'numpy') if m in sys.modules))\n"
             "main(['info', sys.argv[1]])\n"
-            "print('info imported:', sorted(m for m in ('torch', 'monai', 'openvino', 'SimpleITK') if m in sys.modules))")
+            "print('info imported:',\n"
+            "      sorted(m for m in ('torch', 'monai', 'openvino', 'SimpleITK') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True)
     assert "help imported: []" in result.stdout and "info imported: []" in result.stdout
     assert "TaskA" in result.stdout  # info did describe the model

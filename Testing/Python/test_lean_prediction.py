@@ -176,13 +176,14 @@ def test_normalising_parts_equals_normalising_the_whole(normalization):
 
 @pytest.mark.parametrize("smoothness", [4, 16, 64])
 @pytest.mark.parametrize("size", [(128, 128), (100, 140), (48, 48), (30, 90), (17, 200)])
-def test_resampled_argmax_equals_resampling_every_channel(smoothness, size):
+@pytest.mark.parametrize("values", [(0, 7, 5, 0, 9), (0, 700, 5, 0, 65535)])  # uint8, and int32 for uint16 maps
+def test_resampled_argmax_equals_resampling_every_channel(smoothness, size, values):
     """Smooth random probabilities (blobs of ``smoothness`` pixels): boundary pixels are
     interpolated with PyTorch's taps, the rest copied; channels 0 and 3 share label 0."""
     torch.manual_seed(smoothness)
     logits = F.interpolate(torch.randn(3, 5, 64 // smoothness + 1, 64 // smoothness + 1) * 3, size=(48, 48),
                            mode="bilinear", align_corners=False)
-    lookup = torch.tensor([0, 7, 5, 0, 9], dtype=torch.uint8)
+    lookup = torch.tensor(values, dtype=torch.uint8 if max(values) < 256 else torch.int32)
     full = F.interpolate(logits.softmax(dim=1), size=size, mode="bilinear", align_corners=False)
     expected = lookup[full.max(dim=1).indices]
     top2 = full.topk(2, dim=1).values
@@ -242,3 +243,23 @@ def test_predict_files_overlaps_io_yet_stops_at_an_unreadable_image(tmp_path):
         predictor.predict_files(inputs, "TaskA", tmp_path / "again", progress=ProgressReporter("lines", stream))
     assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["case0.nii.gz", "case1.nii.gz"]
     assert "predicting 2/4" in stream.getvalue() and "predicting 3/4" not in stream.getvalue()
+
+
+def test_label_values_above_255_come_out_as_uint16():
+    """A task whose values do not fit a byte: the lookup travels as int32, the map is uint16."""
+    from labelsharing.model_folder import build_model_config
+    from labelsharing.plan import LabelStats, SharedLabelPlan
+
+    values = {"big": 1000, "mid": 2, "small": 300}
+    plan = SharedLabelPlan.build({"TaskA": {name: LabelStats(value, 0.4 / (i + 1), 1.0)
+                                            for i, (name, value) in enumerate(values.items())}})
+    task = {"modality": "CT", "plane": "axial", "target_spacing": [0.8, 0.8], "normalization": NORMALIZATIONS["ct"],
+            "labels": {name: {"value": value, "shared": plan.labels("TaskA")[name].shared, "color": [1, 0, 0]}
+                       for name, value in values.items()}}
+    config = build_model_config(make_config()["architecture"], 32, plan, {"TaskA": task})
+    predictor = Predictor(SegmentationModel(config=config, network=SmoothNetwork(4).eval()), "cpu", batch_size=4)
+    image = _phantom()
+    labels = predictor.predict_image(image, "TaskA")
+    expected, tied = _reference(predictor, image, "TaskA")
+    assert labels.dtype == np.uint16 and set(np.unique(labels)) <= {0, 2, 300, 1000} and labels.max() > 255
+    _assert_same_labels(labels, expected, tied)
