@@ -87,7 +87,14 @@ def test_an_output_that_cannot_be_written_is_refused_before_training(knee, tmp_p
         train([knee], blocker / "model", TrainingOptions(**TINY), log=lambda m: None)
 
 
-def test_a_second_writer_of_the_same_output_is_refused_at_once(knee, tmp_path):
+def test_a_second_writer_of_the_same_output_is_refused_at_once(knee, tmp_path, monkeypatch):
+    """Refused by the lock before any work: the second run never reads a dataset."""
+    import labelsharing.training as training
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the second writer started planning before it was refused")
+
+    monkeypatch.setattr(training, "plan_task_datasets", no_work)
     out = tmp_path / "model"
     first = subprocess.Popen(
         [sys.executable, "-m", "labelsharing", "--progress", "none", "train", str(knee), "--out", str(out),
@@ -100,10 +107,9 @@ def test_a_second_writer_of_the_same_output_is_refused_at_once(knee, tmp_path):
             assert first.poll() is None, first.stderr.read()
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        started = time.monotonic()
         with pytest.raises(LabelSharingError, match=f"another labelsharing process \\(pid {first.pid}\\)"):
             train([knee], out, TrainingOptions(**TINY), force=True, log=lambda m: None)
-        assert time.monotonic() - started < 10  # at once, not after a training
+        assert first.poll() is None  # refused while the first run holds the output, not after it ended
     finally:
         first.kill()
         first.wait()
