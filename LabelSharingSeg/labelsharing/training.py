@@ -5,7 +5,8 @@ at a time, and augmented as one tensor on the training device (:mod:`labelsharin
 the loss is Dice + cross-entropy (MONAI ``DiceCELoss``), the optimiser AdamW with a linear
 warm-up then cosine decay. Validated epochs end with Dice per task and label on held-out cases,
 computed by the same :class:`~labelsharing.inference.Predictor` that inference uses, and the
-best weights (mean Dice over tasks) are kept. Every epoch is validated unless the held-out
+weights of the best epoch are kept, chosen on the smoothed curve of the mean Dice over tasks
+(:data:`SELECTION_SMOOTHING`). Every epoch is validated unless the held-out
 cases hold many slices: then every N-th (:func:`validation_interval`), so that validation does
 not dominate the run. The model folder is written only at the end.
 
@@ -118,7 +119,6 @@ class FitResult:
     epochs: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     best_dice: float = float("nan")
-    best_smoothed: float = -math.inf
     seconds: float = 0.0
     planned_epochs: int = 0
     recent_gain: float | None = None
@@ -287,9 +287,9 @@ def fit(
             its own draws (seeded by seed, rank and epoch); only the main process validates, logs
             and keeps the best weights (the others return the last weights). Every process
             returns together.
-        select_on: tasks whose mean validation Dice picks the best epoch (default: all tasks
-            with validation cases). ``add_task`` without replay selects on the new task alone.
-            If none of them has validation cases, the last epoch is kept.
+        select_on: tasks whose mean validation Dice, smoothed over the epochs, picks the best
+            epoch (default: all tasks with validation cases). ``add_task`` without replay selects
+            on the new task alone. If none of them has validation cases, the last epoch is kept.
         forward: ``forward(network, images, task_indices) -> logits`` with ``task_indices`` the
             (B,) index of each slice's task in ``tasks``; default ``network(images)``. Lets
             task-conditioned baselines (benchmarks/) train with exactly this loop.
@@ -324,8 +324,6 @@ def fit(
     result = FitResult(best_state={})
     trainer_state = {"network": network, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     first_epoch, elapsed = restore_trainer(run, trainer_state, result, log)
-    resumed_best = next((e.get("val_smoothed") for e in result.epochs if e["epoch"] == result.best_epoch), None)
-    result.best_smoothed = -math.inf if resumed_best is None else resumed_best
     if result.planned_epochs:
         schedule.epochs = result.planned_epochs  # a resumed time-budget run keeps the epochs it chose
     if not selectable:
@@ -452,11 +450,13 @@ def _smoothed_score(epochs: Sequence[Mapping], dice: Mapping[str, dict], selecta
 
 def _keep_if_best(result: FitResult, network, dice: Mapping[str, dict], selectable: Sequence[str],
                   smoothed: float | None, epoch: int) -> bool:
-    """Keep ``network``'s weights in ``result`` if the smoothed validation score improved; the
-    recorded ``best_dice`` is that epoch's own mean validation Dice of the selectable tasks."""
-    if smoothed is None or smoothed <= result.best_smoothed:
+    """Keep ``network``'s weights in ``result`` if the smoothed validation score beats every earlier
+    epoch's (``result.epochs``, this one not yet in it); the recorded ``best_dice`` is that
+    epoch's own mean validation Dice of the selectable tasks."""
+    earlier = [e["val_smoothed"] for e in result.epochs if e.get("val_smoothed") is not None]
+    if smoothed is None or smoothed <= max(earlier, default=-math.inf):
         return False
-    result.best_smoothed, result.best_epoch = smoothed, epoch
+    result.best_epoch = epoch
     result.best_dice = float(np.mean([dice[task]["mean"] for task in selectable if task in dice]))
     result.best_state = copy.deepcopy(network.state_dict())
     return True
