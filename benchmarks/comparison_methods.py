@@ -3,7 +3,7 @@
 Every ``run_*`` function trains one method on task dataset folders and returns a JSON-ready
 dict: ``train_seconds`` (``time.perf_counter`` around everything training does: reading,
 preprocessing, the epochs with their validation), ``parameters`` and ``test`` (the engine's
-:func:`~labelsharing.evaluation.evaluate_model` on each task's test split).
+:func:`~labelsharing.infer.evaluation.evaluate_model` on each task's test split).
 
 Budget: the label-sharing model makes ``epochs x steps`` optimisation steps of ``batch``
 slices, drawn task-balanced, so ``epochs x steps x batch / K`` draws per task. The baselines
@@ -21,13 +21,14 @@ from typing import Callable, Sequence
 
 import torch
 
-from labelsharing.datasets import read_task_dataset
-from labelsharing.evaluation import evaluate_model
-from labelsharing.inference import Predictor, select_device
-from labelsharing.model import SegmentationModel, default_architecture, package_versions
-from labelsharing.planning import plan_task_datasets
-from labelsharing.training import FitResult, TrainingOptions, fit, task_config, train
-from labelsharing.training_data import prepare_task
+from labelsharing.data.datasets import read_task_dataset
+from labelsharing.infer.evaluation import evaluate_model
+from labelsharing.infer.predictor import Predictor
+from labelsharing.utils.device import select_device
+from labelsharing.model.network import SegmentationModel, default_architecture, package_versions
+from labelsharing.plan.planner import plan_task_datasets
+from labelsharing.train.trainer import FitResult, TrainingOptions, fit, task_config, train
+from labelsharing.train.task_data import prepare_task
 
 from comparison_models import (
     DynamicHeadNetwork,
@@ -130,7 +131,7 @@ def run_incremental_base(folders: Sequence[Path], work: Path, options: TrainingO
 def run_incremental_add(folders: Sequence[Path], work: Path, options: TrainingOptions, replay: float,
                         log: Log = _quiet) -> dict:
     """``add_task`` of task K onto the base model, with ``replay`` of old-task slices per batch."""
-    from labelsharing.incremental import add_task  # the lead's module; may be missing
+    from labelsharing.train.incremental import add_task  # the lead's module; may be missing
 
     out = work / f"incremental_replay_{replay:g}"
     start = time.perf_counter()

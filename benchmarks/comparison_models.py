@@ -13,10 +13,10 @@ same ``features``); only the output and the loss differ:
   n* + 1, after instance norm + ReLU of the features); the channels beyond the task's label count are masked as above.
 
 The task is given per sample (``forward(images, task)``) in training, and through the
-``task`` attribute when the engine's :class:`~labelsharing.inference.Predictor` calls
+``task`` attribute when the engine's :class:`~labelsharing.infer.predictor.Predictor` calls
 ``network(images)`` (see :class:`TaskPredictor`).
 
-Label encodings (a :class:`~labelsharing.plan.SharedLabelPlan` per method, so the engine's
+Label encodings (a :class:`~labelsharing.plan.shared_labels.SharedLabelPlan` per method, so the engine's
 data pipeline produces the right targets): :func:`merged_plan` puts task ``t``'s labels on
 channels ``offset_t + 1 ..`` (by label value); :func:`dodnet_plan` puts each task's labels on
 channels ``1 .. n_t`` (by label value, as the task's own label maps are ordered).
@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from labelsharing.inference import Predictor
-from labelsharing.model import build_network
-from labelsharing.plan import LabelAssignment, SharedLabelPlan
+from labelsharing.infer.predictor import Predictor
+from labelsharing.model.network import build_network
+from labelsharing.plan.shared_labels import LabelAssignment, SharedLabelPlan
 
 __all__ = ["MASK_VALUE", "allowed_channels", "mask_logits", "merged_plan", "dodnet_plan", "MergedNetwork",
            "DynamicHeadNetwork", "TaskPredictor", "count_parameters"]

@@ -16,7 +16,7 @@ steps; their cost shows in the measured seconds.
 
 The report (``report.md``, also printed) holds mean and per-label test Dice per method, the
 step accounting, training seconds, best epochs, and what the engine's look-alike check
-(:mod:`labelsharing.appearance`) says about the tasks. ``results.json`` has the same numbers and every model's
+(:mod:`labelsharing.data.appearance`) says about the tasks. ``results.json`` has the same numbers and every model's
 per-epoch validation curve; ``logs/`` the engine's training logs.
 
 Example::
@@ -42,15 +42,16 @@ from typing import Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from labelsharing.datasets import load_case, read_task_dataset
+from labelsharing.data.datasets import load_case, read_task_dataset
 from labelsharing.errors import LabelSharingError
-from labelsharing.evaluation import evaluate_model
-from labelsharing.incremental import DEFAULT_REPLAY, add_task
-from labelsharing.inference import Predictor, select_device
-from labelsharing.model import SegmentationModel
-from labelsharing.planning import plan_table, plan_task_datasets
-from labelsharing.training import TrainingOptions, train
-from labelsharing.training_data import prepare_task
+from labelsharing.infer.evaluation import evaluate_model
+from labelsharing.train.incremental import DEFAULT_REPLAY, add_task
+from labelsharing.infer.predictor import Predictor
+from labelsharing.utils.device import select_device
+from labelsharing.model.network import SegmentationModel
+from labelsharing.plan.planner import plan_table, plan_task_datasets
+from labelsharing.train.trainer import TrainingOptions, train
+from labelsharing.train.task_data import prepare_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from comparison_report import machine_info  # noqa: E402

@@ -135,7 +135,7 @@ def markdown_report(results: Mapping) -> str:
               "include reading, preprocessing and per-epoch validation. Best epoch and validation Dice: the "
               "engine's best-epoch selection on the held-out training case(s) of each task; the last column is "
               "the lowest..highest validation mean Dice over the second half of the epochs.", "",
-            "### Look-alike check (case left out, `labelsharing.appearance`)", "",
+            "### Look-alike check (case left out, `labelsharing.data.appearance`)", "",
             _md(["task \\ nearest slice in", *tasks],
                 [[t, *[("-" if v is None else f"{v:.2f}") for v in row]] for t, row in zip(tasks, results["lookalike"]["confusion"])]), ""]
     warnings = results["lookalike"]["warnings"]

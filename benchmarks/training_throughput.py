@@ -3,7 +3,7 @@
 Two measurements, in one run:
 
 1. **Throughput.** The demo's three training tasks (``labelsharing demo-data``) are prepared as
-   ``train`` prepares them, then trained with the engine's loop (:func:`labelsharing.training.fit`:
+   ``train`` prepares them, then trained with the engine's loop (:func:`labelsharing.train.trainer.fit`:
    task-balanced draws, augmentation, loss, AdamW, schedule, progress; validation timed apart) and
    with a bare loop of the same network, loss, optimiser and batch size on tensors already in
    memory (``X[idx]``, forward, backward, step: the floor any pipeline must pay). Each engine
@@ -42,14 +42,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from labelsharing.demo_data import make_demo_datasets
-from labelsharing.inference import Predictor, describe_device, select_device
-from labelsharing.model import SegmentationModel, build_network, default_architecture
-from labelsharing.model_folder import build_model_config
-from labelsharing.planning import plan_task_datasets
-from labelsharing.progress import ProgressReporter
-from labelsharing.training import TrainingOptions, fit, task_config
-from labelsharing.training_data import prepare_task
+from labelsharing.demo.data import make_demo_datasets
+from labelsharing.infer.predictor import Predictor
+from labelsharing.utils.device import describe_device, select_device
+from labelsharing.model.network import SegmentationModel, build_network, default_architecture
+from labelsharing.model.folder import build_model_config
+from labelsharing.plan.planner import plan_task_datasets
+from labelsharing.utils.progress import ProgressReporter
+from labelsharing.train.trainer import TrainingOptions, fit, task_config
+from labelsharing.train.task_data import prepare_task
 
 
 def _prepare(folders, input_size: int, options: TrainingOptions):
@@ -229,10 +230,10 @@ def memory(args: argparse.Namespace, work: Path) -> None:
 
 def _count_training_slices(folders) -> int:
     """Slices ``train`` prepares from these folders (default validation split)."""
-    from labelsharing.datasets import read_task_dataset
-    from labelsharing.imageio import read_image_header
-    from labelsharing.orientation import plan_slicing
-    from labelsharing.training_data import split_cases
+    from labelsharing.data.datasets import read_task_dataset
+    from labelsharing.data.image_io import read_image_header
+    from labelsharing.data.orientation import plan_slicing
+    from labelsharing.train.task_data import split_cases
 
     total = 0
     for folder in folders:

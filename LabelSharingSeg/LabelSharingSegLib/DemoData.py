@@ -51,7 +51,7 @@ DEMO_CATEGORY = "LabelSharingSeg"
 #: training cases per demo task (``labelsharing demo --quick``: ``DemoSettings.quick().cases``)
 DEMO_CASES = 8
 DEMO_SEED = 0
-#: quick training settings, those of ``DemoSettings.quick()`` (``labelsharing/demo.py``)
+#: quick training settings, those of ``DemoSettings.quick()`` (``labelsharing/demo/run.py``)
 DEMO_TRAINING = (("--epochs", "12"), ("--steps-per-epoch", "15"), ("--input-size", "64"))
 PathLike = Union[str, Path]
 
@@ -106,7 +106,7 @@ class DemoFolder:
 
     @property
     def workFolder(self) -> Path:
-        """The engine's working folder of a run into :attr:`model` (``labelsharing.checkpoint.work_folder_for``)."""
+        """The engine's working folder of a run into :attr:`model` (``labelsharing.train.checkpoint.work_folder_for``)."""
         return self.root / f".{self.model.name}.work"
 
     def taskFolders(self) -> List[Path]:

@@ -1,6 +1,6 @@
 """Define a task from segmentations: label names, sizes, shared-label grouping, dataset folder.
 
-Everything here is numpy plus the engine's own ``labelsharing.plan`` (numpy only), so the
+Everything here is numpy plus the engine's own ``labelsharing.plan.shared_labels`` (numpy only), so the
 grouping shown in Slicer is the grouping the engine will train with. The Slicer side
 (``SceneIO.caseFromSegmentation``) turns segmentation nodes into :class:`TaskCase` objects.
 """
@@ -16,8 +16,8 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 import numpy as np
 
 from labelsharing.errors import LabelSharingError
-from labelsharing.plan import LabelStats, SharedLabelPlan, measure_label_sizes
-from labelsharing.terminology import terminology_entry_problem
+from labelsharing.plan.shared_labels import LabelStats, SharedLabelPlan, measure_label_sizes
+from labelsharing.data.terminology import terminology_entry_problem
 
 from .ModuleError import ModuleError
 from .NrrdIO import writeNrrd

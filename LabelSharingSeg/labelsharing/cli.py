@@ -17,15 +17,15 @@ from typing import Sequence
 
 from labelsharing import __version__
 from labelsharing.errors import LabelSharingError, file_error_message
-from labelsharing.progress import PROGRESS_MODES, ProgressReporter
+from labelsharing.utils.progress import PROGRESS_MODES, ProgressReporter
 
 __all__ = ["main", "build_parser"]
 
 
 def _cmd_plan(args: argparse.Namespace, progress: ProgressReporter) -> int:
-    from labelsharing.plan import read_pins
-    from labelsharing.planning import plan_table, plan_task_datasets
-    from labelsharing.safe_write import check_outputs, write_json_atomically
+    from labelsharing.plan.shared_labels import read_pins
+    from labelsharing.plan.planner import plan_table, plan_task_datasets
+    from labelsharing.utils.safe_write import check_outputs, write_json_atomically
 
     if args.json:
         check_outputs([args.json], inputs=[*args.datasets, *([args.pins] if args.pins else [])], force=True,
@@ -43,7 +43,7 @@ def _cmd_plan(args: argparse.Namespace, progress: ProgressReporter) -> int:
 
 
 def _cmd_demo_data(args: argparse.Namespace, progress: ProgressReporter) -> int:
-    from labelsharing.demo_data import make_demo_datasets
+    from labelsharing.demo.data import make_demo_datasets
 
     folders = make_demo_datasets(args.out, cases=args.cases, seed=args.seed)
     print("Wrote demo tasks:")
@@ -62,8 +62,8 @@ def _log_for(progress: ProgressReporter):
 
 
 def _cmd_train(args: argparse.Namespace, progress: ProgressReporter) -> int:
-    from labelsharing.plan import read_pins
-    from labelsharing.training import TrainingOptions, train
+    from labelsharing.plan.shared_labels import read_pins
+    from labelsharing.train.trainer import TrainingOptions, train
 
     options = TrainingOptions(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, time_budget=args.time_budget,
                               batch_size=args.batch_size, input_size=args.input_size,
@@ -76,9 +76,9 @@ def _cmd_train(args: argparse.Namespace, progress: ProgressReporter) -> int:
 
 
 def _cmd_add_task(args: argparse.Namespace, progress: ProgressReporter) -> int:
-    from labelsharing.incremental import add_task
-    from labelsharing.plan import read_pins
-    from labelsharing.training import TrainingOptions
+    from labelsharing.train.incremental import add_task
+    from labelsharing.plan.shared_labels import read_pins
+    from labelsharing.train.trainer import TrainingOptions
 
     options = TrainingOptions(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, time_budget=args.time_budget,
                               batch_size=args.batch_size, learning_rate=args.lr,
@@ -91,7 +91,8 @@ def _cmd_add_task(args: argparse.Namespace, progress: ProgressReporter) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace, progress: ProgressReporter) -> int:
-    from labelsharing.inference import Predictor, describe_device
+    from labelsharing.infer.predictor import Predictor
+    from labelsharing.utils.device import describe_device
 
     log = _log_for(progress)
     predictor = Predictor.from_model_dir(args.model, device=args.device, batch_size=args.batch_size,
@@ -105,7 +106,7 @@ def _cmd_predict(args: argparse.Namespace, progress: ProgressReporter) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace, progress: ProgressReporter) -> int:
-    from labelsharing.worker import serve, standard_streams
+    from labelsharing.serve.worker import serve, standard_streams
 
     requests, replies = standard_streams()
     return serve(args.model, requests, replies, device=args.device, backend=args.backend, precision=args.precision,
@@ -113,10 +114,10 @@ def _cmd_worker(args: argparse.Namespace, progress: ProgressReporter) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace, progress: ProgressReporter) -> int:
-    from labelsharing.datasets import read_task_dataset
-    from labelsharing.evaluation import evaluate_model, evaluation_table, split_warning
-    from labelsharing.inference import Predictor
-    from labelsharing.safe_write import check_outputs, write_json_atomically
+    from labelsharing.data.datasets import read_task_dataset
+    from labelsharing.infer.evaluation import evaluate_model, evaluation_table, split_warning
+    from labelsharing.infer.predictor import Predictor
+    from labelsharing.utils.safe_write import check_outputs, write_json_atomically
 
     if args.json:
         check_outputs([args.json], inputs=[args.model, *args.datasets], force=True, option="--json")
@@ -134,7 +135,7 @@ def _cmd_evaluate(args: argparse.Namespace, progress: ProgressReporter) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace, progress: ProgressReporter) -> int:
-    from labelsharing.demo import DemoSettings, run_demo
+    from labelsharing.demo.run import DemoSettings, run_demo
 
     settings = DemoSettings.quick() if args.quick else DemoSettings()
     run_demo(args.out, settings, device=args.device, seed=args.seed, progress=progress, log=_log_for(progress))
@@ -142,7 +143,7 @@ def _cmd_demo(args: argparse.Namespace, progress: ProgressReporter) -> int:
 
 
 def _cmd_info(args: argparse.Namespace, progress: ProgressReporter) -> int:
-    from labelsharing.model_info import describe_model
+    from labelsharing.model.description import describe_model
 
     print(describe_model(args.model))
     return 0
@@ -269,7 +270,7 @@ def _add_device_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
-    from labelsharing.backends import BACKENDS, PRECISIONS
+    from labelsharing.infer.backends import BACKENDS, PRECISIONS
 
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="[OPTIONAL] what runs the network: auto (default) is PyTorch on a GPU; on the CPU "

@@ -2,7 +2,7 @@
 
 Each thumbnail is the middle slice of the task's first test case, the case the Sample Data button
 loads (``LabelSharingSegLib/DemoData.py``), written by the engine's own generator
-(``labelsharing.demo_data.make_demo_datasets``; a test case does not depend on the number of
+(``labelsharing.demo.data.make_demo_datasets``; a test case does not depend on the number of
 training cases), windowed to its 1-99 % intensity percentiles, with the reference labels tinted on
 top. Run from the repository root with the project's environment::
 
@@ -23,7 +23,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "LabelSharingSeg"))
 
-from labelsharing.demo_data import make_demo_datasets  # noqa: E402
+from labelsharing.demo.data import make_demo_datasets  # noqa: E402
 
 SIZE = 256  # longer side, pixels (Sample Data shows its buttons' icons at about this size)
 CASES = 8  # DemoData.DEMO_CASES: the first test case is <prefix>_008

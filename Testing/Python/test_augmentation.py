@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from labelsharing.augmentation import augment_batch
+from labelsharing.train.augmentation import augment_batch
 
 
 def _batch(n: int = 64, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,8 +24,8 @@ from comparison_models import (  # noqa: E402
     mask_logits,
     merged_plan,
 )
-from labelsharing.model import default_architecture  # noqa: E402
-from labelsharing.plan import LabelStats, SharedLabelPlan  # noqa: E402
+from labelsharing.model.network import default_architecture  # noqa: E402
+from labelsharing.plan.shared_labels import LabelStats, SharedLabelPlan  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -14,10 +14,10 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import boxes, write_image
-from labelsharing.datasets import inspect_task_dataset, load_case, read_task_dataset
+from labelsharing.data.datasets import inspect_task_dataset, load_case, read_task_dataset
 from labelsharing.errors import LabelSharingError
-from labelsharing.imageio import case_id_from_path
-from labelsharing.inference import Predictor
+from labelsharing.data.image_io import case_id_from_path
+from labelsharing.infer.predictor import Predictor
 from tiny_model import make_model
 
 

@@ -1,4 +1,4 @@
-"""Tests for labelsharing.demo_data: the built-in synthetic tasks."""
+"""Tests for labelsharing.demo.data: the built-in synthetic tasks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from labelsharing.demo_data import DEMO_TASK_NAMES, make_demo_datasets
+from labelsharing.demo.data import DEMO_TASK_NAMES, make_demo_datasets
 from labelsharing.errors import LabelSharingError
 
 CASES = 2

@@ -15,8 +15,8 @@ import slicerio
 
 from conftest import write_image
 from labelsharing.cli import main
-from labelsharing.demo import DemoSettings, run_demo
-from labelsharing.demo_data import make_demo_datasets
+from labelsharing.demo.run import DemoSettings, run_demo
+from labelsharing.demo.data import make_demo_datasets
 
 TINY_FLAGS = ["--epochs", "1", "--batch-size", "8", "--device", "cpu"]
 _ANATOMY = "Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure~SCT^"
@@ -84,7 +84,7 @@ def test_train_info_predict_evaluate_add_task(demo, tmp_path, capsys):
 
 
 def test_demo_writes_report_with_pictures(tmp_path, monkeypatch):
-    import labelsharing.report as report_module
+    import labelsharing.demo.report as report_module
 
     plotted: list[list] = []
     draw_curves = report_module._plot_curves

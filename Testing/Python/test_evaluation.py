@@ -19,10 +19,10 @@ from monai.metrics import DiceMetric, compute_dice
 from monai.networks.utils import one_hot
 
 from conftest import write_task
-from labelsharing.datasets import read_task_dataset
+from labelsharing.data.datasets import read_task_dataset
 from labelsharing.errors import LabelSharingError
-from labelsharing.evaluation import DiceAccumulator, dice_per_label, evaluate_model, evaluation_table
-from labelsharing.inference import Predictor
+from labelsharing.infer.evaluation import DiceAccumulator, dice_per_label, evaluate_model, evaluation_table
+from labelsharing.infer.predictor import Predictor
 from tiny_model import make_model
 
 

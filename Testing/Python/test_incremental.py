@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from labelsharing.demo_data import make_demo_datasets
+from labelsharing.demo.data import make_demo_datasets
 from labelsharing.errors import LabelSharingError
-from labelsharing.incremental import add_task
-from labelsharing.model import build_network, default_architecture, grow_output_channels
-from labelsharing.training import TrainingOptions, train
+from labelsharing.train.incremental import add_task
+from labelsharing.model.network import build_network, default_architecture, grow_output_channels
+from labelsharing.train.trainer import TrainingOptions, train
 
 TINY = dict(epochs=1, batch_size=8, input_size=32, features=4, device="cpu", seed=0)
 
@@ -127,10 +127,10 @@ def test_add_task_without_validation_cases_trains_and_reports_the_written_weight
     the parent's weights (best epoch 0) and reported the forgetting of weights it did not write."""
     from safetensors.torch import load_file
 
-    from labelsharing.model import SegmentationModel
-    from labelsharing.training import validation_dice
-    from labelsharing.training_data import prepare_task
-    from labelsharing.datasets import read_task_dataset
+    from labelsharing.model.network import SegmentationModel
+    from labelsharing.train.trainer import validation_dice
+    from labelsharing.train.task_data import prepare_task
+    from labelsharing.data.datasets import read_task_dataset
 
     single = tmp_path / "OneCase"
     shutil.copytree(demo["BrainMR"], single)
@@ -158,10 +158,10 @@ def test_add_task_without_validation_cases_trains_and_reports_the_written_weight
 def test_old_tasks_keep_their_own_validation_split_across_add_tasks(demo, tmp_path):
     """Each task's held-out cases are stored and reused; re-deriving them from the first run's seed
     and fraction would turn cases a task trained on into its 'validation'."""
-    from labelsharing.datasets import read_task_dataset
-    from labelsharing.incremental import _prepare_old_tasks
-    from labelsharing.model import SegmentationModel
-    from labelsharing.training_data import split_cases
+    from labelsharing.data.datasets import read_task_dataset
+    from labelsharing.train.incremental import _prepare_old_tasks
+    from labelsharing.model.network import SegmentationModel
+    from labelsharing.train.task_data import split_cases
 
     first = tmp_path / "first"
     train([demo["ChestXR"]], first, TrainingOptions(**TINY), log=lambda m: None)
@@ -182,7 +182,7 @@ def test_old_tasks_keep_their_own_validation_split_across_add_tasks(demo, tmp_pa
 def test_without_replay_old_tasks_are_read_only_as_far_as_their_validation_needs(demo, chest_model, tmp_path,
                                                                                  monkeypatch):
     """--replay 0 does not train on old tasks: reading all their cases would only cost memory."""
-    import labelsharing.training_data as training_data
+    import labelsharing.train.task_data as training_data
 
     real_load = training_data.load_case
     loaded: list[tuple[str, str]] = []

@@ -17,9 +17,10 @@ import SimpleITK as sitk
 import torch
 
 from labelsharing.errors import LabelSharingError
-from labelsharing.imageio import read_label
-from labelsharing.inference import Predictor, describe_device, select_device
-from labelsharing.progress import ProgressReporter
+from labelsharing.data.image_io import read_label
+from labelsharing.infer.predictor import Predictor
+from labelsharing.utils.device import describe_device, select_device
+from labelsharing.utils.progress import ProgressReporter
 from tiny_model import COLORS, TASK_LABELS, make_model
 
 

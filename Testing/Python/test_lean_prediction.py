@@ -1,7 +1,7 @@
 """The lean prediction pipeline (issue 11) gives the label maps of the full computation.
 
 Prediction now normalises batch by batch and takes labels without resampling every probability
-channel (:mod:`labelsharing.label_resampling`). The reference here is the pipeline as it was
+channel (:mod:`labelsharing.data.label_resampling`). The reference here is the pipeline as it was
 before (commit b4c3b64): the whole volume normalised at once, every channel's softmax resampled
 bilinearly to the slice grid, the first maximum taken there and mapped to task values. The two
 must agree on every voxel, except where the reference's two largest probabilities tie to within
@@ -17,11 +17,11 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from labelsharing.inference import Predictor
-from labelsharing.label_resampling import MAX_BOUNDARY_FRACTION, resampled_argmax
-from labelsharing.model import SegmentationModel, build_network
-from labelsharing.orientation import Slicing
-from labelsharing.preprocessing import intensity_normalizer, normalize_intensities
+from labelsharing.infer.predictor import Predictor
+from labelsharing.data.label_resampling import MAX_BOUNDARY_FRACTION, resampled_argmax
+from labelsharing.model.network import SegmentationModel, build_network
+from labelsharing.data.orientation import Slicing
+from labelsharing.data.preprocessing import intensity_normalizer, normalize_intensities
 from tiny_model import IntensityNetwork, make_config
 
 #: probabilities closer than this are a tie of rounding: kernels may order them either way
@@ -224,7 +224,7 @@ def test_predict_files_overlaps_io_yet_stops_at_an_unreadable_image(tmp_path):
     import io
 
     from labelsharing.errors import LabelSharingError
-    from labelsharing.progress import ProgressReporter
+    from labelsharing.utils.progress import ProgressReporter
 
     predictor = Predictor(_model("smooth", "ct"), "cpu", batch_size=4)
     inputs = []
@@ -247,8 +247,8 @@ def test_predict_files_overlaps_io_yet_stops_at_an_unreadable_image(tmp_path):
 
 def test_label_values_above_255_come_out_as_uint16():
     """A task whose values do not fit a byte: the lookup travels as int32, the map is uint16."""
-    from labelsharing.model_folder import build_model_config
-    from labelsharing.plan import LabelStats, SharedLabelPlan
+    from labelsharing.model.folder import build_model_config
+    from labelsharing.plan.shared_labels import LabelStats, SharedLabelPlan
 
     values = {"big": 1000, "mid": 2, "small": 300}
     plan = SharedLabelPlan.build({"TaskA": {name: LabelStats(value, 0.4 / (i + 1), 1.0)

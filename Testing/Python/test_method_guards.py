@@ -26,9 +26,9 @@ import torch
 
 from conftest import boxes, write_task
 from labelsharing.errors import LabelSharingError
-from labelsharing.inference import Predictor
-from labelsharing.model import SegmentationModel
-from labelsharing.model_folder import weights_sha256
+from labelsharing.infer.predictor import Predictor
+from labelsharing.model.network import SegmentationModel
+from labelsharing.model.folder import weights_sha256
 from tiny_model import make_model
 
 TINY = dict(batch_size=2, input_size=32, features=4, device="cpu", seed=0, val_fraction=0.34)
@@ -53,7 +53,7 @@ def big_and_small(tmp_path: Path) -> tuple[Path, Path]:
 
 def _recording_fit(module, monkeypatch) -> list[int]:
     """Make ``module.fit`` record the task index of every slice the training loop draws."""
-    from labelsharing.training import fit
+    from labelsharing.train.trainer import fit
 
     drawn: list[int] = []
 
@@ -68,7 +68,7 @@ def _recording_fit(module, monkeypatch) -> list[int]:
 def test_training_draws_every_task_equally_often_whatever_its_size(big_and_small, tmp_path, monkeypatch):
     """Guards against a uniform sampler (drawing slices regardless of their task): the small task
     (8 training slices against 48) would get 1/7 of the draws instead of half."""
-    import labelsharing.training as training
+    import labelsharing.train.trainer as training
 
     drawn = _recording_fit(training, monkeypatch)
     training.train(list(big_and_small), tmp_path / "model", training.TrainingOptions(epochs=3, **TINY),
@@ -80,8 +80,8 @@ def test_training_draws_every_task_equally_often_whatever_its_size(big_and_small
 def test_add_task_draws_old_tasks_in_the_replay_share(big_and_small, tmp_path, monkeypatch):
     """Guards against ignoring the replay shares (the new and old tasks drawn equally, or by size):
     with --replay 0.25 a quarter of the draws must come from the old task."""
-    import labelsharing.incremental as incremental
-    from labelsharing.training import TrainingOptions, train
+    import labelsharing.train.incremental as incremental
+    from labelsharing.train.trainer import TrainingOptions, train
 
     big, small = big_and_small
     train([big], tmp_path / "parent", TrainingOptions(epochs=1, **TINY), log=lambda m: None)
@@ -127,9 +127,9 @@ def test_prediction_cuts_volumes_along_the_axis_the_task_was_trained_on():
 def test_ct_intensities_beyond_the_window_are_clipped_in_training_and_at_inference(tmp_path):
     """Guards against dropping the CT intensity clip: metal (far above the window) must reach the
     network as the window's top, in the slices it trains on and in the images it predicts."""
-    from labelsharing.datasets import read_task_dataset
-    from labelsharing.plan import LabelStats, SharedLabelPlan
-    from labelsharing.training_data import prepare_task
+    from labelsharing.data.datasets import read_task_dataset
+    from labelsharing.plan.shared_labels import LabelStats, SharedLabelPlan
+    from labelsharing.train.task_data import prepare_task
 
     window = {"scheme": "ct", "clip": [0.0, 3.0], "mean": 0.0, "std": 1.0}
     label = boxes((2, 8, 8), {1: 40})
@@ -200,11 +200,11 @@ def test_the_written_model_is_the_best_validated_epoch(big_and_small, tmp_path, 
     epoch's weights): validation Dice 0, 1, 0 must write the second epoch's weights."""
     from safetensors.torch import load_file
 
-    import labelsharing.inference
-    from labelsharing.training import TrainingOptions, train
+    import labelsharing.infer.predictor
+    from labelsharing.train.trainer import TrainingOptions, train
 
     monkeypatch.setattr(_EpochTwoIsBest, "validated", [])
-    monkeypatch.setattr(labelsharing.inference, "Predictor", _EpochTwoIsBest)
+    monkeypatch.setattr(labelsharing.infer.predictor, "Predictor", _EpochTwoIsBest)
     train([big_and_small[1]], tmp_path / "model", TrainingOptions(epochs=3, **TINY), log=lambda m: None)
 
     assert len(_EpochTwoIsBest.validated) == 3
@@ -223,7 +223,7 @@ def test_one_lucky_validation_epoch_does_not_pick_the_model(big_and_small, tmp_p
     moving average: scores 0.3, 0.9 (a spike), 0.3, then 0.7 steadily must write the last epoch."""
     from safetensors.torch import load_file
 
-    import labelsharing.training as training
+    import labelsharing.train.trainer as training
 
     scores = iter([0.3, 0.9, 0.3, 0.7, 0.7, 0.7, 0.7, 0.7])
     validated: list[dict] = []

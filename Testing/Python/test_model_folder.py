@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from labelsharing.errors import LabelSharingError
-from labelsharing.inference import Predictor
-from labelsharing.model import SegmentationModel, default_architecture
-from labelsharing.model_folder import build_model_config, check_model_output, lock_model_output
-from labelsharing.plan import LabelStats, SharedLabelPlan
+from labelsharing.infer.predictor import Predictor
+from labelsharing.model.network import SegmentationModel, default_architecture
+from labelsharing.model.folder import build_model_config, check_model_output, lock_model_output
+from labelsharing.plan.shared_labels import LabelStats, SharedLabelPlan
 from tiny_model import make_model
 
 MISMATCH = "the weights do not match model.json: the file is damaged or from another model"
@@ -186,7 +186,7 @@ def test_a_full_disk_fails_cleanly_and_keeps_the_old_model(model_dir):
 # ----------------------------------------------------------------------------- one writer at a time
 HOLD_LOCK = """
 import sys
-from labelsharing.model_folder import lock_model_output
+from labelsharing.model.folder import lock_model_output
 with lock_model_output(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.read()

@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from labelsharing.errors import LabelSharingError
-from labelsharing.inference import Predictor
-from labelsharing.model_info import describe_model
-from labelsharing.model_schema import validate_model_config
-from labelsharing.terminology import EXAMPLE_ENTRY
+from labelsharing.infer.predictor import Predictor
+from labelsharing.model.description import describe_model
+from labelsharing.model.schema import validate_model_config
+from labelsharing.data.terminology import EXAMPLE_ENTRY
 from tiny_model import make_config, make_model
 
 

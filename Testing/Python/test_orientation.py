@@ -14,15 +14,15 @@ import torch
 import torch.nn.functional as F
 
 from conftest import write_image
-from labelsharing.datasets import read_task_dataset
+from labelsharing.data.datasets import read_task_dataset
 from labelsharing.errors import LabelSharingError
-from labelsharing.inference import Predictor
-from labelsharing.model import SegmentationModel
-from labelsharing.model_schema import validate_model_config
-from labelsharing.orientation import Slicing, lps_view, orientation_code, plan_slicing
-from labelsharing.plan import LabelStats, SharedLabelPlan
-from labelsharing.training import task_config
-from labelsharing.training_data import prepare_task
+from labelsharing.infer.predictor import Predictor
+from labelsharing.model.network import SegmentationModel
+from labelsharing.model.schema import validate_model_config
+from labelsharing.data.orientation import Slicing, lps_view, orientation_code, plan_slicing
+from labelsharing.plan.shared_labels import LabelStats, SharedLabelPlan
+from labelsharing.train.trainer import task_config
+from labelsharing.train.task_data import prepare_task
 from tiny_model import IntensityNetwork, make_config
 
 SPACING = (0.8, 0.8, 2.0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from labelsharing.errors import LabelSharingError
-from labelsharing.preprocessing import (
+from labelsharing.data.preprocessing import (
     SquareFit,
     choose_input_size,
     choose_slice_axis,

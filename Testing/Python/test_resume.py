@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from labelsharing.checkpoint import work_folder_for
+from labelsharing.train.checkpoint import work_folder_for
 from labelsharing.cli import main
-from labelsharing.demo_data import make_demo_datasets
+from labelsharing.demo.data import make_demo_datasets
 from labelsharing.errors import LabelSharingError
-from labelsharing.training import TrainingOptions, train
+from labelsharing.train.trainer import TrainingOptions, train
 
 TINY_FLAGS = ["--batch-size", "8", "--input-size", "32", "--features", "4", "--device", "cpu", "--seed", "3"]
 
@@ -69,7 +69,7 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_weights(xr_tasks, t
 
 
 def test_resume_after_an_interrupted_epoch_matches_and_refuses_another_run(xr_tasks, tmp_path, monkeypatch):
-    import labelsharing.training as training
+    import labelsharing.train.trainer as training
 
     options = TrainingOptions(epochs=4, batch_size=8, input_size=32, features=4, device="cpu", seed=3)
     train(xr_tasks, tmp_path / "reference", options, log=lambda m: None)
@@ -105,7 +105,7 @@ def test_resume_without_an_interrupted_run_is_refused(xr_tasks, tmp_path):
 def test_a_loss_that_becomes_nan_stops_the_run_and_writes_nothing(xr_tasks, tmp_path, monkeypatch):
     import torch
 
-    import labelsharing.training_data as training_data
+    import labelsharing.train.task_data as training_data
 
     real_batch = training_data.PooledSlices.batch
 
@@ -125,7 +125,7 @@ def test_non_finite_weights_are_never_written(xr_tasks, tmp_path, monkeypatch):
     """Even if a non-finite weight slipped past the loss check, the model folder is not written."""
     import torch
 
-    import labelsharing.training as training
+    import labelsharing.train.trainer as training
 
     real_fit = training.fit
 
@@ -181,7 +181,7 @@ def test_api_refuses_non_finite_learning_rate():
 
 
 def test_internal_errors_say_so_and_keep_the_traceback_in_a_file(monkeypatch, capsys, two_tasks):
-    import labelsharing.planning as planning
+    import labelsharing.plan.planner as planning
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug")

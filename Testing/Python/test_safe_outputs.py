@@ -1,7 +1,7 @@
 """Output files are safe: never an input replaced, nothing replaced without --force, no false success.
 
 Issue 8. ``predict`` (label maps, probabilities) and the ``--json`` files of ``plan`` and
-``evaluate`` are written through ``labelsharing.safe_write``: a temporary name in the same
+``evaluate`` are written through ``labelsharing.utils.safe_write``: a temporary name in the same
 folder, a read-back check, then a rename. A full disk is simulated with ``RLIMIT_FSIZE``
 (``ulimit -f``) in a child process: Python ignores SIGXFSZ, so writes past the limit fail with
 EFBIG, or, inside ITK's NIfTI writer, are silently cut short.
@@ -22,7 +22,7 @@ import SimpleITK as sitk
 
 from labelsharing.cli import build_parser, main
 from labelsharing.errors import LabelSharingError
-from labelsharing.inference import Predictor
+from labelsharing.infer.predictor import Predictor
 from tiny_model import make_model
 
 FORMATS = ("nii.gz", "nrrd", "seg.nrrd")
@@ -57,7 +57,7 @@ def model_folder(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("name, ending", [("ct.nii.gz", ".nii.gz"), ("case.seg.nrrd", ".seg.nrrd"),
                                           ("plan.json", ".json"), ("weights", ""), (".hidden.json", ".json")])
 def test_temporary_name_is_hidden_beside_the_file_and_keeps_the_ending(tmp_path: Path, name: str, ending: str):
-    from labelsharing.safe_write import temporary_path
+    from labelsharing.utils.safe_write import temporary_path
 
     temporary = temporary_path(tmp_path / name)
     assert temporary.parent == tmp_path and temporary.name.startswith(".") and ".tmp-" in temporary.name
@@ -66,7 +66,7 @@ def test_temporary_name_is_hidden_beside_the_file_and_keeps_the_ending(tmp_path:
 
 
 def test_write_atomically_checks_the_temporary_file_then_renames_it(tmp_path: Path):
-    from labelsharing.safe_write import write_atomically
+    from labelsharing.utils.safe_write import write_atomically
 
     seen = []
 
@@ -89,7 +89,7 @@ def test_write_atomically_checks_the_temporary_file_then_renames_it(tmp_path: Pa
 ])
 @pytest.mark.parametrize("existing", [False, True])
 def test_failure_mid_write_leaves_no_file_and_keeps_the_old_one(tmp_path: Path, failure, reason, existing):
-    from labelsharing.safe_write import write_atomically
+    from labelsharing.utils.safe_write import write_atomically
 
     target = tmp_path / "ct.nii.gz"
     if existing:
@@ -108,7 +108,7 @@ def test_failure_mid_write_leaves_no_file_and_keeps_the_old_one(tmp_path: Path, 
 
 
 def test_interrupt_during_write_removes_the_temporary_file(tmp_path: Path):
-    from labelsharing.safe_write import write_atomically
+    from labelsharing.utils.safe_write import write_atomically
 
     def interrupted(path: Path) -> None:
         path.write_bytes(b"partial")
@@ -120,7 +120,7 @@ def test_interrupt_during_write_removes_the_temporary_file(tmp_path: Path):
 
 
 def test_empty_or_unreadable_result_is_refused(tmp_path: Path):
-    from labelsharing.safe_write import write_atomically
+    from labelsharing.utils.safe_write import write_atomically
 
     target = tmp_path / "out.json"
     target.write_text("{}")
@@ -136,7 +136,7 @@ def test_empty_or_unreadable_result_is_refused(tmp_path: Path):
 
 
 def test_write_json_atomically_round_trips(tmp_path: Path):
-    from labelsharing.safe_write import write_json_atomically
+    from labelsharing.utils.safe_write import write_json_atomically
 
     data = {"tasks": {"TaskA": {"dice": [0.5, 1.0]}}, "name": "Größe"}
     path = write_json_atomically(tmp_path / "dice.json", data)
@@ -150,7 +150,7 @@ def test_write_json_atomically_round_trips(tmp_path: Path):
 def test_json_on_a_full_disk_fails_and_keeps_the_old_file(tmp_path: Path):
     target = tmp_path / "plan.json"
     target.write_text('{"old": true}\n')
-    code = ("from labelsharing.safe_write import write_json_atomically\n"
+    code = ("from labelsharing.utils.safe_write import write_json_atomically\n"
             f"write_json_atomically({str(target)!r}, {{'values': list(range(5000))}})")
     result = _run([sys.executable, "-c", code], limit=4096)
     assert result.returncode != 0 and "LabelSharingError" in result.stderr and "ulimit -f" in result.stderr
@@ -162,7 +162,7 @@ def test_kill_during_write_keeps_the_old_file_whole(tmp_path: Path):
     target = tmp_path / "ct.nii.gz"
     target.write_bytes(b"old contents")
     code = ("import sys, time\n"
-            "from labelsharing.safe_write import write_atomically\n"
+            "from labelsharing.utils.safe_write import write_atomically\n"
             "def write(path):\n"
             "    path.write_bytes(b'half of the new')\n"
             "    print('writing', flush=True)\n"
@@ -179,7 +179,7 @@ def test_kill_during_write_keeps_the_old_file_whole(tmp_path: Path):
     (leftover,) = [name for name in _listing(tmp_path) if name != "ct.nii.gz"]
     assert leftover.startswith(".ct.tmp-") and leftover.endswith(".nii.gz")  # hidden, never the final name
 
-    from labelsharing.safe_write import write_atomically
+    from labelsharing.utils.safe_write import write_atomically
 
     live = tmp_path / f".ct.tmp-{os.getpid()}-abcdef.nii.gz"  # a running writer's file stays
     live.write_bytes(b"busy")

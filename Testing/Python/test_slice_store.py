@@ -16,11 +16,11 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import boxes, write_image
-from labelsharing.datasets import read_task_dataset
+from labelsharing.data.datasets import read_task_dataset
 from labelsharing.errors import LabelSharingError
-from labelsharing.plan import LabelStats, SharedLabelPlan
-from labelsharing.slice_store import SliceStore, label_dtype
-from labelsharing.training_data import prepare_task
+from labelsharing.plan.shared_labels import LabelStats, SharedLabelPlan
+from labelsharing.train.slice_store import SliceStore, label_dtype
+from labelsharing.train.task_data import prepare_task
 
 ON_LINUX = sys.platform.startswith("linux")
 
@@ -120,9 +120,9 @@ def test_no_volume_is_alive_when_training_starts(tmp_path, monkeypatch):
     """Planning and preparation read each case and let it go; the held-out cases are read again
     at each validation. The old code kept every held-out volume (and, until preparation ended,
     every volume) for the whole run."""
-    import labelsharing.training as training
-    from labelsharing.demo_data import make_demo_datasets
-    from labelsharing.training import TrainingOptions, train
+    import labelsharing.train.trainer as training
+    from labelsharing.demo.data import make_demo_datasets
+    from labelsharing.train.trainer import TrainingOptions, train
 
     folders = make_demo_datasets(tmp_path / "demo", cases=5, seed=2)[:2]  # 3D CT and MR
     alive: list[weakref.ref] = []

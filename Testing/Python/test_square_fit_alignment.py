@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labelsharing.preprocessing import SquareFit
-from labelsharing.training_data import _fit_slices
+from labelsharing.data.preprocessing import SquareFit
+from labelsharing.train.task_data import _fit_slices
 
 # (height, width, network input size): down- and up-scaling, square and not.
 SIZES = [(512, 512, 256), (100, 100, 256), (200, 200, 128), (37, 37, 64), (37, 50, 64), (50, 37, 64), (300, 120, 128)]

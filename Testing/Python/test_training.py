@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from labelsharing.demo_data import make_demo_datasets
+from labelsharing.demo.data import make_demo_datasets
 from labelsharing.errors import LabelSharingError
-from labelsharing.model import FORMAT_VERSION
-from labelsharing.training import TrainingOptions, train
-from labelsharing.training_data import PreparedTask, sampling_weights, split_cases
+from labelsharing.model.network import FORMAT_VERSION
+from labelsharing.train.trainer import TrainingOptions, train
+from labelsharing.train.task_data import PreparedTask, sampling_weights, split_cases
 
 TINY = dict(epochs=1, batch_size=8, input_size=32, features=4, device="cpu", seed=3)
 
@@ -62,7 +62,7 @@ def test_existing_model_folder_is_refused_before_any_work(tmp_path, demo_tasks):
 
 
 def test_interrupted_training_leaves_no_model_and_reports_its_working_folder(tmp_path, demo_tasks, monkeypatch):
-    import labelsharing.training as training
+    import labelsharing.train.trainer as training
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -101,9 +101,9 @@ def test_model_folder_contents_and_repeatability(tmp_path, demo_tasks):
 def test_short_training_run_learns_three_tasks(tmp_path):
     """A few CPU epochs on small demo data must clearly beat chance on every task."""
     demo_tasks = make_demo_datasets(tmp_path / "demo", cases=10, seed=0)
-    from labelsharing.datasets import read_task_dataset
-    from labelsharing.evaluation import evaluate_model
-    from labelsharing.inference import Predictor
+    from labelsharing.data.datasets import read_task_dataset
+    from labelsharing.infer.evaluation import evaluate_model
+    from labelsharing.infer.predictor import Predictor
 
     options = TrainingOptions(epochs=10, batch_size=8, input_size=48, features=8, device="cpu", seed=0)
     train(demo_tasks[:3], tmp_path / "model", options, log=lambda m: None)
@@ -117,9 +117,9 @@ def test_short_training_run_learns_three_tasks(tmp_path):
 
 def test_task_config_carries_colors_and_terminology(tmp_path):
     from conftest import boxes, write_task
-    from labelsharing.datasets import read_task_dataset
-    from labelsharing.plan import LabelStats, SharedLabelPlan
-    from labelsharing.training import task_config
+    from labelsharing.data.datasets import read_task_dataset
+    from labelsharing.plan.shared_labels import LabelStats, SharedLabelPlan
+    from labelsharing.train.trainer import task_config
 
     root = write_task(tmp_path / "T", {"a": 1, "b": 2}, [boxes((4, 4), {1: 6, 2: 2})],
                       extra={"colors": {"a": [0, 0, 255]}, "terminology": {"b": "ctx~SCT^1^x~SCT^2^y~^^~a~^^~^^"}})
@@ -137,9 +137,9 @@ def test_training_slices_come_only_from_training_cases_and_validation_only_from_
     import SimpleITK as sitk
 
     from conftest import boxes, write_image
-    from labelsharing.datasets import read_task_dataset
-    from labelsharing.plan import LabelStats, SharedLabelPlan
-    from labelsharing.training_data import prepare_task
+    from labelsharing.data.datasets import read_task_dataset
+    from labelsharing.plan.shared_labels import LabelStats, SharedLabelPlan
+    from labelsharing.train.task_data import prepare_task
 
     root = tmp_path / "T"
     for index in range(5):
@@ -172,7 +172,7 @@ def test_an_epoch_is_a_fixed_number_of_steps_whatever_the_data_size(tmp_path, de
 
 
 def test_a_time_budget_fits_the_number_of_epochs():
-    from labelsharing.training import _Schedule
+    from labelsharing.train.trainer import _Schedule
 
     schedule = _Schedule(epochs=25, steps=50, warmup_fraction=0.05)
     lines: list[str] = []
@@ -201,7 +201,7 @@ def test_a_time_budget_run_records_the_epochs_it_chose(tmp_path, demo_tasks):
     ([0.1, 0.5, 0.9], None),  # too short to tell
 ])
 def test_a_run_that_ends_while_validation_still_climbs_says_so(curve, rising):
-    from labelsharing.training import STILL_IMPROVING, _recent_gain
+    from labelsharing.train.trainer import STILL_IMPROVING, _recent_gain
 
     epochs = [{"val_dice": {"T": {"mean": d}, "Other": {"mean": 0.0}}} for d in curve]
     gain = _recent_gain(epochs, ["T"])
@@ -209,7 +209,7 @@ def test_a_run_that_ends_while_validation_still_climbs_says_so(curve, rising):
 
 
 def test_pooled_slices_index_each_tasks_slices_in_place():
-    from labelsharing.training_data import PooledSlices
+    from labelsharing.train.task_data import PooledSlices
 
     a = PreparedTask(name="a", dataset=None, modality="CT", normalization={},
                      images=np.arange(3 * 4, dtype=np.float16).reshape(3, 2, 2),
@@ -230,8 +230,8 @@ def test_pooled_slices_index_each_tasks_slices_in_place():
 def test_memory_mapped_slices_train_the_same_weights_as_slices_in_ram(tmp_path, demo_tasks, monkeypatch):
     """--slice-memory 0 puts every slice in a memory-mapped file in the run's working folder (never
     in the model folder); same seed, bit-identical weights."""
-    import labelsharing.training as training
-    from labelsharing.checkpoint import work_folder_for
+    import labelsharing.train.trainer as training
+    from labelsharing.train.checkpoint import work_folder_for
     from labelsharing.cli import main
 
     train(demo_tasks[:2], tmp_path / "ram", TrainingOptions(**{**TINY, "epochs": 2}), log=lambda m: None)
@@ -267,7 +267,7 @@ def test_validation_every_n_epochs_keeps_the_first_and_the_last(tmp_path, demo_t
 def test_the_validation_interval_follows_the_held_out_slices():
     from types import SimpleNamespace
 
-    from labelsharing.validation import VALIDATION_SLICES_PER_TRAINED, validation_interval
+    from labelsharing.train.validation import VALIDATION_SLICES_PER_TRAINED, validation_interval
 
     options = TrainingOptions(steps_per_epoch=30, batch_size=16)  # 480 slices trained on an epoch
     per_epoch = VALIDATION_SLICES_PER_TRAINED * 480

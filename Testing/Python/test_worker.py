@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from labelsharing.worker import RequestError, parse_request, serve
+from labelsharing.serve.worker import RequestError, parse_request, serve
 from tiny_model import make_model
 
 ENGINE = str(Path(__file__).resolve().parents[2] / "LabelSharingSeg")
@@ -146,7 +146,7 @@ def test_a_model_that_cannot_be_loaded_ends_the_worker_with_predicts_error(tmp_p
 
 def test_replies_own_standard_output():
     """Whatever prints to stdout in the worker (Python or C level) lands on stderr, not among the replies."""
-    code = ("import os; from labelsharing.worker import standard_streams; requests, replies = standard_streams(); "
+    code = ("import os; from labelsharing.serve.worker import standard_streams; requests, replies = standard_streams(); "
             "print('noise'); os.write(1, b'c-noise\\n'); replies.write('{\"status\": \"ok\"}\\n')")
     done = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -192,7 +192,7 @@ def test_a_model_replaced_on_disk_is_loaded_again_before_the_next_request(tmp_pa
     assert [r["status"] for r in replies if r["status"] not in ("progress", "log")] == ["ready", "ok", "ok"]
     reloads = [r for r in replies if r["status"] == "log" and "changed on disk" in r["text"]]
     assert [r["id"] for r in reloads] == [2]
-    from labelsharing.inference import Predictor
+    from labelsharing.infer.predictor import Predictor
 
     fresh = Predictor.from_model_dir(folder, device="cpu", backend="torch")
     expected = fresh.predict_image(sitk.ReadImage(str(image)), "TaskA")

@@ -61,8 +61,8 @@ class EngineCli:
 
 
 def test_demo_settings_are_the_engines_quick_demo_and_its_work_folder():
-    from labelsharing.checkpoint import work_folder_for
-    from labelsharing.demo import DemoSettings
+    from labelsharing.train.checkpoint import work_folder_for
+    from labelsharing.demo.run import DemoSettings
 
     quick = DemoSettings.quick()
     assert DEMO_CASES == quick.cases

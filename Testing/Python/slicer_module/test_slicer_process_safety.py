@@ -20,9 +20,9 @@ from .test_slicer_widget_actions import _segmentationFromFile, _volume
 from .widget_harness import buildWidget, loadModuleFile, writeModel
 
 #: torch, MONAI and the engine's training/inference code: only the engine subprocess may import them
-HEAVY = ("torch", "monai", "labelsharing.training", "labelsharing.training_data", "labelsharing.incremental",
-         "labelsharing.model", "labelsharing.inference", "labelsharing.datasets", "labelsharing.checkpoint",
-         "labelsharing.distributed", "labelsharing.evaluation")
+HEAVY = ("torch", "monai", "labelsharing.train.trainer", "labelsharing.train.task_data", "labelsharing.train.incremental",
+         "labelsharing.model.network", "labelsharing.infer.predictor", "labelsharing.data.datasets", "labelsharing.train.checkpoint",
+         "labelsharing.train.distributed", "labelsharing.infer.evaluation")
 
 
 def _heavy(name: str) -> bool:

@@ -44,8 +44,8 @@ def test_segment_properties_read_colour_and_terminology_tag():
 
 
 def test_task_dataset_carries_the_segments_terminology_to_the_engine(tmp_path):
-    """dataset.json ``terminology`` as the engine reads it (labelsharing.datasets.read_task_dataset)."""
-    from labelsharing.datasets import read_task_dataset
+    """dataset.json ``terminology`` as the engine reads it (labelsharing.data.datasets.read_task_dataset)."""
+    from labelsharing.data.datasets import read_task_dataset
 
     sceneIO = SceneIO(fakeSlicer(), fakeVtk())
     node = _segmentation(terminology=LIVER)

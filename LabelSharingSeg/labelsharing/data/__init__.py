@@ -1,0 +1,28 @@
+"""Data: task datasets, image and ``.seg.nrrd`` I/O, orientation and slicing, intensity
+normalisation, terminology, and the appearance thumbnails of the look-alike check.
+"""
+
+from __future__ import annotations
+
+from labelsharing.utils.lazy_exports import lazy_exports
+
+_EXPORTS = {
+    "datasets": (
+        "MODALITIES", "Case", "TaskDataset", "TaskSummary", "read_task_dataset", "inspect_task_dataset",
+        "load_case",
+    ),
+    "image_io": (
+        "SegmentInfo", "read_image", "read_image_header", "read_label", "write_image", "write_label",
+        "case_id_from_path",
+    ),
+    "orientation": ("Slicing", "plan_slicing"),
+    "preprocessing": (
+        "NORMALIZATION_BY_MODALITY", "PLANES", "SquareFit", "choose_input_size", "fit_ct_normalization",
+        "normalize_intensities", "intensity_normalizer",
+    ),
+    "label_resampling": ("resampled_argmax",),
+    "terminology": ("EXAMPLE_ENTRY", "terminology_entry_problem"),
+    "appearance": ("Appearance", "compare_datasets"),
+}
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,14 @@
+"""Inference: the predictor, its backends (PyTorch, OpenVINO, ...) and evaluation on labelled cases.
+"""
+
+from __future__ import annotations
+
+from labelsharing.utils.lazy_exports import lazy_exports
+
+_EXPORTS = {
+    "predictor": ("OUTPUT_FORMATS", "Predictor"),
+    "backends": ("BACKENDS", "PRECISIONS"),
+    "evaluation": ("DiceAccumulator", "evaluate_model", "evaluation_table", "format_dice", "split_warning"),
+}
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

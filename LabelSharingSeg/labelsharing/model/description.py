@@ -1,0 +1,86 @@
+"""``labelsharing info``: a readable description of a model folder (no torch needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from labelsharing.model.folder import read_model_config
+from labelsharing.plan.shared_labels import SharedLabelPlan
+from labelsharing.plan.planner import plan_table
+from labelsharing.utils.tables import format_table
+
+__all__ = ["describe_model"]
+
+
+def describe_model(folder: str | Path) -> str:
+    """Tasks, labels, shared labels, preprocessing and training history of a model folder."""
+    config = read_model_config(folder)
+    plan = SharedLabelPlan.from_dict(config["plan"])
+    arch = config["architecture"]
+    kwargs = arch.get("kwargs", {})
+    lines = [
+        f"model        {Path(folder).resolve()}",
+        f"format       {config['format_version']} (labelsharing {config.get('labelsharing_version', '?')})",
+        f"network      {arch['name']} 2D, channels {kwargs.get('channels')}, {kwargs.get('out_channels')} outputs"
+        + (f", {config['parameters']:,} parameters" if "parameters" in config else ""),
+        f"input size   {config['input_size'][0]} x {config['input_size'][1]}",
+        f"parent       {config.get('parent') or '-'}",
+        "weights      " + (f"SHA-256 {config['weights_sha256'][:16]}... (checked on every load)" if "weights_sha256" in config
+                           else "no checksum (format 1): damage cannot be detected"),
+        "",
+        "Tasks",
+        format_table(
+            ["task", "modality", "slicing", "normalisation", "labels"],
+            [[name, t["modality"], _slicing(t), t["normalization"]["scheme"],
+              ", ".join(f"{label}={entry['value']}" for label, entry in t["labels"].items())]
+             for name, t in config["tasks"].items()],
+        ),
+        "",
+        "Shared labels",
+        plan_table(plan),
+    ]
+    lines += _history_lines(config.get("history", []))
+    versions = config.get("versions", {})
+    if versions:
+        lines += ["", "Built with " + ", ".join(f"{k} {v}" for k, v in versions.items())]
+    return "\n".join(lines)
+
+
+def _history_lines(history: list) -> list[str]:
+    """The history table and the best epoch's Dice; history records are free-form in
+    ``model.json``, so anything missing or malformed is shown as ``?`` or left out."""
+    records = [h for h in history if isinstance(h, dict)]
+    if not records:
+        return []
+    lines = ["", "History", format_table(
+        ["run", "date", "tasks", "epochs", "device", "seconds", "best mean Dice"],
+        [[h.get("kind", "?"), h.get("date", "?"), ", ".join(map(str, _list(h.get("tasks")))),
+          len(_list(h.get("epochs"))), h.get("device", "?"), h.get("seconds", "?"), _fmt(h.get("best_mean_dice"))]
+         for h in records],
+    )]
+    epochs = [e for e in _list(records[-1].get("epochs")) if isinstance(e, dict)]
+    best = next((e for e in epochs if e.get("epoch") == records[-1].get("best_epoch")), None)
+    try:
+        rows = [[task, label, f"{d:.3f}"] for task, v in best["val_dice"].items() for label, d in v["labels"].items()]
+    except (TypeError, KeyError, AttributeError, ValueError):  # no best epoch, or a record edited by hand
+        rows = []
+    if rows:
+        lines += ["", f"Validation Dice at the best epoch ({best['epoch']})", format_table(["task", "label", "Dice"], rows)]
+    return lines
+
+
+def _slicing(task: dict) -> str:
+    """``axial, 0.8 x 0.8 mm``; ``2D``; ``axis 2 (as stored)`` for models before ``plane``."""
+    if "plane" not in task:
+        return "2D" if task["axis"] is None else f"axis {task['axis']} (as stored)"
+    spacing = task.get("target_spacing")
+    text = task["plane"] or "2D"
+    return text + (f", {spacing[0]:g} x {spacing[1]:g} mm" if spacing else "")
+
+
+def _list(value) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) and value == value else "-"

@@ -1,0 +1,19 @@
+"""Plan: label sizes, the shared-label plan, pins and the look-alike check across tasks.
+
+``shared_labels`` and ``label_matching`` need numpy alone: the Slicer process imports this
+package to show the grouping (and nothing else of the engine).
+"""
+
+from __future__ import annotations
+
+from labelsharing.utils.lazy_exports import lazy_exports
+
+_EXPORTS = {
+    "shared_labels": (
+        "BACKGROUND", "LabelStats", "LabelAssignment", "SharedLabelPlan", "measure_label_sizes",
+        "rank_labels_by_size", "read_pins",
+    ),
+    "planner": ("summarise_tasks", "plan_tasks", "plan_task_datasets", "plan_table"),
+}
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

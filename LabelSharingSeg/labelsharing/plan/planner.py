@@ -1,0 +1,104 @@
+"""The ``plan`` stage: read task datasets, measure label sizes, check which tasks look alike
+(:mod:`labelsharing.data.appearance`), build the shared-label plan.
+
+Datasets and images are read through imports inside the functions: ``labelsharing info`` needs
+only :func:`plan_table`, and starts without SimpleITK.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+
+from labelsharing.errors import LabelSharingError
+from labelsharing.plan.shared_labels import USER_PIN, SharedLabelPlan
+from labelsharing.utils.progress import SILENT, ProgressReporter
+from labelsharing.utils.tables import format_table
+
+if TYPE_CHECKING:
+    from labelsharing.data.appearance import Appearance
+    from labelsharing.data.datasets import TaskSummary
+
+__all__ = ["summarise_tasks", "plan_tasks", "plan_task_datasets", "plan_table"]
+
+
+def summarise_tasks(folders: Sequence[str | Path], progress: ProgressReporter = SILENT,
+                    thumbnails: bool = False) -> list[TaskSummary]:
+    """Read, validate and measure each task dataset folder, one case at a time.
+
+    ``thumbnails`` keeps each case's appearance thumbnails in the summaries (see ``inspect_task_dataset``).
+
+    Raises:
+        LabelSharingError: on the first invalid dataset, or two datasets with one task name.
+    """
+    from labelsharing.data.datasets import inspect_task_dataset, read_task_dataset
+
+    tasks = [read_task_dataset(folder) for folder in folders]
+    names = [t.name for t in tasks]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise LabelSharingError(
+            f"Several datasets are named {', '.join(duplicates)}; task names must be unique "
+            "(set a distinct 'name' in each dataset.json)."
+        )
+    summaries = []
+    for task in tasks:
+        with progress.track(f"checking {task.name}", total=len(task.training), unit="case") as advance:
+            summaries.append(inspect_task_dataset(task, lambda done, total: advance(), thumbnails))
+    return summaries
+
+
+def plan_tasks(
+    summaries: Sequence[TaskSummary], pins: Mapping[str, Mapping[str, int]] | None = None,
+    look_alike: Sequence[Sequence[str]] = (),
+) -> SharedLabelPlan:
+    """Build the shared-label plan of several measured tasks (see ``SharedLabelPlan.build``);
+    ``look_alike`` groups get their matching labels pinned together."""
+    return SharedLabelPlan.build({s.task.name: s.stats for s in summaries}, pins, look_alike,
+                                 {s.task.name: s.task.terminology for s in summaries})
+
+
+def plan_task_datasets(
+    folders: Sequence[str | Path],
+    pins: Mapping[str, Mapping[str, int]] | None = None,
+    progress: ProgressReporter = SILENT,
+    log: Callable[[str], None] = print,
+) -> tuple[SharedLabelPlan, list[TaskSummary], Appearance]:
+    """Check and measure the datasets, run the look-alike check, build their plan, and report
+    the warnings of all three. Each case is read once, and no volume is kept.
+
+    Returns:
+        the plan, the task summaries (with their cases' thumbnails) and the look-alike check's result.
+    """
+    from labelsharing.data.appearance import compare_datasets
+
+    summaries = summarise_tasks(folders, progress, thumbnails=True)
+    appearance = compare_datasets([s.task for s in summaries], {s.task.name: s.thumbnails for s in summaries})
+    plan = plan_tasks(summaries, pins, appearance.groups())
+    for note in [w for s in summaries for w in s.warnings] + appearance.warnings() + plan.warnings:
+        log(f"warning: {note}")
+    return plan, summaries, appearance
+
+
+def plan_table(plan: SharedLabelPlan) -> str:
+    """Shared labels as rows, tasks as columns: ``label (relative size %)`` in each cell.
+
+    Pinned labels are marked ``[pin]`` (the user's own) or ``[auto]`` (matched across look-alike
+    tasks); a note under the table gives each automatic pin's reason.
+    """
+    rows, notes = [], []
+    for shared in range(1, plan.n_shared + 1):
+        row: list[object] = [f"shared {shared}"]
+        for task in plan.task_names:
+            entry = next(((n, a) for n, a in plan.labels(task).items() if a.shared == shared), None)
+            if entry is None:
+                row.append("-")
+                continue
+            reason = plan.pin_reasons.get(task, {}).get(entry[0])
+            mark = "" if reason is None else " [pin]" if reason == USER_PIN else " [auto]"
+            row.append(f"{entry[0]} ({100 * entry[1].relative_size:.2f}%){mark}")
+            if mark == " [auto]":
+                notes.append(f"[auto] {task}/{entry[0]} -> shared {shared}: {reason}")
+        rows.append(row)
+    table = format_table(["shared label", *plan.task_names], rows)
+    return "\n".join([table, *notes])

@@ -1,0 +1,16 @@
+"""Training: a new model on several tasks, or one more task added to a model, on one or several
+processes, with checkpoints to resume from.
+"""
+
+from __future__ import annotations
+
+from labelsharing.utils.lazy_exports import lazy_exports
+
+_EXPORTS = {
+    "trainer": ("TrainingOptions", "FitResult", "fit", "task_config", "train"),
+    "incremental": ("DEFAULT_REPLAY", "add_task", "forgetting_table"),
+    "task_data": ("PreparedTask", "prepare_task", "split_cases"),
+    "checkpoint": ("RunFolder", "work_folder_for"),
+}
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
