@@ -286,7 +286,7 @@ class LabelSharingSegTest(ScriptedLoadableModuleTest):
         """Segments get the task's names, colours, terminology and exactly the label map's voxels."""
         import numpy as np
         from LabelSharingSegLib.SegmentImport import SegmentImporter, SegmentSpec
-        from labelsharing.data.terminology import EXAMPLE_ENTRY
+        from labelsharing.plan.terminology import EXAMPLE_ENTRY
 
         volume, voxels = self._boxVolume()
         labels = (voxels == 200).astype(np.uint8) + 2 * (voxels == 400).astype(np.uint8)

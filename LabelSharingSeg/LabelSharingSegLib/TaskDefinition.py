@@ -17,7 +17,7 @@ import numpy as np
 
 from labelsharing.errors import LabelSharingError
 from labelsharing.plan.shared_labels import LabelStats, SharedLabelPlan, measure_label_sizes
-from labelsharing.data.terminology import terminology_entry_problem
+from labelsharing.plan.terminology import terminology_entry_problem
 
 from .ModuleError import ModuleError
 from .NrrdIO import writeNrrd

@@ -25,7 +25,7 @@ from labelsharing.data.datasets import inspect_task_dataset, read_task_dataset
 from labelsharing.errors import LabelSharingError
 from labelsharing.data.image_io import read_image, read_label, write_label
 from labelsharing.infer.predictor import Predictor
-from labelsharing.data.terminology import EXAMPLE_ENTRY
+from labelsharing.plan.terminology import EXAMPLE_ENTRY
 from tiny_model import make_model
 
 FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

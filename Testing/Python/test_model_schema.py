@@ -20,7 +20,7 @@ from labelsharing.errors import LabelSharingError
 from labelsharing.infer.predictor import Predictor
 from labelsharing.model.description import describe_model
 from labelsharing.model.schema import validate_model_config
-from labelsharing.data.terminology import EXAMPLE_ENTRY
+from labelsharing.plan.terminology import EXAMPLE_ENTRY
 from tiny_model import make_config, make_model
 
 

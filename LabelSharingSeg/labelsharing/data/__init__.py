@@ -1,5 +1,5 @@
 """Data: task datasets, image and ``.seg.nrrd`` I/O, orientation and slicing, intensity
-normalisation, terminology, and the appearance thumbnails of the look-alike check.
+normalisation, and the appearance thumbnails of the look-alike check.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ _EXPORTS = {
         "normalize_intensities", "intensity_normalizer",
     ),
     "label_resampling": ("resampled_argmax",),
-    "terminology": ("EXAMPLE_ENTRY", "terminology_entry_problem"),
     "appearance": ("Appearance", "compare_datasets"),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)

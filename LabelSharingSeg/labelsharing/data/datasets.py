@@ -35,7 +35,7 @@ from labelsharing.data.image_io import (
     read_label,
 )
 from labelsharing.plan.shared_labels import LabelStats, measure_label_sizes
-from labelsharing.data.terminology import EXAMPLE_ENTRY, terminology_entry_problem
+from labelsharing.plan.terminology import EXAMPLE_ENTRY, terminology_entry_problem
 
 __all__ = ["MODALITIES", "Case", "TaskDataset", "TaskSummary", "read_task_dataset", "inspect_task_dataset", "load_case"]
 

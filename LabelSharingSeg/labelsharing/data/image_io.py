@@ -43,7 +43,7 @@ _KNOWN_ENDINGS = (SEG_NRRD, ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd",
 
 class SegmentInfo(NamedTuple):
     """One label as a Slicer segment: name, value in the label map, 0..1 RGB colour and the Slicer
-    terminology entry string (``None`` when the task gives none; see :mod:`labelsharing.data.terminology`)."""
+    terminology entry string (``None`` when the task gives none; see :mod:`labelsharing.plan.terminology`)."""
 
     name: str
     value: int

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, NoReturn
 
 from labelsharing.errors import LabelSharingError
 from labelsharing.data.preprocessing import NORMALIZATION_BY_MODALITY, PLANES
-from labelsharing.data.terminology import terminology_entry_problem
+from labelsharing.plan.terminology import terminology_entry_problem
 
 __all__ = [
     "FORMAT_VERSION",
@@ -118,7 +118,7 @@ class Text(Field):
 
 
 class TerminologyEntry(Field):
-    """A Slicer terminology entry string (:func:`labelsharing.data.terminology.terminology_entry_problem`)."""
+    """A Slicer terminology entry string (:func:`labelsharing.plan.terminology.terminology_entry_problem`)."""
 
     allowed = "a Slicer terminology entry"
 

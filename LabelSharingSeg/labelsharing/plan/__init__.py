@@ -1,6 +1,7 @@
-"""Plan: label sizes, the shared-label plan, pins and the look-alike check across tasks.
+"""Plan: label sizes, the shared-label plan, pins (matched by name or terminology code) and the
+look-alike check across tasks.
 
-``shared_labels`` and ``label_matching`` need numpy alone: the Slicer process imports this
+``shared_labels``, ``label_matching`` and ``terminology`` need numpy alone: the Slicer process imports this
 package to show the grouping (and nothing else of the engine).
 """
 
@@ -13,6 +14,7 @@ _EXPORTS = {
         "BACKGROUND", "LabelStats", "LabelAssignment", "SharedLabelPlan", "measure_label_sizes",
         "rank_labels_by_size", "read_pins",
     ),
+    "terminology": ("EXAMPLE_ENTRY", "terminology_entry_problem"),
     "planner": ("summarise_tasks", "plan_tasks", "plan_task_datasets", "plan_table"),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)
