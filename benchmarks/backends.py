@@ -25,8 +25,8 @@ Example::
 from __future__ import annotations
 
 import argparse
-import os
 import importlib.util
+import os
 import shutil
 import tempfile
 import time
@@ -39,9 +39,9 @@ import SimpleITK as sitk
 import torch
 from inference_speed import _model
 
-from labelsharing.infer.predictor import Predictor
-from labelsharing.utils.device import describe_device
-from labelsharing.data.preprocessing import SquareFit
+from labelsharing.data import SquareFit
+from labelsharing.infer import Predictor
+from labelsharing.utils import describe_device
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
@@ -133,9 +133,8 @@ def main() -> None:
 def _dice_differences(model_dir: str, datasets: list[str], pairs: list[tuple[str, str]]) -> None:
     """Mean Dice on the test split per backend, its difference to eager fp32 (goal < 0.002), and the
     voxel agreement of the label maps with eager fp32 over the same images (goal >= 99.9 %)."""
-    from labelsharing.data.datasets import read_task_dataset
-    from labelsharing.infer.evaluation import evaluate_model
-    from labelsharing.data.image_io import read_image
+    from labelsharing.data import read_image, read_task_dataset
+    from labelsharing.infer import evaluate_model
 
     tasks = [read_task_dataset(folder) for folder in datasets]
     images = [(task.name, read_image(case.image)) for task in tasks for case in task.test]

@@ -20,26 +20,15 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+from comparison_models import DynamicHeadNetwork, MergedNetwork, TaskPredictor, allowed_channels, count_parameters, \
+    dodnet_plan, merged_plan, task_indices
 
-from labelsharing.data.datasets import read_task_dataset
-from labelsharing.infer.evaluation import evaluate_model
-from labelsharing.infer.predictor import Predictor
-from labelsharing.utils.device import select_device
-from labelsharing.model.network import SegmentationModel, default_architecture, package_versions
-from labelsharing.plan.planner import plan_task_datasets
-from labelsharing.train.trainer import FitResult, TrainingOptions, fit, task_config, train
-from labelsharing.train.task_data import prepare_task
-
-from comparison_models import (
-    DynamicHeadNetwork,
-    MergedNetwork,
-    TaskPredictor,
-    allowed_channels,
-    count_parameters,
-    dodnet_plan,
-    merged_plan,
-    task_indices,
-)
+from labelsharing.data import read_task_dataset
+from labelsharing.infer import Predictor, evaluate_model
+from labelsharing.model import SegmentationModel, default_architecture, package_versions
+from labelsharing.plan import plan_task_datasets
+from labelsharing.train import FitResult, Trainer, TrainingOptions, prepare_task, train
+from labelsharing.utils import select_device
 
 __all__ = ["run_per_task", "run_label_sharing", "run_merged", "run_dodnet", "run_incremental_base",
            "run_incremental_add", "fit_conditioned"]
@@ -131,7 +120,7 @@ def run_incremental_base(folders: Sequence[Path], work: Path, options: TrainingO
 def run_incremental_add(folders: Sequence[Path], work: Path, options: TrainingOptions, replay: float,
                         log: Log = _quiet) -> dict:
     """``add_task`` of task K onto the base model, with ``replay`` of old-task slices per batch."""
-    from labelsharing.train.incremental import add_task  # the lead's module; may be missing
+    from labelsharing.train import add_task
 
     out = work / f"incremental_replay_{replay:g}"
     start = time.perf_counter()
@@ -172,7 +161,7 @@ def _run_conditioned(kind: str, folders: Sequence[Path], options: TrainingOption
     # label of every task) and DoDNet's feature head break the shared-label schema by design. This
     # in-memory config only tells TaskPredictor the tasks and labels; it is never written.
     config = {"architecture": architecture, "input_size": [options.input_size] * 2, "plan": plan.to_dict(),
-              "tasks": {t.name: task_config(t, plan) for t in tasks}, "history": [], "parent": None,
+              "tasks": {t.name: t.model_entry(plan) for t in tasks}, "history": [], "parent": None,
               "versions": package_versions()}
     model = SegmentationModel(config=config, network=network.to(device))
     index = task_indices(plan.task_names)
@@ -184,14 +173,26 @@ def _run_conditioned(kind: str, folders: Sequence[Path], options: TrainingOption
             "best_epoch": fitted.best_epoch, "test": _test(TaskPredictor(model, device, index), folders)}
 
 
+class ConditionedTrainer(Trainer):
+    """The engine's trainer with the task passed to the network (same sampler, loss, optimiser,
+    schedule and best-epoch selection on validation Dice); only ``network(images, task)`` differs."""
+
+    def __init__(self, model: SegmentationModel, tasks, options: TrainingOptions, device, task_index, log: Log):
+        super().__init__(model, tasks, options, device, log=log)
+        self.task_index = task_index
+        # the dataset's task index follows ``tasks``; the network's follows the plan's task order
+        self.order = torch.as_tensor([task_index[t.name] for t in tasks], dtype=torch.long, device=device)
+
+    def forward(self, network, images, task_indices):
+        return network(images, self.order[task_indices])
+
+    def make_predictor(self):
+        return TaskPredictor(self.model, self.device, self.task_index)
+
+
 def fit_conditioned(model: SegmentationModel, tasks, options: TrainingOptions, device, task_index,
                     log: Log = _quiet) -> FitResult:
-    """The engine's ``fit`` with the task passed to the network (same sampler, loss, optimiser,
-    schedule and best-epoch selection on validation Dice); only ``network(images, task)`` differs."""
-    # the dataset's task index follows ``tasks``; the network's follows the plan's task order
-    order = torch.as_tensor([task_index[t.name] for t in tasks], dtype=torch.long, device=device)
-    return fit(model, tasks, options, device, log=log,
-               forward=lambda network, images, task: network(images, order[task]),
-               predictor_factory=lambda m, d: TaskPredictor(m, d, task_index))
+    """Train a task-conditioned baseline with :class:`ConditionedTrainer`."""
+    return ConditionedTrainer(model, tasks, options, device, task_index, log).fit()
 
 

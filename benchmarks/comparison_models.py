@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from labelsharing.infer.predictor import Predictor
-from labelsharing.model.network import build_network
-from labelsharing.plan.shared_labels import LabelAssignment, SharedLabelPlan
+from labelsharing.infer import Predictor
+from labelsharing.model import build_network
+from labelsharing.plan import LabelAssignment, SharedLabelPlan
 
 __all__ = ["MASK_VALUE", "allowed_channels", "mask_logits", "merged_plan", "dodnet_plan", "MergedNetwork",
            "DynamicHeadNetwork", "TaskPredictor", "count_parameters"]

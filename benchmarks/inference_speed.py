@@ -42,14 +42,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from labelsharing.data.image_io import read_image, write_label
-from labelsharing.infer.predictor import Predictor
-from labelsharing.utils.device import describe_device
-from labelsharing.model.network import SegmentationModel, build_network, default_architecture
-from labelsharing.model.folder import build_model_config
-from labelsharing.data.orientation import Slicing
-from labelsharing.plan.shared_labels import LabelStats, SharedLabelPlan
-from labelsharing.data.preprocessing import SquareFit, normalize_intensities
+from labelsharing.data import Slicing, SquareFit, normalize_intensities, read_image, write_label
+from labelsharing.infer import Predictor
+from labelsharing.model import SegmentationModel, build_model_config, build_network, default_architecture
+from labelsharing.plan import LabelStats, SharedLabelPlan
+from labelsharing.utils import describe_device
 
 LABELS = {"liver": 1, "spleen": 2, "kidney": 3, "aorta": 4}
 SPACING = (0.8, 0.8, 1.5)  # (x, y, z) mm
@@ -176,8 +173,7 @@ def _compare(predictor: Predictor, image: sitk.Image, path: Path, out: Path, arg
 
 def _stages(predictor: Predictor, path: Path, out: Path) -> dict[str, float]:
     """CPU seconds (all threads) of each stage of ``predict_files``, run one after the other."""
-    from labelsharing.data.label_resampling import resampled_argmax  # this engine's stages, absent from older ones
-    from labelsharing.data.preprocessing import intensity_normalizer
+    from labelsharing.data import intensity_normalizer, resampled_argmax
 
     seconds = dict.fromkeys(["read", "view + normalise", "fit to the input", "network", "labels", "write"], 0.0)
     start = time.process_time()

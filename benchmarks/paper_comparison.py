@@ -92,7 +92,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def training_options(args: argparse.Namespace):
-    from labelsharing.train.trainer import TrainingOptions
+    from labelsharing.train import TrainingOptions
 
     return TrainingOptions(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                            input_size=args.input_size,
@@ -100,7 +100,7 @@ def training_options(args: argparse.Namespace):
 
 
 def data_folders(data: Path) -> list[Path]:
-    from labelsharing.demo.data import DEMO_TASK_NAMES
+    from labelsharing.demo import DEMO_TASK_NAMES
 
     return [data / name for name in DEMO_TASK_NAMES]
 
@@ -253,9 +253,9 @@ NOTES = [
 
 
 def run_driver(args: argparse.Namespace) -> int:
-    from labelsharing.demo.data import make_demo_datasets
-
     from comparison_report import machine_info, summary_table
+
+    from labelsharing.demo import make_demo_datasets
 
     total_start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -302,7 +302,7 @@ def run_driver(args: argparse.Namespace) -> int:
 
 
 def _task_labels(data: Path) -> dict:
-    from labelsharing.data.datasets import read_task_dataset
+    from labelsharing.data import read_task_dataset
 
     return {t.name: list(t.labels) for t in (read_task_dataset(f) for f in data_folders(data))}
 

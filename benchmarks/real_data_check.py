@@ -42,21 +42,18 @@ from typing import Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from labelsharing.data.datasets import load_case, read_task_dataset
+from labelsharing.data import load_case, read_task_dataset
 from labelsharing.errors import LabelSharingError
-from labelsharing.infer.evaluation import evaluate_model
-from labelsharing.train.incremental import DEFAULT_REPLAY, add_task
-from labelsharing.infer.predictor import Predictor
-from labelsharing.utils.device import select_device
-from labelsharing.model.network import SegmentationModel
-from labelsharing.plan.planner import plan_table, plan_task_datasets
-from labelsharing.train.trainer import TrainingOptions, train
-from labelsharing.train.task_data import prepare_task
+from labelsharing.infer import Predictor, evaluate_model
+from labelsharing.model import SegmentationModel
+from labelsharing.plan import plan_table, plan_task_datasets
+from labelsharing.train import DEFAULT_REPLAY, TrainingOptions, add_task, prepare_task, train
+from labelsharing.utils import select_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from comparison_report import machine_info  # noqa: E402
-from real_data_report import markdown_report  # noqa: E402
 from real_data import MRICRON_DIR, TASKS, Sources, resample, write_task  # noqa: E402
+from real_data_report import markdown_report  # noqa: E402
 
 __all__ = ["DEFAULT_TASKS", "ComputeBudget", "equal_compute_budget", "build_tasks", "run_check", "main"]
 

@@ -163,8 +163,8 @@ def main() -> None:
     def call() -> PredictCall:  # each Apply writes into a new folder, as the module's Segmenter does
         return PredictCall(str(model), TASK, str(image), str(outputs / f"out{next(runs)}"), args.device)
 
-    from labelsharing.infer.predictor import Predictor
-    from labelsharing.utils.device import describe_device
+    from labelsharing.infer import Predictor
+    from labelsharing.utils import describe_device
 
     predictor = Predictor.from_model_dir(model, device=args.device)  # builds a backend's cached graph if any
 

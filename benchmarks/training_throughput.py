@@ -3,7 +3,7 @@
 Two measurements, in one run:
 
 1. **Throughput.** The demo's three training tasks (``labelsharing demo-data``) are prepared as
-   ``train`` prepares them, then trained with the engine's loop (:func:`labelsharing.train.trainer.fit`:
+   ``train`` prepares them, then trained with the engine's loop (:class:`labelsharing.train.Trainer`:
    task-balanced draws, augmentation, loss, AdamW, schedule, progress; validation timed apart) and
    with a bare loop of the same network, loss, optimiser and batch size on tensors already in
    memory (``X[idx]``, forward, backward, step: the floor any pipeline must pay). Each engine
@@ -42,15 +42,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from labelsharing.demo.data import make_demo_datasets
-from labelsharing.infer.predictor import Predictor
-from labelsharing.utils.device import describe_device, select_device
-from labelsharing.model.network import SegmentationModel, build_network, default_architecture
-from labelsharing.model.folder import build_model_config
-from labelsharing.plan.planner import plan_task_datasets
-from labelsharing.utils.progress import ProgressReporter
-from labelsharing.train.trainer import TrainingOptions, fit, task_config
-from labelsharing.train.task_data import prepare_task
+from labelsharing.demo import make_demo_datasets
+from labelsharing.infer import Predictor
+from labelsharing.model import SegmentationModel, build_model_config, build_network, default_architecture
+from labelsharing.plan import plan_task_datasets
+from labelsharing.train import Trainer, TrainingOptions, prepare_task
+from labelsharing.utils import ProgressReporter, describe_device, select_device
 
 
 def _prepare(folders, input_size: int, options: TrainingOptions):
@@ -66,7 +63,7 @@ class _TimedPredictor:
     seconds = 0.0
 
     def __init__(self, model, device):
-        self._predictor = Predictor(model, device)
+        self.model, self._predictor = model, Predictor(model, device)
 
     def predict_image(self, image, task):
         start = time.perf_counter()
@@ -74,6 +71,13 @@ class _TimedPredictor:
             return self._predictor.predict_image(image, task)
         finally:
             _TimedPredictor.seconds += time.perf_counter() - start
+
+
+class _TimedTrainer(Trainer):
+    """The engine's trainer, validating with :class:`_TimedPredictor`."""
+
+    def make_predictor(self):
+        return _TimedPredictor(self.model, self.device)
 
 
 class BareLoop:
@@ -133,14 +137,15 @@ class _PairedClock(ProgressReporter):
 
 
 def engine_run(plan, tasks, options: TrainingOptions, device, clock: _PairedClock) -> float:
-    """Validation seconds of :func:`fit` with ``options`` (steps timed by ``clock``)."""
+    """Validation seconds of the engine's :class:`~labelsharing.train.Trainer` with ``options`` (steps
+    timed by ``clock``)."""
     torch.manual_seed(options.seed)
     architecture = default_architecture(plan.n_shared + 1, options.features)
     config = build_model_config(architecture, tasks[0].images.shape[-1], plan,
-                                {t.name: task_config(t, plan) for t in tasks})
+                                {t.name: t.model_entry(plan) for t in tasks})
     model = SegmentationModel(config=config, network=build_network(architecture).to(device))
     _TimedPredictor.seconds = 0.0
-    fit(model, tasks, options, device, progress=clock, log=lambda m: None, predictor_factory=_TimedPredictor)
+    _TimedTrainer(model, tasks, options, device, progress=clock, log=lambda m: None).fit()
     return _TimedPredictor.seconds
 
 
@@ -230,10 +235,8 @@ def memory(args: argparse.Namespace, work: Path) -> None:
 
 def _count_training_slices(folders) -> int:
     """Slices ``train`` prepares from these folders (default validation split)."""
-    from labelsharing.data.datasets import read_task_dataset
-    from labelsharing.data.image_io import read_image_header
-    from labelsharing.data.orientation import plan_slicing
-    from labelsharing.train.task_data import split_cases
+    from labelsharing.data import plan_slicing, read_image_header, read_task_dataset
+    from labelsharing.train import split_cases
 
     total = 0
     for folder in folders:

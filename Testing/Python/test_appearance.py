@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import write_image
+
 from labelsharing.data.appearance import CONFUSION_WARNING, case_thumbnails, compare_tasks, task_confusion
 
 SIDE, SLICES = 32, 24
@@ -115,8 +115,8 @@ def test_plan_cli_stays_silent_across_modalities(tmp_path):
 
 @pytest.mark.slow
 def test_training_records_the_matrix_in_model_json(tmp_path):
-    from labelsharing.model.folder import read_model_config
-    from labelsharing.train.trainer import TrainingOptions, train
+    from labelsharing.model import read_model_config
+    from labelsharing.train import TrainingOptions, train
 
     a = write_volume_task(tmp_path / "HeadA", _head, 1, {"brain": 1, "white_matter": 2})
     b = write_volume_task(tmp_path / "HeadB", _head, 2, {"white-matter": 1, "brain": 2})
@@ -134,9 +134,10 @@ def test_training_records_the_matrix_in_model_json(tmp_path):
 
 
 def test_model_json_schema_checks_the_matrix():
+    from tiny_model import make_config
+
     from labelsharing.errors import LabelSharingError
     from labelsharing.model.schema import validate_model_config
-    from tiny_model import make_config
 
     config = make_config()
     config["appearance"] = {"tasks": ["TaskA", "TaskB"], "confusion": [[0.9, 0.1], [None, None]]}

@@ -16,14 +16,14 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from labelsharing.infer.graph_cache import network_sha256
-from labelsharing.infer.backends import create_backend
 from labelsharing.cli import main
-from labelsharing.demo.data import make_demo_datasets
+from labelsharing.demo import make_demo_datasets
 from labelsharing.errors import LabelSharingError
-from labelsharing.infer.predictor import Predictor
-from labelsharing.model.folder import check_model_output
-from labelsharing.train.trainer import TrainingOptions, train
+from labelsharing.infer import Predictor
+from labelsharing.infer.backends import create_backend
+from labelsharing.infer.graph_cache import network_sha256
+from labelsharing.model import check_model_output
+from labelsharing.train import TrainingOptions, train
 
 pytestmark = pytest.mark.slow
 

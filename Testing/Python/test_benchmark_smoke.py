@@ -15,17 +15,11 @@ torch = pytest.importorskip("torch")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from comparison_models import (  # noqa: E402
-    MASK_VALUE,
-    DynamicHeadNetwork,
-    MergedNetwork,
-    allowed_channels,
-    dodnet_plan,
-    mask_logits,
-    merged_plan,
-)
-from labelsharing.model.network import default_architecture  # noqa: E402
-from labelsharing.plan.shared_labels import LabelStats, SharedLabelPlan  # noqa: E402
+from comparison_models import MASK_VALUE, DynamicHeadNetwork, MergedNetwork, allowed_channels, dodnet_plan, \
+    mask_logits, merged_plan  # noqa: E402
+
+from labelsharing.model import default_architecture
+from labelsharing.plan import LabelStats, SharedLabelPlan
 
 pytestmark = pytest.mark.slow
 

@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import boxes, write_image
-from labelsharing.data.datasets import inspect_task_dataset, load_case, read_task_dataset
-from labelsharing.errors import LabelSharingError
-from labelsharing.data.image_io import case_id_from_path
-from labelsharing.infer.predictor import Predictor
 from tiny_model import make_model
+
+from labelsharing.data import case_id_from_path, inspect_task_dataset, load_case, read_task_dataset
+from labelsharing.errors import LabelSharingError
+from labelsharing.infer import Predictor
 
 
 @pytest.mark.parametrize(

@@ -72,8 +72,8 @@ def test_command_line_defaults_are_the_engine_defaults():
     """The parser repeats a few engine defaults as literals (so ``--help`` imports neither torch nor
     numpy); they must stay those of ``TrainingOptions`` and the slice store."""
     from labelsharing.cli import build_parser
+    from labelsharing.train import TrainingOptions
     from labelsharing.train.slice_store import DEFAULT_SLICE_MEMORY_MB
-    from labelsharing.train.trainer import TrainingOptions
 
     args = build_parser().parse_args(["train", "data", "--out", "model"])
     engine = TrainingOptions()

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicerio
-
 from conftest import boxes, write_image, write_task
-from labelsharing.data.datasets import inspect_task_dataset, load_case, read_task_dataset
+
+from labelsharing.data import case_id_from_path, inspect_task_dataset, load_case, read_image, read_label, \
+    read_task_dataset, write_label
 from labelsharing.errors import LabelSharingError
-from labelsharing.data.image_io import case_id_from_path, read_image, read_label, write_label
 
 OBLIQUE = tuple(np.array([[0.0, -1.0, 0.0], [0.8, 0.0, 0.6], [-0.6, 0.0, 0.8]]).ravel())
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from labelsharing.demo.data import DEMO_TASK_NAMES, make_demo_datasets
+from labelsharing.demo import DEMO_TASK_NAMES, make_demo_datasets
 from labelsharing.errors import LabelSharingError
 
 CASES = 2

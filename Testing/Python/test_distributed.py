@@ -13,10 +13,10 @@ import pytest
 import SimpleITK as sitk
 
 from labelsharing.cli import main
-from labelsharing.data.datasets import read_task_dataset
-from labelsharing.demo.data import make_demo_datasets
-from labelsharing.train.distributed import DistributedContext, Launch, choose_device, launch_from_env, start_distributed
+from labelsharing.data import read_task_dataset
+from labelsharing.demo import make_demo_datasets
 from labelsharing.errors import LabelSharingError
+from labelsharing.train.distributed import DistributedContext, Launch, choose_device, launch_from_env, start_distributed
 
 TORCHRUN_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -123,7 +123,7 @@ def _weights_layout(model_dir: Path) -> dict:
 
 @pytest.mark.slow
 def test_two_processes_train_a_complete_model_like_one_process(tmp_path, tasks_2d):
-    from labelsharing.infer.predictor import Predictor
+    from labelsharing.infer import Predictor
 
     flags = ["--epochs", "1", "--input-size", "32", "--features", "4", "--device", "cpu"]
     run = _torchrun(["train", *map(str, tasks_2d), "--out", str(tmp_path / "ddp"), *flags], cwd=tmp_path)

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicerio
-
 from conftest import write_image
+
 from labelsharing.cli import main
-from labelsharing.demo.run import DemoSettings, run_demo
-from labelsharing.demo.data import make_demo_datasets
+from labelsharing.demo import DemoSettings, make_demo_datasets, run_demo
 
 TINY_FLAGS = ["--epochs", "1", "--batch-size", "8", "--device", "cpu"]
 _ANATOMY = "Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure~SCT^"

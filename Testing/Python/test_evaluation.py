@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_task
 from monai.metrics import DiceMetric, compute_dice
 from monai.networks.utils import one_hot
-
-from conftest import write_task
-from labelsharing.data.datasets import read_task_dataset
-from labelsharing.errors import LabelSharingError
-from labelsharing.infer.evaluation import DiceAccumulator, dice_per_label, evaluate_model, evaluation_table
-from labelsharing.infer.predictor import Predictor
 from tiny_model import make_model
+
+from labelsharing.data import read_task_dataset
+from labelsharing.errors import LabelSharingError
+from labelsharing.infer import Predictor
+from labelsharing.infer.evaluation import DiceAccumulator, dice_per_label, evaluate_model, evaluation_table
 
 
 def _monai_dice(prediction: np.ndarray, reference: np.ndarray, n_classes: int) -> np.ndarray:

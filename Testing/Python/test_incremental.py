@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from labelsharing.demo.data import make_demo_datasets
+from labelsharing.demo import make_demo_datasets
 from labelsharing.errors import LabelSharingError
-from labelsharing.train.incremental import add_task
-from labelsharing.model.network import build_network, default_architecture, grow_output_channels
-from labelsharing.train.trainer import TrainingOptions, train
+from labelsharing.model import build_network, default_architecture, grow_output_channels
+from labelsharing.train import TrainingOptions, add_task, train
 
 TINY = dict(epochs=1, batch_size=8, input_size=32, features=4, device="cpu", seed=0)
 
@@ -127,10 +126,11 @@ def test_add_task_without_validation_cases_trains_and_reports_the_written_weight
     the parent's weights (best epoch 0) and reported the forgetting of weights it did not write."""
     from safetensors.torch import load_file
 
-    from labelsharing.model.network import SegmentationModel
-    from labelsharing.train.trainer import validation_dice
-    from labelsharing.train.task_data import prepare_task
-    from labelsharing.data.datasets import read_task_dataset
+    from labelsharing.data import read_task_dataset
+    from labelsharing.infer import Predictor
+    from labelsharing.model import SegmentationModel
+    from labelsharing.train import prepare_task
+    from labelsharing.train.validation import validation_dice
 
     single = tmp_path / "OneCase"
     shutil.copytree(demo["BrainMR"], single)
@@ -151,17 +151,17 @@ def test_add_task_without_validation_cases_trains_and_reports_the_written_weight
     model = SegmentationModel.load(out)
     chest = prepare_task(read_task_dataset(demo["ChestXR"]), model.plan, model.input_size, 0.2, TINY["seed"],
                          normalization=model.config["tasks"]["ChestXR"]["normalization"])
-    measured = validation_dice(model, [chest], torch.device("cpu"))
+    measured = validation_dice(Predictor(model, "cpu"), [chest])
     assert record["forgetting"]["ChestXR"]["after"] == pytest.approx(measured["ChestXR"]["mean"])
 
 
 def test_old_tasks_keep_their_own_validation_split_across_add_tasks(demo, tmp_path):
     """Each task's held-out cases are stored and reused; re-deriving them from the first run's seed
     and fraction would turn cases a task trained on into its 'validation'."""
-    from labelsharing.data.datasets import read_task_dataset
+    from labelsharing.data import read_task_dataset
+    from labelsharing.model import SegmentationModel
+    from labelsharing.train import split_cases
     from labelsharing.train.incremental import _prepare_old_tasks
-    from labelsharing.model.network import SegmentationModel
-    from labelsharing.train.task_data import split_cases
 
     first = tmp_path / "first"
     train([demo["ChestXR"]], first, TrainingOptions(**TINY), log=lambda m: None)

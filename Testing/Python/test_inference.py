@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
-from labelsharing.errors import LabelSharingError
-from labelsharing.data.image_io import read_label
-from labelsharing.infer.predictor import Predictor
-from labelsharing.utils.device import describe_device, select_device
-from labelsharing.utils.progress import ProgressReporter
 from tiny_model import COLORS, TASK_LABELS, make_model
+
+from labelsharing.data import read_label
+from labelsharing.errors import LabelSharingError
+from labelsharing.infer import Predictor
+from labelsharing.utils import ProgressReporter, describe_device, select_device
 
 
 def _image(array: np.ndarray, spacing=None, origin=None, direction=None) -> sitk.Image:

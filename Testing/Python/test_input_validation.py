@@ -16,17 +16,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicerio
+from conftest import boxes, write_image, write_task
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import boxes, write_image, write_task
-from labelsharing.cli import main
-from labelsharing.data.datasets import inspect_task_dataset, read_task_dataset
-from labelsharing.errors import LabelSharingError
-from labelsharing.data.image_io import read_image, read_label, write_label
-from labelsharing.infer.predictor import Predictor
-from labelsharing.plan.terminology import EXAMPLE_ENTRY
 from tiny_model import make_model
+
+from labelsharing.cli import main
+from labelsharing.data import inspect_task_dataset, read_image, read_label, read_task_dataset, write_label
+from labelsharing.errors import LabelSharingError
+from labelsharing.infer import Predictor
+from labelsharing.plan import EXAMPLE_ENTRY
 
 FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

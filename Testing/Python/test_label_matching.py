@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from labelsharing.plan import plan_table
 from labelsharing.plan.label_matching import normalise_name, terminology_code
 from labelsharing.plan.shared_labels import USER_PIN, LabelStats, SharedLabelPlan
-from labelsharing.plan.planner import plan_table
 
 
 def stats(**sizes: float) -> dict[str, LabelStats]:

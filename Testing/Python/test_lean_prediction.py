@@ -16,13 +16,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
-
-from labelsharing.infer.predictor import Predictor
-from labelsharing.data.label_resampling import MAX_BOUNDARY_FRACTION, resampled_argmax
-from labelsharing.model.network import SegmentationModel, build_network
-from labelsharing.data.orientation import Slicing
-from labelsharing.data.preprocessing import intensity_normalizer, normalize_intensities
 from tiny_model import IntensityNetwork, make_config
+
+from labelsharing.data import Slicing, intensity_normalizer, normalize_intensities
+from labelsharing.data.label_resampling import MAX_BOUNDARY_FRACTION, resampled_argmax
+from labelsharing.infer import Predictor
+from labelsharing.model import SegmentationModel, build_network
 
 #: probabilities closer than this are a tie of rounding: kernels may order them either way
 TIE = 1e-5
@@ -224,7 +223,7 @@ def test_predict_files_overlaps_io_yet_stops_at_an_unreadable_image(tmp_path):
     import io
 
     from labelsharing.errors import LabelSharingError
-    from labelsharing.utils.progress import ProgressReporter
+    from labelsharing.utils import ProgressReporter
 
     predictor = Predictor(_model("smooth", "ct"), "cpu", batch_size=4)
     inputs = []
@@ -247,8 +246,8 @@ def test_predict_files_overlaps_io_yet_stops_at_an_unreadable_image(tmp_path):
 
 def test_label_values_above_255_come_out_as_uint16():
     """A task whose values do not fit a byte: the lookup travels as int32, the map is uint16."""
-    from labelsharing.model.folder import build_model_config
-    from labelsharing.plan.shared_labels import LabelStats, SharedLabelPlan
+    from labelsharing.model import build_model_config
+    from labelsharing.plan import LabelStats, SharedLabelPlan
 
     values = {"big": 1000, "mid": 2, "small": 300}
     plan = SharedLabelPlan.build({"TaskA": {name: LabelStats(value, 0.4 / (i + 1), 1.0)

@@ -15,7 +15,6 @@ off their images (the Dice floor of ``test_end_to_end.py::test_training_learns_e
 from __future__ import annotations
 
 import copy
-import functools
 import json
 from pathlib import Path
 
@@ -23,13 +22,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from conftest import boxes, write_task
-from labelsharing.errors import LabelSharingError
-from labelsharing.infer.predictor import Predictor
-from labelsharing.model.network import SegmentationModel
-from labelsharing.model.folder import weights_sha256
 from tiny_model import make_model
+
+from labelsharing.errors import LabelSharingError
+from labelsharing.infer import Predictor
+from labelsharing.model import SegmentationModel
+from labelsharing.model.folder import weights_sha256
 
 TINY = dict(batch_size=2, input_size=32, features=4, device="cpu", seed=0, val_fraction=0.34)
 
@@ -51,28 +50,27 @@ def big_and_small(tmp_path: Path) -> tuple[Path, Path]:
     return big, small
 
 
-def _recording_fit(module, monkeypatch) -> list[int]:
-    """Make ``module.fit`` record the task index of every slice the training loop draws."""
-    from labelsharing.train.trainer import fit
+def _recording_draws(monkeypatch) -> list[int]:
+    """Make the training loop record the task index of every slice it draws."""
+    from labelsharing.train import Trainer
 
     drawn: list[int] = []
 
-    def forward(network, images, task_indices):
+    def forward(self, network, images, task_indices):
         drawn.extend(task_indices.tolist())
         return network(images)
 
-    monkeypatch.setattr(module, "fit", functools.partial(fit, forward=forward))
+    monkeypatch.setattr(Trainer, "forward", forward)
     return drawn
 
 
 def test_training_draws_every_task_equally_often_whatever_its_size(big_and_small, tmp_path, monkeypatch):
     """Guards against a uniform sampler (drawing slices regardless of their task): the small task
     (8 training slices against 48) would get 1/7 of the draws instead of half."""
-    import labelsharing.train.trainer as training
+    from labelsharing.train import TrainingOptions, train
 
-    drawn = _recording_fit(training, monkeypatch)
-    training.train(list(big_and_small), tmp_path / "model", training.TrainingOptions(epochs=3, **TINY),
-                   log=lambda m: None)
+    drawn = _recording_draws(monkeypatch)
+    train(list(big_and_small), tmp_path / "model", TrainingOptions(epochs=3, **TINY), log=lambda m: None)
     small = float(np.mean(np.asarray(drawn) == 1))  # tasks are indexed in the order given
     assert len(drawn) >= 150 and 0.35 < small < 0.65, f"share of draws from the small task: {small:.2f}"
 
@@ -81,11 +79,11 @@ def test_add_task_draws_old_tasks_in_the_replay_share(big_and_small, tmp_path, m
     """Guards against ignoring the replay shares (the new and old tasks drawn equally, or by size):
     with --replay 0.25 a quarter of the draws must come from the old task."""
     import labelsharing.train.incremental as incremental
-    from labelsharing.train.trainer import TrainingOptions, train
+    from labelsharing.train import TrainingOptions, train
 
     big, small = big_and_small
     train([big], tmp_path / "parent", TrainingOptions(epochs=1, **TINY), log=lambda m: None)
-    drawn = _recording_fit(incremental, monkeypatch)
+    drawn = _recording_draws(monkeypatch)
     incremental.add_task(tmp_path / "parent", small, tmp_path / "child", TrainingOptions(epochs=3, **TINY),
                          replay=0.25, log=lambda m: None)
     old = float(np.mean(np.asarray(drawn) != 0))  # the new task is index 0, old tasks follow
@@ -127,9 +125,9 @@ def test_prediction_cuts_volumes_along_the_axis_the_task_was_trained_on():
 def test_ct_intensities_beyond_the_window_are_clipped_in_training_and_at_inference(tmp_path):
     """Guards against dropping the CT intensity clip: metal (far above the window) must reach the
     network as the window's top, in the slices it trains on and in the images it predicts."""
-    from labelsharing.data.datasets import read_task_dataset
-    from labelsharing.plan.shared_labels import LabelStats, SharedLabelPlan
-    from labelsharing.train.task_data import prepare_task
+    from labelsharing.data import read_task_dataset
+    from labelsharing.plan import LabelStats, SharedLabelPlan
+    from labelsharing.train import prepare_task
 
     window = {"scheme": "ct", "clip": [0.0, 3.0], "mean": 0.0, "std": 1.0}
     label = boxes((2, 8, 8), {1: 40})
@@ -187,6 +185,7 @@ class _EpochTwoIsBest:
     validated: list[dict] = []
 
     def __init__(self, model, device):
+        self.model = model
         self.validated.append(copy.deepcopy(model.network.state_dict()))
         self.perfect = len(self.validated) == 2
 
@@ -200,11 +199,10 @@ def test_the_written_model_is_the_best_validated_epoch(big_and_small, tmp_path, 
     epoch's weights): validation Dice 0, 1, 0 must write the second epoch's weights."""
     from safetensors.torch import load_file
 
-    import labelsharing.infer.predictor
-    from labelsharing.train.trainer import TrainingOptions, train
+    from labelsharing.train import Trainer, TrainingOptions, train
 
     monkeypatch.setattr(_EpochTwoIsBest, "validated", [])
-    monkeypatch.setattr(labelsharing.infer.predictor, "Predictor", _EpochTwoIsBest)
+    monkeypatch.setattr(Trainer, "make_predictor", lambda self: _EpochTwoIsBest(self.model, self.device))
     train([big_and_small[1]], tmp_path / "model", TrainingOptions(epochs=3, **TINY), log=lambda m: None)
 
     assert len(_EpochTwoIsBest.validated) == 3
@@ -223,18 +221,18 @@ def test_one_lucky_validation_epoch_does_not_pick_the_model(big_and_small, tmp_p
     moving average: scores 0.3, 0.9 (a spike), 0.3, then 0.7 steadily must write the last epoch."""
     from safetensors.torch import load_file
 
-    import labelsharing.train.trainer as training
+    import labelsharing.train.trainer as trainer
+    from labelsharing.train import TrainingOptions, train
 
     scores = iter([0.3, 0.9, 0.3, 0.7, 0.7, 0.7, 0.7, 0.7])
     validated: list[dict] = []
 
-    def scripted_dice(model, tasks, device, predictor_factory=None):
-        validated.append(copy.deepcopy(model.network.state_dict()))
+    def scripted_dice(predictor, tasks):
+        validated.append(copy.deepcopy(predictor.model.network.state_dict()))
         return {task.name: {"mean": next(scores)} for task in tasks if task.validation}
 
-    monkeypatch.setattr(training, "validation_dice", scripted_dice)
-    training.train([big_and_small[1]], tmp_path / "model", training.TrainingOptions(epochs=8, **TINY),
-                   log=lambda m: None)
+    monkeypatch.setattr(trainer, "validation_dice", scripted_dice)
+    train([big_and_small[1]], tmp_path / "model", TrainingOptions(epochs=8, **TINY), log=lambda m: None)
 
     record = json.loads((tmp_path / "model" / "model.json").read_text())["history"][-1]
     assert record["best_epoch"] == 8 and record["best_mean_dice"] == pytest.approx(0.7)

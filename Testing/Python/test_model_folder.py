@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_model import make_model
 
 from labelsharing.errors import LabelSharingError
-from labelsharing.infer.predictor import Predictor
-from labelsharing.model.network import SegmentationModel, default_architecture
-from labelsharing.model.folder import build_model_config, check_model_output, lock_model_output
-from labelsharing.plan.shared_labels import LabelStats, SharedLabelPlan
-from tiny_model import make_model
+from labelsharing.infer import Predictor
+from labelsharing.model import SegmentationModel, build_model_config, check_model_output, default_architecture, \
+    lock_model_output
+from labelsharing.plan import LabelStats, SharedLabelPlan
 
 MISMATCH = "the weights do not match model.json: the file is damaged or from another model"
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny_model import make_config, make_model
 
 from labelsharing.errors import LabelSharingError
-from labelsharing.infer.predictor import Predictor
-from labelsharing.model.description import describe_model
+from labelsharing.infer import Predictor
+from labelsharing.model import describe_model
 from labelsharing.model.schema import validate_model_config
-from labelsharing.plan.terminology import EXAMPLE_ENTRY
-from tiny_model import make_config, make_model
+from labelsharing.plan import EXAMPLE_ENTRY
 
 
 @pytest.fixture(scope="module")

@@ -12,18 +12,17 @@ import pytest
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
-
 from conftest import write_image
-from labelsharing.data.datasets import read_task_dataset
-from labelsharing.errors import LabelSharingError
-from labelsharing.infer.predictor import Predictor
-from labelsharing.model.network import SegmentationModel
-from labelsharing.model.schema import validate_model_config
-from labelsharing.data.orientation import Slicing, lps_view, orientation_code, plan_slicing
-from labelsharing.plan.shared_labels import LabelStats, SharedLabelPlan
-from labelsharing.train.trainer import task_config
-from labelsharing.train.task_data import prepare_task
 from tiny_model import IntensityNetwork, make_config
+
+from labelsharing.data import read_task_dataset
+from labelsharing.data.orientation import Slicing, lps_view, orientation_code, plan_slicing
+from labelsharing.errors import LabelSharingError
+from labelsharing.infer import Predictor
+from labelsharing.model import SegmentationModel
+from labelsharing.model.schema import validate_model_config
+from labelsharing.plan import LabelStats, SharedLabelPlan
+from labelsharing.train import prepare_task
 
 SPACING = (0.8, 0.8, 2.0)
 ORIGIN = (-10.0, 5.0, 20.0)
@@ -151,7 +150,7 @@ def test_anisotropic_pixels_are_resampled_to_the_target_spacing_before_the_squar
     plan = SharedLabelPlan.build({"T": {"a": LabelStats(1, 0.4, 1.0)}})
     task = prepare_task(read_task_dataset(tmp_path / "T"), plan, 32, val_fraction=0.0, normalization=IDENTITY)
     assert task.slicing == Slicing("axial", (1.0, 1.0))
-    assert task_config(task, plan)["target_spacing"] == [1.0, 1.0]
+    assert task.model_entry(plan)["target_spacing"] == [1.0, 1.0]
     assert task.labels.shape == (9, 32, 32)
     square = task.labels[0]
     assert 0.35 < square.mean() < 0.45  # 10 x 10 mm of a 16 x 16 mm slice
@@ -211,7 +210,7 @@ def test_training_to_prediction_round_trip_on_an_oriented_volume_lands_labels_on
     config = make_config(input_size=32)
     plan = SharedLabelPlan.from_dict(config["plan"])
     task = prepare_task(read_task_dataset(root), plan, 32, val_fraction=0.0, normalization=IDENTITY)
-    config["tasks"]["TaskA"] = {**task_config(task, plan), "normalization": IDENTITY}
+    config["tasks"]["TaskA"] = {**task.model_entry(plan), "normalization": IDENTITY}
     validate_model_config(config)
     predictor = Predictor(SegmentationModel(config=config, network=IntensityNetwork(4).eval()), "cpu")
 

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from labelsharing.demo.data import make_demo_datasets
+from labelsharing.demo import make_demo_datasets
 from labelsharing.errors import LabelSharingError
-from labelsharing.train.incremental import add_task
-from labelsharing.train.trainer import TrainingOptions, train
+from labelsharing.train import TrainingOptions, add_task, train
 
 TINY = dict(epochs=1, batch_size=8, input_size=32, features=4, device="cpu", seed=0)
 
@@ -35,14 +34,12 @@ def knee_model(knee, tmp_path_factory) -> Path:
 @pytest.fixture
 def no_training(monkeypatch):
     """Fail the test if any training starts: every refusal must come before the work."""
-    import labelsharing.train.incremental as incremental
-    import labelsharing.train.trainer as training
+    from labelsharing.train import Trainer
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("training started although the output was refused")
 
-    monkeypatch.setattr(training, "fit", must_not_run)
-    monkeypatch.setattr(incremental, "fit", must_not_run)
+    monkeypatch.setattr(Trainer, "fit", must_not_run)
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -89,12 +86,12 @@ def test_an_output_that_cannot_be_written_is_refused_before_training(knee, tmp_p
 
 def test_a_second_writer_of_the_same_output_is_refused_at_once(knee, tmp_path, monkeypatch):
     """Refused by the lock before any work: the second run never reads a dataset."""
-    import labelsharing.train.trainer as training
+    import labelsharing.train.train_model as train_model
 
     def no_work(*args, **kwargs):
         raise AssertionError("the second writer started planning before it was refused")
 
-    monkeypatch.setattr(training, "plan_task_datasets", no_work)
+    monkeypatch.setattr(train_model, "plan_task_datasets", no_work)
     out = tmp_path / "model"
     first = subprocess.Popen(
         [sys.executable, "-m", "labelsharing", "--progress", "none", "train", str(knee), "--out", str(out),
@@ -117,7 +114,7 @@ def test_a_second_writer_of_the_same_output_is_refused_at_once(knee, tmp_path, m
 
 
 def test_the_model_written_records_its_checksum_and_reads_back(knee_model):
-    from labelsharing.model.network import SegmentationModel
+    from labelsharing.model import SegmentationModel
 
     config = json.loads((knee_model / "model.json").read_text())
     digest = hashlib.sha256((knee_model / "model.safetensors").read_bytes()).hexdigest()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from labelsharing.errors import LabelSharingError
-from labelsharing.plan.shared_labels import LabelStats, SharedLabelPlan, measure_label_sizes, rank_labels_by_size, read_pins
+from labelsharing.plan import LabelStats, SharedLabelPlan, measure_label_sizes, rank_labels_by_size, read_pins
 
 
 def stats(**sizes: float) -> dict[str, LabelStats]:

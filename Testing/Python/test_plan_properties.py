@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from labelsharing.errors import LabelSharingError
-from labelsharing.plan.shared_labels import LabelStats, SharedLabelPlan, rank_labels_by_size
+from labelsharing.plan import LabelStats, SharedLabelPlan, rank_labels_by_size
 
 PROPERTY = settings(max_examples=60, deadline=None)
 NAMES = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=6)

@@ -6,16 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from labelsharing.data.preprocessing import SquareFit, choose_input_size, choose_slice_axis, fit_ct_normalization, \
+    from_slices, normalize_intensities, to_slices
 from labelsharing.errors import LabelSharingError
-from labelsharing.data.preprocessing import (
-    SquareFit,
-    choose_input_size,
-    choose_slice_axis,
-    fit_ct_normalization,
-    from_slices,
-    normalize_intensities,
-    to_slices,
-)
 
 
 def test_ct_normalization_uses_foreground_window_and_is_repeatable():

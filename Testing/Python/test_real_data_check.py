@@ -29,8 +29,8 @@ def test_every_method_makes_the_per_task_models_steps_together():
 
 def test_the_step_counts_are_the_engines(tmp_path):
     """The engine's epoch is --steps-per-epoch batches whatever the data size: the budget's unit."""
-    from labelsharing.demo.data import make_demo_datasets
-    from labelsharing.train.trainer import TrainingOptions, train
+    from labelsharing.demo import make_demo_datasets
+    from labelsharing.train import TrainingOptions, train
 
     knee = make_demo_datasets(tmp_path / "demo", cases=3, seed=0)[2]
     budget = equal_compute_budget(["KneeXR", "Other"], epochs=2, steps=3, batch_size=8, added="Other")

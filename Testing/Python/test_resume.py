@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from labelsharing.train.checkpoint import work_folder_for
 from labelsharing.cli import main
-from labelsharing.demo.data import make_demo_datasets
+from labelsharing.demo import make_demo_datasets
 from labelsharing.errors import LabelSharingError
-from labelsharing.train.trainer import TrainingOptions, train
+from labelsharing.train import TrainingOptions, train, work_folder_for
 
 TINY_FLAGS = ["--batch-size", "8", "--input-size", "32", "--features", "4", "--device", "cpu", "--seed", "3"]
 
@@ -125,17 +124,17 @@ def test_non_finite_weights_are_never_written(xr_tasks, tmp_path, monkeypatch):
     """Even if a non-finite weight slipped past the loss check, the model folder is not written."""
     import torch
 
-    import labelsharing.train.trainer as training
+    from labelsharing.train import Trainer
 
-    real_fit = training.fit
+    real_fit = Trainer.fit
 
-    def fit_with_a_broken_weight(model, *args, **kwargs):
-        result = real_fit(model, *args, **kwargs)
+    def fit_with_a_broken_weight(self):
+        result = real_fit(self)
         name = next(iter(result.best_state))
         result.best_state[name] = torch.full_like(result.best_state[name], float("inf"))
         return result
 
-    monkeypatch.setattr(training, "fit", fit_with_a_broken_weight)
+    monkeypatch.setattr(Trainer, "fit", fit_with_a_broken_weight)
     options = TrainingOptions(epochs=1, batch_size=8, input_size=32, features=4, device="cpu")
     with pytest.raises(LabelSharingError, match="hold NaN or infinite values"):
         train(xr_tasks, tmp_path / "model", options, log=lambda m: None)

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from tiny_model import make_model
 
 from labelsharing.cli import build_parser, main
 from labelsharing.errors import LabelSharingError
-from labelsharing.infer.predictor import Predictor
-from tiny_model import make_model
+from labelsharing.infer import Predictor
 
 FORMATS = ("nii.gz", "nrrd", "seg.nrrd")
 on_linux = pytest.mark.skipif(not sys.platform.startswith("linux"),
@@ -66,7 +66,7 @@ def test_temporary_name_is_hidden_beside_the_file_and_keeps_the_ending(tmp_path:
 
 
 def test_write_atomically_checks_the_temporary_file_then_renames_it(tmp_path: Path):
-    from labelsharing.utils.safe_write import write_atomically
+    from labelsharing.utils import write_atomically
 
     seen = []
 
@@ -89,7 +89,7 @@ def test_write_atomically_checks_the_temporary_file_then_renames_it(tmp_path: Pa
 ])
 @pytest.mark.parametrize("existing", [False, True])
 def test_failure_mid_write_leaves_no_file_and_keeps_the_old_one(tmp_path: Path, failure, reason, existing):
-    from labelsharing.utils.safe_write import write_atomically
+    from labelsharing.utils import write_atomically
 
     target = tmp_path / "ct.nii.gz"
     if existing:
@@ -108,7 +108,7 @@ def test_failure_mid_write_leaves_no_file_and_keeps_the_old_one(tmp_path: Path, 
 
 
 def test_interrupt_during_write_removes_the_temporary_file(tmp_path: Path):
-    from labelsharing.utils.safe_write import write_atomically
+    from labelsharing.utils import write_atomically
 
     def interrupted(path: Path) -> None:
         path.write_bytes(b"partial")
@@ -120,7 +120,7 @@ def test_interrupt_during_write_removes_the_temporary_file(tmp_path: Path):
 
 
 def test_empty_or_unreadable_result_is_refused(tmp_path: Path):
-    from labelsharing.utils.safe_write import write_atomically
+    from labelsharing.utils import write_atomically
 
     target = tmp_path / "out.json"
     target.write_text("{}")
@@ -136,7 +136,7 @@ def test_empty_or_unreadable_result_is_refused(tmp_path: Path):
 
 
 def test_write_json_atomically_round_trips(tmp_path: Path):
-    from labelsharing.utils.safe_write import write_json_atomically
+    from labelsharing.utils import write_json_atomically
 
     data = {"tasks": {"TaskA": {"dice": [0.5, 1.0]}}, "name": "Größe"}
     path = write_json_atomically(tmp_path / "dice.json", data)
@@ -179,7 +179,7 @@ def test_kill_during_write_keeps_the_old_file_whole(tmp_path: Path):
     (leftover,) = [name for name in _listing(tmp_path) if name != "ct.nii.gz"]
     assert leftover.startswith(".ct.tmp-") and leftover.endswith(".nii.gz")  # hidden, never the final name
 
-    from labelsharing.utils.safe_write import write_atomically
+    from labelsharing.utils import write_atomically
 
     live = tmp_path / f".ct.tmp-{os.getpid()}-abcdef.nii.gz"  # a running writer's file stays
     live.write_bytes(b"busy")

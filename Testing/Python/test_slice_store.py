@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import boxes, write_image
-from labelsharing.data.datasets import read_task_dataset
+
+from labelsharing.data import read_task_dataset
 from labelsharing.errors import LabelSharingError
-from labelsharing.plan.shared_labels import LabelStats, SharedLabelPlan
+from labelsharing.plan import LabelStats, SharedLabelPlan
+from labelsharing.train import prepare_task
 from labelsharing.train.slice_store import SliceStore, label_dtype
-from labelsharing.train.task_data import prepare_task
 
 ON_LINUX = sys.platform.startswith("linux")
 
@@ -120,9 +120,8 @@ def test_no_volume_is_alive_when_training_starts(tmp_path, monkeypatch):
     """Planning and preparation read each case and let it go; the held-out cases are read again
     at each validation. The old code kept every held-out volume (and, until preparation ended,
     every volume) for the whole run."""
-    import labelsharing.train.trainer as training
-    from labelsharing.demo.data import make_demo_datasets
-    from labelsharing.train.trainer import TrainingOptions, train
+    from labelsharing.demo import make_demo_datasets
+    from labelsharing.train import Trainer, TrainingOptions, train
 
     folders = make_demo_datasets(tmp_path / "demo", cases=5, seed=2)[:2]  # 3D CT and MR
     alive: list[weakref.ref] = []
@@ -138,14 +137,14 @@ def test_no_volume_is_alive_when_training_starts(tmp_path, monkeypatch):
 
     seen: dict[str, int] = {}
 
-    def fit_that_counts(model, tasks, *args, **kwargs):
+    def fit_that_counts(self):
         gc.collect()
         seen["read"], seen["alive"] = len(alive), sum(ref() is not None for ref in alive)
-        seen["held_out"] = sum(len(t.validation) for t in tasks)
+        seen["held_out"] = sum(len(t.validation) for t in self.tasks)
         raise Started
 
     monkeypatch.setattr(sitk.ImageFileReader, "Execute", tracked_execute)
-    monkeypatch.setattr(training, "fit", fit_that_counts)
+    monkeypatch.setattr(Trainer, "fit", fit_that_counts)
     with pytest.raises(Started):
         train(folders, tmp_path / "model", TrainingOptions(epochs=1, input_size=32, features=4, device="cpu"),
               log=lambda m: None)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labelsharing.data.preprocessing import SquareFit
+from labelsharing.data import SquareFit
 from labelsharing.train.task_data import _fit_slices
 
 # (height, width, network input size): down- and up-scaling, square and not.

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from labelsharing.demo.data import make_demo_datasets
+from labelsharing.demo import make_demo_datasets
 from labelsharing.errors import LabelSharingError
 from labelsharing.model.network import FORMAT_VERSION
-from labelsharing.train.trainer import TrainingOptions, train
+from labelsharing.train import TrainingOptions, train
 from labelsharing.train.task_data import PreparedTask, sampling_weights, split_cases
 
 TINY = dict(epochs=1, batch_size=8, input_size=32, features=4, device="cpu", seed=3)
@@ -62,12 +62,12 @@ def test_existing_model_folder_is_refused_before_any_work(tmp_path, demo_tasks):
 
 
 def test_interrupted_training_leaves_no_model_and_reports_its_working_folder(tmp_path, demo_tasks, monkeypatch):
-    import labelsharing.train.trainer as training
+    from labelsharing.train import Trainer
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "fit", interrupted)
+    monkeypatch.setattr(Trainer, "fit", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(demo_tasks[:2], tmp_path / "model", TrainingOptions(**TINY), log=lambda m: None,
               command=["train", "A", "--out", "model"])
@@ -101,9 +101,8 @@ def test_model_folder_contents_and_repeatability(tmp_path, demo_tasks):
 def test_short_training_run_learns_three_tasks(tmp_path):
     """A few CPU epochs on small demo data must clearly beat chance on every task."""
     demo_tasks = make_demo_datasets(tmp_path / "demo", cases=10, seed=0)
-    from labelsharing.data.datasets import read_task_dataset
-    from labelsharing.infer.evaluation import evaluate_model
-    from labelsharing.infer.predictor import Predictor
+    from labelsharing.data import read_task_dataset
+    from labelsharing.infer import Predictor, evaluate_model
 
     options = TrainingOptions(epochs=10, batch_size=8, input_size=48, features=8, device="cpu", seed=0)
     train(demo_tasks[:3], tmp_path / "model", options, log=lambda m: None)
@@ -115,11 +114,11 @@ def test_short_training_run_learns_three_tasks(tmp_path):
     assert np.mean(list(means.values())) > 0.4, means
 
 
-def test_task_config_carries_colors_and_terminology(tmp_path):
+def test_model_entry_carries_colors_and_terminology(tmp_path):
     from conftest import boxes, write_task
-    from labelsharing.data.datasets import read_task_dataset
-    from labelsharing.plan.shared_labels import LabelStats, SharedLabelPlan
-    from labelsharing.train.trainer import task_config
+
+    from labelsharing.data import read_task_dataset
+    from labelsharing.plan import LabelStats, SharedLabelPlan
 
     root = write_task(tmp_path / "T", {"a": 1, "b": 2}, [boxes((4, 4), {1: 6, 2: 2})],
                       extra={"colors": {"a": [0, 0, 255]}, "terminology": {"b": "ctx~SCT^1^x~SCT^2^y~^^~a~^^~^^"}})
@@ -127,7 +126,7 @@ def test_task_config_carries_colors_and_terminology(tmp_path):
     plan = SharedLabelPlan.build({"T": {"a": LabelStats(1, 0.4, 1.0), "b": LabelStats(2, 0.1, 1.0)}})
     prepared = PreparedTask(name="T", dataset=dataset, modality="CT", normalization={"scheme": "ct"},
                             images=np.zeros((1, 2, 2)), labels=np.zeros((1, 2, 2)), foreground=np.array([True]))
-    labels = task_config(prepared, plan)["labels"]
+    labels = prepared.model_entry(plan)["labels"]
     assert labels["a"] == {"value": 1, "shared": 1, "color": [0.0, 0.0, 1.0]}
     assert labels["b"]["terminology"] == "ctx~SCT^1^x~SCT^2^y~^^~a~^^~^^" and len(labels["b"]["color"]) == 3
 
@@ -135,11 +134,11 @@ def test_task_config_carries_colors_and_terminology(tmp_path):
 def test_training_slices_come_only_from_training_cases_and_validation_only_from_held_out_ones(tmp_path):
     """Each case has its own constant intensity, so every prepared slice tells which case it came from."""
     import SimpleITK as sitk
-
     from conftest import boxes, write_image
-    from labelsharing.data.datasets import read_task_dataset
-    from labelsharing.plan.shared_labels import LabelStats, SharedLabelPlan
-    from labelsharing.train.task_data import prepare_task
+
+    from labelsharing.data import read_task_dataset
+    from labelsharing.plan import LabelStats, SharedLabelPlan
+    from labelsharing.train import prepare_task
 
     root = tmp_path / "T"
     for index in range(5):
@@ -172,19 +171,27 @@ def test_an_epoch_is_a_fixed_number_of_steps_whatever_the_data_size(tmp_path, de
 
 
 def test_a_time_budget_fits_the_number_of_epochs():
-    from labelsharing.train.trainer import _Schedule
+    from labelsharing.train.trainer import epochs_for_budget
 
-    schedule = _Schedule(epochs=25, steps=50, warmup_fraction=0.05)
-    lines: list[str] = []
-    schedule.fit_to_budget(budget_seconds=600, first_epoch_seconds=70, log=lines.append)
-    assert schedule.epochs == 8 and schedule.total == 400
+    options, lines = TrainingOptions(steps_per_epoch=50), []
+    assert epochs_for_budget(600, 70, options, lines.append) == 8
     assert lines == ["time budget 10 min: 8 epochs of 50 steps (the first took 70.0 s)"]
-    schedule.fit_to_budget(budget_seconds=10, first_epoch_seconds=70, log=lines.append)
-    assert schedule.epochs == 1  # at least the epoch already made
-    assert schedule.factor(0) == pytest.approx(1 / max(1, int(0.05 * 50)))
+    assert epochs_for_budget(10, 70, options, lines.append) == 1  # at least the epoch already made
 
 
-def test_a_time_budget_run_records_the_epochs_it_chose(tmp_path, demo_tasks):
+def test_a_time_budget_run_records_the_epochs_it_chose_and_its_schedule_ends_with_them(tmp_path, demo_tasks,
+                                                                                         monkeypatch):
+    """The learning rate decays to 0 at the last step of the epochs the budget chose (not of --epochs)."""
+    from labelsharing.train import Trainer
+
+    real_fit, final = Trainer.fit, {}
+
+    def fit_and_look(self):
+        result = real_fit(self)
+        final.update(lr=self._optimizer.param_groups[0]["lr"], steps=self._scheduler.last_epoch)
+        return result
+
+    monkeypatch.setattr(Trainer, "fit", fit_and_look)
     messages: list[str] = []
     options = TrainingOptions(**{**TINY, "epochs": 1000, "steps_per_epoch": 2, "time_budget": 0.05})
     train(demo_tasks[2:3], tmp_path / "m", options, log=messages.append)
@@ -193,6 +200,7 @@ def test_a_time_budget_run_records_the_epochs_it_chose(tmp_path, demo_tasks):
     epochs = int(chosen[0].split(": ")[1].split(" epochs")[0])
     history = json.loads((tmp_path / "m" / "model.json").read_text())["history"][0]
     assert 1 <= epochs < 1000 and len(history["epochs"]) == epochs and history["steps"] == 2 * epochs
+    assert final["steps"] == 2 * epochs and final["lr"] == pytest.approx(0.0, abs=1e-9)
 
 
 @pytest.mark.parametrize("curve, rising", [
@@ -201,11 +209,11 @@ def test_a_time_budget_run_records_the_epochs_it_chose(tmp_path, demo_tasks):
     ([0.1, 0.5, 0.9], None),  # too short to tell
 ])
 def test_a_run_that_ends_while_validation_still_climbs_says_so(curve, rising):
-    from labelsharing.train.trainer import STILL_IMPROVING, _recent_gain
+    from labelsharing.train import FitResult
 
-    epochs = [{"val_dice": {"T": {"mean": d}, "Other": {"mean": 0.0}}} for d in curve]
-    gain = _recent_gain(epochs, ["T"])
-    assert (None if gain is None else gain > STILL_IMPROVING) == rising
+    result = FitResult(best_state={}, epochs=[{"val_dice": {"T": {"mean": d}, "Other": {"mean": 0.0}}} for d in curve])
+    gain = result.measure_recent_gain(["T"])
+    assert (None if gain is None else result.still_improving) == rising
 
 
 def test_pooled_slices_index_each_tasks_slices_in_place():
@@ -230,20 +238,20 @@ def test_pooled_slices_index_each_tasks_slices_in_place():
 def test_memory_mapped_slices_train_the_same_weights_as_slices_in_ram(tmp_path, demo_tasks, monkeypatch):
     """--slice-memory 0 puts every slice in a memory-mapped file in the run's working folder (never
     in the model folder); same seed, bit-identical weights."""
-    import labelsharing.train.trainer as training
-    from labelsharing.train.checkpoint import work_folder_for
     from labelsharing.cli import main
+    from labelsharing.train import Trainer, work_folder_for
 
     train(demo_tasks[:2], tmp_path / "ram", TrainingOptions(**{**TINY, "epochs": 2}), log=lambda m: None)
-    real_fit, seen = training.fit, {}
+    real_fit, seen = Trainer.fit, {}
 
-    def fit_that_looks(model, tasks, *args, **kwargs):
-        seen["memory_mapped"] = all(isinstance(t.images, np.memmap) and isinstance(t.labels, np.memmap) for t in tasks)
+    def fit_that_looks(self):
+        seen["memory_mapped"] = all(isinstance(t.images, np.memmap) and isinstance(t.labels, np.memmap)
+                                    for t in self.tasks)
         maps = Path("/proc/self/maps")
         seen["maps"] = maps.read_text() if maps.is_file() else None
-        return real_fit(model, tasks, *args, **kwargs)
+        return real_fit(self)
 
-    monkeypatch.setattr(training, "fit", fit_that_looks)
+    monkeypatch.setattr(Trainer, "fit", fit_that_looks)
     flags = ["--epochs", "2", "--batch-size", "8", "--input-size", "32", "--features", "4", "--device", "cpu",
              "--seed", "3"]
     assert main(["--progress", "none", "train", *map(str, demo_tasks[:2]), "--out", str(tmp_path / "mapped"), *flags,

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from tiny_model import make_model
 
 from labelsharing.serve.worker import RequestError, parse_request, serve
-from tiny_model import make_model
 
 ENGINE = str(Path(__file__).resolve().parents[2] / "LabelSharingSeg")
 ENV = {**os.environ, "PYTHONPATH": ENGINE}
@@ -192,7 +192,7 @@ def test_a_model_replaced_on_disk_is_loaded_again_before_the_next_request(tmp_pa
     assert [r["status"] for r in replies if r["status"] not in ("progress", "log")] == ["ready", "ok", "ok"]
     reloads = [r for r in replies if r["status"] == "log" and "changed on disk" in r["text"]]
     assert [r["id"] for r in reloads] == [2]
-    from labelsharing.infer.predictor import Predictor
+    from labelsharing.infer import Predictor
 
     fresh = Predictor.from_model_dir(folder, device="cpu", backend="torch")
     expected = fresh.predict_image(sitk.ReadImage(str(image)), "TaskA")

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from labelsharing.model.network import SegmentationModel, build_network, default_architecture
-from labelsharing.model.folder import build_model_config
-from labelsharing.plan.shared_labels import LabelStats, SharedLabelPlan
+from labelsharing.model import SegmentationModel, build_model_config, build_network, default_architecture
+from labelsharing.plan import LabelStats, SharedLabelPlan
 
 TASK_LABELS = {"TaskA": {"big": 1, "mid": 2, "small": 3}, "TaskB": {"tiny": 1, "large": 2}}
 _SIZES = {"TaskA": {"big": 0.4, "mid": 0.2, "small": 0.1}, "TaskB": {"tiny": 0.05, "large": 0.3}}

@@ -4,7 +4,7 @@ normalisation, and the appearance thumbnails of the look-alike check.
 
 from __future__ import annotations
 
-from labelsharing.utils.lazy_exports import lazy_exports
+from labelsharing.utils import lazy_exports
 
 _EXPORTS = {
     "datasets": (

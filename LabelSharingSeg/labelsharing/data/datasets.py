@@ -25,17 +25,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from labelsharing.data.appearance import case_thumbnails
+from labelsharing.data.image_io import MAX_LABEL_VALUE, SEG_NRRD, case_id_from_path, geometry_mismatch, read_image, \
+    read_label
 from labelsharing.errors import LabelSharingError
-from labelsharing.data.image_io import (
-    MAX_LABEL_VALUE,
-    SEG_NRRD,
-    case_id_from_path,
-    geometry_mismatch,
-    read_image,
-    read_label,
-)
-from labelsharing.plan.shared_labels import LabelStats, measure_label_sizes
-from labelsharing.plan.terminology import EXAMPLE_ENTRY, terminology_entry_problem
+from labelsharing.plan import EXAMPLE_ENTRY, LabelStats, measure_label_sizes, terminology_entry_problem
 
 __all__ = ["MODALITIES", "Case", "TaskDataset", "TaskSummary", "read_task_dataset", "inspect_task_dataset", "load_case"]
 

@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from labelsharing.errors import LabelSharingError
-from labelsharing.utils.safe_write import check_gzip_stream, write_atomically
+from labelsharing.utils import check_gzip_stream, write_atomically
 
 __all__ = [
     "SEG_NRRD",

@@ -83,6 +83,10 @@ def normalize_intensities(image: np.ndarray, normalization: Mapping) -> np.ndarr
     return intensity_normalizer(image, normalization)(image)
 
 
+# Hand-written rather than MONAI's ``NormalizeIntensity`` / ``ScaleIntensityRangePercentiles``: those
+# take their statistics from the array they are given, and here they must be taken once (per task
+# for CT, as nnU-Net's CTNormalization; per volume otherwise) and applied batch by batch, with no
+# float copy of the whole volume (issue 11's memory bound).
 def intensity_normalizer(image: np.ndarray, normalization: Mapping) -> Callable[[np.ndarray], np.ndarray]:
     """:func:`normalize_intensities` of ``image`` as a function of any part of it (e.g. a batch of slices).
 
@@ -147,8 +151,10 @@ def from_slices(slices: np.ndarray, axis: int | None) -> np.ndarray:
 
 
 # Hand-written rather than MONAI ``Resize(size_mode="longest")`` + ``SpatialPad``: those pad with one
-# constant and invert through per-image MetaTensor bookkeeping, where this pads each slice with its
-# own minimum and maps a whole batch of logits back in one ``interpolate`` call.
+# constant, resize labels by nearest neighbour (a quarter-pixel shift at 2:1, issue 9) and invert
+# through per-image MetaTensor bookkeeping, where this pads each slice with its own minimum,
+# resamples labels as nnU-Net does (order 1, per label) and maps a whole batch of logits back in
+# one ``interpolate`` call.
 @dataclass(frozen=True)
 class SquareFit:
     """How an (H, W) slice is scaled (aspect kept) and padded (centred) into ``size x size``.

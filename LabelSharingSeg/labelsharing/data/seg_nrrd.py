@@ -14,8 +14,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from labelsharing.errors import LabelSharingError
 from labelsharing.data.image_io import SegmentInfo, _values_text, geometry_mismatch
+from labelsharing.errors import LabelSharingError
 
 __all__ = ["read_seg_nrrd", "write_seg_nrrd"]
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from labelsharing.utils.lazy_exports import lazy_exports
+from labelsharing.utils import lazy_exports
 
 _EXPORTS = {
     "data": ("DEMO_TASK_NAMES", "make_demo_datasets"),

@@ -12,10 +12,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from labelsharing.data.datasets import TaskDataset, load_case
-from labelsharing.infer.evaluation import format_dice
-from labelsharing.plan.shared_labels import SharedLabelPlan
-from labelsharing.plan.planner import plan_table
+from labelsharing.data import TaskDataset, load_case
+from labelsharing.infer import format_dice
+from labelsharing.plan import SharedLabelPlan, plan_table
 
 __all__ = ["write_report"]
 
@@ -52,7 +51,7 @@ def write_report(out: Path, plan: SharedLabelPlan, model_4: Path, before: Mappin
         _plot_dice(before, after, out / "dice_per_task.png")
         lines += ["## Training curves", "", "![training curves](training_curves.png)", "",
                   "## Dice per task", "", "![Dice per task](dice_per_task.png)", "", "## One test case per task", ""]
-        from labelsharing.infer.predictor import Predictor
+        from labelsharing.infer import Predictor
 
         predictor = Predictor.from_model_dir(model_4, device=device)
         for task in tasks:

@@ -11,15 +11,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from labelsharing.data.datasets import read_task_dataset
+from labelsharing.data import read_task_dataset
 from labelsharing.demo.data import make_demo_datasets
-from labelsharing.infer.evaluation import evaluate_model, evaluation_table
-from labelsharing.train.incremental import DEFAULT_REPLAY, add_task, forgetting_table
-from labelsharing.plan.planner import plan_table, plan_tasks, summarise_tasks
-from labelsharing.train.checkpoint import RunFolder, work_folder_for
-from labelsharing.utils.progress import SILENT, ProgressReporter
-from labelsharing.utils.safe_write import write_json_atomically
-from labelsharing.train.trainer import Log, TrainingOptions, train
+from labelsharing.infer import evaluate_model, evaluation_table
+from labelsharing.plan import plan_table, plan_tasks, summarise_tasks
+from labelsharing.train import DEFAULT_REPLAY, Log, RunFolder, TrainingOptions, add_task, forgetting_table, train, \
+    work_folder_for
+from labelsharing.utils import SILENT, ProgressReporter, write_json_atomically
 
 __all__ = ["DemoSettings", "run_demo"]
 
@@ -46,8 +44,8 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), device: s
     Returns:
         the path of the written report (``out/report.md``).
     """
-    from labelsharing.infer.predictor import Predictor
     from labelsharing.demo.report import write_report
+    from labelsharing.infer import Predictor
 
     out = Path(out)
     start = time.perf_counter()

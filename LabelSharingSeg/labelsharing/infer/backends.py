@@ -30,8 +30,8 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from labelsharing.infer.graph_cache import GraphCache, log_line, network_sha256
 from labelsharing.errors import LabelSharingError
+from labelsharing.infer.graph_cache import GraphCache, log_line, network_sha256
 
 __all__ = ["BACKENDS", "PRECISIONS", "Backend", "create_backend", "log_line"]
 

@@ -18,10 +18,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from labelsharing.data.datasets import TaskDataset, load_case
+from labelsharing.data import TaskDataset, load_case
 from labelsharing.errors import LabelSharingError
-from labelsharing.utils.progress import SILENT, ProgressReporter
-from labelsharing.utils.tables import format_table
+from labelsharing.utils import SILENT, ProgressReporter, format_table
 
 __all__ = ["dice_per_label", "DiceAccumulator", "evaluate_model", "evaluation_table", "format_dice",
            "split_warning"]

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from labelsharing.errors import LabelSharingError
-from labelsharing.utils.safe_write import write_atomically, write_json_atomically
+from labelsharing.utils import write_atomically, write_json_atomically
 
 __all__ = ["GraphCache", "log_line", "network_sha256", "user_cache_dir"]
 
@@ -77,7 +77,7 @@ class GraphCache:
     @property
     def folders(self) -> tuple[Path, ...]:
         """Where the graph is looked for and written, in order."""
-        from labelsharing.model.folder import CACHE_FOLDER  # here: the command line's --help needs no numpy
+        from labelsharing.model import CACHE_FOLDER
 
         own = (Path(self.model_dir) / CACHE_FOLDER,) if self.model_dir is not None else ()
         return own + (user_cache_dir(),)

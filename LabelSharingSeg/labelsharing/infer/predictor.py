@@ -28,16 +28,12 @@ from typing import Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from labelsharing.infer.backends import create_backend, log_line
+from labelsharing.data import SegmentInfo, Slicing, case_id_from_path, intensity_normalizer, read_image, \
+    resampled_argmax, write_image, write_label
 from labelsharing.errors import LabelSharingError
-from labelsharing.data.image_io import SegmentInfo, case_id_from_path, read_image, write_image, write_label
-from labelsharing.data.label_resampling import resampled_argmax
-from labelsharing.model.network import SegmentationModel, label_color
-from labelsharing.data.orientation import Slicing
-from labelsharing.data.preprocessing import intensity_normalizer
-from labelsharing.utils.device import select_device
-from labelsharing.utils.progress import SILENT, ProgressReporter
-from labelsharing.utils.safe_write import check_outputs
+from labelsharing.infer.backends import create_backend, log_line
+from labelsharing.model import SegmentationModel, label_color
+from labelsharing.utils import SILENT, ProgressReporter, check_outputs, select_device
 
 __all__ = ["OUTPUT_FORMATS", "Predictor"]
 

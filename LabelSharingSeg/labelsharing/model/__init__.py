@@ -4,7 +4,7 @@ written in one place: :mod:`labelsharing.model.folder`).
 
 from __future__ import annotations
 
-from labelsharing.utils.lazy_exports import lazy_exports
+from labelsharing.utils import lazy_exports
 
 _EXPORTS = {
     "network": (

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from labelsharing.model.folder import read_model_config
-from labelsharing.plan.shared_labels import SharedLabelPlan
-from labelsharing.plan.planner import plan_table
-from labelsharing.utils.tables import format_table
+from labelsharing.plan import SharedLabelPlan, plan_table
+from labelsharing.utils import format_table
 
 __all__ = ["describe_model"]
 

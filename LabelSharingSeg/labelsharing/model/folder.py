@@ -29,9 +29,9 @@ from typing import Mapping, Sequence
 
 from labelsharing import __version__
 from labelsharing.errors import LabelSharingError
-from labelsharing.model.schema import FORMAT_VERSION, validate_model_config
 from labelsharing.model.output_lock import holds_lock, lock_model_output
-from labelsharing.plan.shared_labels import SharedLabelPlan
+from labelsharing.model.schema import FORMAT_VERSION, validate_model_config
+from labelsharing.plan import SharedLabelPlan
 
 __all__ = [
     "CONFIG_FILE",

@@ -17,7 +17,7 @@ from labelsharing import __version__
 from labelsharing.errors import LabelSharingError
 from labelsharing.model.folder import WEIGHTS_FILE, read_model_config, read_weights, weights_sha256, write_model_folder
 from labelsharing.model.schema import FORMAT_VERSION, validate_architecture
-from labelsharing.plan.shared_labels import SharedLabelPlan
+from labelsharing.plan import SharedLabelPlan
 
 __all__ = [
     "FORMAT_VERSION",

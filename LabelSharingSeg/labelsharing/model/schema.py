@@ -18,9 +18,9 @@ import math
 import re
 from typing import Any, Callable, Mapping, NoReturn
 
+from labelsharing.data import NORMALIZATION_BY_MODALITY, PLANES
 from labelsharing.errors import LabelSharingError
-from labelsharing.data.preprocessing import NORMALIZATION_BY_MODALITY, PLANES
-from labelsharing.plan.terminology import terminology_entry_problem
+from labelsharing.plan import terminology_entry_problem
 
 __all__ = [
     "FORMAT_VERSION",

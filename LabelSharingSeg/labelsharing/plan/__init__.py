@@ -7,7 +7,7 @@ package to show the grouping (and nothing else of the engine).
 
 from __future__ import annotations
 
-from labelsharing.utils.lazy_exports import lazy_exports
+from labelsharing.utils import lazy_exports
 
 _EXPORTS = {
     "shared_labels": (

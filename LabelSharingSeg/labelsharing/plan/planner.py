@@ -12,12 +12,10 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from labelsharing.errors import LabelSharingError
 from labelsharing.plan.shared_labels import USER_PIN, SharedLabelPlan
-from labelsharing.utils.progress import SILENT, ProgressReporter
-from labelsharing.utils.tables import format_table
+from labelsharing.utils import SILENT, ProgressReporter, format_table
 
 if TYPE_CHECKING:
-    from labelsharing.data.appearance import Appearance
-    from labelsharing.data.datasets import TaskSummary
+    from labelsharing.data import Appearance, TaskSummary
 
 __all__ = ["summarise_tasks", "plan_tasks", "plan_task_datasets", "plan_table"]
 
@@ -31,7 +29,7 @@ def summarise_tasks(folders: Sequence[str | Path], progress: ProgressReporter = 
     Raises:
         LabelSharingError: on the first invalid dataset, or two datasets with one task name.
     """
-    from labelsharing.data.datasets import inspect_task_dataset, read_task_dataset
+    from labelsharing.data import inspect_task_dataset, read_task_dataset
 
     tasks = [read_task_dataset(folder) for folder in folders]
     names = [t.name for t in tasks]
@@ -70,7 +68,7 @@ def plan_task_datasets(
     Returns:
         the plan, the task summaries (with their cases' thumbnails) and the look-alike check's result.
     """
-    from labelsharing.data.appearance import compare_datasets
+    from labelsharing.data import compare_datasets
 
     summaries = summarise_tasks(folders, progress, thumbnails=True)
     appearance = compare_datasets([s.task for s in summaries], {s.task.name: s.thumbnails for s in summaries})

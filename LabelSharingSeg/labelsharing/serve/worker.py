@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, TextIO
 
 from labelsharing import __version__
 from labelsharing.errors import LabelSharingError, file_error_message
-from labelsharing.utils.progress import ProgressReporter
+from labelsharing.utils import ProgressReporter
 
 __all__ = ["PredictRequest", "RequestError", "parse_request", "serve", "standard_streams"]
 
@@ -203,8 +203,8 @@ class _ModelLoader:
         self.device = self.backend = ""
 
     def current(self):
-        from labelsharing.infer.predictor import Predictor
-        from labelsharing.utils.device import describe_device
+        from labelsharing.infer import Predictor
+        from labelsharing.utils import describe_device
 
         signature = _files_signature(self.folder)
         if self._predictor is None or signature != self._signature:
@@ -221,7 +221,7 @@ class _ModelLoader:
 
 def _files_signature(folder: Path) -> tuple:
     """(modification time, size, inode) of ``model.json`` and the weights; None for a missing file."""
-    from labelsharing.model.folder import CONFIG_FILE, WEIGHTS_FILE
+    from labelsharing.model import CONFIG_FILE, WEIGHTS_FILE
 
     signature = []
     for name in (CONFIG_FILE, WEIGHTS_FILE):

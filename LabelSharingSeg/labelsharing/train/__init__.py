@@ -4,10 +4,13 @@ processes, with checkpoints to resume from.
 
 from __future__ import annotations
 
-from labelsharing.utils.lazy_exports import lazy_exports
+from labelsharing.utils import lazy_exports
 
 _EXPORTS = {
-    "trainer": ("TrainingOptions", "FitResult", "fit", "task_config", "train"),
+    "options": ("TrainingOptions", "Log"),
+    "train_model": ("train",),
+    "trainer": ("Trainer",),
+    "selection": ("FitResult",),
     "incremental": ("DEFAULT_REPLAY", "add_task", "forgetting_table"),
     "task_data": ("PreparedTask", "prepare_task", "split_cases"),
     "checkpoint": ("RunFolder", "work_folder_for"),

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from labelsharing.train.distributed import launch_from_env
 from labelsharing.errors import LabelSharingError
-from labelsharing.model.folder import check_model_output, lock_model_output
-from labelsharing.utils.safe_write import write_atomically, write_json_atomically
+from labelsharing.model import check_model_output, lock_model_output
+from labelsharing.train.distributed import launch_from_env
+from labelsharing.utils import write_atomically, write_json_atomically
 
 __all__ = ["RunFolder", "work_folder_for", "epoch_seed", "claim_output", "open_run", "resume_command", "run_options",
            "trainer_checkpoint", "restore_trainer"]

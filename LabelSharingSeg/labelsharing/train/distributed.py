@@ -13,11 +13,12 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from labelsharing.errors import LabelSharingError
+from labelsharing.utils import SILENT, ProgressReporter, describe_device, select_device
 
-__all__ = ["Launch", "DistributedContext", "launch_from_env", "choose_device", "start_distributed"]
+__all__ = ["Launch", "DistributedContext", "launch_from_env", "choose_device", "start_distributed", "main_process_output", "describe_processes"]
 
 #: How long a process waits for the others (the main rank validates while they wait).
 TIMEOUT = timedelta(hours=1)
@@ -168,7 +169,6 @@ def start_distributed(requested_device: str = "auto", env: Mapping[str, str] | N
     """
     launch = launch_from_env(env)
     if launch is None:
-        from labelsharing.utils.device import select_device
 
         return DistributedContext(select_device(requested_device))
     import torch
@@ -182,3 +182,17 @@ def start_distributed(requested_device: str = "auto", env: Mapping[str, str] | N
         return DistributedContext(device, launch, backend=dist.get_backend())
     dist.init_process_group(backend=backend, timeout=TIMEOUT)
     return DistributedContext(device, launch, backend=backend, owns_group=True)
+
+
+def main_process_output(context: DistributedContext, progress: ProgressReporter,
+                        log: Callable[[str], None]) -> tuple[ProgressReporter, Callable[[str], None]]:
+    """Progress and messages of the main process; the other processes stay quiet."""
+    return (progress, log) if context.is_main else (SILENT, lambda message: None)
+
+
+def describe_processes(context: DistributedContext) -> str:
+    """``device: ...`` line, with the number of processes and the backend under torchrun."""
+    text = f"device: {describe_device(context.device)}"
+    if context.world_size > 1:
+        text += f" in each of {context.world_size} processes ({context.backend})"
+    return text

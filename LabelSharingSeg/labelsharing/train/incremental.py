@@ -7,7 +7,7 @@ there. The model is then fine-tuned on the new task's slices mixed with a *repla
 tasks' training slices (``replay`` = fraction of each batch drawn from old tasks). Dice on every
 task's held-out cases before and after is stored as a forgetting table in the new model's
 history. The input model folder is only read. Runs under ``torchrun`` like
-:func:`~labelsharing.train.trainer.train` (the main process measures, logs and writes).
+:func:`~labelsharing.train.train_model.train` (the main process measures, logs and writes).
 """
 
 from __future__ import annotations
@@ -16,20 +16,20 @@ import copy
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from labelsharing.data.appearance import compare_datasets
-from labelsharing.data.datasets import read_task_dataset
-from labelsharing.train.distributed import DistributedContext, start_distributed
+from labelsharing.data import Slicing, compare_datasets, read_task_dataset
 from labelsharing.errors import LabelSharingError
-from labelsharing.model.network import SegmentationModel, grow_output_channels, package_versions
-from labelsharing.data.orientation import Slicing
-from labelsharing.plan.planner import summarise_tasks
-from labelsharing.utils.progress import SILENT, ProgressReporter
-from labelsharing.train.slice_store import SliceStore
-from labelsharing.utils.tables import format_table
+from labelsharing.infer import Predictor
+from labelsharing.model import SegmentationModel, build_model_config, grow_output_channels, package_versions
+from labelsharing.plan import summarise_tasks
 from labelsharing.train.checkpoint import RunFolder, claim_output, run_options
-from labelsharing.train.trainer import Log, TrainingOptions, describe_processes, fit, history_entry, main_process_output, \
-    task_config, validation_dice
+from labelsharing.train.distributed import DistributedContext, describe_processes, main_process_output, \
+    start_distributed
+from labelsharing.train.options import Log, TrainingOptions
+from labelsharing.train.slice_store import SliceStore
 from labelsharing.train.task_data import PreparedTask, prepare_task
+from labelsharing.train.trainer import Trainer
+from labelsharing.train.validation import validation_dice
+from labelsharing.utils import SILENT, ProgressReporter, format_table
 
 __all__ = ["DEFAULT_REPLAY", "add_task", "forgetting_table"]
 
@@ -60,7 +60,7 @@ def add_task(
         replay: fraction of each batch drawn from the old tasks' training cases, in [0, 1).
             The old tasks' dataset folders (recorded in ``model.json``) must exist unless 0.
         pins: optional pins for the new task.
-        resume, command: as for :func:`~labelsharing.train.trainer.train`.
+        resume, command: as for :func:`~labelsharing.train.train_model.train`.
 
     The forgetting table (Dice before and after, stored in the history) is measured on the
     weights that are written.
@@ -110,23 +110,23 @@ def _prepare(model_dir: Path, dataset, options: TrainingOptions, replay: float, 
     for note in summary.warnings + appearance.warnings(involving=name) + plan.warnings[len(parent.plan.warnings):]:
         log(f"warning: {note}")
 
-    config = copy.deepcopy(parent.config)
-    network = parent.network
+    network, architecture = parent.network, parent.config["architecture"]
     if plan.n_shared > parent.plan.n_shared:
-        network, config["architecture"] = grow_output_channels(network, config["architecture"], plan.n_shared + 1)
+        network, architecture = grow_output_channels(network, architecture, plan.n_shared + 1)
         log(f"'{name}' has {len(summary.stats)} labels, more than the model's {parent.plan.n_shared} shared labels: "
             f"the output layer grows to {plan.n_shared} shared labels (new channels start from background).")
     input_size = parent.input_size
     new_task = prepare_task(summary.task, plan, input_size, options.val_fraction, options.seed, options.axis,
                             store=store)
     old_tasks = _prepare_old_tasks(parent, plan, replay, log, store)
-    config.update(plan=plan.to_dict(), parent=str(model_dir.resolve()), versions=package_versions(),
-                  parameters=sum(p.numel() for p in network.parameters()), appearance=appearance.to_dict())
-    config["tasks"][name] = task_config(new_task, plan)
+    config = build_model_config(architecture, input_size, plan, {**parent.config["tasks"], name: new_task.model_entry(plan)},
+                                parent=str(model_dir.resolve()), parameters=sum(p.numel() for p in network.parameters()),
+                                versions=package_versions(), history=copy.deepcopy(parent.config["history"]),
+                                appearance=appearance.to_dict())
     model = SegmentationModel(config=config, network=network.to(device))
 
     tasks = [new_task, *old_tasks]
-    before = validation_dice(model, tasks, device) if context.is_main else {}
+    before = validation_dice(Predictor(model, device), tasks) if context.is_main else {}
     shares = {new_task.name: 1.0 - replay, **{t.name: replay / len(old_tasks) for t in old_tasks}}
     return model, tasks, shares, before
 
@@ -138,15 +138,15 @@ def _fine_tune(model: SegmentationModel, tasks: list[PreparedTask], shares: dict
     # Without replay the old tasks are not trained on, so selecting the epoch on their Dice would
     # just keep an early, under-trained model: select on the new task alone.
     select_on = [name] if replay == 0 else None
-    result = fit(model, tasks, options, context.device, shares=shares, progress=progress, log=log, context=context,
-                 select_on=select_on, run=run)
+    result = Trainer(model, tasks, options, context.device, shares=shares, select_on=select_on, context=context,
+                     run=run, progress=progress, log=log).fit()
     with context.together():  # the others wait for the main process to write (and hear if it fails)
         if context.is_main:
             model.network.load_state_dict(result.best_state)
-            after = validation_dice(model, tasks, context.device)  # the weights that are written
+            after = validation_dice(Predictor(model, context.device), tasks)  # the weights that are written
             forgetting = {task: {"before": before[task]["mean"], "after": after[task]["mean"]}
                           for task in after if task in before}
-            record = history_entry("add-task", options, context.device, result, [name], context.world_size)
+            record = result.history_entry("add-task", options, context.device, [name], context.world_size)
             record.update(replay=replay, forgetting=forgetting, parent=str(model_dir.resolve()))
             model.config["history"].append(record)
             model.save(out, overwrite=force, inputs=[model_dir, dataset])

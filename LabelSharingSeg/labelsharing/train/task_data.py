@@ -18,17 +18,17 @@ validation needs them (:meth:`PreparedTask.load_validation`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from labelsharing.data.datasets import Case, TaskDataset, load_case
+from labelsharing.data import NORMALIZATION_BY_MODALITY, Case, Slicing, SquareFit, TaskDataset, fit_ct_normalization, \
+    load_case, normalize_intensities, plan_slicing, read_image_header
 from labelsharing.errors import LabelSharingError
-from labelsharing.data.image_io import read_image_header
-from labelsharing.data.orientation import Slicing, plan_slicing
-from labelsharing.plan.shared_labels import SharedLabelPlan
-from labelsharing.data.preprocessing import NORMALIZATION_BY_MODALITY, SquareFit, fit_ct_normalization, normalize_intensities
+from labelsharing.model import label_color
+from labelsharing.plan import SharedLabelPlan
 from labelsharing.train.slice_store import SliceStore, label_dtype
 
 __all__ = ["PreparedTask", "prepare_task", "split_cases", "PooledSlices", "sampling_weights"]
@@ -70,6 +70,21 @@ class PreparedTask:
     def validation_ids(self) -> tuple[str, ...]:
         """The held-out cases' ids."""
         return tuple(case.case_id for case in self.validation)
+
+    def model_entry(self, plan: SharedLabelPlan) -> dict:
+        """The task's ``model.json`` entry (for :func:`~labelsharing.model.folder.build_model_config`):
+        preprocessing, labels with values, shared labels, colours and terminology, source folder
+        and held-out case ids."""
+        labels = {
+            name: {"value": a.value, "shared": a.shared,
+                   "color": list(self.dataset.colors.get(name, label_color(a.shared)))}
+            for name, a in plan.labels(self.name).items()
+        }
+        for name, entry in self.dataset.terminology.items():
+            labels[name]["terminology"] = entry
+        return {"modality": self.modality, **self.slicing.to_config(), "normalization": self.normalization,
+                "labels": labels, "dataset": str(Path(self.dataset.root).resolve()),
+                "validation_cases": list(self.validation_ids)}
 
     def load_validation(self) -> Iterator[tuple[sitk.Image, np.ndarray]]:
         """The held-out cases as (image, task-label array), read one at a time."""

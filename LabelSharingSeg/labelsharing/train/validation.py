@@ -10,13 +10,13 @@ validates every N-th epoch when the held-out slices outnumber what an epoch trai
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from labelsharing.model.network import SegmentationModel
-    from labelsharing.train.trainer import TrainingOptions
+    from labelsharing.infer import Predictor
+    from labelsharing.train.options import TrainingOptions
     from labelsharing.train.task_data import PreparedTask
 
 __all__ = ["VALIDATION_SLICES_PER_TRAINED", "validation_interval", "validation_dice"]
@@ -39,7 +39,7 @@ def validation_interval(tasks: Sequence[PreparedTask], options: TrainingOptions)
     thousands of held-out CT slices would otherwise dominate short epochs.
 
     Example:
-        >>> from labelsharing.train.trainer import TrainingOptions
+        >>> from labelsharing.train import TrainingOptions
         >>> from types import SimpleNamespace as Task
         >>> validation_interval([Task(validation_slices=1200)], TrainingOptions(steps_per_epoch=50, batch_size=16))
         3
@@ -51,25 +51,21 @@ def validation_interval(tasks: Sequence[PreparedTask], options: TrainingOptions)
     return max(1, math.ceil(held_out / budget))
 
 
-def validation_dice(model: SegmentationModel, tasks: Sequence[PreparedTask], device,
-                    predictor_factory: Callable | None = None) -> dict[str, dict]:
-    """Dice per task and label on each task's held-out cases (mean over cases).
-
-    ``predictor_factory(model, device)`` builds the predictor (default: ``Predictor``).
+def validation_dice(predictor: Predictor, tasks: Sequence[PreparedTask]) -> dict[str, dict]:
+    """Dice per task and label on each task's held-out cases (mean over cases), predicted by
+    ``predictor`` (the :class:`~labelsharing.infer.predictor.Predictor` of the model being trained).
 
     Returns:
         ``{task: {"mean": m, "labels": {label: dice}}}`` for tasks that have validation cases in
         which at least one of their labels occurs.
     """
-    from labelsharing.infer.evaluation import DiceAccumulator
-    from labelsharing.infer.predictor import Predictor
+    from labelsharing.infer import DiceAccumulator
 
-    predictor = (predictor_factory or Predictor)(model, device)
     result = {}
     for task in tasks:
         if not task.validation:
             continue
-        labels = {name: entry["value"] for name, entry in model.config["tasks"][task.name]["labels"].items()}
+        labels = {name: entry["value"] for name, entry in predictor.model.config["tasks"][task.name]["labels"].items()}
         accumulator = DiceAccumulator(labels)
         for image, truth in task.load_validation():
             accumulator.add(predictor.predict_image(image, task.name), truth)
