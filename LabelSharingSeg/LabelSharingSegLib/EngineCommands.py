@@ -71,15 +71,17 @@ class PredictCall:
 
 
 def trainArgs(
-    datasets: Sequence[PathLike], outFolder: PathLike, epochs: int, device: str, pinsFile: Optional[PathLike] = None
+    datasets: Sequence[PathLike], outFolder: PathLike, epochs: Optional[int], device: str,
+    pinsFile: Optional[PathLike] = None,
 ) -> List[str]:
-    """``train DATASET... --out MODEL --epochs N --device D [--pins FILE]``."""
+    """``train DATASET... --out MODEL [--epochs N] --device D [--pins FILE]``; ``epochs=None``: the engine's default."""
     _checkDevice(device)
     if not datasets:
         raise ModuleError(_("Add at least one task dataset folder to train on."))
     if not isSetPath(outFolder):
         raise ModuleError(_("Choose the folder where the new model is written."))
-    args = ["train", *[str(d) for d in datasets], "--out", str(outFolder), "--epochs", str(int(epochs)), "--device", device]
+    epochArgs = ["--epochs", str(int(epochs))] if epochs is not None else []
+    args = ["train", *[str(d) for d in datasets], "--out", str(outFolder), *epochArgs, "--device", device]
     return args + (["--pins", str(pinsFile)] if pinsFile else [])
 
 
