@@ -246,7 +246,7 @@ class LabelSharingSegLogic(ScriptedLoadableModuleLogic):
     def segment(self, inputVolume: Any, modelFolder: Any, task: str, device: str = "auto",
                 outputSegmentation: Any = None) -> Any:
         """Segment a volume and wait for the result (blocking; the UI uses the background path)."""
-        self.dependencies.ensureInstalled()  # writing the input volume already needs pynrrd
+        self.dependencies.ensureInstalled()  # before writing the input: the engine run needs them
         request = self.segmenter.prepare(inputVolume, self.loadModel(modelFolder), task, device, outputSegmentation)
         self._runEngine(request.args)
         return self.segmenter.load(request)
@@ -268,7 +268,8 @@ class LabelSharingSegLogic(ScriptedLoadableModuleLogic):
 
 
 class LabelSharingSegTest(ScriptedLoadableModuleTest):
-    """In-Slicer self-test: segment import from a known label map, and a real engine run."""
+    """In-Slicer self-test: segment import from a known label map, the engine's training defaults and a
+    real engine run whose ``.seg.nrrd`` result Slicer's reader loads."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -276,6 +277,8 @@ class LabelSharingSegTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_importKnownLabelmap()
+        self.setUp()
+        self.test_engineDefaults()
         self.setUp()
         self.test_segmentWithTinyModel()
 
@@ -309,6 +312,12 @@ class LabelSharingSegTest(ScriptedLoadableModuleTest):
             mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
             np.testing.assert_array_equal(mask > 0, labels == spec.value)
 
+    def test_engineDefaults(self):
+        """The engine answers ``labelsharing defaults --json`` under PythonSlicer: epochs at least 1, replay in [0, 1)."""
+        defaults = sessionTrainingDefaults(MODULE_DIR, EngineJob(MODULE_DIR).command)
+        self.assertEqual(defaults["train"]["epochs"].spinBoxRange()[0], 1)
+        self.assertEqual(defaults["add-task"]["replay"].spinBoxRange(decimals=2), (0.0, 0.99))
+
     def test_segmentWithTinyModel(self):
         """Train a tiny model on the box task in a subprocess, then segment with it."""
         import importlib.util
@@ -334,7 +343,11 @@ class LabelSharingSegTest(ScriptedLoadableModuleTest):
         task = model.task("box")
         names = [result.GetSegmentation().GetNthSegment(i).GetName() for i in range(len(task.labels))]
         self.assertEqual(names, [label.name for label in task.labels])
+        values = [result.GetSegmentation().GetNthSegment(i).GetLabelValue() for i in range(len(task.labels))]
+        self.assertEqual(values, [label.value for label in task.labels])  # read from the .seg.nrrd by Slicer
         first = result.GetSegmentation().GetNthSegment(0)
         self.assertEqual(tuple(round(c, 4) for c in first.GetColor()), tuple(round(c, 4) for c in task.labels[0].color))
+        self.assertIsNone(result.GetStorageNode())  # nothing points at the deleted temporary file
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), 2)  # training + result
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(result, result.GetSegmentation().GetNthSegmentID(0), volume)
         self.assertEqual(mask.shape, voxels.shape)

@@ -168,17 +168,47 @@ class FakeSegment:
 
 class FakeSegmentation:
     """vtkSegmentation: ordered segments by ID; conversion parameters by name (vtkSegmentation.h:
-    ``std::string GetConversionParameter(const std::string& name)``, "" when unset)."""
+    ``std::string GetConversionParameter(const std::string& name)``, "" when unset). The binary
+    labelmap of each segment is ``masks[segmentId]`` (k, j, i), on the grid ``labelmapIjkToRas``
+    (``None``: the grid of the arrays the test put there)."""
 
     def __init__(self) -> None:
         self.segments: Dict[str, FakeSegment] = {}
         self.conversionParameters: Dict[str, str] = {}
+        self.masks: Dict[str, np.ndarray] = {}
+        self.labelmapIjkToRas: Optional[np.ndarray] = None
 
     def GetConversionParameter(self, name: str) -> str:
         return self.conversionParameters.get(name, "")
 
     def RemoveAllSegments(self) -> None:
         self.segments.clear()
+        self.masks.clear()
+
+    def DeepCopy(self, other: "FakeSegmentation") -> None:
+        """vtkSegmentation::DeepCopy (vtkSegmentation.cxx, 5.8.0 and main): remove all segments, copy
+        the conversion parameters, then every segment (same ID, order, name, colour, tags, labelmap)."""
+        self.RemoveAllSegments()
+        self.conversionParameters = dict(other.conversionParameters)
+        for segmentId, segment in other.segments.items():
+            copy = FakeSegment(segment.name, segment.color)
+            copy.tags = dict(segment.tags)
+            self.segments[segmentId] = copy
+        self.masks = {segmentId: mask.copy() for segmentId, mask in other.masks.items()}
+        self.labelmapIjkToRas = other.labelmapIjkToRas
+
+    def GetSegmentIdBySegmentName(self, name: str) -> str:
+        """vtkSegmentation::GetSegmentIdBySegmentName: the first segment of that name, "" if none."""
+        return next((segmentId for segmentId, segment in self.segments.items() if segment.GetName() == name), "")
+
+    def SetSegmentIndex(self, segmentId: str, newIndex: int) -> bool:
+        """vtkSegmentation::SetSegmentIndex: move the segment to position ``newIndex``."""
+        if segmentId not in self.segments or newIndex >= len(self.segments):
+            return False
+        order = [i for i in self.segments if i != segmentId]
+        order.insert(newIndex, segmentId)
+        self.segments = {i: self.segments[i] for i in order}
+        return True
 
     def AddEmptySegment(self, segmentId: str = "", segmentName: str = "", color=None) -> str:
         segmentId = segmentId or f"Segment_{len(self.segments) + 1}"
@@ -204,9 +234,21 @@ class FakeSegmentationNode:
         self.name = name
         self.segmentation = FakeSegmentation()
         self.referenceVolume = referenceVolume
-        self.masks: Dict[str, np.ndarray] = {}
         self.transformNodeId: Optional[str] = None
         self.displayNodesCreated = False
+        self.displayNode: Any = None
+        self.storageNode: Any = None
+
+    @property
+    def masks(self) -> Dict[str, np.ndarray]:
+        """The segments' labelmaps (held by the segmentation, as in vtkSegmentation)."""
+        return self.segmentation.masks
+
+    def GetDisplayNode(self) -> Any:
+        return self.displayNode
+
+    def GetStorageNode(self) -> Any:
+        return self.storageNode
 
     def GetName(self) -> str:
         return self.name
@@ -282,15 +324,67 @@ def tryWithErrorDisplay(message=None, show=True, waitCursor=False):
 
 
 class FakeSegmentationsLogic:
-    """vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, seg, vtkStringArray)."""
+    """vtkSlicerSegmentationsModuleLogic (its scene is the application's):
+    ImportLabelmapToSegmentationNode(labelmap, seg, vtkStringArray) and LoadSegmentationFromFile."""
 
-    def __init__(self) -> None:
+    def __init__(self, scene: "FakeScene") -> None:
         self.imports: List[tuple] = []
         self.succeed = True
+        self.scene = scene
 
     def ImportLabelmapToSegmentationNode(self, labelmapNode, segmentationNode, updatedSegmentIds) -> bool:
         self.imports.append((labelmapNode, segmentationNode, list(updatedSegmentIds.values)))
         return self.succeed
+
+    def LoadSegmentationFromFile(self, filename, autoOpacities=True, nodeName=None, colorTableNode=None,
+                                 userMessages=None):
+        """vtkSlicerSegmentationsModuleLogic::LoadSegmentationFromFile (5.8.0 and main): a new segmentation
+        node in the scene with a storage node (added first) and a display node (created by the reader), or
+        None with the reason in ``userMessages``. The header is read as
+        vtkMRMLSegmentationStorageNode::ReadBinaryLabelmapRepresentation does: SegmentN_ID / _Name /
+        _Color ("r g b") / _LabelValue / _Tags ("key:value|...", split as SetSegmentTagsFromString does);
+        the voxels of value LabelValue form the segment. Slicer crops the layer to the segments' extents
+        and arrayFromSegmentBinaryLabelmap resamples it back to the reference grid: the same mask on the
+        file's grid, kept here uncropped. Single-layer LPS files only (what the engine writes)."""
+        import nrrd
+
+        try:
+            voxels, header = nrrd.read(str(filename), index_order="C")
+        except (OSError, nrrd.NRRDError) as exc:
+            userMessages.messages.append(f"Error reading {filename}: {exc}")
+            return None
+        if voxels.ndim != 3 or header.get("space") != "left-posterior-superior":
+            raise NotImplementedError("the fake reads single-layer LPS .seg.nrrd files only")
+        node = FakeSegmentationNode(nodeName or Path(filename).name)
+        segmentation = node.segmentation
+        index = 0
+        while f"Segment{index}_ID" in header:
+            field = lambda name: header[f"Segment{index}_{name}"]  # noqa: E731
+            segment = FakeSegment(field("Name"), tuple(float(c) for c in field("Color").split()))
+            for tag in field("Tags").split("|"):
+                if ":" in tag:
+                    segment.SetTag(*tag.split(":", 1))
+            segmentation.segments[field("ID")] = segment
+            segmentation.masks[field("ID")] = voxels == int(field("LabelValue"))
+            index += 1
+        ijkToLps = np.eye(4)
+        ijkToLps[:3, :3] = np.asarray(header["space directions"], dtype=float).T
+        ijkToLps[:3, 3] = header["space origin"]
+        segmentation.labelmapIjkToRas = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijkToLps
+        node.storageNode, node.displayNode = mock.MagicMock(name="storage"), mock.MagicMock(name="display")
+        self.scene.nodes += [node.storageNode, node, node.displayNode]
+        return node
+
+
+class FakeMessageCollection:
+    """vtkMRMLMessageCollection (Libs/MRML/Core/vtkMRMLMessageCollection.h): messages added by Slicer's
+    readers; GetAllMessagesAsString() joins them, one a line."""
+
+    def __init__(self) -> None:
+        self.messages: List[str] = []
+
+    def GetAllMessagesAsString(self) -> str:
+        return "\n".join(self.messages)
 
 
 class FakeSubjectHierarchy:
@@ -391,11 +485,12 @@ def fakeSlicer(tmpPath: str = "/tmp") -> types.ModuleType:
         translate=lambda context, text: text,
     )
     slicer.vtkSegmentationConverter = types.SimpleNamespace(GetReferenceImageGeometryParameterName=lambda: REFERENCE_GEOMETRY)
-    segmentationsLogic = FakeSegmentationsLogic()
+    segmentationsLogic = FakeSegmentationsLogic(slicer.mrmlScene)
     slicer.modules = types.SimpleNamespace(segmentations=types.SimpleNamespace(logic=lambda: segmentationsLogic))
     hierarchy = FakeSubjectHierarchy()
     slicer.vtkMRMLSubjectHierarchyNode = types.SimpleNamespace(GetSubjectHierarchyNode=lambda scene: hierarchy)
     slicer.vtkMRMLScalarVolumeNode = FakeVolumeNode
+    slicer.vtkMRMLMessageCollection = FakeMessageCollection
     slicer.qMRMLNodeComboBox = FakeNodeComboBox
     slicer.vtkMRMLSegmentationNode = FakeSegmentationNode
     util = types.ModuleType("slicer.util")
@@ -419,12 +514,27 @@ def fakeSlicer(tmpPath: str = "/tmp") -> types.ModuleType:
         className = "vtkMRMLLabelMapVolumeNode" if properties.get("labelmap") else "vtkMRMLScalarVolumeNode"
         return addVolumeFromArray(voxels, np.eye(4), properties.get("name", Path(filename).name), className)
 
+    def exportNode(node, filename, properties={}, world=False):
+        """util.py exportNode -> qSlicerCoreIOManager::exportNodes: a volume node is written by Slicer's
+        volume writer (ITK, LPS NRRD); other nodes are recorded only. Returns True (written)."""
+        if isinstance(node, FakeVolumeNode):
+            import SimpleITK as sitk
+
+            ijkToLps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ node.ijkToRasArray
+            spacing = np.linalg.norm(ijkToLps[:3, :3], axis=0)
+            image = sitk.GetImageFromArray(np.asarray(node.voxels))
+            image.SetSpacing(spacing.tolist())
+            image.SetOrigin(ijkToLps[:3, 3].tolist())
+            image.SetDirection((ijkToLps[:3, :3] / spacing).ravel().tolist())
+            sitk.WriteImage(image, str(filename), useCompression=True)
+        return True
+
     util.addVolumeFromArray = addVolumeFromArray
     util.loadVolume = loadVolume
     util.loadLabelVolume = lambda filename, properties={}, returnNode=False: loadVolume(
         filename, {**properties, "labelmap": True})
     util.arrayFromSegmentBinaryLabelmap = arrayFromSegmentBinaryLabelmap
-    util.exportNode = mock.MagicMock(return_value=True)
+    util.exportNode = mock.MagicMock(side_effect=exportNode)
     util.errorDisplay = mock.MagicMock()
     util.confirmOkCancelDisplay = mock.MagicMock(return_value=True)
     util.pip_install = mock.MagicMock()
@@ -538,3 +648,26 @@ def installFakeSlicerModules() -> Dict[str, types.ModuleType]:
     }
     sys.modules.update(modules)
     return modules
+
+
+# ----------------------------------------------------------------------------- the engine's side of the files
+def writeEngineResult(inputFile: Path, resultFile: Path, labels: np.ndarray, taskLabels) -> Path:
+    """Stand in for ``labelsharing predict --format seg.nrrd``: the engine's own writer
+    (``labelsharing.data.image_io.write_label``) puts ``labels`` (k, j, i) on the input file's grid,
+    one segment per task label (name, value, colour, terminology; ``ModelInfo`` labels)."""
+    import SimpleITK as sitk
+    from labelsharing.data.image_io import SegmentInfo, write_label
+
+    segments = [SegmentInfo(label.name, label.value, tuple(label.color), label.terminology) for label in taskLabels]
+    return write_label(np.asarray(labels), sitk.ReadImage(str(inputFile)), resultFile, segments)
+
+
+def readAsTheEngineDoes(path) -> tuple:
+    """(k, j, i) voxels and IJK->RAS of an image file, read as the engine reads it (SimpleITK, LPS)."""
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(path))
+    ijkToLps = np.eye(4)
+    ijkToLps[:3, :3] = np.reshape(image.GetDirection(), (3, 3)) * np.array(image.GetSpacing())
+    ijkToLps[:3, 3] = image.GetOrigin()
+    return sitk.GetArrayFromImage(image), np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijkToLps
