@@ -20,6 +20,7 @@ from unittest import mock
 
 import numpy as np
 
+from .fakes_files import readSegNrrdLikeSlicer, writeVolumeLikeSlicer
 from .fakes_qt import FakeButton, FakeNodeComboBox, FakeTreeWidget, FakeTreeWidgetItem, fakeSettingsClass
 
 MODULE_DIR = Path(__file__).resolve().parents[3] / "LabelSharingSeg"
@@ -341,36 +342,19 @@ class FakeSegmentationsLogic:
         """vtkSlicerSegmentationsModuleLogic::LoadSegmentationFromFile (5.8.0 and main): a new segmentation
         node in the scene with a storage node (added first) and a display node (created by the reader), or
         None with the reason in ``userMessages``. The header is read as
-        vtkMRMLSegmentationStorageNode::ReadBinaryLabelmapRepresentation does: SegmentN_ID / _Name /
-        _Color ("r g b") / _LabelValue / _Tags ("key:value|...", split as SetSegmentTagsFromString does);
-        the voxels of value LabelValue form the segment. Slicer crops the layer to the segments' extents
-        and arrayFromSegmentBinaryLabelmap resamples it back to the reference grid: the same mask on the
-        file's grid, kept here uncropped. Single-layer LPS files only (what the engine writes)."""
-        import nrrd
-
+        vtkMRMLSegmentationStorageNode::ReadBinaryLabelmapRepresentation does (``readSegNrrdLikeSlicer``)."""
         try:
-            voxels, header = nrrd.read(str(filename), index_order="C")
-        except (OSError, nrrd.NRRDError) as exc:
+            segments, ijkToRas = readSegNrrdLikeSlicer(filename)
+        except OSError as exc:  # missing or not NRRD: Slicer's reader fails
             userMessages.messages.append(f"Error reading {filename}: {exc}")
             return None
-        if voxels.ndim != 3 or header.get("space") != "left-posterior-superior":
-            raise NotImplementedError("the fake reads single-layer LPS .seg.nrrd files only")
         node = FakeSegmentationNode(nodeName or Path(filename).name)
-        segmentation = node.segmentation
-        index = 0
-        while f"Segment{index}_ID" in header:
-            field = lambda name: header[f"Segment{index}_{name}"]  # noqa: E731
-            segment = FakeSegment(field("Name"), tuple(float(c) for c in field("Color").split()))
-            for tag in field("Tags").split("|"):
-                if ":" in tag:
-                    segment.SetTag(*tag.split(":", 1))
-            segmentation.segments[field("ID")] = segment
-            segmentation.masks[field("ID")] = voxels == int(field("LabelValue"))
-            index += 1
-        ijkToLps = np.eye(4)
-        ijkToLps[:3, :3] = np.asarray(header["space directions"], dtype=float).T
-        ijkToLps[:3, 3] = header["space origin"]
-        segmentation.labelmapIjkToRas = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijkToLps
+        for segmentId, name, color, tags, mask in segments:
+            segment = FakeSegment(name, color)
+            segment.tags = dict(tags)
+            node.segmentation.segments[segmentId] = segment
+            node.segmentation.masks[segmentId] = mask
+        node.segmentation.labelmapIjkToRas = ijkToRas
         node.storageNode, node.displayNode = mock.MagicMock(name="storage"), mock.MagicMock(name="display")
         self.scene.nodes += [node.storageNode, node, node.displayNode]
         return node
@@ -518,15 +502,7 @@ def fakeSlicer(tmpPath: str = "/tmp") -> types.ModuleType:
         """util.py exportNode -> qSlicerCoreIOManager::exportNodes: a volume node is written by Slicer's
         volume writer (ITK, LPS NRRD); other nodes are recorded only. Returns True (written)."""
         if isinstance(node, FakeVolumeNode):
-            import SimpleITK as sitk
-
-            ijkToLps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ node.ijkToRasArray
-            spacing = np.linalg.norm(ijkToLps[:3, :3], axis=0)
-            image = sitk.GetImageFromArray(np.asarray(node.voxels))
-            image.SetSpacing(spacing.tolist())
-            image.SetOrigin(ijkToLps[:3, 3].tolist())
-            image.SetDirection((ijkToLps[:3, :3] / spacing).ravel().tolist())
-            sitk.WriteImage(image, str(filename), useCompression=True)
+            writeVolumeLikeSlicer(node.voxels, node.ijkToRasArray, filename)
         return True
 
     util.addVolumeFromArray = addVolumeFromArray
@@ -649,25 +625,3 @@ def installFakeSlicerModules() -> Dict[str, types.ModuleType]:
     sys.modules.update(modules)
     return modules
 
-
-# ----------------------------------------------------------------------------- the engine's side of the files
-def writeEngineResult(inputFile: Path, resultFile: Path, labels: np.ndarray, taskLabels) -> Path:
-    """Stand in for ``labelsharing predict --format seg.nrrd``: the engine's own writer
-    (``labelsharing.data.image_io.write_label``) puts ``labels`` (k, j, i) on the input file's grid,
-    one segment per task label (name, value, colour, terminology; ``ModelInfo`` labels)."""
-    import SimpleITK as sitk
-    from labelsharing.data.image_io import SegmentInfo, write_label
-
-    segments = [SegmentInfo(label.name, label.value, tuple(label.color), label.terminology) for label in taskLabels]
-    return write_label(np.asarray(labels), sitk.ReadImage(str(inputFile)), resultFile, segments)
-
-
-def readAsTheEngineDoes(path) -> tuple:
-    """(k, j, i) voxels and IJK->RAS of an image file, read as the engine reads it (SimpleITK, LPS)."""
-    import SimpleITK as sitk
-
-    image = sitk.ReadImage(str(path))
-    ijkToLps = np.eye(4)
-    ijkToLps[:3, :3] = np.reshape(image.GetDirection(), (3, 3)) * np.array(image.GetSpacing())
-    ijkToLps[:3, 3] = image.GetOrigin()
-    return sitk.GetArrayFromImage(image), np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijkToLps

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .fakes import FakeVolumeNode, fakeSlicer, fakeVtk, readAsTheEngineDoes
+from .fakes import FakeVolumeNode, fakeSlicer, fakeVtk
+from .fakes_files import readAsTheEngineDoes
 from LabelSharingSegLib.Geometry import lpsGeometryFromIjkToRas
 from LabelSharingSegLib.ModuleError import ModuleError
 from LabelSharingSegLib.NrrdIO import writeNrrd

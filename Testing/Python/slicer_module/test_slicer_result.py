@@ -10,7 +10,8 @@ import pytest
 from LabelSharingSegLib.ModelInfo import ModelInfo
 from LabelSharingSegLib.ResultPanel import EDITOR_NODE_TAG
 
-from .fakes import FakeSegmentationNode, FakeSegmentEditorNode, FakeVolumeNode, writeEngineResult
+from .fakes import FakeSegmentationNode, FakeSegmentEditorNode, FakeVolumeNode
+from .fakes_files import writeEngineResult
 from .widget_harness import buildWidget, loadModuleFile, writeModel
 
 

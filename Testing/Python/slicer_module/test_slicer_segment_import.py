@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from .fakes import FakeSegmentationNode, FakeVolumeNode, fakeSlicer, fakeVtk, writeEngineResult
+from .fakes import FakeSegmentationNode, FakeVolumeNode, fakeSlicer, fakeVtk
+from .fakes_files import writeEngineResult
 from LabelSharingSegLib.ModelInfo import ModelInfo
 from LabelSharingSegLib.ModuleError import ModuleError
 from LabelSharingSegLib.SceneIO import SceneIO

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from .fakes import FakeSegmentationNode, FakeVolumeNode, fakeSlicer, fakeVtk, readAsTheEngineDoes
+from .fakes import FakeSegmentationNode, FakeVolumeNode, fakeSlicer, fakeVtk
+from .fakes_files import readAsTheEngineDoes
 from LabelSharingSegLib.ModuleError import ModuleError
 from LabelSharingSegLib.SceneIO import SceneIO
 from LabelSharingSegLib.TaskDefinition import TaskCase, TaskDefinition, unionOfSegmentNames, uniqueCaseIds
