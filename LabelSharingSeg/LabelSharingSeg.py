@@ -22,7 +22,7 @@ import vtk
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -34,7 +34,7 @@ from slicer.util import VTKObservationMixin
 from LabelSharingSegLib.DemoData import DemoFolder, DemoSamples
 from LabelSharingSegLib.Dependencies import Dependencies
 from LabelSharingSegLib.EngineCommands import DEVICES, isSetPath, trainArgs
-from LabelSharingSegLib.EngineDefaults import trainingDefaults
+from LabelSharingSegLib.EngineDefaults import sessionTrainingDefaults
 from LabelSharingSegLib.EngineJob import EngineJob
 from LabelSharingSegLib.Export import EXPORT_FORMATS, SegmentationExporter
 from LabelSharingSegLib.ExportPanel import ExportPanel
@@ -54,9 +54,6 @@ from LabelSharingSegLib.TrainPanel import TrainPanel
 from LabelSharingSegLib.WarmEngine import WarmEngine
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
-#: the engine's training defaults and limits (``labelsharing defaults``), the only copy
-ENGINE = trainingDefaults()
-_TRAIN_EPOCHS, _ADD_EPOCHS, _REPLAY = ENGINE["train"]["epochs"], ENGINE["add-task"]["epochs"], ENGINE["add-task"]["replay"]
 
 
 class LabelSharingSeg(ScriptedLoadableModule):
@@ -103,9 +100,12 @@ class LabelSharingSegParameterNode:
     datasetFolder: pathlib.Path = pathlib.Path.home()
     modelsFolder: pathlib.Path  # "" until setup fills in the per-user default (ModelOutput)
     modelName: str = ""
-    trainEpochs: Annotated[int, WithinRange(*_TRAIN_EPOCHS.spinBoxRange())] = _TRAIN_EPOCHS.default
-    addTaskEpochs: Annotated[int, WithinRange(*_ADD_EPOCHS.spinBoxRange())] = _ADD_EPOCHS.default
-    replay: Annotated[float, WithinRange(*_REPLAY.spinBoxRange(decimals=2))] = _REPLAY.default
+    # defaults and limits from the engine (``labelsharing defaults``, asked when the panel is first shown:
+    # TrainPanel.applyEngineDefaults), filled into a node once, which trainingDefaultsSet records
+    trainEpochs: int = 0
+    addTaskEpochs: int = 0
+    replay: float = 0.0
+    trainingDefaultsSet: bool = False
     exportSegmentation: vtkMRMLSegmentationNode
     exportAll: bool = False
     exportFolder: pathlib.Path = pathlib.Path.home()
@@ -132,7 +132,8 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ui = self.ui
         buttons = [ui.applyButton, ui.checkDependenciesButton, ui.computeGroupingButton, ui.exportDatasetButton,
                    ui.trainButton, ui.addTaskButton, ui.exportButton]
-        self.engine = WarmEngine(EngineJob(MODULE_DIR))  # Apply reuses one engine process (issue 11)
+        job = EngineJob(MODULE_DIR)
+        self.engine = WarmEngine(job)  # Apply reuses one engine process (issue 11)
         self.jobs = JobPanel(ui, self.engine, buttons, slicer)
         node = lambda: self._parameterNode  # noqa: E731
         self.segmentPanel = SegmentPanel(ui, self.logic, self.jobs, node, slicer)
@@ -140,7 +141,8 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         model = lambda: self.segmentPanel.model  # noqa: E731
         self.library = ModelLibrary(qt.QSettings())  # the application settings (slicer.util.settingsValue)
         self.trainPanel = TrainPanel(ui, self.logic, self.jobs, node, model, lambda: self.taskPanel.pinsOfDefinedTask(),
-                                     slicer, qt, onModelWritten=self.library.add)
+                                     slicer, qt, onModelWritten=self.library.add,
+                                     engineDefaults=lambda: sessionTrainingDefaults(MODULE_DIR, job.command))
         self.taskPanel = TaskPanel(ui, self.logic, self.jobs, node, model, self.trainPanel.addDatasetFolder, slicer, qt)
         self.exportPanel = ExportPanel(ui, self.logic, self.jobs, node, self.segmentPanel.taskLabels, slicer, qt)
         self.libraryPanel = ModelLibraryPanel(ui, self.library, DemoFolder.forUser(slicer.app.slicerUserSettingsFilePath),
@@ -195,6 +197,7 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = parameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.trainPanel.applyEngineDefaults()  # after connectGui, which resets the spin box ranges
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self._checkCanApply()
 
@@ -243,14 +246,17 @@ class LabelSharingSegLogic(ScriptedLoadableModuleLogic):
     def segment(self, inputVolume: Any, modelFolder: Any, task: str, device: str = "auto",
                 outputSegmentation: Any = None) -> Any:
         """Segment a volume and wait for the result (blocking; the UI uses the background path)."""
-        self.dependencies.ensureInstalled()  # writing the input volume already needs pynrrd
+        self.dependencies.ensureInstalled()  # before writing the input: the engine run needs them
         request = self.segmenter.prepare(inputVolume, self.loadModel(modelFolder), task, device, outputSegmentation)
         self._runEngine(request.args)
         return self.segmenter.load(request)
 
-    def train(self, datasets: List[Any], outFolder: Any, epochs: int = _TRAIN_EPOCHS.default,
+    def train(self, datasets: List[Any], outFolder: Any, epochs: Optional[int] = None,
               device: str = "auto") -> ModelInfo:
-        """Train a new model from task dataset folders into a new folder and wait for it (blocking)."""
+        """Train a new model from task dataset folders into a new folder and wait for it (blocking).
+
+        ``epochs``: ``None`` leaves the engine's default (``labelsharing defaults``).
+        """
         self._runEngine(trainArgs(datasets, outFolder, epochs, device))
         return self.loadModel(outFolder)
 
@@ -262,7 +268,8 @@ class LabelSharingSegLogic(ScriptedLoadableModuleLogic):
 
 
 class LabelSharingSegTest(ScriptedLoadableModuleTest):
-    """In-Slicer self-test: segment import from a known label map, and a real engine run."""
+    """In-Slicer self-test: segment import from a known label map, the engine's training defaults and a
+    real engine run whose ``.seg.nrrd`` result Slicer's reader loads."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -270,6 +277,8 @@ class LabelSharingSegTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_importKnownLabelmap()
+        self.setUp()
+        self.test_engineDefaults()
         self.setUp()
         self.test_segmentWithTinyModel()
 
@@ -286,7 +295,7 @@ class LabelSharingSegTest(ScriptedLoadableModuleTest):
         """Segments get the task's names, colours, terminology and exactly the label map's voxels."""
         import numpy as np
         from LabelSharingSegLib.SegmentImport import SegmentImporter, SegmentSpec
-        from labelsharing.plan.terminology import EXAMPLE_ENTRY
+        from labelsharing.plan import EXAMPLE_ENTRY
 
         volume, voxels = self._boxVolume()
         labels = (voxels == 200).astype(np.uint8) + 2 * (voxels == 400).astype(np.uint8)
@@ -302,6 +311,12 @@ class LabelSharingSegTest(ScriptedLoadableModuleTest):
             self.assertEqual(properties[spec.name].terminology, spec.terminology)
             mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
             np.testing.assert_array_equal(mask > 0, labels == spec.value)
+
+    def test_engineDefaults(self):
+        """The engine answers ``labelsharing defaults --json`` under PythonSlicer: epochs at least 1, replay in [0, 1)."""
+        defaults = sessionTrainingDefaults(MODULE_DIR, EngineJob(MODULE_DIR).command)
+        self.assertEqual(defaults["train"]["epochs"].spinBoxRange()[0], 1)
+        self.assertEqual(defaults["add-task"]["replay"].spinBoxRange(decimals=2), (0.0, 0.99))
 
     def test_segmentWithTinyModel(self):
         """Train a tiny model on the box task in a subprocess, then segment with it."""
@@ -328,7 +343,11 @@ class LabelSharingSegTest(ScriptedLoadableModuleTest):
         task = model.task("box")
         names = [result.GetSegmentation().GetNthSegment(i).GetName() for i in range(len(task.labels))]
         self.assertEqual(names, [label.name for label in task.labels])
+        values = [result.GetSegmentation().GetNthSegment(i).GetLabelValue() for i in range(len(task.labels))]
+        self.assertEqual(values, [label.value for label in task.labels])  # read from the .seg.nrrd by Slicer
         first = result.GetSegmentation().GetNthSegment(0)
         self.assertEqual(tuple(round(c, 4) for c in first.GetColor()), tuple(round(c, 4) for c in task.labels[0].color))
+        self.assertIsNone(result.GetStorageNode())  # nothing points at the deleted temporary file
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), 2)  # training + result
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(result, result.GetSegmentation().GetNthSegmentID(0), volume)
         self.assertEqual(mask.shape, voxels.shape)

@@ -16,7 +16,7 @@ from .Translation import tr as _
 __all__ = ["DEVICES", "PredictCall", "predictArgs", "trainArgs", "addTaskArgs", "writePins", "isSetPath"]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-_FORMAT = "nrrd"  # what Segmenter reads back (SceneIO.addLabelmapFromFile)
+_FORMAT = "seg.nrrd"  # names, colours, label values and terminology in the file: Segmenter loads it with Slicer's reader
 PathLike = Union[str, Path]
 
 
@@ -26,7 +26,7 @@ def isSetPath(path: Optional[PathLike]) -> bool:
 
 
 def predictArgs(modelFolder: PathLike, task: str, inputFile: PathLike, outFolder: PathLike, device: str) -> List[str]:
-    """``predict MODEL --task NAME INPUT --out OUTDIR --format nrrd --device D``."""
+    """``predict MODEL --task NAME INPUT --out OUTDIR --format seg.nrrd --device D``."""
     return PredictCall(str(modelFolder), task, str(inputFile), str(outFolder), device).args
 
 
@@ -54,7 +54,7 @@ class PredictCall:
 
     @property
     def args(self) -> List[str]:
-        """The one-shot command: ``predict MODEL --task NAME INPUT --out OUTDIR --format nrrd --device D``."""
+        """The one-shot command: ``predict MODEL --task NAME INPUT --out OUTDIR --format seg.nrrd --device D``."""
         return [
             "predict", self.modelFolder, "--task", self.task, self.inputFile,
             "--out", self.outFolder, "--format", _FORMAT, "--device", self.device,
@@ -71,15 +71,17 @@ class PredictCall:
 
 
 def trainArgs(
-    datasets: Sequence[PathLike], outFolder: PathLike, epochs: int, device: str, pinsFile: Optional[PathLike] = None
+    datasets: Sequence[PathLike], outFolder: PathLike, epochs: Optional[int], device: str,
+    pinsFile: Optional[PathLike] = None,
 ) -> List[str]:
-    """``train DATASET... --out MODEL --epochs N --device D [--pins FILE]``."""
+    """``train DATASET... --out MODEL [--epochs N] --device D [--pins FILE]``; ``epochs=None``: the engine's default."""
     _checkDevice(device)
     if not datasets:
         raise ModuleError(_("Add at least one task dataset folder to train on."))
     if not isSetPath(outFolder):
         raise ModuleError(_("Choose the folder where the new model is written."))
-    args = ["train", *[str(d) for d in datasets], "--out", str(outFolder), "--epochs", str(int(epochs)), "--device", device]
+    epochArgs = ["--epochs", str(int(epochs))] if epochs is not None else []
+    args = ["train", *[str(d) for d in datasets], "--out", str(outFolder), *epochArgs, "--device", device]
     return args + (["--pins", str(pinsFile)] if pinsFile else [])
 
 

@@ -1,5 +1,7 @@
 """Run one ``labelsharing`` command in a child process and follow it without blocking.
 
+Kept over ``qt.QProcess`` (issue 17): Slicer 5.8's Qt 5 QProcess cannot start the child in a new session or process group (``setChildProcessModifier`` is Qt 6.0, ``UnixProcessParameters`` Qt 6.6, ``setupChildProcess`` a C++-only override), and its ``kill()`` ends only the ``PythonSlicer`` launcher, not the interpreter the launcher starts; plain ``subprocess`` also runs in the tests without Slicer.
+
 The engine prints ``PROGRESS <percent> <text>`` lines on stdout (``--progress lines``) and, on a
 user error, ``error: <message>`` on stderr with exit code 2 (see ``docs/CONTRACTS.md``).
 

@@ -4,10 +4,8 @@ A batch is exported one segmentation per call of :meth:`BatchExport.exportNext`,
 widget calls from a ``qt.QTimer`` so the UI stays responsive for large batches (MRML must be
 used from the main thread, so this is chunking, not threading).
 
-Slicer call used: ``slicer.util.exportNode(node, filename, properties={}, world=False)``
-(``Base/Python/slicer/util.py``; unlike ``saveNode`` it does not change the node's storage
-node). It fills ``properties`` in, so a new dict is passed each time; it returns False when the
-writer fails and raises ``ValueError`` when no writer knows the file name's extension.
+Files are written by Slicer's writers, through ``SceneIO.exportNode`` (``slicer.util.exportNode``,
+which does not change the node's storage node).
 """
 
 from __future__ import annotations
@@ -60,7 +58,6 @@ class SegmentationExporter:
     def __init__(self, sceneIO: Optional[SceneIO] = None, slicerModule: Any = None) -> None:
         if slicerModule is None:
             import slicer as slicerModule
-        self._slicer = slicerModule
         self._sceneIO = sceneIO or SceneIO(slicerModule)
 
     def export(
@@ -81,7 +78,7 @@ class SegmentationExporter:
         stem = _UNSAFE.sub("_", segmentationNode.GetName()).strip("_") or "segmentation"
         path = folder / f"{stem}.{fileFormat}"
         if fileFormat == "seg.nrrd":
-            self._write(segmentationNode, path)
+            self._sceneIO.exportNode(segmentationNode, path)
             return path
         volume = self._sceneIO.referenceVolume(segmentationNode)
         if volume is None:
@@ -99,7 +96,7 @@ class SegmentationExporter:
             labelArray = labelArray.astype(np.uint8)
         node = self._sceneIO.addLabelmapFromArray(labelArray, self._sceneIO.ijkToRas(volume), f"{stem}_labels")
         try:
-            self._write(node, path)
+            self._sceneIO.exportNode(node, path)
         finally:
             self._sceneIO.removeNode(node)
         properties = self._sceneIO.segmentProperties(segmentationNode)
@@ -111,13 +108,6 @@ class SegmentationExporter:
         }, indent=2) + "\n", encoding="utf-8")
         return path
 
-    def _write(self, node: Any, path: Path) -> None:
-        try:
-            written = self._slicer.util.exportNode(node, str(path), {})
-        except ValueError as exc:
-            raise ModuleError(_("Slicer has no writer for {file}: {reason}").format(file=path.name, reason=exc)) from exc
-        if not written:
-            raise ModuleError(_("Could not write {path} (see the application log for Slicer's message).").format(path=path))
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""Voxel grid geometry: Slicer's IJK->RAS matrix <-> the LPS origin/spacing/direction of files.
+"""Voxel grid geometry: Slicer's IJK->RAS matrix -> the LPS origin/spacing/direction of files.
+
+Kept over Slicer's writers (issue 17): ``NrrdIO`` writes task datasets from arrays, with no node whose writer would do this split.
 
 Slicer works in RAS (x to the Right, y Anterior, z Superior); ITK, SimpleITK, NRRD files with
 ``space: left-posterior-superior`` and therefore the engine work in LPS. The two differ by a
@@ -14,7 +16,7 @@ from typing import Tuple
 
 import numpy as np
 
-__all__ = ["RAS_TO_LPS", "lpsGeometryFromIjkToRas", "ijkToRasFromLpsGeometry", "ijkToLpsFromIjkToRas"]
+__all__ = ["RAS_TO_LPS", "lpsGeometryFromIjkToRas", "ijkToLpsFromIjkToRas"]
 
 #: Multiplying a RAS point by this gives the LPS point (and back: the matrix is its own inverse).
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
@@ -54,14 +56,3 @@ def lpsGeometryFromIjkToRas(ijkToRas: np.ndarray) -> Tuple[np.ndarray, np.ndarra
     if np.any(spacing <= 0):
         raise ValueError(f"IJK->RAS matrix has a zero spacing: {spacing.tolist()}")
     return ijkToLps[:3, 3].copy(), spacing, axes / spacing
-
-
-def ijkToRasFromLpsGeometry(origin, spacing, direction) -> np.ndarray:
-    """The 4x4 IJK->RAS matrix of a file's LPS origin, spacing and direction (inverse of the above)."""
-    origin = np.asarray(origin, dtype=float).reshape(3)
-    spacing = np.asarray(spacing, dtype=float).reshape(3)
-    direction = np.asarray(direction, dtype=float).reshape(3, 3)
-    ijkToRas = np.eye(4)
-    ijkToRas[:3, :3] = RAS_TO_LPS @ (direction * spacing)
-    ijkToRas[:3, 3] = RAS_TO_LPS @ origin
-    return ijkToRas

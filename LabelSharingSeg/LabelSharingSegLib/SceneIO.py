@@ -1,8 +1,14 @@
-"""Scene <-> files: volumes and segmentations to arrays and NRRD files, results back to nodes.
+"""Scene <-> files and arrays: volumes and segmentations to arrays, nodes to files through Slicer's writers.
 
 Only the main thread may call these methods (they touch MRML). The Slicer calls used, and
 where their signatures come from (Slicer ``Base/Python/slicer/util.py`` unless noted):
 
+- ``slicer.util.exportNode(node, filename, properties={}, world=False)``: writes a node with
+  Slicer's own writer (a scalar volume to ``.nrrd`` in LPS, through ITK's NRRD writer, which
+  prints the geometry with 17 significant digits: ``%.17g`` in NrrdIO's ``_nrrdStrcatSpaceVector``),
+  without changing the node's storage node. It fills ``properties`` in, so a new dict is passed
+  each time; it returns False when the writer fails and raises ``ValueError`` when no writer
+  knows the file name's extension;
 - ``vtkMRMLVolumeNode.GetIJKToRASMatrix(vtkMatrix4x4)`` (``Libs/MRML/Core/vtkMRMLVolumeNode.h``)
   and ``slicer.util.arrayFromVTKMatrix(vmatrix)``;
 - ``slicer.util.arrayFromVolume(volumeNode)`` -> (k, j, i) view of the voxels;
@@ -30,7 +36,6 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 
 from .ModuleError import ModuleError
-from .NrrdIO import readNrrd, writeNrrd
 from .TaskDefinition import TaskCase
 from .Translation import tr as _
 
@@ -69,18 +74,26 @@ class SceneIO:
         return np.asarray(self._slicer.util.arrayFromVTKMatrix(matrix), dtype=float)
 
     def writeVolume(self, volumeNode: Any, path: Union[str, Path]) -> Path:
-        """Write a scalar volume as an LPS ``.nrrd`` file the engine reads."""
+        """Write a scalar volume as a ``.nrrd`` file the engine reads (Slicer's writer; parent transforms not applied)."""
         if volumeNode is None or volumeNode.GetImageData() is None:
             raise ModuleError(_("The input volume has no image data."))
-        return writeNrrd(path, self._slicer.util.arrayFromVolume(volumeNode), self.ijkToRas(volumeNode))
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.exportNode(volumeNode, path)
+        return path
 
-    def addLabelmapFromFile(self, path: Union[str, Path], name: str, transformNodeId: Optional[str] = None) -> Any:
-        """Load a label map file written by the engine into a new labelmap volume node."""
-        voxels, ijkToRas = readNrrd(path)
-        node = self._slicer.util.addVolumeFromArray(voxels, ijkToRas, name, "vtkMRMLLabelMapVolumeNode")
-        if transformNodeId:
-            node.SetAndObserveTransformNodeID(transformNodeId)
-        return node
+    def exportNode(self, node: Any, path: Path) -> None:
+        """Write ``node`` to ``path`` with Slicer's writer for the file name's extension.
+
+        Raises:
+            ModuleError: no writer knows the extension, or the writer failed.
+        """
+        try:
+            written = self._slicer.util.exportNode(node, str(path), {})
+        except ValueError as exc:
+            raise ModuleError(_("Slicer has no writer for {file}: {reason}").format(file=path.name, reason=exc)) from exc
+        if not written:
+            raise ModuleError(_("Could not write {path} (see the application log for Slicer's message).").format(path=path))
 
     def addLabelmapFromArray(self, voxels: np.ndarray, ijkToRas: np.ndarray, name: str) -> Any:
         """A new labelmap volume node holding ``voxels`` (k, j, i) on the given grid."""

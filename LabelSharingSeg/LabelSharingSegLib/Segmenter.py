@@ -1,4 +1,4 @@
-"""Segment a volume with a model: export it, run ``labelsharing predict``, import the result.
+"""Segment a volume with a model: export it, run ``labelsharing predict``, load the ``.seg.nrrd`` result.
 
 The run is split in three steps so the widget can run the middle one in the background:
 :meth:`Segmenter.prepare` (main thread, writes the input), the engine process, and
@@ -22,7 +22,7 @@ from .EngineCommands import PredictCall
 from .ModelInfo import ModelInfo
 from .ModuleError import ModuleError
 from .SceneIO import SceneIO
-from .SegmentImport import SegmentImporter, SegmentSpec
+from .SegmentImport import SegmentImporter
 from .Translation import tr as _
 
 __all__ = ["SegmentationRequest", "Segmenter"]
@@ -48,7 +48,7 @@ class SegmentationRequest:
 
     @property
     def resultFile(self) -> Path:
-        return self.workDir / "output" / f"{_CASE}.nrrd"
+        return self.workDir / "output" / f"{_CASE}.seg.nrrd"
 
 
 class Segmenter:
@@ -83,7 +83,8 @@ class Segmenter:
         """Create (or fill) the output segmentation from the engine's result, then clean up.
 
         Returns:
-            the segmentation node, one segment per task label, named and coloured as the task says.
+            the segmentation node, one segment per task label (in the task's order), with the name,
+            colour, label value and terminology the engine wrote from the model.
         """
         try:
             if not request.resultFile.is_file():
@@ -96,18 +97,9 @@ class Segmenter:
                     "vtkMRMLSegmentationNode", f"{volume.GetName()} {request.task}"
                 )
                 segmentation.CreateDefaultDisplayNodes()
-            segmentation.SetAndObserveTransformNodeID(volume.GetTransformNodeID())
-            labelmap = self._sceneIO.addLabelmapFromFile(
-                request.resultFile, "LabelSharingSeg result", volume.GetTransformNodeID()
-            )
-            try:
-                specs = [
-                    SegmentSpec(label.name, label.value, label.color, label.terminology)
-                    for label in request.model.task(request.task).labels
-                ]
-                self._importer.importLabelmap(labelmap, segmentation, specs, volume)
-            finally:
-                self._sceneIO.removeNode(labelmap)
+            segmentation.SetAndObserveTransformNodeID(volume.GetTransformNodeID())  # the file is in its frame
+            names = [label.name for label in request.model.task(request.task).labels]
+            self._importer.importSegmentationFile(request.resultFile, segmentation, names, volume)
             return segmentation
         finally:
             self.cleanup(request)

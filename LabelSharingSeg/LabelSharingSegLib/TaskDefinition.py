@@ -1,7 +1,9 @@
 """Define a task from segmentations: label names, sizes, shared-label grouping, dataset folder.
 
-Everything here is numpy plus the engine's own ``labelsharing.plan.shared_labels`` (numpy only), so the
-grouping shown in Slicer is the grouping the engine will train with. The Slicer side
+Everything here is numpy plus the engine's own ``labelsharing.plan`` package (numpy only), so the
+grouping shown in Slicer is the grouping the engine will train with. It is the one part of the
+engine Slicer's process imports, with ``labelsharing.errors`` for the error type the plan raises
+(``test_slicer_engine_boundary.py``); everything else runs in a ``labelsharing`` subprocess. The Slicer side
 (``SceneIO.caseFromSegmentation``) turns segmentation nodes into :class:`TaskCase` objects.
 """
 
@@ -15,9 +17,8 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 
-from labelsharing.errors import LabelSharingError
-from labelsharing.plan.shared_labels import LabelStats, SharedLabelPlan, measure_label_sizes
-from labelsharing.plan.terminology import terminology_entry_problem
+from labelsharing.errors import LabelSharingError  # the error the plan functions raise (numpy-only module)
+from labelsharing.plan import LabelStats, SharedLabelPlan, measure_label_sizes, terminology_entry_problem
 
 from .ModuleError import ModuleError
 from .NrrdIO import writeNrrd

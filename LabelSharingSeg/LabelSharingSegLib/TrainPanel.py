@@ -2,19 +2,28 @@
 
 The new model is written to ``<models folder>/<model name>`` (``ModelOutput``), shown under the
 two fields before anything runs. Epochs (one field for Train, one for Add task) and replay take
-their defaults and limits from the engine (``EngineDefaults``, through the parameter node).
+their limits, and a new parameter node its values, from the engine (``EngineDefaults``, asked once
+per session when the panel is first shown). If the engine cannot say, the panel still opens (the
+Segment and Export sections do not need it): the status line says why, and the fields have no
+limits, as the engine checks the values itself when it runs.
 
 Qt calls (PythonQt, Qt 5 API): ``QListWidget.addItem/item/count/currentItem/takeItem/row/
-setCurrentRow``; ``qt.QFileDialog.getExistingDirectory(parent, caption)``.
+setCurrentRow``; ``qt.QFileDialog.getExistingDirectory(parent, caption)``; ``QSpinBox.setRange(int, int)``
+and ``QDoubleSpinBox.setRange(double, double)``, called after ``connectGui``: the parameter node's
+spin box connectors set an unbounded range when the field has no ``WithinRange``
+(``Base/Python/slicer/parameterNodeWrapper/guiConnectors.py``, ``QSliderOrSpinBoxToIntConnector``
+and ``QDoubleSpinBoxCtkSliderWidgetToFloatIntConnector``, 5.8.0 and main).
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 from .EngineCommands import addTaskArgs, trainArgs, writePins
+from .EngineDefaults import TrainingDefaults
 from .JobPanel import JobPanel, userAction
 from .ModelOutput import freeModelName, modelOutputFolder
 from .ModuleError import ModuleError
@@ -36,11 +45,14 @@ class TrainPanel:
         slicerModule, qtModule: the ``slicer`` and ``qt`` modules.
         onModelWritten: called with the new model's folder and ``"trained"`` or ``"added task"``
             when a run succeeds (the model library remembers it).
+        engineDefaults: returns the engine's training defaults (``sessionTrainingDefaults``) or
+            raises ``ModuleError``.
     """
 
     def __init__(self, ui: Any, logic: Any, jobs: JobPanel, parameterNode: Callable[[], Any],
                  currentModel: Callable[[], Any], pinsOfDefinedTask: Callable[[], Optional[tuple]],
-                 slicerModule: Any, qtModule: Any, onModelWritten: Optional[Callable[[Path, str], None]] = None) -> None:
+                 slicerModule: Any, qtModule: Any, onModelWritten: Optional[Callable[[Path, str], None]] = None,
+                 engineDefaults: Optional[Callable[[], TrainingDefaults]] = None) -> None:
         self.ui = ui
         self.logic = logic
         self.jobs = jobs
@@ -50,6 +62,8 @@ class TrainPanel:
         self._currentModel = currentModel
         self._pinsOfDefinedTask = pinsOfDefinedTask
         self._onModelWritten = onModelWritten
+        self._engineDefaults = engineDefaults
+        self._defaultsProblemShown = False
         ui.addDatasetButton.connect("clicked(bool)", self.onAddDataset)
         ui.removeDatasetButton.connect("clicked(bool)", self.onRemoveDataset)
         ui.trainButton.connect("clicked(bool)", self.onTrain)
@@ -74,6 +88,31 @@ class TrainPanel:
         if folder not in self.datasetFolders():
             self.ui.trainDatasetsListWidget.addItem(folder)
         self.ui.trainDatasetsListWidget.setCurrentRow(self.datasetFolders().index(folder))
+
+    def applyEngineDefaults(self) -> None:
+        """Engine limits on the epochs and replay fields; engine defaults into a parameter node that has none yet.
+
+        Call it after each ``connectGui`` (which resets the spin box ranges). A node keeps the
+        values it has (a saved scene, the user's choice): ``trainingDefaultsSet`` records the fill-in.
+        """
+        node = self._parameterNode()
+        if node is None or self._engineDefaults is None:
+            return
+        try:
+            defaults = self._engineDefaults()
+        except ModuleError as exc:
+            if not self._defaultsProblemShown:
+                self._defaultsProblemShown = True
+                self.ui.statusLabel.text = str(exc)
+                logging.warning("%s\n%s", exc, exc.details)
+            return
+        train, add = defaults["train"], defaults["add-task"]
+        if not node.trainingDefaultsSet:
+            node.trainEpochs, node.addTaskEpochs = int(train["epochs"].default), int(add["epochs"].default)
+            node.replay, node.trainingDefaultsSet = float(add["replay"].default), True
+        self.ui.trainEpochsSpinBox.setRange(*train["epochs"].spinBoxRange())
+        self.ui.addTaskEpochsSpinBox.setRange(*add["epochs"].spinBoxRange())
+        self.ui.replaySpinBox.setRange(*add["replay"].spinBoxRange(decimals=int(self.ui.replaySpinBox.decimals)))
 
     def updateTarget(self) -> None:
         """Show where the model will be written, or what is wrong with the two fields."""

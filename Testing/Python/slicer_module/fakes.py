@@ -20,6 +20,7 @@ from unittest import mock
 
 import numpy as np
 
+from .fakes_files import readSegNrrdLikeSlicer, writeVolumeLikeSlicer
 from .fakes_qt import FakeButton, FakeNodeComboBox, FakeTreeWidget, FakeTreeWidgetItem, fakeSettingsClass
 
 MODULE_DIR = Path(__file__).resolve().parents[3] / "LabelSharingSeg"
@@ -168,17 +169,47 @@ class FakeSegment:
 
 class FakeSegmentation:
     """vtkSegmentation: ordered segments by ID; conversion parameters by name (vtkSegmentation.h:
-    ``std::string GetConversionParameter(const std::string& name)``, "" when unset)."""
+    ``std::string GetConversionParameter(const std::string& name)``, "" when unset). The binary
+    labelmap of each segment is ``masks[segmentId]`` (k, j, i), on the grid ``labelmapIjkToRas``
+    (``None``: the grid of the arrays the test put there)."""
 
     def __init__(self) -> None:
         self.segments: Dict[str, FakeSegment] = {}
         self.conversionParameters: Dict[str, str] = {}
+        self.masks: Dict[str, np.ndarray] = {}
+        self.labelmapIjkToRas: Optional[np.ndarray] = None
 
     def GetConversionParameter(self, name: str) -> str:
         return self.conversionParameters.get(name, "")
 
     def RemoveAllSegments(self) -> None:
         self.segments.clear()
+        self.masks.clear()
+
+    def DeepCopy(self, other: "FakeSegmentation") -> None:
+        """vtkSegmentation::DeepCopy (vtkSegmentation.cxx, 5.8.0 and main): remove all segments, copy
+        the conversion parameters, then every segment (same ID, order, name, colour, tags, labelmap)."""
+        self.RemoveAllSegments()
+        self.conversionParameters = dict(other.conversionParameters)
+        for segmentId, segment in other.segments.items():
+            copy = FakeSegment(segment.name, segment.color)
+            copy.tags = dict(segment.tags)
+            self.segments[segmentId] = copy
+        self.masks = {segmentId: mask.copy() for segmentId, mask in other.masks.items()}
+        self.labelmapIjkToRas = other.labelmapIjkToRas
+
+    def GetSegmentIdBySegmentName(self, name: str) -> str:
+        """vtkSegmentation::GetSegmentIdBySegmentName: the first segment of that name, "" if none."""
+        return next((segmentId for segmentId, segment in self.segments.items() if segment.GetName() == name), "")
+
+    def SetSegmentIndex(self, segmentId: str, newIndex: int) -> bool:
+        """vtkSegmentation::SetSegmentIndex: move the segment to position ``newIndex``."""
+        if segmentId not in self.segments or newIndex >= len(self.segments):
+            return False
+        order = [i for i in self.segments if i != segmentId]
+        order.insert(newIndex, segmentId)
+        self.segments = {i: self.segments[i] for i in order}
+        return True
 
     def AddEmptySegment(self, segmentId: str = "", segmentName: str = "", color=None) -> str:
         segmentId = segmentId or f"Segment_{len(self.segments) + 1}"
@@ -204,9 +235,21 @@ class FakeSegmentationNode:
         self.name = name
         self.segmentation = FakeSegmentation()
         self.referenceVolume = referenceVolume
-        self.masks: Dict[str, np.ndarray] = {}
         self.transformNodeId: Optional[str] = None
         self.displayNodesCreated = False
+        self.displayNode: Any = None
+        self.storageNode: Any = None
+
+    @property
+    def masks(self) -> Dict[str, np.ndarray]:
+        """The segments' labelmaps (held by the segmentation, as in vtkSegmentation)."""
+        return self.segmentation.masks
+
+    def GetDisplayNode(self) -> Any:
+        return self.displayNode
+
+    def GetStorageNode(self) -> Any:
+        return self.storageNode
 
     def GetName(self) -> str:
         return self.name
@@ -282,15 +325,50 @@ def tryWithErrorDisplay(message=None, show=True, waitCursor=False):
 
 
 class FakeSegmentationsLogic:
-    """vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, seg, vtkStringArray)."""
+    """vtkSlicerSegmentationsModuleLogic (its scene is the application's):
+    ImportLabelmapToSegmentationNode(labelmap, seg, vtkStringArray) and LoadSegmentationFromFile."""
 
-    def __init__(self) -> None:
+    def __init__(self, scene: "FakeScene") -> None:
         self.imports: List[tuple] = []
         self.succeed = True
+        self.scene = scene
 
     def ImportLabelmapToSegmentationNode(self, labelmapNode, segmentationNode, updatedSegmentIds) -> bool:
         self.imports.append((labelmapNode, segmentationNode, list(updatedSegmentIds.values)))
         return self.succeed
+
+    def LoadSegmentationFromFile(self, filename, autoOpacities=True, nodeName=None, colorTableNode=None,
+                                 userMessages=None):
+        """vtkSlicerSegmentationsModuleLogic::LoadSegmentationFromFile (5.8.0 and main): a new segmentation
+        node in the scene with a storage node (added first) and a display node (created by the reader), or
+        None with the reason in ``userMessages``. The header is read as
+        vtkMRMLSegmentationStorageNode::ReadBinaryLabelmapRepresentation does (``readSegNrrdLikeSlicer``)."""
+        try:
+            segments, ijkToRas = readSegNrrdLikeSlicer(filename)
+        except OSError as exc:  # missing or not NRRD: Slicer's reader fails
+            userMessages.messages.append(f"Error reading {filename}: {exc}")
+            return None
+        node = FakeSegmentationNode(nodeName or Path(filename).name)
+        for segmentId, name, color, tags, mask in segments:
+            segment = FakeSegment(name, color)
+            segment.tags = dict(tags)
+            node.segmentation.segments[segmentId] = segment
+            node.segmentation.masks[segmentId] = mask
+        node.segmentation.labelmapIjkToRas = ijkToRas
+        node.storageNode, node.displayNode = mock.MagicMock(name="storage"), mock.MagicMock(name="display")
+        self.scene.nodes += [node.storageNode, node, node.displayNode]
+        return node
+
+
+class FakeMessageCollection:
+    """vtkMRMLMessageCollection (Libs/MRML/Core/vtkMRMLMessageCollection.h): messages added by Slicer's
+    readers; GetAllMessagesAsString() joins them, one a line."""
+
+    def __init__(self) -> None:
+        self.messages: List[str] = []
+
+    def GetAllMessagesAsString(self) -> str:
+        return "\n".join(self.messages)
 
 
 class FakeSubjectHierarchy:
@@ -391,11 +469,12 @@ def fakeSlicer(tmpPath: str = "/tmp") -> types.ModuleType:
         translate=lambda context, text: text,
     )
     slicer.vtkSegmentationConverter = types.SimpleNamespace(GetReferenceImageGeometryParameterName=lambda: REFERENCE_GEOMETRY)
-    segmentationsLogic = FakeSegmentationsLogic()
+    segmentationsLogic = FakeSegmentationsLogic(slicer.mrmlScene)
     slicer.modules = types.SimpleNamespace(segmentations=types.SimpleNamespace(logic=lambda: segmentationsLogic))
     hierarchy = FakeSubjectHierarchy()
     slicer.vtkMRMLSubjectHierarchyNode = types.SimpleNamespace(GetSubjectHierarchyNode=lambda scene: hierarchy)
     slicer.vtkMRMLScalarVolumeNode = FakeVolumeNode
+    slicer.vtkMRMLMessageCollection = FakeMessageCollection
     slicer.qMRMLNodeComboBox = FakeNodeComboBox
     slicer.vtkMRMLSegmentationNode = FakeSegmentationNode
     util = types.ModuleType("slicer.util")
@@ -419,12 +498,19 @@ def fakeSlicer(tmpPath: str = "/tmp") -> types.ModuleType:
         className = "vtkMRMLLabelMapVolumeNode" if properties.get("labelmap") else "vtkMRMLScalarVolumeNode"
         return addVolumeFromArray(voxels, np.eye(4), properties.get("name", Path(filename).name), className)
 
+    def exportNode(node, filename, properties={}, world=False):
+        """util.py exportNode -> qSlicerCoreIOManager::exportNodes: a volume node is written by Slicer's
+        volume writer (ITK, LPS NRRD); other nodes are recorded only. Returns True (written)."""
+        if isinstance(node, FakeVolumeNode):
+            writeVolumeLikeSlicer(node.voxels, node.ijkToRasArray, filename)
+        return True
+
     util.addVolumeFromArray = addVolumeFromArray
     util.loadVolume = loadVolume
     util.loadLabelVolume = lambda filename, properties={}, returnNode=False: loadVolume(
         filename, {**properties, "labelmap": True})
     util.arrayFromSegmentBinaryLabelmap = arrayFromSegmentBinaryLabelmap
-    util.exportNode = mock.MagicMock(return_value=True)
+    util.exportNode = mock.MagicMock(side_effect=exportNode)
     util.errorDisplay = mock.MagicMock()
     util.confirmOkCancelDisplay = mock.MagicMock(return_value=True)
     util.pip_install = mock.MagicMock()
@@ -513,7 +599,6 @@ def installFakeSlicerModules() -> Dict[str, types.ModuleType]:
     wrapper = types.ModuleType("slicer.parameterNodeWrapper")
     wrapper.parameterNodeWrapper = _fakeParameterNodeWrapper
     wrapper.Choice = lambda choices: ("Choice", tuple(choices))
-    wrapper.WithinRange = lambda low, high: ("WithinRange", low, high)
     slm = types.ModuleType("slicer.ScriptedLoadableModule")
     for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic",
                  "ScriptedLoadableModuleTest"):
@@ -539,3 +624,4 @@ def installFakeSlicerModules() -> Dict[str, types.ModuleType]:
     }
     sys.modules.update(modules)
     return modules
+

@@ -1,4 +1,5 @@
-"""IJK->RAS of a volume <-> the LPS geometry of the NRRD file the engine reads (no Slicer).
+"""IJK->RAS of a volume -> the LPS geometry of the NRRD files of a task dataset (no Slicer), read back by
+SimpleITK as the engine reads them.
 
 The last test uses a FAKE of ``slicer.util`` / ``vtk`` (see ``fakes.py``) to run ``SceneIO``.
 """
@@ -9,9 +10,10 @@ import numpy as np
 import pytest
 
 from .fakes import FakeVolumeNode, fakeSlicer, fakeVtk
-from LabelSharingSegLib.Geometry import ijkToRasFromLpsGeometry, lpsGeometryFromIjkToRas
+from .fakes_files import readAsTheEngineDoes
+from LabelSharingSegLib.Geometry import lpsGeometryFromIjkToRas
 from LabelSharingSegLib.ModuleError import ModuleError
-from LabelSharingSegLib.NrrdIO import readNrrd, writeNrrd
+from LabelSharingSegLib.NrrdIO import writeNrrd
 from LabelSharingSegLib.SceneIO import SceneIO
 
 
@@ -41,7 +43,6 @@ def test_lps_geometry_maps_voxel_centres_to_the_same_physical_points():
     ras = ijk @ ijkToRas[:3, :3].T + ijkToRas[:3, 3]
     lps = ijk @ (direction * spacing).T + origin  # the ITK/SimpleITK definition
     np.testing.assert_allclose(lps, ras * np.array([-1.0, -1.0, 1.0]), atol=1e-9)
-    np.testing.assert_allclose(ijkToRasFromLpsGeometry(origin, spacing, direction), ijkToRas, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64])
@@ -50,7 +51,7 @@ def test_nrrd_round_trip_keeps_voxels_and_geometry(tmp_path, dtype, compress):
     voxels = (np.arange(4 * 5 * 6).reshape(4, 5, 6) % 97).astype(dtype)
     ijkToRas = _obliqueAnisotropicIjkToRas()
     path = writeNrrd(tmp_path / "v.nrrd", voxels, ijkToRas, compress=compress)
-    back, backIjkToRas = readNrrd(path)
+    back, backIjkToRas = readAsTheEngineDoes(path)
     assert back.dtype == voxels.dtype
     np.testing.assert_array_equal(back, voxels)
     np.testing.assert_allclose(backIjkToRas, ijkToRas, atol=1e-12)
@@ -92,54 +93,7 @@ def test_simpleitk_reads_our_file_with_the_same_voxels_and_geometry(tmp_path, co
         np.testing.assert_allclose(lps, ras[:3] * [-1, -1, 1], atol=1e-6)
 
 
-def test_we_read_what_simpleitk_writes(tmp_path):
-    sitk = pytest.importorskip("SimpleITK")
-    labels = np.zeros((3, 4, 5), dtype=np.uint8)
-    labels[1, 2, 3] = 7
-    image = sitk.GetImageFromArray(labels)
-    origin, spacing, direction = lpsGeometryFromIjkToRas(_obliqueAnisotropicIjkToRas())
-    image.SetOrigin(origin.tolist())
-    image.SetSpacing(spacing.tolist())
-    image.SetDirection(direction.ravel().tolist())
-    for compress in (True, False):
-        path = tmp_path / f"labels{int(compress)}.nrrd"
-        sitk.WriteImage(image, str(path), useCompression=compress)
-        voxels, ijkToRas = readNrrd(path)
-        assert voxels.dtype == np.uint8
-        np.testing.assert_array_equal(voxels, labels)
-        np.testing.assert_allclose(ijkToRas, _obliqueAnisotropicIjkToRas(), atol=1e-6)
-
-
-@pytest.mark.parametrize("compress", [True, False])
-def test_we_read_a_2d_image_simpleitk_writes_as_one_slice(tmp_path, compress):
-    """A 2D file (``space dimension: 2``) comes back as (1, j, i); its third axis is the unit normal."""
-    sitk = pytest.importorskip("SimpleITK")
-    pixels = np.random.default_rng(1).normal(size=(4, 6)).astype(np.float32)
-    image = sitk.GetImageFromArray(pixels)
-    sliceIjkToRas = _obliqueSliceIjkToRas()
-    origin, spacing, direction = lpsGeometryFromIjkToRas(sliceIjkToRas)
-    image.SetOrigin(origin[:2].tolist())
-    image.SetSpacing(spacing[:2].tolist())
-    image.SetDirection(direction[:2, :2].ravel().tolist())
-    path = tmp_path / "slice.nrrd"
-    sitk.WriteImage(image, str(path), useCompression=compress)
-    voxels, ijkToRas = readNrrd(path)
-    np.testing.assert_array_equal(voxels, pixels[np.newaxis])
-    expected = sliceIjkToRas.copy()
-    expected[:3, 2], expected[2, 3] = [0.0, 0.0, 1.0], 0.0  # a 2D file has no slice spacing or z origin
-    np.testing.assert_allclose(ijkToRas, expected, atol=1e-6)
-
-
-def test_unreadable_files_are_readable_errors(tmp_path):
-    with pytest.raises(ModuleError, match="Cannot read .*missing.nrrd"):
-        readNrrd(tmp_path / "missing.nrrd")
-    (tmp_path / "text.nrrd").write_text("hello\n")
-    with pytest.raises(ModuleError, match="Cannot read .*text.nrrd"):
-        readNrrd(tmp_path / "text.nrrd")
-    good = writeNrrd(tmp_path / "good.nrrd", np.ones((3, 4, 5), np.int16), np.eye(4), compress=False)
-    (tmp_path / "cut.nrrd").write_bytes(good.read_bytes()[:-10])
-    with pytest.raises(ModuleError, match="Cannot read .*cut.nrrd"):
-        readNrrd(tmp_path / "cut.nrrd")
+def test_only_3d_arrays_are_written(tmp_path):
     with pytest.raises(ValueError, match="3D"):
         writeNrrd(tmp_path / "flat.nrrd", np.ones((4, 5)), np.eye(4))
 
@@ -152,18 +106,26 @@ def test_nrrd_io_imports_pynrrd_only_when_used_and_says_so_if_missing(tmp_path, 
     module = importlib.reload(sys.modules["LabelSharingSegLib.NrrdIO"])  # importing needs no pynrrd
     with pytest.raises(ModuleError, match="pynrrd"):
         module.writeNrrd(tmp_path / "v.nrrd", np.zeros((1, 2, 3), np.uint8), np.eye(4))
-    with pytest.raises(ModuleError, match="pynrrd"):
-        module.readNrrd(tmp_path / "v.nrrd")
 
 
-def test_scene_io_writes_the_volume_with_its_geometry_using_a_fake_slicer(tmp_path):
-    """FAKE slicer/vtk: SceneIO -> file -> labelmap node keeps voxels and IJK->RAS."""
+def test_scene_io_writes_the_volume_with_slicers_writer(tmp_path):
+    """FAKE slicer/vtk: SceneIO.writeVolume hands the node to slicer.util.exportNode (a new properties dict
+    each time: exportNode fills it in) into a folder it creates; a refused or unknown format is a readable error."""
     slicer, vtk = fakeSlicer(str(tmp_path)), fakeVtk()
     volume = FakeVolumeNode(np.arange(60, dtype=np.int16).reshape(3, 4, 5), _obliqueAnisotropicIjkToRas())
     sceneIO = SceneIO(slicer, vtk)
     path = sceneIO.writeVolume(volume, tmp_path / "in" / "volume.nrrd")
-    node = sceneIO.addLabelmapFromFile(path, "result", transformNodeId="vtkMRMLLinearTransformNode4")
-    np.testing.assert_array_equal(node.voxels, volume.voxels)
-    np.testing.assert_allclose(node.ijkToRasArray, volume.ijkToRasArray, atol=1e-12)
-    assert node.className == "vtkMRMLLabelMapVolumeNode"
-    assert node.transformNodeId == "vtkMRMLLinearTransformNode4"
+    sceneIO.writeVolume(volume, tmp_path / "in" / "again.nrrd")
+    (first, second) = slicer.util.exportNode.call_args_list
+    assert first.args == (volume, str(path), {}) and first.args[2] is not second.args[2]
+    voxels, ijkToRas = readAsTheEngineDoes(path)  # what the fake of Slicer's writer wrote
+    np.testing.assert_array_equal(voxels, volume.voxels)
+    np.testing.assert_allclose(ijkToRas, volume.ijkToRasArray, atol=1e-9)
+    slicer.util.exportNode.side_effect = lambda node, filename, properties: False
+    with pytest.raises(ModuleError, match="Could not write .*volume.nrrd"):
+        sceneIO.writeVolume(volume, tmp_path / "out" / "volume.nrrd")
+    slicer.util.exportNode.side_effect = ValueError("no known file format")
+    with pytest.raises(ModuleError, match="no writer for volume.xyz"):
+        sceneIO.writeVolume(volume, tmp_path / "out" / "volume.xyz")
+    with pytest.raises(ModuleError, match="no image data"):
+        sceneIO.writeVolume(None, tmp_path / "out" / "volume.nrrd")

@@ -1,17 +1,10 @@
-"""Where a new model goes, the source volume of a segmentation, and the engine's training defaults
-(FAKE slicer for the source volumes: fakes.py)."""
+"""Where a new model goes and the source volume of a segmentation (FAKE slicer for the source volumes: fakes.py)."""
 
 from __future__ import annotations
-
-import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from labelsharing.cli import build_parser
-from LabelSharingSegLib.EngineDefaults import OptionLimits, trainingDefaults
 from LabelSharingSegLib.ModelOutput import defaultModelsFolder, freeModelName, modelOutputFolder
 from LabelSharingSegLib.ModuleError import ModuleError
 from LabelSharingSegLib.SceneIO import SceneIO
@@ -52,27 +45,3 @@ def test_reference_geometry_of_a_file_picks_the_volume_on_the_same_grid():
     assert defaultSourceVolume(segmentation, volumes[:2], sceneIO, converter) is None
     referenced = FakeSegmentationNode("drawn", volumes[0])
     assert defaultSourceVolume(referenced, volumes, sceneIO, converter) is volumes[0]
-
-
-def test_training_defaults_are_the_parsers_and_its_limits():
-    defaults = trainingDefaults()
-    train = build_parser().parse_args(["train", "d", "--out", "m"])
-    add = build_parser().parse_args(["add-task", "m", "d", "--out", "n"])
-    assert defaults["train"]["epochs"].default == train.epochs and defaults["add-task"]["epochs"].default == add.epochs
-    assert defaults["add-task"]["replay"].default == add.replay and defaults["train"]["lr"].default == train.lr
-    replay = defaults["add-task"]["replay"]
-    low, high = replay.spinBoxRange(decimals=2)
-    build_parser().parse_args(["add-task", "m", "d", "--out", "n", "--replay", f"{high}"])  # the highest offered
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["add-task", "m", "d", "--out", "n", "--replay", f"{high + 0.01}"])
-    assert defaults["train"]["epochs"].spinBoxRange() == (1, 2**31 - 1)
-    assert OptionLimits(0.002, 0.0, 1.0, minimumExclusive=True).spinBoxRange(3) == (0.001, 1.0)
-
-
-def test_defaults_command_prints_them():
-    text = subprocess.run([sys.executable, "-m", "labelsharing", "defaults"], capture_output=True, text=True,
-                          check=True, timeout=120).stdout
-    assert "add-task --replay 0.5; within [0, 1)" in text and "train --epochs 25; at least 1" in text
-    data = json.loads(subprocess.run([sys.executable, "-m", "labelsharing", "defaults", "--json"], capture_output=True,
-                                     text=True, check=True, timeout=120).stdout)
-    assert set(data) == {"train", "add-task"} and data["add-task"]["replay"]["maximum_exclusive"] is True

@@ -7,10 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from LabelSharingSegLib.NrrdIO import writeNrrd
+from LabelSharingSegLib.ModelInfo import ModelInfo
 from LabelSharingSegLib.ResultPanel import EDITOR_NODE_TAG
 
 from .fakes import FakeSegmentationNode, FakeSegmentEditorNode, FakeVolumeNode
+from .fakes_files import writeEngineResult
 from .widget_harness import buildWidget, loadModuleFile, writeModel
 
 
@@ -33,12 +34,14 @@ def _segment(widget, slicer, tmp_path):
     slicer.mrmlScene.nodes.append(volume)
     widget._parameterNode.inputVolume = volume
     widget.logic.dependencies._version = lambda name: "1.0"
-    widget.ui.modelPathLineEdit.currentPath = str(writeModel(tmp_path / "model"))
+    model = writeModel(tmp_path / "model")
+    widget.ui.modelPathLineEdit.currentPath = str(model)
     widget.ui.applyButton.click()
     args = widget.fakeJob.args
     labels = np.zeros((3, 4, 5), dtype=np.uint8)
     labels[1, 1:3, 1:4] = 1
-    writeNrrd(f"{args[args.index('--out') + 1]}/volume.nrrd", labels, ijkToRas)
+    writeEngineResult(args[4], f"{args[args.index('--out') + 1]}/volume.seg.nrrd", labels,
+                      ModelInfo.load(model).task(args[3]).labels)
     widget.fakeJob.finish(0)
     slicer.util.errorDisplay.assert_not_called()
     # Setting outputSegmentation sets a node reference of the real parameter node (parameterNodeWrapper

@@ -1,4 +1,5 @@
-"""Segment creation and the Segment flow, against a FAKE of the Slicer calls they make (fakes.py)."""
+"""Segment creation and the Segment flow, against a FAKE of the Slicer calls they make (fakes.py); the engine's
+result is written by the engine's own writer."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 
 from .fakes import FakeSegmentationNode, FakeVolumeNode, fakeSlicer, fakeVtk
+from .fakes_files import writeEngineResult
 from LabelSharingSegLib.ModelInfo import ModelInfo
 from LabelSharingSegLib.ModuleError import ModuleError
-from LabelSharingSegLib.NrrdIO import writeNrrd
 from LabelSharingSegLib.SceneIO import SceneIO
 from LabelSharingSegLib.SegmentImport import SegmentImporter, SegmentSpec
 from LabelSharingSegLib.Segmenter import Segmenter
@@ -72,33 +73,56 @@ def _model(tmp_path):
 
 
 def test_segmenter_prepares_predict_and_loads_the_result(tmp_path):
-    """FAKE slicer: volume -> temp file -> (engine output written by the test) -> named segments."""
+    """FAKE slicer: volume -> temp file (Slicer's writer) -> engine's .seg.nrrd (the engine's writer)
+    -> Slicer's reader -> named segments with the voxels and grid of the input."""
     slicer, vtk = fakeSlicer(str(tmp_path)), fakeVtk()
     ijkToRas = np.diag([-0.8, -0.8, 2.0, 1.0])
+    ijkToRas[:3, 3] = [12.25, -7.5, 30.0]
     volume = FakeVolumeNode(np.zeros((3, 4, 5), dtype=np.int16), ijkToRas, "CT")
     volume.transformNodeId = "T1"
     segmenter = Segmenter(SceneIO(slicer, vtk), SegmentImporter(slicer, vtk), slicer)
-    request = segmenter.prepare(volume, _model(tmp_path), "abdomen", "cpu")
+    model = _model(tmp_path)
+    request = segmenter.prepare(volume, model, "abdomen", "cpu")
     assert request.args[:4] == ["predict", str(tmp_path / "model"), "--task", "abdomen"]
-    assert request.args[-4:] == ["--format", "nrrd", "--device", "cpu"]
+    assert request.args[-4:] == ["--format", "seg.nrrd", "--device", "cpu"]
     assert (request.workDir / "input" / "volume.nrrd").is_file()
     labels = np.zeros((3, 4, 5), dtype=np.uint8)
     labels[1, 1:3, 1:4] = 1
     labels[2, 0, 0] = 2
-    writeNrrd(request.resultFile, labels, ijkToRas)  # stands in for the engine
+    writeEngineResult(request.call.inputFile, request.resultFile, labels, model.task("abdomen").labels)
+    nodesBefore = list(slicer.mrmlScene.nodes)
     segmentationNode = segmenter.load(request)
-    names = [segmentationNode.segmentation.GetSegment(i).GetName() for i in segmentationNode.segmentation.segments]
+    segmentation = segmentationNode.segmentation
+    names = [segmentation.GetSegment(i).GetName() for i in segmentation.segments]
     assert names == ["liver", "kidney"]  # task label order (by value)
-    tags = [segmentationNode.segmentation.GetSegment(i).tags for i in segmentationNode.segmentation.segments]
+    tags = [segmentation.GetSegment(i).tags for i in segmentation.segments]
     assert tags == [{"TerminologyEntry": TERM}, {}]  # model.json terminology -> the segment's tag
+    colors = [segmentation.GetSegment(i).GetColor() for i in segmentation.segments]
+    np.testing.assert_allclose(colors, [(0.8, 0.4, 0.2), (0.1, 0.6, 0.3)])
     assert segmentationNode.name == "CT abdomen" and segmentationNode.displayNodesCreated
     assert segmentationNode.transformNodeId == "T1"
-    [(labelmap, _, idsByValue)] = slicer.segmentationsLogic.imports
-    np.testing.assert_array_equal(labelmap.voxels, labels)
-    np.testing.assert_allclose(labelmap.ijkToRasArray, ijkToRas)
-    assert idsByValue == ["liver", "kidney"]
-    assert labelmap not in slicer.mrmlScene.nodes  # temporary labelmap removed
+    for segmentId, value in zip(segmentation.segments, (1, 2)):
+        np.testing.assert_array_equal(segmentation.masks[segmentId], labels == value)
+    np.testing.assert_allclose(segmentation.labelmapIjkToRas, ijkToRas, atol=1e-12)  # the input's grid
+    assert segmentationNode.referenceVolume is volume
+    assert slicer.mrmlScene.nodes == nodesBefore + [segmentationNode]  # the loaded node and its nodes removed
     assert not request.workDir.exists()  # temporary folder removed
+
+
+def test_a_result_without_a_task_label_or_unreadable_is_a_readable_error(tmp_path):
+    slicer, vtk = fakeSlicer(str(tmp_path)), fakeVtk()
+    volume = FakeVolumeNode(np.zeros((2, 3, 4), dtype=np.int16), np.eye(4))
+    importer = SegmentImporter(slicer, vtk)
+    SceneIO(slicer, vtk).writeVolume(volume, tmp_path / "volume.nrrd")
+    model = _model(tmp_path)
+    result = writeEngineResult(tmp_path / "volume.nrrd", tmp_path / "volume.seg.nrrd", np.zeros((2, 3, 4), np.uint8),
+                               model.task("abdomen").labels[:1])
+    with pytest.raises(ModuleError, match="no segment 'kidney'"):
+        importer.importSegmentationFile(result, FakeSegmentationNode(), ["liver", "kidney"], volume)
+    (tmp_path / "broken.seg.nrrd").write_text("not a nrrd file\n")
+    with pytest.raises(ModuleError, match="could not read the segmentation result") as caught:
+        importer.importSegmentationFile(tmp_path / "broken.seg.nrrd", FakeSegmentationNode(), ["liver"], volume)
+    assert "broken.seg.nrrd" in caught.value.details
 
 
 def test_segmenter_reports_a_missing_result(tmp_path):

@@ -38,9 +38,10 @@ def test_model_info_errors_are_readable(tmp_path, content, message):
 
 def test_arguments_follow_the_contract(tmp_path):
     assert predictArgs("/m", "knee", "/in/v.nrrd", "/out", "cuda") == [
-        "predict", "/m", "--task", "knee", "/in/v.nrrd", "--out", "/out", "--format", "nrrd", "--device", "cuda"]
+        "predict", "/m", "--task", "knee", "/in/v.nrrd", "--out", "/out", "--format", "seg.nrrd", "--device", "cuda"]
     assert trainArgs(["/d1", "/d2"], "/new", 3, "cpu", "/p.json") == [
         "train", "/d1", "/d2", "--out", "/new", "--epochs", "3", "--device", "cpu", "--pins", "/p.json"]
+    assert trainArgs(["/d"], "/new", None, "cpu") == ["train", "/d", "--out", "/new", "--device", "cpu"]  # engine's default
     assert addTaskArgs("/m", "/d", "/m2", 5, 0.25, "auto") == [
         "add-task", "/m", "/d", "--out", "/m2", "--epochs", "5", "--replay", "0.25", "--device", "auto"]
     with pytest.raises(ModuleError, match="new folder"):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from .fakes import FakeSegmentationNode, FakeVolumeNode, fakeSlicer, fakeVtk
+from .fakes_files import readAsTheEngineDoes
 from LabelSharingSegLib.ModuleError import ModuleError
-from LabelSharingSegLib.NrrdIO import readNrrd
 from LabelSharingSegLib.SceneIO import SceneIO
 from LabelSharingSegLib.TaskDefinition import TaskCase, TaskDefinition, unionOfSegmentNames, uniqueCaseIds
 
@@ -72,7 +72,7 @@ def test_dataset_folder_is_the_engine_layout(tmp_path):
     assert description["labels"] == {"background": 0, "femur": 1, "tibia": 2}
     assert description["file_ending"] == ".nrrd" and description["numTraining"] == 2
     assert description["colors"]["tibia"] == [0.0, 1.0, 0.0] and description["modality"] == "XR"
-    labels, ijkToRas = readNrrd(folder / "labelsTr" / "a.nrrd")
+    labels, ijkToRas = readAsTheEngineDoes(folder / "labelsTr" / "a.nrrd")
     assert np.count_nonzero(labels == 1) == 20 and np.count_nonzero(labels == 2) == 10
     np.testing.assert_allclose(ijkToRas, np.diag([1.0, 1.0, 2.0, 1.0]))
     assert (folder / "imagesTr" / "b_0000.nrrd").is_file()

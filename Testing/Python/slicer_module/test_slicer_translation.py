@@ -26,15 +26,15 @@ MODULE_DIR = Path(__file__).resolve().parents[3] / "LabelSharingSeg"
 LIB = MODULE_DIR / "LabelSharingSegLib"
 #: files whose user-visible texts are wrapped for translation
 TRANSLATED = [MODULE_DIR / "LabelSharingSeg.py"] + [LIB / f"{name}.py" for name in (
-    "DemoData", "Dependencies", "EngineCommands", "EngineJob", "EngineProcess", "Export", "ExportPanel", "JobPanel",
-    "ModelInfo", "ModelLibrary", "ModelLibraryPanel", "ModelOutput", "NrrdIO", "SceneIO", "SegmentImport",
+    "DemoData", "Dependencies", "EngineCommands", "EngineDefaults", "EngineJob", "EngineProcess", "Export",
+    "ExportPanel", "JobPanel", "ModelInfo", "ModelLibrary", "ModelLibraryPanel", "ModelOutput", "NrrdIO", "SceneIO", "SegmentImport",
     "SegmentPanel", "Segmenter", "SourceVolumes", "TaskDefinition", "TaskPanel", "TrainPanel", "WarmEngine",
 )]
-#: files with no text a user reads: the package marker, engine settings, geometry maths (its ValueErrors are
+#: files with no text a user reads: the package marker, geometry maths (its ValueErrors are
 #: programming errors), the error type, the embedded Segment Editor (its texts are Slicer's) and the translation
 #: functions themselves -- every module file is in one list
 NO_USER_TEXT = {f"{name}.py" for name in (
-    "__init__", "EngineDefaults", "Geometry", "ModuleError", "ResultPanel", "Translation",
+    "__init__", "Geometry", "ModuleError", "ResultPanel", "Translation",
 )}
 #: calls whose (first) arguments the user reads, and widget properties set to text
 TEXT_CALLS = {"ModuleError", "errorDisplay", "confirmOkCancelDisplay", "infoDisplay", "userAction", "busy",

@@ -52,7 +52,7 @@ _STAND_IN = textwrap.dedent("""
             continue
         print(json.dumps({"status": "progress", "id": request["id"], "percent": 100.0, "text": "predicting 1/1"}),
               flush=True)
-        print(json.dumps({"status": "ok", "id": request["id"], "written": [request["out"] + "/volume.nrrd"]}),
+        print(json.dumps({"status": "ok", "id": request["id"], "written": [request["out"] + "/volume.seg.nrrd"]}),
               flush=True)
 """)
 _LAUNCHER = "import subprocess, sys; sys.exit(subprocess.call([sys.executable, *sys.argv[1:]]))"

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
 
 from .fakes import FakeSegmentationNode, FakeVolumeNode, serializeImageGeometry, REFERENCE_GEOMETRY
-from .widget_harness import actionButtons, buildWidget, loadModuleFile, writeModel
+from .widget_harness import actionButtons, buildWidget, fakeUi, loadModuleFile, writeModel
 
 
 @pytest.fixture
@@ -157,9 +158,8 @@ def test_training_defaults_and_limits_come_from_the_engine(env, tmp_path):
     assert node.trainEpochs == engine["train"]["epochs"]["default"]
     assert node.addTaskEpochs == engine["add-task"]["epochs"]["default"]
     assert node.replay == engine["add-task"]["replay"]["default"]
-    annotations = module.LabelSharingSegParameterNode.allParameters
-    [replayRange] = [a for a in annotations["replay"].__metadata__ if a[0] == "WithinRange"]
-    assert replayRange[1] == 0.0 and replayRange[2] == 0.99  # the engine refuses 1.0: [0, 1)
+    widget.ui.replaySpinBox.setRange.assert_called_with(0.0, 0.99)  # the engine refuses 1.0: [0, 1)
+    widget.ui.trainEpochsSpinBox.setRange.assert_called_with(1, 2**31 - 1)
     writeModel(tmp_path / "base")
     widget.ui.modelPathLineEdit.currentPath = str(tmp_path / "base")
     widget.trainPanel.addDatasetFolder(str(tmp_path / "task"))
@@ -170,6 +170,37 @@ def test_training_defaults_and_limits_come_from_the_engine(env, tmp_path):
     widget.fakeJob.cancel()
     widget.ui.addTaskButton.click()
     assert widget.fakeJob.args[widget.fakeJob.args.index("--epochs") + 1] == "3"
+
+
+def test_a_saved_parameter_node_keeps_its_training_values(env):
+    module, widget, slicer = env
+    node = widget._parameterNode
+    node.trainEpochs, node.replay = 7, 0.0  # the user's choice, saved with the scene
+    widget.setParameterNode(None)
+    widget.setParameterNode(node)
+    assert (node.trainEpochs, node.replay, node.trainingDefaultsSet) == (7, 0.0, True)
+
+
+def test_the_panel_opens_when_the_engine_cannot_give_its_defaults(fakeSlicerModules, tmp_path, monkeypatch):
+    """No limits on the fields and the reason on the status line; the engine checks the values when it runs."""
+    from LabelSharingSegLib import EngineDefaults
+
+    monkeypatch.setattr(EngineDefaults, "_SESSION", {})
+    slicer = fakeSlicerModules["slicer"]
+    slicer.app.temporaryPath = str(tmp_path)
+    module = loadModuleFile()
+    failing = "import sys; print('error: cannot start', file=sys.stderr); sys.exit(2)"
+    monkeypatch.setattr(module.EngineJob, "command", lambda self, args: ([sys.executable, "-c", failing], None))
+    ui = fakeUi()
+    slicer.util.childWidgetVariables = lambda widget: ui
+    widget = module.LabelSharingSegWidget(mock.MagicMock())
+    widget.setup()
+    assert "did not report its training defaults: cannot start" in ui.statusLabel.text
+    ui.trainEpochsSpinBox.setRange.assert_not_called()
+    assert not widget._parameterNode.trainingDefaultsSet
+    ui.statusLabel.text = "Segmentation: done."
+    widget.setParameterNode(widget._parameterNode)  # entering the module again: asked and told once
+    assert ui.statusLabel.text == "Segmentation: done."
 
 
 # ----------------------------------------------------------------------------- item 11

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 import types
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 from unittest import mock
 
 from LabelSharingSegLib.EngineCommands import PredictCall
-from LabelSharingSegLib.EngineProcess import EngineResult
+from LabelSharingSegLib.EngineJob import EngineJob
+from LabelSharingSegLib.EngineProcess import EngineResult, engineCommand
 
 from .fakes import MODULE_DIR
 from .fakes_qt import (
@@ -68,6 +70,12 @@ def loadModuleFile() -> types.ModuleType:
     return module
 
 
+def engineUnderThisPython(args: List[str]) -> Tuple[List[str], Dict[str, str]]:
+    """``EngineJob.command`` with this interpreter standing in for ``PythonSlicer``."""
+    prefix, env = engineCommand(sys.executable, str(MODULE_DIR), os.environ)
+    return prefix + list(args), env
+
+
 def fakeUi() -> types.SimpleNamespace:
     widgets, _ = uiWidgets()
     ui = {}
@@ -76,15 +84,21 @@ def fakeUi() -> types.SimpleNamespace:
             ui[name] = FakeComboBox()
         else:
             ui[name] = _BEHAVIOUR.get(cls, lambda n=name: mock.MagicMock(name=n))()
+    ui["replaySpinBox"].decimals = 2  # as in the .ui
     return types.SimpleNamespace(**ui)
 
 
 def buildWidget(module: types.ModuleType, slicer: Any) -> Any:
-    """The widget after ``setup()``, with a fake ui and a :class:`FakeEngineJob`."""
+    """The widget after ``setup()``, with a fake ui and a :class:`FakeEngineJob`.
+
+    The training defaults come from the real engine (``labelsharing defaults --json``) run by this
+    interpreter in place of ``PythonSlicer``, once per test session (``sessionTrainingDefaults``).
+    """
     ui = fakeUi()
     slicer.util.childWidgetVariables = lambda widget: ui
     widget = module.LabelSharingSegWidget(mock.MagicMock())
-    widget.setup()
+    with mock.patch.object(EngineJob, "command", lambda self, args: engineUnderThisPython(args)):
+        widget.setup()
     widget.fakeJob = FakeEngineJob()
     widget.jobs._job = widget.fakeJob
     return widget
