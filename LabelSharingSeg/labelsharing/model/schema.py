@@ -2,8 +2,8 @@
 
 A model folder travels between sites and may be edited by hand, so nothing in ``model.json``
 reaches the network constructor, an array allocation or a cast unchecked. :func:`validate_model_config`
-walks the whole document with small typed field checkers (:class:`Integer`, :class:`Number`,
-:class:`Choice`, :class:`Array`, :class:`Fields`, :class:`Names`, ...), then checks the rules that
+walks the whole document with small typed field checkers (:mod:`labelsharing.model.json_fields`),
+then checks the rules that
 tie fields together (output channels = shared labels + 1, the plan and the tasks agree, ...).
 Every refusal is a :class:`~labelsharing.errors.LabelSharingError` naming the file, the field as a
 JSON path (``tasks.Liver.labels.liver.value``), what was found and what is allowed. Only
@@ -15,12 +15,12 @@ Needs no torch or SimpleITK (``labelsharing info`` uses it).
 from __future__ import annotations
 
 import math
-import re
-from typing import Any, Callable, Mapping, NoReturn
+from typing import Any, Callable, Mapping
 
 from labelsharing.data import NORMALIZATION_BY_MODALITY, PLANES
 from labelsharing.errors import LabelSharingError
-from labelsharing.plan import terminology_entry_problem
+from labelsharing.model.json_fields import Array, Choice, Either, Field, Fields, FreeList, Integer, Names, Number, \
+    Pattern, Refusal, Switch, TerminologyEntry, Text, join_path
 
 __all__ = [
     "FORMAT_VERSION",
@@ -36,218 +36,6 @@ FORMAT_VERSION = 2
 MAX_SHARED = 255
 #: Largest task label value (label maps are written as uint16 at most).
 MAX_LABEL_VALUE = 65535
-
-
-class _Refusal(Exception):
-    """A field that breaks the schema: its JSON path, what was found and what is allowed."""
-
-    def __init__(self, path: str, problem: str):
-        super().__init__(path, problem)
-        self.path, self.problem = path, problem
-
-
-def _refuse(path: str, value: Any, allowed: str) -> NoReturn:
-    shown = repr(value)
-    raise _Refusal(path, f"is {shown if len(shown) <= 60 else shown[:57] + '...'}; allowed: {allowed}")
-
-
-def _join(path: str, *keys: object) -> str:
-    """``path`` extended by object keys (``.name``, quoted unless a plain word) and list indices (``[i]``)."""
-    for key in keys:
-        if isinstance(key, int):
-            path = f"{path}[{key}]"
-            continue
-        text = key if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", str(key)) else repr(key)
-        path = f"{path}.{text}" if path else str(text)
-    return path
-
-
-# --------------------------------------------------------------------------------- field checkers
-class Field:
-    """A checker of one JSON value; ``allowed`` describes valid values for the error message."""
-
-    allowed = "anything"
-
-    def check(self, value: Any, path: str) -> None:
-        """Raise ``_Refusal`` if ``value`` (found at JSON ``path``) is not allowed."""
-
-
-class Integer(Field):
-    """A JSON integer (not a bool, not 2.0) in ``lo..hi``."""
-
-    def __init__(self, lo: int, hi: int):
-        self.lo, self.hi = lo, hi
-        self.allowed = f"an integer in {lo}..{hi}"
-
-    def check(self, value: Any, path: str) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or not self.lo <= value <= self.hi:
-            _refuse(path, value, self.allowed)
-
-
-class Number(Field):
-    """A finite JSON number in ``lo..hi`` (``lo`` excluded if ``above``)."""
-
-    def __init__(self, lo: float = -math.inf, hi: float = math.inf, above: bool = False):
-        self.lo, self.hi, self.above = lo, hi, above
-        if math.isinf(lo) and math.isinf(hi):
-            self.allowed = "a finite number"
-        elif math.isinf(hi):
-            self.allowed = f"a finite number {'>' if above else '>='} {lo:g}"
-        else:
-            self.allowed = f"a number in {lo:g}..{hi:g}"
-
-    def check(self, value: Any, path: str) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            _refuse(path, value, self.allowed)
-        try:
-            number = float(value)
-        except OverflowError:  # an integer beyond any float
-            _refuse(path, value, self.allowed)
-        if not (math.isfinite(number) and (number > self.lo if self.above else number >= self.lo) and number <= self.hi):
-            _refuse(path, value, self.allowed)
-
-
-class Text(Field):
-    """A non-empty JSON string."""
-
-    allowed = "a non-empty string"
-
-    def check(self, value: Any, path: str) -> None:
-        if not isinstance(value, str) or not value:
-            _refuse(path, value, self.allowed)
-
-
-class TerminologyEntry(Field):
-    """A Slicer terminology entry string (:func:`labelsharing.plan.terminology.terminology_entry_problem`)."""
-
-    allowed = "a Slicer terminology entry"
-
-    def check(self, value: Any, path: str) -> None:
-        if not isinstance(value, str):
-            _refuse(path, value, self.allowed)
-        problem = terminology_entry_problem(value)
-        if problem is not None:
-            _refuse(path, value, f"{self.allowed} (this one {problem})")
-
-
-class Pattern(Field):
-    """A JSON string matching a regular expression."""
-
-    def __init__(self, regex: str, allowed: str):
-        self.regex, self.allowed = re.compile(regex), allowed
-
-    def check(self, value: Any, path: str) -> None:
-        if not isinstance(value, str) or not self.regex.fullmatch(value):
-            _refuse(path, value, self.allowed)
-
-
-class Choice(Field):
-    """One of a fixed set of JSON scalars (``None`` for null)."""
-
-    def __init__(self, *choices: Any):
-        self.choices = choices
-        self.allowed = "one of " + ", ".join("null" if c is None else repr(c) for c in choices)
-
-    def check(self, value: Any, path: str) -> None:
-        if not any(value is c or (type(value) is type(c) and value == c) for c in self.choices):
-            _refuse(path, value, self.allowed)
-
-
-class Either(Field):
-    """A value allowed by any of several checkers."""
-
-    def __init__(self, *options: Field):
-        self.options = options
-        self.allowed = " or ".join(o.allowed for o in options)
-
-    def check(self, value: Any, path: str) -> None:
-        for option in self.options:
-            try:
-                option.check(value, path)
-                return
-            except _Refusal:
-                continue
-        _refuse(path, value, self.allowed)
-
-
-class Array(Field):
-    """A JSON list of ``lo..hi`` items, each checked by ``item``."""
-
-    def __init__(self, item: Field, lo: int, hi: int):
-        self.item, self.lo, self.hi = item, lo, hi
-        count = str(lo) if lo == hi else f"{lo}..{hi}"
-        self.allowed = f"a list of {count} items, each {item.allowed}"
-
-    def check(self, value: Any, path: str) -> None:
-        if not isinstance(value, list) or not self.lo <= len(value) <= self.hi:
-            _refuse(path, value, self.allowed)
-        for index, item in enumerate(value):
-            self.item.check(item, _join(path, index))
-
-
-class FreeList(Field):
-    """Any JSON list (``history``: its records are kept as written)."""
-
-    allowed = "a list"
-
-    def check(self, value: Any, path: str) -> None:
-        if not isinstance(value, list):
-            _refuse(path, value, self.allowed)
-
-
-class Fields(Field):
-    """A JSON object with required and optional keys; any other key is refused."""
-
-    def __init__(self, required: Mapping[str, Field], optional: Mapping[str, Field] | None = None):
-        self.required, self.optional = dict(required), dict(optional or {})
-        self.allowed = "an object with keys " + ", ".join([*self.required, *self.optional])
-
-    def check(self, value: Any, path: str) -> None:
-        if not isinstance(value, dict):
-            _refuse(path, value, self.allowed)
-        known = {**self.required, **self.optional}
-        unknown = [key for key in value if key not in known]
-        if unknown:
-            raise _Refusal(_join(path, unknown[0]), f"is not a known key; allowed keys here: {', '.join(known)}")
-        missing = [key for key in self.required if key not in value]
-        if missing:
-            raise _Refusal(_join(path, missing[0]), "is missing; it is required")
-        for key, checker in known.items():
-            if key in value:
-                checker.check(value[key], _join(path, key))
-
-
-class Names(Field):
-    """A JSON object mapping ``lo..hi`` non-empty names to values checked by ``item``."""
-
-    def __init__(self, item: Field, lo: int = 1, hi: int = 100_000, what: str = "names"):
-        self.item, self.lo, self.hi = item, lo, hi
-        self.allowed = f"an object of {lo}..{hi} {what}, each {item.allowed}"
-
-    def check(self, value: Any, path: str) -> None:
-        if not isinstance(value, dict) or not self.lo <= len(value) <= self.hi:
-            _refuse(path, value, self.allowed)
-        for name, item in value.items():
-            if not name.strip():
-                raise _Refusal(_join(path, name), "is an empty name; names must contain a visible character")
-            self.item.check(item, _join(path, name))
-
-
-class Switch(Field):
-    """An object whose allowed fields depend on the value of one key (``scheme``)."""
-
-    def __init__(self, key: str, variants: Mapping[str, Fields]):
-        self.key, self.variants = key, dict(variants)
-        self.selector = Choice(*variants)
-        self.allowed = f"an object whose '{key}' is " + self.selector.allowed[len("one of "):]
-
-    def check(self, value: Any, path: str) -> None:
-        if not isinstance(value, dict):
-            _refuse(path, value, self.allowed)
-        if self.key not in value:
-            raise _Refusal(_join(path, self.key), "is missing; it is required")
-        self.selector.check(value[self.key], _join(path, self.key))
-        self.variants[value[self.key]].check(value, path)
 
 
 # --------------------------------------------------------------------------------- the schema
@@ -358,19 +146,19 @@ def validate_model_config(config: Any, source: str = "model.json", hint: str = "
 def _report(source: str, check: Callable[[], None], hint: str = "") -> None:
     try:
         check()
-    except _Refusal as refusal:
+    except Refusal as refusal:
         message = f"{source}: {refusal.path or 'the document'} {refusal.problem}."
         raise LabelSharingError(f"{message} {hint}" if hint else message) from None
 
 
 def _check_architecture(architecture: Any, path: str) -> None:
     ARCHITECTURE.check(architecture, path)
-    _check_levels(architecture["kwargs"], _join(path, "kwargs"))
+    _check_levels(architecture["kwargs"], join_path(path, "kwargs"))
 
 
 def _check_levels(kwargs: Mapping, path: str) -> None:
     if len(kwargs["strides"]) != len(kwargs["channels"]) - 1:
-        raise _Refusal(_join(path, "strides"), f"has {len(kwargs['strides'])} items; the rule is one fewer than "
+        raise Refusal(join_path(path, "strides"), f"has {len(kwargs['strides'])} items; the rule is one fewer than "
                                                f"channels ({len(kwargs['channels'])})")
 
 
@@ -381,21 +169,21 @@ def _check_config(config: Any) -> None:
     side, other = config["input_size"]
     step = math.prod(kwargs["strides"])
     if side != other or side % 16 or side % step:
-        raise _Refusal("input_size", f"is {config['input_size']}; allowed: [S, S] with S a multiple of 16 "
+        raise Refusal("input_size", f"is {config['input_size']}; allowed: [S, S] with S a multiple of 16 "
                                      f"and of the product of the strides ({step})")
     for task, body in config["tasks"].items():
         if ("plane" in body) == ("axis" in body):
-            raise _Refusal(_join("tasks", task), "has " + ("both" if "plane" in body else "neither")
+            raise Refusal(join_path("tasks", task), "has " + ("both" if "plane" in body else "neither")
                            + " of 'plane' and 'axis'; the rule is either 'plane' or 'axis' (models before 'plane')")
         if "target_spacing" in body and "axis" in body:
-            raise _Refusal(_join("tasks", task, "target_spacing"), "is given with 'axis'; the rule is "
+            raise Refusal(join_path("tasks", task, "target_spacing"), "is given with 'axis'; the rule is "
                                                                    "'target_spacing' only with 'plane'")
         clip = body["normalization"].get("clip")
         if clip is not None and not clip[0] < clip[1]:
-            raise _Refusal(_join("tasks", task, "normalization", "clip"), f"is {clip}; allowed: [low, high] with low < high")
+            raise Refusal(join_path("tasks", task, "normalization", "clip"), f"is {clip}; allowed: [low, high] with low < high")
     n_shared = config["plan"]["n_shared"]
     if kwargs["out_channels"] != n_shared + 1:
-        raise _Refusal("architecture.kwargs.out_channels",
+        raise Refusal("architecture.kwargs.out_channels",
                        f"is {kwargs['out_channels']}; the rule is plan.n_shared + 1 = {n_shared + 1}")
     _check_plan_matches_tasks(config["plan"], config["tasks"])
     if "appearance" in config:
@@ -407,10 +195,10 @@ def _check_appearance(appearance: Mapping, tasks: Mapping) -> None:
     names = appearance["tasks"]
     unknown = [n for n in names if n not in tasks]
     if unknown or len(set(names)) != len(names):
-        raise _Refusal("appearance.tasks", f"is {names}; the rule is distinct task names of the model ({sorted(tasks)})")
+        raise Refusal("appearance.tasks", f"is {names}; the rule is distinct task names of the model ({sorted(tasks)})")
     for index, row in enumerate(appearance["confusion"]):
         if len(row) != len(names) or len(appearance["confusion"]) != len(names):
-            raise _Refusal(_join("appearance.confusion", index), f"has {len(row)} items in a matrix of "
+            raise Refusal(join_path("appearance.confusion", index), f"has {len(row)} items in a matrix of "
                                                                  f"{len(appearance['confusion'])} rows; the rule is "
                                                                  f"{len(names)} x {len(names)} (one per task)")
 
@@ -419,27 +207,27 @@ def _check_plan_matches_tasks(plan: Mapping, tasks: Mapping) -> None:
     """The plan and the task entries name the same tasks and labels, each task a bijection."""
     planned, n_shared = plan["tasks"], plan["n_shared"]
     if set(planned) != set(tasks):
-        raise _Refusal("tasks", f"names tasks {sorted(tasks)}; the rule is the tasks of plan.tasks {sorted(planned)}")
+        raise Refusal("tasks", f"names tasks {sorted(tasks)}; the rule is the tasks of plan.tasks {sorted(planned)}")
     most = max(len(body["labels"]) for body in planned.values())
     if n_shared != most:
-        raise _Refusal("plan.n_shared", f"is {n_shared}; the rule is the largest label count of any task ({most})")
+        raise Refusal("plan.n_shared", f"is {n_shared}; the rule is the largest label count of any task ({most})")
     for task, body in planned.items():
         labels = tasks[task]["labels"]
         if set(labels) != set(body["labels"]):
-            raise _Refusal(_join("tasks", task, "labels"), f"names labels {sorted(labels)}; the rule is the labels "
+            raise Refusal(join_path("tasks", task, "labels"), f"names labels {sorted(labels)}; the rule is the labels "
                                                            f"of plan.tasks ({sorted(body['labels'])})")
         for name, entry in body["labels"].items():
             for key in ("value", "shared"):
                 if labels[name][key] != entry[key]:
-                    raise _Refusal(_join("tasks", task, "labels", name, key),
+                    raise Refusal(join_path("tasks", task, "labels", name, key),
                                    f"is {labels[name][key]}; the rule is the plan's {entry[key]}")
             if entry["shared"] > n_shared:
-                raise _Refusal(_join("plan.tasks", task, "labels", name, "shared"),
+                raise Refusal(join_path("plan.tasks", task, "labels", name, "shared"),
                                f"is {entry['shared']}; allowed: 1..plan.n_shared ({n_shared})")
         for key in ("value", "shared"):
             seen: dict[int, str] = {}
             for name, entry in body["labels"].items():
                 if entry[key] in seen:
-                    raise _Refusal(_join("plan.tasks", task, "labels", name, key),
+                    raise Refusal(join_path("plan.tasks", task, "labels", name, key),
                                    f"is {entry[key]}, as for '{seen[entry[key]]}'; each label of a task needs its own {key}")
                 seen[entry[key]] = name
