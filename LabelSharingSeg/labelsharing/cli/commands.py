@@ -101,6 +101,16 @@ def worker_command(args: argparse.Namespace, progress: ProgressReporter) -> int:
                  batch_size=args.batch_size)
 
 
+def serve_command(args: argparse.Namespace, progress: ProgressReporter) -> int:
+    from labelsharing.serve import run_server
+
+    predictor = dict(device=args.device, backend=args.backend, precision=args.precision, batch_size=args.batch_size)
+    return run_server(args.models, host=args.host, port=args.port, token_file=args.token_file,
+                      tls_cert=args.tls_cert, tls_key=args.tls_key, insecure=args.insecure,
+                      rotate_token=args.rotate_token, max_upload_mb=args.max_upload_mb, workers=args.workers,
+                      max_loaded=args.max_loaded, predictor=predictor, device=args.device)
+
+
 def evaluate_command(args: argparse.Namespace, progress: ProgressReporter) -> int:
     from labelsharing.data import read_task_dataset
     from labelsharing.infer import Predictor, evaluate_model, evaluation_table, split_warning

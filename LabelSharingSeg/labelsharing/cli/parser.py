@@ -106,6 +106,34 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--batch-size", type=_positive_int, default=16, help="[OPTIONAL] slices per batch (16)")
     worker.set_defaults(handler=commands.worker_command)
 
+    serve = subcommands.add_parser("serve", help="serve every model under a folder over HTTPS to many Slicers: "
+                                              "predict, train and add-task jobs (pip install \"labelsharing[serve]\"; "
+                                              "README, 'Server')")
+    serve.add_argument("--models", required=True, metavar="DIR",
+                       help="[REQUIRED] folder of model folders; training jobs write new models into it")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="[OPTIONAL] address to listen on (127.0.0.1: this machine only, e.g. behind a TLS proxy)")
+    serve.add_argument("--port", type=_port, default=8000, help="[OPTIONAL] port (8000; 0 picks a free one)")
+    serve.add_argument("--token-file", metavar="F",
+                       help="[OPTIONAL] where the access token is kept (DIR/.labelsharing-serve/token), mode 0600")
+    serve.add_argument("--rotate-token", action="store_true",
+                       help="[OPTIONAL] make a new token (printed once); the old one stops working")
+    serve.add_argument("--tls-cert", metavar="C", help="[OPTIONAL] PEM certificate: serve HTTPS (with --tls-key)")
+    serve.add_argument("--tls-key", metavar="K", help="[OPTIONAL] PEM private key of --tls-cert")
+    serve.add_argument("--insecure", action="store_true",
+                       help="[OPTIONAL] DANGER ZONE! allow a non-loopback --host without TLS: the token and the "
+                            "images travel unencrypted")
+    serve.add_argument("--max-upload-mb", type=_positive_number, default=2048.0, metavar="N",
+                       help="[OPTIONAL] largest upload, and largest unpacked zip, in MB (2048)")
+    serve.add_argument("--workers", type=_positive_int, default=1,
+                       help="[OPTIONAL] training jobs run at once (1: one GPU job at a time)")
+    serve.add_argument("--max-loaded", type=_positive_int, default=4,
+                       help="[OPTIONAL] models kept loaded for prediction (4); the least recently used is dropped")
+    _add_device_flag(serve)
+    _add_backend_flags(serve)
+    serve.add_argument("--batch-size", type=_positive_int, default=16, help="[OPTIONAL] slices per batch (16)")
+    serve.set_defaults(handler=commands.serve_command)
+
     evaluate = subcommands.add_parser("evaluate", help="Dice per task and label on the datasets' test splits")
     evaluate.add_argument("model", metavar="MODEL", help="[REQUIRED] model folder")
     evaluate.add_argument("datasets", nargs="+", metavar="DATASET", help="[REQUIRED] task dataset folders")
@@ -189,6 +217,20 @@ def _positive_int(text: str) -> int:
     value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _integer(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, got {value}")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 

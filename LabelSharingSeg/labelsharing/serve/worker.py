@@ -40,7 +40,7 @@ from labelsharing import __version__
 from labelsharing.errors import LabelSharingError, file_error_message
 from labelsharing.utils import ProgressReporter
 
-__all__ = ["PredictRequest", "RequestError", "parse_request", "serve", "standard_streams"]
+__all__ = ["PredictRequest", "RequestError", "files_signature", "parse_request", "serve", "standard_streams"]
 
 _FIELDS = {"id", "command", "task", "inputs", "out", "format", "probabilities", "force"}
 _COMMANDS = ("predict", "quit")
@@ -206,7 +206,7 @@ class _ModelLoader:
         from labelsharing.infer import Predictor
         from labelsharing.utils import describe_device
 
-        signature = _files_signature(self.folder)
+        signature = files_signature(self.folder)
         if self._predictor is None or signature != self._signature:
             if self._predictor is not None:
                 self.log(f"the model in {self.folder} changed on disk; loading it again")
@@ -219,7 +219,7 @@ class _ModelLoader:
         return self._predictor
 
 
-def _files_signature(folder: Path) -> tuple:
+def files_signature(folder: Path) -> tuple:
     """(modification time, size, inode) of ``model.json`` and the weights; None for a missing file."""
     from labelsharing.model import CONFIG_FILE, WEIGHTS_FILE
 

@@ -1,0 +1,296 @@
+"""``labelsharing serve`` (issue 13): a real server on 127.0.0.1 (random port), called with httpx.
+
+The server is the command users run, in a subprocess, serving a folder with a tiny random UNet
+(4 features, 32x32 input, backend torch so no graph is built). Checked: predict equals the CLI's
+output voxel for voxel; the token (401 without it or with a wrong one); uploads that break the
+rules (``..`` and absolute names, symbolic links, oversized bodies and zips, ``../`` model names)
+are refused and nothing is written outside the models folder; a training job runs to a model;
+cancel ends a job and removes its data. Timings are the load benchmark's business (none here).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import stat
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import boxes, write_task
+from tiny_model import make_model
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+
+from labelsharing.errors import LabelSharingError  # noqa: E402
+from labelsharing.serve import check_listen_address, load_or_create_token, unpack_zip  # noqa: E402
+
+ENGINE = str(Path(__file__).resolve().parents[2] / "LabelSharingSeg")
+ENV = {**os.environ, "PYTHONPATH": ENGINE}
+FLAGS = ["--device", "cpu", "--backend", "torch"]
+TINY_TRAINING = {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "input_size": 32, "features": 4}
+
+
+class Server:
+    """``labelsharing serve`` in a subprocess; ``url`` and ``token`` once it listens."""
+
+    def __init__(self, models: Path, *args: str) -> None:
+        self.models = models
+        self.process = subprocess.Popen([sys.executable, "-m", "labelsharing", "serve", "--models", str(models),
+                                         "--port", "0", *FLAGS, *args], env=ENV, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+        self.banner = []
+        for line in self.process.stdout:
+            self.banner.append(line)
+            match = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
+            if match:
+                self.url = match.group(1)
+                break
+        else:
+            raise AssertionError(f"the server did not start: {''.join(self.banner)} {self.process.stderr.read()}")
+        self.token = (models / ".labelsharing-serve" / "token").read_text().strip()
+        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60)
+
+    def stop(self) -> None:
+        self.client.close()
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+    def wait_for(self, job_id: str, states=("done", "failed", "cancelled"), timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.client.get(f"/v1/jobs/{job_id}").json()
+            if job["status"] in states:
+                return job
+            time.sleep(0.2)
+        raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s: {job['log'][-5:]}")
+
+
+def _files(root: Path) -> set[str]:
+    return {str(path.relative_to(root)) for path in root.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("server")
+    models = root / "models"
+    models.mkdir()
+    make_model(fake=False, input_size=32).save(models / "tiny")
+    image = sitk.GetImageFromArray(np.random.default_rng(0).normal(0, 1, (5, 20, 24)).astype(np.float32))
+    image.SetSpacing((0.8, 0.9, 2.5))
+    image.SetOrigin((10.0, -4.0, 3.0))
+    image.SetDirection((0, 1, 0, 1, 0, 0, 0, 0, -1))
+    sitk.WriteImage(image, str(root / "ct_0000.nrrd"))
+    server = Server(models, "--max-upload-mb", "1")
+    yield server, root
+    server.stop()
+
+
+def _tasks_zip(root: Path, *prefixes: str) -> bytes:
+    """A zip of two tiny nnU-Net task folders (2D, 3 and 2 labels), under ``prefixes`` folders."""
+    a = write_task(root / "TaskA", {"big": 1, "mid": 2, "small": 3}, [boxes((12, 12), {1: 50, 2: 30, 3: 12})] * 3)
+    b = write_task(root / "TaskB", {"tiny": 1, "large": 2}, [boxes((12, 12), {1: 8, 2: 40})] * 3)
+    stream = io.BytesIO()
+    with zipfile.ZipFile(stream, "w") as archive:
+        for task in (a, b)[:len(prefixes) or 2]:
+            for path in task.rglob("*"):
+                archive.write(path, str(Path(*prefixes[:1], path.relative_to(root))))
+    return stream.getvalue()
+
+
+# ------------------------------------------------------------------------------------ the token
+def test_health_is_open_and_every_other_endpoint_needs_the_token(served):
+    server, root = served
+    assert httpx.get(f"{server.url}/v1/health").json()["status"] == "ok"
+    calls = [("GET", "/v1/models"), ("POST", "/v1/models/tiny/predict?task=TaskA"), ("GET", "/v1/models/tiny/download"),
+             ("POST", "/v1/jobs/train?name=x"), ("GET", "/v1/jobs"), ("POST", "/v1/jobs/abc/cancel")]
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": server.token}):
+        for method, path in calls:
+            answer = httpx.request(method, server.url + path, headers=headers, content=b"x")
+            assert answer.status_code == 401, (method, path, headers)
+            assert answer.headers["www-authenticate"] == "Bearer"
+    assert server.client.get("/v1/models").status_code == 200
+
+
+def test_the_token_is_printed_once_and_kept_readable_only_by_its_owner(served, tmp_path):
+    server, _ = served
+    token_file = server.models / ".labelsharing-serve" / "token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert any(server.token in line for line in server.banner)
+    assert load_or_create_token(token_file) == (server.token, False)  # a second start reads it, prints no token
+    token_file_copy = tmp_path / "token"
+    token_file_copy.write_text("abc\n")
+    token_file_copy.chmod(0o644)
+    with pytest.raises(LabelSharingError, match="chmod 600"):
+        load_or_create_token(token_file_copy)
+    rotated, created = load_or_create_token(token_file_copy, rotate=True)
+    assert created and rotated != "abc" and stat.S_IMODE(token_file_copy.stat().st_mode) == 0o600
+
+
+def test_a_network_address_without_tls_is_refused_unless_insecure(tmp_path):
+    check_listen_address("127.0.0.1", tls=False, insecure=False)
+    check_listen_address("10.0.0.5", tls=True, insecure=False)
+    with pytest.raises(LabelSharingError, match="unencrypted"):
+        check_listen_address("0.0.0.0", tls=False, insecure=False)
+    with pytest.warns(UserWarning, match="unencrypted"):
+        check_listen_address("0.0.0.0", tls=False, insecure=True)
+    done = subprocess.run([sys.executable, "-m", "labelsharing", "serve", "--models", str(tmp_path), "--host",
+                           "0.0.0.0"], env=ENV, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Refusing" in done.stderr and "--insecure" in done.stderr
+    assert not (tmp_path / ".labelsharing-serve").exists()  # refused before any file is made
+
+
+# ------------------------------------------------------------------------------------ models and predict
+def test_models_are_listed_with_tasks_labels_and_colours(served):
+    server, _ = served
+    (model,) = server.client.get("/v1/models").json()["models"]
+    assert model["name"] == "tiny" and set(model["tasks"]) == {"TaskA", "TaskB"}
+    assert model["tasks"]["TaskA"]["labels"][0] == {"name": "big", "value": 1, "color": [1.0, 0.0, 0.0],
+                                                     "terminology": None}
+
+
+@pytest.mark.parametrize("file_format", ["nrrd", "seg.nrrd"])
+def test_predict_equals_the_cli_voxel_for_voxel_with_the_same_geometry(served, tmp_path, file_format):
+    server, root = served
+    image = root / "ct_0000.nrrd"
+    answer = server.client.post("/v1/models/tiny/predict", params={"task": "TaskA", "format": file_format,
+                                                                   "filename": image.name},
+                                content=image.read_bytes())
+    assert answer.status_code == 200, answer.text
+    assert f'filename="ct.{file_format}"' in answer.headers["content-disposition"]
+    received = tmp_path / f"server.{file_format}"
+    received.write_bytes(answer.content)
+    subprocess.run([sys.executable, "-m", "labelsharing", "--progress", "none", "predict", str(server.models / "tiny"),
+                    str(image), "--task", "TaskA", "--out", str(tmp_path / "cli"), "--format", file_format, *FLAGS],
+                   env=ENV, check=True, capture_output=True, timeout=120)
+    ours, theirs = sitk.ReadImage(str(received)), sitk.ReadImage(str(tmp_path / "cli" / f"ct.{file_format}"))
+    assert np.array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(theirs))
+    assert np.unique(sitk.GetArrayFromImage(ours)).size > 1  # a random UNet still predicts several labels
+    for read in ("GetSpacing", "GetOrigin", "GetDirection"):
+        assert getattr(ours, read)() == getattr(theirs, read)() == getattr(sitk.ReadImage(str(image)), read)()
+    assert _files(server.models / ".labelsharing-serve" / "jobs") == set()  # the upload is gone
+
+
+def test_a_zipped_image_is_predicted_and_user_errors_are_clear(served):
+    server, root = served
+    stream = io.BytesIO()
+    with zipfile.ZipFile(stream, "w") as archive:
+        archive.write(root / "ct_0000.nrrd", "ct_0000.nrrd")
+    answer = server.client.post("/v1/models/tiny/predict", params={"task": "TaskB", "filename": "ct.zip"},
+                                content=stream.getvalue())
+    assert answer.status_code == 200 and answer.content[:2] == b"\x1f\x8b"  # nii.gz
+    unknown_task = server.client.post("/v1/models/tiny/predict", params={"task": "TaskZ", "filename": "ct.nrrd"},
+                                      content=(root / "ct_0000.nrrd").read_bytes())
+    assert unknown_task.status_code == 400 and "TaskZ" in unknown_task.json()["detail"]
+    assert server.client.post("/v1/models/nope/predict", params={"task": "TaskA"}, content=b"x").status_code == 404
+
+
+# ------------------------------------------------------------------------------------ what is refused
+@pytest.mark.parametrize("member", ["../evil.txt", "/tmp/evil.txt", "a/../../evil.txt", "link"])
+def test_a_zip_reaching_outside_its_folder_is_refused_before_anything_is_written(served, member):
+    server, root = served
+    before = _files(root)
+    stream = io.BytesIO()
+    with zipfile.ZipFile(stream, "w") as archive:
+        archive.writestr("TaskA/dataset.json", "{}")
+        info = zipfile.ZipInfo(member)
+        if member == "link":
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            archive.writestr(info, "/etc/passwd")
+        else:
+            archive.writestr(info, "evil")
+    answer = server.client.post("/v1/jobs/train", params={"name": "evil"}, content=stream.getvalue())
+    assert answer.status_code == 400 and ("outside" in answer.json()["detail"] or "link" in answer.json()["detail"])
+    assert _files(root) == before and not Path("/tmp/evil.txt").exists()
+
+
+def test_oversized_uploads_and_zip_bombs_are_refused(served):
+    server, root = served
+    before = _files(root)
+    big = server.client.post("/v1/models/tiny/predict", params={"task": "TaskA", "filename": "ct.nrrd"},
+                             content=b"\0" * (2 * 2**20))
+    assert big.status_code == 413 and "--max-upload-mb" in big.json()["detail"]
+
+    def chunks():  # no Content-Length: the limit is enforced while streaming
+        for _ in range(40):
+            yield b"\0" * 2**16
+
+    streamed = server.client.post("/v1/models/tiny/predict", params={"task": "TaskA", "filename": "ct.nrrd"},
+                                  content=chunks())
+    assert streamed.status_code == 413
+    stream = io.BytesIO()
+    with zipfile.ZipFile(stream, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("TaskA/imagesTr/a.nii", b"\0" * (3 * 2**20))  # a few kB zipped, 3 MB unpacked
+    bomb = server.client.post("/v1/jobs/train", params={"name": "bomb"}, content=stream.getvalue())
+    assert len(stream.getvalue()) < 2**20 and bomb.status_code == 413
+    assert _files(root) == before
+
+
+@pytest.mark.parametrize("name", ["../outside", "..", ".hidden", "a/b", "tiny"])
+def test_a_model_name_that_is_no_new_plain_folder_name_is_refused(served, name):
+    server, root = served
+    before = _files(root.parent)
+    answer = server.client.post("/v1/jobs/train", params={"name": name}, content=_tasks_zip(root / "upload"))
+    assert answer.status_code == (409 if name == "tiny" else 400)
+    assert _files(root.parent) - before <= {str(Path(root.name, "upload", p)) for p in _files(root / "upload")} | \
+        {str(Path(root.name, "upload"))}
+    assert not (root / "outside").exists() and not (root.parent / "outside").exists()
+
+
+def test_unpack_zip_writes_only_inside_its_folder(tmp_path):
+    archive = tmp_path / "ok.zip"
+    with zipfile.ZipFile(archive, "w") as stream:
+        stream.writestr("task/dataset.json", "{}")
+        stream.writestr("task/imagesTr/a.nii.gz", "x")
+    written = unpack_zip(archive, tmp_path / "out", max_bytes=1000)
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in written) == \
+        ["task/dataset.json", "task/imagesTr/a.nii.gz"]
+
+
+# ------------------------------------------------------------------------------------ jobs
+@pytest.mark.slow
+def test_a_training_job_runs_to_a_model_that_is_then_served_and_downloadable(served):
+    server, root = served
+    answer = server.client.post("/v1/jobs/train", params={"name": "trained", **TINY_TRAINING},
+                                content=_tasks_zip(root / "upload-train"))
+    assert answer.status_code == 202, answer.text
+    job = server.wait_for(answer.json()["id"])
+    assert job["status"] == "done", job["log"]
+    assert job["progress"]["percent"] == 100.0 and job["progress"]["step"] == job["progress"]["steps"] == 2
+    assert job["progress"]["epoch"] == 1 and job["progress"]["dice"] is not None
+    names = [model["name"] for model in server.client.get("/v1/models").json()["models"]]
+    assert names == ["tiny", "trained"]
+    assert server.client.post("/v1/models/trained/predict", params={"task": "TaskA", "filename": "ct.nrrd"},
+                              content=(root / "ct_0000.nrrd").read_bytes()).status_code == 200
+    download = server.client.get("/v1/models/trained/download")
+    with zipfile.ZipFile(io.BytesIO(download.content)) as archive:
+        assert sorted(archive.namelist()) == ["trained/model.json", "trained/model.safetensors"]
+    again = server.client.post("/v1/jobs/train", params={"name": "trained", **TINY_TRAINING},
+                               content=_tasks_zip(root / "upload-train"))
+    assert again.status_code == 409  # never over an existing model
+    assert _files(server.models / ".labelsharing-serve" / "jobs") == set()
+    assert sorted(p.name for p in server.models.iterdir()) == [".labelsharing-serve", "tiny", "trained"]
+
+
+def test_cancel_ends_a_running_job_and_removes_its_data(served):
+    server, root = served
+    answer = server.client.post("/v1/jobs/train", params={"name": "cancelled", **TINY_TRAINING, "epochs": 10000},
+                                content=_tasks_zip(root / "upload-cancel"))
+    assert answer.status_code == 202, answer.text
+    job_id = answer.json()["id"]
+    server.wait_for(job_id, states=("running",))
+    cancelled = server.client.post(f"/v1/jobs/{job_id}/cancel")
+    assert cancelled.status_code == 200
+    job = server.wait_for(job_id, timeout=30)
+    assert job["status"] == "cancelled"
+    assert not (server.models / "cancelled").exists() and not (server.models / ".cancelled.work").exists()
+    assert _files(server.models / ".labelsharing-serve" / "jobs") == set()
+    listed = server.client.get("/v1/jobs").json()["jobs"]
+    assert [entry["status"] for entry in listed if entry["id"] == job_id] == ["cancelled"]
