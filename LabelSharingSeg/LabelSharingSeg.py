@@ -36,6 +36,7 @@ from LabelSharingSegLib.Dependencies import Dependencies
 from LabelSharingSegLib.EngineCommands import DEVICES, isSetPath, trainArgs
 from LabelSharingSegLib.EngineDefaults import sessionTrainingDefaults
 from LabelSharingSegLib.EngineJob import EngineJob
+from LabelSharingSegLib.EnginePanel import EnginePanel
 from LabelSharingSegLib.Export import EXPORT_FORMATS, SegmentationExporter
 from LabelSharingSegLib.ExportPanel import ExportPanel
 from LabelSharingSegLib.JobPanel import JobPanel
@@ -44,10 +45,12 @@ from LabelSharingSegLib.ModelLibrary import ModelLibrary
 from LabelSharingSegLib.ModelLibraryPanel import ModelLibraryPanel
 from LabelSharingSegLib.ModelOutput import defaultModelsFolder, freeModelName
 from LabelSharingSegLib.ModuleError import ModuleError
+from LabelSharingSegLib.RemoteEngine import RoutingEngine
 from LabelSharingSegLib.ResultPanel import ResultPanel
 from LabelSharingSegLib.SceneIO import SceneIO
 from LabelSharingSegLib.SegmentPanel import SegmentPanel
 from LabelSharingSegLib.Segmenter import Segmenter
+from LabelSharingSegLib.ServerClient import EngineSettings
 from LabelSharingSegLib.TaskDefinition import MODALITIES, TaskDefinition, uniqueCaseIds
 from LabelSharingSegLib.TaskPanel import TaskPanel
 from LabelSharingSegLib.TrainPanel import TrainPanel
@@ -133,8 +136,10 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         buttons = [ui.applyButton, ui.checkDependenciesButton, ui.computeGroupingButton, ui.exportDatasetButton,
                    ui.trainButton, ui.addTaskButton, ui.exportButton]
         job = EngineJob(MODULE_DIR)
+        self.engineSettings = EngineSettings(qt.QSettings())  # this computer, or a server (issue 13)
         self.engine = WarmEngine(job)  # Apply reuses one engine process (issue 11)
-        self.jobs = JobPanel(ui, self.engine, buttons, slicer)
+        # a server's model is segmented on its server (issue 13), everything else by the engine here
+        self.jobs = JobPanel(ui, RoutingEngine(self.engine, self.engineSettings.client), buttons, slicer)
         node = lambda: self._parameterNode  # noqa: E731
         self.segmentPanel = SegmentPanel(ui, self.logic, self.jobs, node, slicer)
         self.resultPanel = ResultPanel(ui, slicer)
@@ -147,6 +152,7 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.exportPanel = ExportPanel(ui, self.logic, self.jobs, node, self.segmentPanel.taskLabels, slicer, qt)
         self.libraryPanel = ModelLibraryPanel(ui, self.library, DemoFolder.forUser(slicer.app.slicerUserSettingsFilePath),
                                               self.logic, self.jobs, node, model, slicer, qt, ctk)
+        self.enginePanel = EnginePanel(ui, self.engineSettings, self.segmentPanel, slicer, qt, ctk)
         self.jobs.onIdle = self._checkCanApply
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -294,8 +300,9 @@ class LabelSharingSegTest(ScriptedLoadableModuleTest):
     def test_importKnownLabelmap(self):
         """Segments get the task's names, colours, terminology and exactly the label map's voxels."""
         import numpy as np
-        from LabelSharingSegLib.SegmentImport import SegmentImporter, SegmentSpec
+
         from labelsharing.plan import EXAMPLE_ENTRY
+        from LabelSharingSegLib.SegmentImport import SegmentImporter, SegmentSpec
 
         volume, voxels = self._boxVolume()
         labels = (voxels == 200).astype(np.uint8) + 2 * (voxels == 400).astype(np.uint8)

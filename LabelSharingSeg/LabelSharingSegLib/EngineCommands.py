@@ -46,6 +46,8 @@ class PredictCall:
     inputFile: str
     outFolder: str
     device: str
+    #: the URL of the ``labelsharing serve`` holding the model (then ``modelFolder`` is its name there), or ""
+    server: str = ""
 
     def __post_init__(self) -> None:
         _checkDevice(self.device)

@@ -46,12 +46,40 @@ class TaskInfo:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """The parts of ``model.json`` the module shows and uses."""
+    """The parts of ``model.json`` the module shows and uses.
+
+    A model of a ``labelsharing serve`` has ``server`` set to the server's URL; its ``folder`` is
+    then the model's name on that server (``GET /v1/models``), not a folder of this computer.
+    """
 
     folder: Path
     tasks: Dict[str, TaskInfo]
     plan: dict
     version: str
+    server: str = ""
+
+    @classmethod
+    def fromServer(cls, entry: dict, server: str) -> "ModelInfo":
+        """A model of the server's list (``{"name", "tasks": {task: {"modality", "labels": [...]}}, "n_shared"}``).
+
+        Raises:
+            ModuleError: an entry without the tasks and labels the list always has (another program answered).
+        """
+        try:
+            tasks = {name: _task(name, {"modality": body.get("modality") or "other",
+                                        "labels": {label["name"]: label for label in body["labels"]}})
+                     for name, body in entry["tasks"].items()}
+            return cls(Path(entry["name"]), tasks, {"n_shared": entry.get("n_shared", "?")},
+                       str(entry.get("labelsharing_version", "")), server)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ModuleError(_("The server at {url} sent a model list this module cannot read ({error}: {reason}); "
+                                "is it a labelsharing server?").format(url=server, error=type(exc).__name__,
+                                                                        reason=exc)) from exc
+
+    @property
+    def name(self) -> str:
+        """The folder's name, or the model's name on its server."""
+        return self.folder.name
 
     @classmethod
     def load(cls, folder: Union[str, Path]) -> "ModelInfo":

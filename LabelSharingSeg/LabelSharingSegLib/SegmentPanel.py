@@ -69,20 +69,26 @@ class SegmentPanel:
 
     def onModelFolderChanged(self, path: str = "") -> None:
         """Read the model's tasks into the task list (silently empty for a non-model folder)."""
-        node = self._parameterNode()
         self.model = None
         self.ui.taskComboBox.clear()
         if not isSetPath(path) or not (Path(path) / "model.json").is_file():
             self.ui.modelInfoLabel.text = _("Choose a model folder (one holding model.json).")
             return
         try:
-            self.model = self.logic.loadModel(path)
+            model = self.logic.loadModel(path)
         except ModuleError as exc:
             self.ui.modelInfoLabel.text = str(exc)
             return
+        self.useModel(model)
+
+    def useModel(self, model: ModelInfo) -> None:
+        """Make ``model`` (read from a folder, or listed by a server: the Engine section) the one Apply uses."""
+        node = self._parameterNode()
+        self.model = model
         combo = self.ui.taskComboBox
         wasBlocked = combo.blockSignals(True)
         try:
+            combo.clear()
             for name in self.model.taskNames:
                 combo.addItem(name)
             saved = node.task if node is not None and node.task in self.model.tasks else self.model.taskNames[0]
@@ -91,8 +97,10 @@ class SegmentPanel:
             combo.blockSignals(wasBlocked)
         self.onTaskChanged()
         shared = self.model.plan.get("n_shared", "?")
-        self.ui.modelInfoLabel.text = _("{tasks} task(s), {shared} shared label(s).").format(
-            tasks=len(self.model.tasks), shared=shared)
+        text = _("{tasks} task(s), {shared} shared label(s).").format(tasks=len(self.model.tasks), shared=shared)
+        if model.server:
+            text += " " + _("Model {name} on {url}.").format(name=model.name, url=model.server)
+        self.ui.modelInfoLabel.text = text
 
     def onTaskChanged(self, index: int = 0) -> None:
         node = self._parameterNode()
@@ -118,7 +126,8 @@ class SegmentPanel:
         if not ok:
             raise ModuleError(reason)
         node = self._parameterNode()
-        self.jobs.installMissing(self.logic.dependencies)
+        if not self.model.server:  # a server's model needs nothing installed here
+            self.jobs.installMissing(self.logic.dependencies)
         request = self.logic.segmenter.prepare(
             node.inputVolume, self.model, self.ui.taskComboBox.currentText, node.device, node.outputSegmentation
         )
@@ -126,7 +135,8 @@ class SegmentPanel:
         def loaded() -> None:
             segmentation = self.logic.segmenter.load(request)
             node.outputSegmentation = segmentation
-            self.ui.modelPathLineEdit.addCurrentPathToHistory()  # a model that worked joins the recent list
+            if not request.model.server:
+                self.ui.modelPathLineEdit.addCurrentPathToHistory()  # a model that worked joins the recent list
 
         self.jobs.run(
             _("Segmentation"), request.call, self.ui.applyButton, onSuccess=loaded,

@@ -76,7 +76,7 @@ class Segmenter:
         model.task(task)
         workDir = Path(tempfile.mkdtemp(prefix="LabelSharingSeg-", dir=self._slicer.app.temporaryPath))
         inputFile = self._sceneIO.writeVolume(inputVolume, workDir / "input" / f"{_CASE}.nrrd")
-        call = PredictCall(str(model.folder), task, str(inputFile), str(workDir / "output"), device)
+        call = PredictCall(str(model.folder), task, str(inputFile), str(workDir / "output"), device, model.server)
         return SegmentationRequest(inputVolume, model, task, outputSegmentation, workDir, call)
 
     def load(self, request: SegmentationRequest) -> Any:

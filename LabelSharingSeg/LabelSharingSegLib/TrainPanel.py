@@ -145,6 +145,10 @@ class TrainPanel:
         model = self._currentModel()
         if model is None:
             raise ModuleError(_("Choose the model to extend in the Segment section (model folder)."))
+        if model.server:
+            raise ModuleError(_("The chosen model is on the server {url}; adding a task from Slicer runs on this "
+                                "computer's models only. Choose a model folder, or use the server's API "
+                                "(POST /v1/jobs/add-task, README 'Server').").format(url=model.server))
         item = self.ui.trainDatasetsListWidget.currentItem()
         if item is None:
             raise ModuleError(_("Select the task dataset folder to add in the list."))

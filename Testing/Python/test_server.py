@@ -30,7 +30,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
 from labelsharing.errors import LabelSharingError  # noqa: E402
-from labelsharing.serve import check_listen_address, load_or_create_token, unpack_zip  # noqa: E402
+from labelsharing.serve import Job, check_listen_address, load_or_create_token, unpack_zip  # noqa: E402
 
 ENGINE = str(Path(__file__).resolve().parents[2] / "LabelSharingSeg")
 ENV = {**os.environ, "PYTHONPATH": ENGINE}
@@ -152,7 +152,8 @@ def test_models_are_listed_with_tasks_labels_and_colours(served):
     server, _ = served
     (model,) = server.client.get("/v1/models").json()["models"]
     assert model["name"] == "tiny" and set(model["tasks"]) == {"TaskA", "TaskB"}
-    assert model["tasks"]["TaskA"]["labels"][0] == {"name": "big", "value": 1, "color": [1.0, 0.0, 0.0],
+    assert model["n_shared"] == 3
+    assert model["tasks"]["TaskA"]["labels"][0] == {"name": "big", "value": 1, "shared": 1, "color": [1.0, 0.0, 0.0],
                                                      "terminology": None}
 
 
@@ -255,6 +256,17 @@ def test_unpack_zip_writes_only_inside_its_folder(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ jobs
+def test_job_progress_is_read_from_progress_and_epoch_lines(tmp_path):
+    job = Job("id", "train", "m", [], tmp_path, tmp_path / "m")
+    job.read_line("PROGRESS 0.0 training 0/500\n")
+    assert (job.percent, job.step, job.steps, job.epoch) == (0.0, 0, 500, None)
+    job.read_line("epoch   1/10 | step 50 | loss 0.912 | val Dice TaskA 0.412  TaskB 0.300 | mean 0.356  *best*")
+    assert (job.epoch, job.epochs, job.step, job.dice) == (1, 10, 50, 0.356)
+    job.read_line("PROGRESS 12.0 training 60/500 epoch=2/10 loss=0.8")
+    assert (job.percent, job.step, job.epoch) == (12.0, 60, 2)
+    assert list(job.log) == ["epoch   1/10 | step 50 | loss 0.912 | val Dice TaskA 0.412  TaskB 0.300 | mean 0.356  *best*"]
+
+
 @pytest.mark.slow
 def test_a_training_job_runs_to_a_model_that_is_then_served_and_downloadable(served):
     server, root = served
@@ -285,7 +297,8 @@ def test_cancel_ends_a_running_job_and_removes_its_data(served):
                                 content=_tasks_zip(root / "upload-cancel"))
     assert answer.status_code == 202, answer.text
     job_id = answer.json()["id"]
-    server.wait_for(job_id, states=("running",))
+    running = server.wait_for(job_id, states=("running",))
+    assert running["progress"]["percent"] < 100
     cancelled = server.client.post(f"/v1/jobs/{job_id}/cancel")
     assert cancelled.status_code == 200
     job = server.wait_for(job_id, timeout=30)
@@ -294,3 +307,14 @@ def test_cancel_ends_a_running_job_and_removes_its_data(served):
     assert _files(server.models / ".labelsharing-serve" / "jobs") == set()
     listed = server.client.get("/v1/jobs").json()["jobs"]
     assert [entry["status"] for entry in listed if entry["id"] == job_id] == ["cancelled"]
+
+
+@pytest.mark.slow
+def test_the_load_benchmark_runs_a_short_bounded_round(tmp_path):
+    done = subprocess.run([sys.executable, str(Path(ENGINE).parent / "benchmarks" / "server_load.py"), "--duration",
+                           "1", "--clients", "1,2", "--size", "32", "--slices", "4", "--backend", "torch", "--work",
+                           str(tmp_path)], env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if "client(s)" in line]
+    assert len(rows) == 4 and all("errors 0" in row and "x alone" in row for row in rows), done.stdout
+    assert "training job cancelled" in done.stdout

@@ -8,8 +8,8 @@ unpacked datasets: patient data) is removed when the job ends, whatever the outc
 model it wrote stays, in the models folder, written by the CLI's own rules (never over an
 existing model: no ``--force`` is ever passed).
 
-Progress comes from the ``PROGRESS <percent> <text>`` lines (step, ``epoch=e/E``) and the
-epoch lines (``val Dice ... | mean d``); the last :data:`LOG_LINES` lines are kept as the log tail.
+Progress comes from the ``PROGRESS <percent> <text>`` lines (step, ``epoch=e/E``; one per 1 % of
+the run) and the epoch lines (``epoch e/E | step s | ... val Dice ... | mean d``); the last :data:`LOG_LINES` lines are kept as the log tail.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ LOG_LINES = 200
 _PROGRESS = re.compile(r"PROGRESS (\d+(?:\.\d+)?) (.*)")
 _STEP = re.compile(r"(\d+)/(\d+)")
 _EPOCH = re.compile(r"epoch=(\d+)/(\d+)")
+_EPOCH_LINE = re.compile(r"epoch +(\d+)/(\d+) \| step (\d+)")
 _DICE = re.compile(r"val Dice .*\| mean (\d\.\d+)")
 _STATES_DONE = ("done", "failed", "cancelled")
 
@@ -84,7 +85,10 @@ class Job:
             if epoch:
                 self.epoch, self.epochs = int(epoch.group(1)), int(epoch.group(2))
             return
-        dice = _DICE.search(line)
+        epoch, dice = _EPOCH_LINE.match(line), _DICE.search(line)
+        if epoch:  # progress lines come every 1 % of the run; epoch lines every epoch
+            self.epoch, self.epochs = int(epoch.group(1)), int(epoch.group(2))
+            self.step = max(self.step or 0, int(epoch.group(3)))
         if dice:
             self.dice = float(dice.group(1))
         self.log.append(line)

@@ -24,11 +24,11 @@ __all__ = ["ModelLibrary", "describe_tasks"]
 
 
 def describe_tasks(config: dict) -> dict:
-    """The tasks of a ``model.json``: ``{task: {"modality", "labels": [{"name", "value", "color", "terminology"}]}}``,
-    labels by value; a label without a stored colour gets the one predictions use."""
+    """The tasks of a ``model.json``: ``{task: {"modality", "labels": [{"name", "value", "shared", "color",
+    "terminology"}]}}``, labels by value; a label without a stored colour gets the one predictions use."""
     tasks = {}
     for task, entry in config["tasks"].items():
-        labels = [{"name": name, "value": int(label["value"]),
+        labels = [{"name": name, "value": int(label["value"]), "shared": int(label["shared"]),
                    "color": list(label.get("color") or label_color(int(label["shared"]))),
                    "terminology": label.get("terminology")} for name, label in entry["labels"].items()]
         tasks[task] = {"modality": entry.get("modality"), "labels": sorted(labels, key=lambda label: label["value"])}
@@ -71,14 +71,16 @@ class ModelLibrary:
                       and path.resolve().parent == self.root)
 
     def describe(self) -> Iterator[dict]:
-        """``{"name", "tasks", "parent"}`` per model, or ``{"name", "error"}`` for a damaged one."""
+        """``{"name", "tasks", "n_shared", "parent", "labelsharing_version"}`` per model, or ``{"name", "error"}``
+        for a damaged one."""
         for name in self.names():
             try:
                 config = read_model_config(self.root / name)
             except LabelSharingError as exc:
                 yield {"name": name, "error": str(exc)}
                 continue
-            yield {"name": name, "tasks": describe_tasks(config), "parent": config.get("parent"),
+            yield {"name": name, "tasks": describe_tasks(config), "n_shared": config["plan"]["n_shared"],
+                   "parent": config.get("parent"),
                    "labelsharing_version": config.get("labelsharing_version")}
 
     def predictor(self, name: str):

@@ -21,7 +21,8 @@ from unittest import mock
 import numpy as np
 
 from .fakes_files import readSegNrrdLikeSlicer, writeVolumeLikeSlicer
-from .fakes_qt import FakeButton, FakeNodeComboBox, FakeTreeWidget, FakeTreeWidgetItem, fakeSettingsClass
+from .fakes_qt import FakeButton, FakeComboBox, FakeLineEdit, FakeNodeComboBox, FakeTreeWidget, FakeTreeWidgetItem, \
+    fakeSettingsClass
 
 MODULE_DIR = Path(__file__).resolve().parents[3] / "LabelSharingSeg"
 
@@ -615,6 +616,7 @@ def installFakeSlicerModules() -> Dict[str, types.ModuleType]:
     qt.QSettings = fakeSettingsClass()
     qt.QTreeWidget, qt.QTreeWidgetItem, qt.QPushButton = FakeTreeWidget, FakeTreeWidgetItem, FakeButton
     qt.QVBoxLayout, qt.QHBoxLayout = mock.MagicMock(name="QVBoxLayout"), mock.MagicMock(name="QHBoxLayout")
+    qt.QFormLayout, qt.QComboBox, qt.QLineEdit = mock.MagicMock(name="QFormLayout"), FakeComboBox, FakeLineEdit
     qt.QFileDialog = mock.MagicMock(name="QFileDialog")
     ctk = types.ModuleType("ctk")
     ctk.ctkCollapsibleButton = mock.MagicMock(name="ctkCollapsibleButton")

@@ -95,6 +95,21 @@ class FakeComboBox(FakeSignals):
             self.emit("currentIndexChanged(int)", index)
 
 
+class FakeLineEdit(FakeSignals):
+    """QLineEdit (qtbase ``src/widgets/widgets/qlineedit.h``): ``text``, ``placeholderText``, ``toolTip``,
+    ``enabled``, ``echoMode`` (``QLineEdit.Password`` = 2, enum ``EchoMode``); ``finishEditing()`` emits
+    ``editingFinished()`` as Qt does when the user presses Return or leaves the field."""
+
+    Normal, NoEcho, Password = 0, 1, 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text, self.placeholderText, self.toolTip, self.enabled, self.echoMode = "", "", "", True, self.Normal
+
+    def finishEditing(self) -> None:
+        self.emit("editingFinished()")
+
+
 class FakePathLineEdit(FakeSignals):
     """ctkPathLineEdit: ``currentPath`` emits ``currentPathChanged(QString)``; so does
     ``addCurrentPathToHistory()`` (its combo box's signals are unblocked); ``history`` records it."""

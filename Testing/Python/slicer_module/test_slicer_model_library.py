@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from unittest import mock
 
 import pytest
 
@@ -102,11 +103,13 @@ def _treeRows(widget):
 
 
 def test_the_section_sits_after_the_segment_section(env):
-    """QBoxLayout.insertWidget(index, widget) right after the Segment section in the module's layout."""
+    """QBoxLayout.insertWidget(index, widget) right after the Segment section in the module's layout (and the
+    Engine section right before it)."""
     module, widget, slicer = env
     layout = widget.ui.segmentCollapsibleButton.parentWidget().layout()
     index = layout.indexOf(widget.ui.segmentCollapsibleButton)
-    layout.insertWidget.assert_called_once_with(index + 1, widget.libraryPanel.section)
+    assert layout.insertWidget.call_args_list == [mock.call(index + 1, widget.libraryPanel.section),
+                                                  mock.call(index, widget.enginePanel.section)]
 
 
 def test_trained_and_extended_models_join_the_library(env, tmp_path):
