@@ -44,6 +44,7 @@ bench: $(STAMP) $(BENCH_DEMO)/model_4tasks/model.json
 	$(PY) benchmarks/inference_speed.py --work $(BENCH_OUT)/predict
 	$(PY) benchmarks/startup.py
 	$(PY) benchmarks/slicer_round_trip.py
+	$(PY) benchmarks/server_load.py
 	$(PY) benchmarks/training_throughput.py
 	$(PY) benchmarks/paper_comparison.py --out $(BENCH_OUT)/paper_comparison
 

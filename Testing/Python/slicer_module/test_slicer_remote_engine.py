@@ -1,0 +1,211 @@
+"""The module's remote mode (issue 13): ``ServerClient``, ``RoutingEngine`` and the Engine section.
+
+The client and the routing engine talk to a real ``labelsharing serve`` on 127.0.0.1 (random
+port) serving a tiny random UNet (``Testing/Python/tiny_model.py``); the Engine section runs on the
+fake qt/ctk surface (``fakes_qt.py``). Checked: the server's models read as the local ``model.json``
+reads; a predict writes the task's ``.seg.nrrd`` where ``Segmenter.load`` reads it; a wrong token, an
+unreachable server and an incomplete setting are one readable ``ModuleError`` each; cancel reports
+cancelled; the setting is kept in the application settings with the token field masked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LabelSharingSegLib.EngineCommands import PredictCall
+from LabelSharingSegLib.ModelInfo import ModelInfo
+from LabelSharingSegLib.ModuleError import ModuleError
+from LabelSharingSegLib.RemoteEngine import RoutingEngine
+from LabelSharingSegLib.ServerClient import LOCAL, SERVER, EngineSettings, ServerClient
+
+from .fakes_files import readSegNrrdLikeSlicer
+from .fakes_qt import FakeButton, FakeComboBox, FakeLineEdit, fakeSettingsClass
+
+pytest.importorskip("fastapi")
+REPO = Path(__file__).resolve().parents[3]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "LabelSharingSeg"), str(REPO / "Testing" / "Python")])}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``labelsharing serve`` on a folder holding the tiny model ``tiny``: (url, token, models folder)."""
+    models = tmp_path_factory.mktemp("served")
+    subprocess.run([sys.executable, "-c", "import sys; from tiny_model import make_model; "
+                    "make_model(fake=False, input_size=32).save(sys.argv[1])", str(models / "tiny")],
+                   env=ENV, check=True, timeout=120)
+    process = subprocess.Popen([sys.executable, "-m", "labelsharing", "serve", "--models", str(models), "--port", "0",
+                                "--device", "cpu", "--backend", "torch"], env=ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    url = next(match.group(1) for line in process.stdout
+               for match in [re.search(r"on (http://127\.0\.0\.1:\d+)", line)] if match)
+    yield url, (models / ".labelsharing-serve" / "token").read_text().strip(), models
+    process.terminate()
+    process.wait(timeout=30)
+
+
+class _Timer:
+    """``qt.QTimer``'s surface (``setInterval``, ``connect("timeout()", f)``, ``start``, ``stop``); ``fire()``
+    calls the slot as Qt's event loop would at each interval."""
+
+    def __init__(self) -> None:
+        self.slot, self.active = None, False
+
+    def setInterval(self, ms: int) -> None:
+        pass
+
+    def connect(self, signal: str, slot) -> None:
+        self.slot = slot
+
+    def start(self) -> None:
+        self.active = True
+
+    def stop(self) -> None:
+        self.active = False
+
+
+def _runToEnd(engine: RoutingEngine, timer: _Timer, call, timeout: float = 60.0):
+    results = []
+    engine.start(call, results.append)
+    deadline = time.monotonic() + timeout
+    while not results and time.monotonic() < deadline:
+        if timer.active:
+            timer.slot()
+        time.sleep(0.02)
+    assert results, "the request did not end"
+    return results[0]
+
+
+def _volume(path: Path) -> Path:
+    image = sitk.GetImageFromArray(np.random.default_rng(0).normal(0, 1, (4, 20, 24)).astype(np.float32))
+    image.SetSpacing((0.8, 0.9, 2.5))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+# ------------------------------------------------------------------------------------ ServerClient
+def test_the_servers_models_read_as_their_model_json_reads(server):
+    url, token, models = server
+    (remote,) = ServerClient(url, token).models()
+    local = ModelInfo.load(models / "tiny")
+    assert remote.server == url and remote.name == "tiny" and not local.server
+    assert remote.tasks == local.tasks and remote.plan["n_shared"] == local.plan["n_shared"]
+
+
+def test_a_predict_writes_the_tasks_seg_nrrd(server, tmp_path):
+    url, token, _ = server
+    written = ServerClient(url, token).predict("tiny", "TaskB", _volume(tmp_path / "volume.nrrd"),
+                                               tmp_path / "out" / "volume.seg.nrrd")
+    segments, _ = readSegNrrdLikeSlicer(written)  # (id, name, colour, tags, mask) each
+    assert [(name, color) for _, name, color, _, _ in segments] == [("tiny", (0.5, 0.5, 0.0)), ("large", (0.0, 0.5, 0.5))]
+    assert all(mask.shape == (4, 20, 24) for *_, mask in segments)
+
+
+@pytest.mark.parametrize("url, token, message", [
+    (None, "wrong", "refused the access token"),
+    ("http://127.0.0.1:9", None, "Cannot reach the LabelSharingSeg server at http://127.0.0.1:9"),
+    ("", None, "Set the server's URL"),
+    ("gpu.hospital.org", None, "Set the server's URL"),
+    (None, "", "Set the server's access token"),
+])
+def test_connection_and_token_problems_are_one_readable_error(server, url, token, message):
+    realUrl, realToken, _ = server
+    with pytest.raises(ModuleError, match=re.escape(message)):
+        ServerClient(realUrl if url is None else url, realToken if token is None else token, timeout=10).models()
+
+
+def test_the_servers_own_message_is_shown_for_a_user_error(server, tmp_path):
+    url, token, _ = server
+    with pytest.raises(ModuleError, match="answered 400: .*TaskZ"):
+        ServerClient(url, token).predict("tiny", "TaskZ", _volume(tmp_path / "volume.nrrd"), tmp_path / "x.seg.nrrd")
+
+
+# ------------------------------------------------------------------------------------ RoutingEngine
+def _routing(url: str, token: str):
+    timer, local = _Timer(), mock.MagicMock(name="WarmEngine", isRunning=False)
+    qt = mock.MagicMock(name="qt")
+    qt.QTimer.return_value = timer
+    return RoutingEngine(local, lambda: ServerClient(url, token), qt), timer, local
+
+
+def test_a_server_models_segmentation_runs_on_the_server_and_lands_where_segmenter_reads(server, tmp_path):
+    url, token, _ = server
+    engine, timer, local = _routing(url, token)
+    call = PredictCall("tiny", "TaskA", str(_volume(tmp_path / "input" / "volume.nrrd")), str(tmp_path / "output"),
+                       "auto", url)
+    result = _runToEnd(engine, timer, call)
+    assert result.succeeded, result.errorMessage
+    assert (tmp_path / "output" / "volume.seg.nrrd").is_file() and not engine.isRunning
+    local.start.assert_not_called()
+    localCall = PredictCall("/models/x", "TaskA", "in.nrrd", "out", "auto")
+    engine.start(localCall, print)
+    assert local.start.call_args[0][0] is localCall  # a local model goes to the warm engine as before
+
+
+def test_errors_and_cancel_are_reported_as_the_local_engine_reports_them(server, tmp_path):
+    url, token, _ = server
+    engine, timer, _ = _routing(url, "wrong")
+    call = PredictCall("tiny", "TaskA", str(_volume(tmp_path / "volume.nrrd")), str(tmp_path / "out"), "auto", url)
+    failed = _runToEnd(engine, timer, call)
+    assert not failed.succeeded and not failed.cancelled and "refused the access token" in failed.errorMessage
+    engine, timer, _ = _routing(url, token)
+    results = []
+    engine.start(call, results.append)
+    engine.cancel()
+    while not results:
+        timer.slot()
+        time.sleep(0.02)
+    assert results[0].cancelled and not results[0].succeeded
+    with pytest.raises(ModuleError, match="choose the model again"):
+        _routing("http://127.0.0.1:1", token)[0].start(call, print)
+
+
+# ------------------------------------------------------------------------------------ Engine section
+def test_the_engine_section_keeps_its_setting_masks_the_token_and_lists_the_servers_models(server,
+                                                                                        fakeSlicerModules):
+    from LabelSharingSegLib.EnginePanel import EnginePanel
+
+    url, token, _ = server
+    qt, ctk, slicer = fakeSlicerModules["qt"], fakeSlicerModules["ctk"], fakeSlicerModules["slicer"]
+    settings = EngineSettings(fakeSettingsClass()())
+    assert settings.engine == LOCAL
+    ui, segmentPanel = mock.MagicMock(name="ui"), mock.MagicMock(name="SegmentPanel", model=None)
+    panel = EnginePanel(ui, settings, segmentPanel, slicer, qt, ctk)
+    assert isinstance(panel.tokenEdit, FakeLineEdit) and panel.tokenEdit.echoMode == FakeLineEdit.Password
+    assert isinstance(panel.connectButton, FakeButton) and not panel.connectButton.enabled  # local engine
+    panel.engineCombo.setCurrentIndex(1)
+    panel.urlEdit.text, panel.tokenEdit.text = url + "/", token
+    panel.tokenEdit.finishEditing()
+    assert (settings.engine, settings.url, settings.token) == (SERVER, url + "/", token)
+    assert EngineSettings(settings._settings).token == token  # kept, as Slicer keeps QSettings
+    panel.connectButton.click()
+    assert isinstance(panel.modelCombo, FakeComboBox) and panel.modelCombo.items == ["tiny"]
+    chosen = segmentPanel.useModel.call_args[0][0]
+    assert chosen.name == "tiny" and chosen.server == url
+    segmentPanel.model = chosen
+    panel.engineCombo.setCurrentIndex(0)  # back to this computer: the Segment section reloads its folder's model
+    segmentPanel.onModelFolderChanged.assert_called_once_with(ui.modelPathLineEdit.currentPath)
+    assert settings.engine == LOCAL and not panel.connectButton.enabled
+
+
+def test_a_failed_connection_is_one_dialog(fakeSlicerModules):
+    from LabelSharingSegLib.EnginePanel import EnginePanel
+
+    qt, ctk, slicer = fakeSlicerModules["qt"], fakeSlicerModules["ctk"], fakeSlicerModules["slicer"]
+    settings = EngineSettings(fakeSettingsClass()())
+    settings.save(SERVER, "http://127.0.0.1:9", "token")
+    panel = EnginePanel(mock.MagicMock(name="ui"), settings, mock.MagicMock(name="SegmentPanel"), slicer, qt, ctk)
+    panel.connectButton.click()
+    (call,) = slicer.util.errorDisplay.call_args_list
+    assert "Cannot reach the LabelSharingSeg server at http://127.0.0.1:9" in call[0][0]
+    assert panel.modelCombo.items == []
