@@ -147,7 +147,9 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.library = ModelLibrary(qt.QSettings())  # the application settings (slicer.util.settingsValue)
         self.trainPanel = TrainPanel(ui, self.logic, self.jobs, node, model, lambda: self.taskPanel.pinsOfDefinedTask(),
                                      slicer, qt, onModelWritten=self.library.add,
-                                     engineDefaults=lambda: sessionTrainingDefaults(MODULE_DIR, job.command))
+                                     engineDefaults=lambda: sessionTrainingDefaults(MODULE_DIR, job.command),
+                                     serverUrl=self.engineSettings.serverUrl,
+                                     onServerModelWritten=lambda name: self.enginePanel.onServerModelWritten(name))
         self.taskPanel = TaskPanel(ui, self.logic, self.jobs, node, model, self.trainPanel.addDatasetFolder, slicer, qt)
         self.exportPanel = ExportPanel(ui, self.logic, self.jobs, node, self.segmentPanel.taskLabels, slicer, qt)
         self.libraryPanel = ModelLibraryPanel(ui, self.library, DemoFolder.forUser(slicer.app.slicerUserSettingsFilePath),

@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .ModuleError import ModuleError
 from .Translation import tr as _
 
-__all__ = ["DEVICES", "PredictCall", "predictArgs", "trainArgs", "addTaskArgs", "writePins", "isSetPath"]
+__all__ = ["DEVICES", "PredictCall", "ServerJobCall", "predictArgs", "trainArgs", "addTaskArgs", "writePins",
+           "isSetPath"]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 _FORMAT = "seg.nrrd"  # names, colours, label values and terminology in the file: Segmenter loads it with Slicer's reader
@@ -70,6 +71,44 @@ class PredictCall:
     def request(self) -> Dict[str, Any]:
         """The worker request (without ``id``) for :attr:`args`' task, input, output folder and format."""
         return {"task": self.task, "inputs": [self.inputFile], "out": self.outFolder, "format": _FORMAT}
+
+
+@dataclass(frozen=True)
+class ServerJobCall:
+    """A training job for a ``labelsharing serve`` (``POST /v1/jobs/train`` or ``/v1/jobs/add-task``).
+
+    ``datasets`` are local task folders (zipped and uploaded, with ``pins`` as ``pins.json``);
+    ``name`` is the new model's name on the server; ``model`` the server model extended by
+    ``add-task``; ``options`` the query options (``epochs``, ``replay``).
+
+    Raises:
+        ModuleError: an unknown kind, no dataset, no name, or add-task without a model.
+    """
+
+    kind: str
+    datasets: Tuple[str, ...]
+    name: str
+    server: str
+    options: Tuple[Tuple[str, Any], ...] = ()
+    model: str = ""
+    pins: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("train", "add-task"):
+            raise ValueError(f"kind must be train or add-task, not {self.kind!r}")
+        if not self.datasets:
+            raise ModuleError(_("Add at least one task dataset folder to train on."))
+        if not self.name.strip():
+            raise ModuleError(_("Name the new model (Model name)."))
+        if self.kind == "add-task" and not self.model:
+            raise ModuleError(_("Choose the server model to extend in the Engine section."))
+
+    @property
+    def args(self) -> List[str]:
+        """What the server runs, for the log."""
+        options = [f"--{key.replace('_', '-')} {value}" for key, value in self.options]
+        return [self.kind, *([self.model] if self.model else []), *self.datasets, "--out", self.name, *options,
+                f"(on {self.server})"]
 
 
 def trainArgs(

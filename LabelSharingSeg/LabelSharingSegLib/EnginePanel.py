@@ -114,6 +114,13 @@ class EnginePanel:
             combo.setCurrentIndex(names.index(previous) if previous in names else 0)
             self.onServerModelChosen(combo.currentIndex)
 
+    def onServerModelWritten(self, name: str) -> None:
+        """A server job wrote model ``name``: list the server's models again and choose it."""
+        self.onConnect()
+        names = [model.name for model in self.models]
+        if name in names:
+            self.modelCombo.setCurrentIndex(names.index(name))
+
     def onServerModelChosen(self, index: int = 0) -> None:
         if 0 <= index < len(self.models):
             self.segmentPanel.useModel(self.models[index])

@@ -19,7 +19,7 @@ import contextlib
 import functools
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Union
 
-from .EngineCommands import PredictCall
+from .EngineCommands import PredictCall, ServerJobCall
 from .EngineJob import EngineJob
 from .EngineProcess import EngineResult, ProgressUpdate
 from .ModuleError import ModuleError
@@ -119,11 +119,12 @@ class JobPanel:
         self.onIdle = None
         self._job.stop()
 
-    def run(self, title: str, args: Union[Sequence[str], PredictCall], button: Any, onSuccess: Callable[[], None],
+    def run(self, title: str, args: Union[Sequence[str], PredictCall, ServerJobCall], button: Any, onSuccess: Callable[[], None],
             onEnd: Optional[Callable[[], None]] = None) -> None:
         """Start ``labelsharing <args>``; ``onSuccess`` runs if it succeeds, ``onEnd`` always.
 
-        ``args`` may be a ``PredictCall``, which a ``WarmEngine`` runs in its warm worker.
+        ``args`` may be a ``PredictCall``, which a ``WarmEngine`` runs in its warm worker (or its
+        server, for a server's model: ``RoutingEngine``), or a ``ServerJobCall``, run on a server.
         """
 
         def finished(result: EngineResult) -> None:
@@ -142,7 +143,7 @@ class JobPanel:
                 if onEnd is not None:
                     onEnd()
 
-        commandLine = args.args if isinstance(args, PredictCall) else args
+        commandLine = args.args if isinstance(args, (PredictCall, ServerJobCall)) else args
         self.ui.logTextEdit.appendPlainText(f"--- {title}: labelsharing {' '.join(commandLine)}")
         self._job.start(args, finished, onProgress=self._onProgress, onLog=self._onLog)
         self._setBusy(title, button)

@@ -19,17 +19,38 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from .ModelInfo import ModelInfo
 from .ModuleError import ModuleError
 from .Translation import tr as _
 
-__all__ = ["ServerClient", "EngineSettings", "LOCAL", "SERVER"]
+__all__ = ["ServerClient", "EngineSettings", "LOCAL", "SERVER", "zipDatasets"]
 
 LOCAL, SERVER = "local", "server"
 _KEYS = {"engine": "LabelSharingSeg/Engine", "url": "LabelSharingSeg/ServerURL", "token": "LabelSharingSeg/ServerToken"}
+
+
+def zipDatasets(datasets: Sequence[Union[str, Path]], pins: Optional[Union[str, Path]], archive: Path) -> Path:
+    """Zip task folders (each as ``<folder name>/...``) and a pins file (as ``pins.json``) for a training job.
+
+    Raises:
+        ModuleError: two task folders with the same name (they would overwrite each other in the zip).
+    """
+    names = [Path(folder).name for folder in datasets]
+    if len(set(names)) != len(names):
+        raise ModuleError(_("Two task folders have the same name ({names}); rename one to send both to the "
+                            "server.").format(names=", ".join(sorted({n for n in names if names.count(n) > 1}))))
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as stream:
+        for folder in map(Path, datasets):
+            for path in sorted(folder.rglob("*")):
+                if path.is_file() and not path.is_symlink():
+                    stream.write(path, f"{folder.name}/{path.relative_to(folder).as_posix()}")
+        if pins:
+            stream.write(pins, "pins.json")
+    return archive
 
 
 class EngineSettings:
@@ -66,6 +87,10 @@ class EngineSettings:
     def client(self) -> "ServerClient":
         """A client of the configured server. Raises ``ModuleError`` without a URL or token."""
         return ServerClient(self.url, self.token)
+
+    def serverUrl(self) -> str:
+        """The server's URL as a client names it (no trailing ``/``) when the engine is a server, else ``""``."""
+        return self.url.strip().rstrip("/") if self.engine == SERVER else ""
 
 
 class ServerClient:
@@ -106,6 +131,23 @@ class ServerClient:
         outFile.parent.mkdir(parents=True, exist_ok=True)
         outFile.write_bytes(result)
         return outFile
+
+    def submitJob(self, call: Any, archive: Path) -> dict:
+        """Start ``call`` (a ``ServerJobCall``) with ``archive`` (its datasets zipped, :func:`zipDatasets`); the job."""
+        params = {"name": call.name, **dict(call.options)}
+        if call.model:
+            params["model"] = call.model
+        body = Path(archive).read_bytes()
+        return json.loads(self._request("POST", f"/v1/jobs/{call.kind}", params, body).decode("utf-8"))
+
+    def job(self, jobId: str, logLines: int = 200) -> dict:
+        """A job's status, progress and last ``logLines`` log lines (``log_total``: lines logged so far)."""
+        return json.loads(self._request("GET", f"/v1/jobs/{urllib.parse.quote(jobId, safe='')}",
+                                        {"log": logLines}).decode("utf-8"))
+
+    def cancelJob(self, jobId: str) -> dict:
+        return json.loads(self._request("POST", f"/v1/jobs/{urllib.parse.quote(jobId, safe='')}/cancel",
+                                        body=b"").decode("utf-8"))
 
     def _request(self, method: str, path: str, params: Optional[Dict[str, Any]] = None,
                  body: Optional[bytes] = None) -> bytes:

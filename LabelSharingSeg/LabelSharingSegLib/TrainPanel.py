@@ -18,11 +18,12 @@ and ``QDoubleSpinBoxCtkSliderWidgetToFloatIntConnector``, 5.8.0 and main).
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
-from .EngineCommands import addTaskArgs, trainArgs, writePins
+from .EngineCommands import ServerJobCall, addTaskArgs, trainArgs, writePins
 from .EngineDefaults import TrainingDefaults
 from .JobPanel import JobPanel, userAction
 from .ModelOutput import freeModelName, modelOutputFolder
@@ -47,12 +48,20 @@ class TrainPanel:
             when a run succeeds (the model library remembers it).
         engineDefaults: returns the engine's training defaults (``sessionTrainingDefaults``) or
             raises ``ModuleError``.
+        serverUrl: returns the URL of the server of the Engine setting, or ``""`` for this computer:
+            with a server, Train and Add task run there (``ServerJobCall``), the new model named by
+            the Model name field.
+        onServerModelWritten: called with the new model's name when a server job succeeds (the
+            Engine section lists the server's models again and chooses it).
     """
 
     def __init__(self, ui: Any, logic: Any, jobs: JobPanel, parameterNode: Callable[[], Any],
                  currentModel: Callable[[], Any], pinsOfDefinedTask: Callable[[], Optional[tuple]],
                  slicerModule: Any, qtModule: Any, onModelWritten: Optional[Callable[[Path, str], None]] = None,
-                 engineDefaults: Optional[Callable[[], TrainingDefaults]] = None) -> None:
+                 engineDefaults: Optional[Callable[[], TrainingDefaults]] = None,
+                 serverUrl: Callable[[], str] = lambda: "",
+                 onServerModelWritten: Optional[Callable[[str], None]] = None) -> None:
+        self._serverUrl, self._onServerModelWritten = serverUrl, onServerModelWritten
         self.ui = ui
         self.logic = logic
         self.jobs = jobs
@@ -131,6 +140,11 @@ class TrainPanel:
         if self.jobs.cancelIfRunning(self.ui.trainButton):
             return
         node = self._parameterNode()
+        if self._serverUrl():
+            call = ServerJobCall("train", tuple(self.datasetFolders()), node.modelName, self._serverUrl(),
+                                 _positive(epochs=node.trainEpochs), pins=str(self._pinsFile("train") or ""))
+            self._runOnServer(_("Training"), call, self.ui.trainButton)
+            return
         outFolder = modelOutputFolder(node.modelsFolder, node.modelName)
         self.jobs.installMissing(self.logic.dependencies)
         args = trainArgs(self.datasetFolders(), outFolder, node.trainEpochs, node.device, self._pinsFile("train"))
@@ -145,13 +159,18 @@ class TrainPanel:
         model = self._currentModel()
         if model is None:
             raise ModuleError(_("Choose the model to extend in the Segment section (model folder)."))
-        if model.server:
-            raise ModuleError(_("The chosen model is on the server {url}; adding a task from Slicer runs on this "
-                                "computer's models only. Choose a model folder, or use the server's API "
-                                "(POST /v1/jobs/add-task, README 'Server').").format(url=model.server))
+        if model.server != self._serverUrl():
+            raise ModuleError(_("The model to extend must be where the Engine section runs the work: choose a server "
+                                "model in the Engine section, or a model folder with Engine 'This computer'."))
         item = self.ui.trainDatasetsListWidget.currentItem()
         if item is None:
             raise ModuleError(_("Select the task dataset folder to add in the list."))
+        if model.server:
+            call = ServerJobCall("add-task", (item.text(),), node.modelName, model.server,
+                                 _positive(epochs=node.addTaskEpochs) + (("replay", float(node.replay)),),
+                                 model=model.name, pins=str(self._pinsFile("add") or ""))
+            self._runOnServer(_("Adding the task"), call, self.ui.addTaskButton)
+            return
         outFolder = modelOutputFolder(node.modelsFolder, node.modelName)
         self.jobs.installMissing(self.logic.dependencies)
         args = addTaskArgs(model.folder, item.text(), outFolder, node.addTaskEpochs, node.replay, node.device,
@@ -172,9 +191,30 @@ class TrainPanel:
 
         self.jobs.run(title, args, button, onSuccess=succeeded)
 
+    def _runOnServer(self, title: str, call: ServerJobCall, button: Any) -> None:
+        node = self._parameterNode()
+
+        def succeeded() -> None:
+            if self._onServerModelWritten is not None:
+                self._onServerModelWritten(call.name)
+            node.modelName = _nextName(call.name)  # the next run needs a new name (the server refuses a taken one)
+
+        self.jobs.run(title, call, button, onSuccess=succeeded)
+
     def _pinsFile(self, prefix: str) -> Optional[Path]:
         pins = self._pinsOfDefinedTask()
         if pins is None:
             return None
         workDir = tempfile.mkdtemp(prefix=f"LabelSharingSeg-{prefix}-", dir=self.slicer.app.temporaryPath)
         return writePins(Path(workDir) / "pins.json", *pins)
+
+
+def _nextName(name: str) -> str:
+    """``abdomen`` -> ``abdomen_2``, ``abdomen_2`` -> ``abdomen_3``."""
+    match = re.fullmatch(r"(.*)_(\d+)", name)
+    return f"{match.group(1)}_{int(match.group(2)) + 1}" if match else f"{name}_2"
+
+
+def _positive(**options: float) -> tuple:
+    """``((name, value), ...)`` of the options above 0 (0: the engine's defaults were not read; the server's apply)."""
+    return tuple((name, int(value)) for name, value in options.items() if value and value > 0)

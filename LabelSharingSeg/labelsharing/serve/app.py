@@ -12,8 +12,10 @@ elsewhere first (as multipart parsing would), and a client needs only ``urllib``
                                               ``format`` (nii.gz, nrrd, seg.nrrd), ``filename``;
                                               answers the label file, on the input's exact grid
 ``GET  /v1/models/{name}/download``           the model folder, zipped
-``POST /v1/jobs/train``                       body: a zip of nnU-Net task folders; ``name`` + options
-``POST /v1/jobs/add-task``                    body: a zip of one task folder; ``model``, ``name`` + options
+``POST /v1/jobs/train``                       body: a zip of nnU-Net task folders (and ``pins.json`` at its
+                                              root, as ``--pins``); ``name`` + options
+``POST /v1/jobs/add-task``                    body: a zip of one task folder (and ``pins.json``); ``model``,
+                                              ``name`` + options
 ``GET  /v1/jobs``, ``GET /v1/jobs/{id}``      status, progress (epoch, step, Dice), log tail
 ``POST /v1/jobs/{id}/cancel``                 ends the job (its process group)
 ============================================  ==================================================
@@ -182,7 +184,9 @@ def create_app(settings: ServerSettings, log=print) -> FastAPI:
                                         + ("add-task needs exactly one." if parent else "train needs at least one."))
             _check_free(out, queue)  # again: another request may have taken the name during the upload
             inputs = datasets if parent is None else [str(parent), datasets[0]]
-            arguments = [kind, *inputs, "--out", str(out), "--device", settings.device, *flags]
+            pins = folder / "data" / "pins.json"
+            arguments = [kind, *inputs, "--out", str(out), "--device", settings.device, *flags,
+                         *(["--pins", str(pins)] if pins.is_file() else [])]
             job = queue.submit(job_id, folder, kind, out, arguments)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)

@@ -62,16 +62,19 @@ class Job:
     dice: float | None = None
     error: str | None = None
     log: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LOG_LINES))
+    log_total: int = 0
     process: subprocess.Popen | None = field(default=None, repr=False)
     cancel_requested: bool = False
 
     def to_dict(self, log_lines: int = 50) -> dict:
-        """The job's state as the API returns it (the last ``log_lines`` lines of its log)."""
+        """The job's state as the API returns it: the last ``log_lines`` lines of its log, and
+        ``log_total``, the lines logged so far (a client polling it knows which lines are new)."""
         return {"id": self.id, "kind": self.kind, "model": self.model, "status": self.status,
                 "created": self.created, "started": self.started, "finished": self.finished,
                 "progress": {"percent": self.percent, "text": self.text, "epoch": self.epoch, "epochs": self.epochs,
                              "step": self.step, "steps": self.steps, "dice": self.dice},
-                "error": self.error, "log": list(self.log)[-log_lines:] if log_lines > 0 else []}
+                "error": self.error, "log": list(self.log)[-log_lines:] if log_lines > 0 else [],
+                "log_total": self.log_total}
 
     def read_line(self, line: str) -> None:
         """Take one output line of the job's process into its progress and log."""
@@ -92,6 +95,7 @@ class Job:
         if dice:
             self.dice = float(dice.group(1))
         self.log.append(line)
+        self.log_total += 1
 
 
 class JobQueue:

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LabelSharingSegLib.EngineCommands import PredictCall
+from LabelSharingSegLib.EngineCommands import PredictCall, ServerJobCall
 from LabelSharingSegLib.ModelInfo import ModelInfo
 from LabelSharingSegLib.ModuleError import ModuleError
 from LabelSharingSegLib.RemoteEngine import RoutingEngine
@@ -209,3 +209,95 @@ def test_a_failed_connection_is_one_dialog(fakeSlicerModules):
     (call,) = slicer.util.errorDisplay.call_args_list
     assert "Cannot reach the LabelSharingSeg server at http://127.0.0.1:9" in call[0][0]
     assert panel.modelCombo.items == []
+
+
+# ------------------------------------------------------------------------------------ training on the server
+def _taskZipFolders(root: Path) -> list:
+    """Two tiny nnU-Net task folders written by the engine tests' own helper (``Testing/Python/conftest.py``)."""
+    code = ("import sys; from pathlib import Path; from conftest import boxes, write_task; root = Path(sys.argv[1]); "
+            "write_task(root / 'TaskA', {'big': 1, 'mid': 2, 'small': 3}, [boxes((12, 12), {1: 50, 2: 30, 3: 12})] * 3); "
+            "write_task(root / 'TaskB', {'tiny': 1, 'large': 2}, [boxes((12, 12), {1: 8, 2: 40})] * 3)")
+    subprocess.run([sys.executable, "-c", code, str(root)], env=ENV, check=True, timeout=120)
+    return [str(root / "TaskA"), str(root / "TaskB")]
+
+
+TINY = (("epochs", 1), ("steps_per_epoch", 2), ("batch_size", 2), ("input_size", 32), ("features", 4))
+
+
+@pytest.mark.slow
+def test_a_training_job_on_the_server_reports_progress_and_log_and_ends_with_its_model(server, tmp_path,
+                                                                                       monkeypatch):
+    from LabelSharingSegLib import RemoteEngine as remote
+
+    url, token, models = server
+    monkeypatch.setattr(remote._RemoteJob, "POLL_SECONDS", 0.2)
+    engine, timer, local = _routing(url, token)
+    call = ServerJobCall("train", tuple(_taskZipFolders(tmp_path)), "fromslicer", url, TINY)
+    logs, progress, results = [], [], []
+    engine.start(call, results.append, onProgress=progress.append, onLog=logs.append)
+    deadline = time.monotonic() + 180
+    while not results and time.monotonic() < deadline:
+        timer.slot()
+        time.sleep(0.05)
+    assert results and results[0].succeeded, (results, logs[-5:])
+    assert any(line.startswith("epoch   1/1 | step 2") for line in logs) and len(logs) == len(set(logs))
+    assert logs[-1] == f"model fromslicer written on {url}"
+    assert "fromslicer" in [model.name for model in ServerClient(url, token).models()]
+    local.start.assert_not_called()
+
+
+def test_cancel_ends_the_servers_job(server, tmp_path, monkeypatch):
+    from LabelSharingSegLib import RemoteEngine as remote
+
+    url, token, models = server
+    monkeypatch.setattr(remote._RemoteJob, "POLL_SECONDS", 0.2)
+    engine, timer, _ = _routing(url, token)
+    call = ServerJobCall("train", tuple(_taskZipFolders(tmp_path)), "cancelled", url, (("epochs", 10000),) + TINY[1:])
+    results = []
+    engine.start(call, results.append)
+    deadline = time.monotonic() + 120
+    while engine._running._status is None or engine._running._status["status"] != "running":
+        assert time.monotonic() < deadline
+        timer.slot()
+        time.sleep(0.05)
+    engine.cancel()
+    while not results and time.monotonic() < deadline:
+        timer.slot()
+        time.sleep(0.05)
+    assert results and results[0].cancelled
+    assert not (models / "cancelled").exists()
+
+
+def test_with_a_server_engine_train_and_add_task_become_server_jobs(fakeSlicerModules, server, tmp_path):
+    from .widget_harness import buildWidget, loadModuleFile
+
+    url, token, _ = server
+    slicer = fakeSlicerModules["slicer"]
+    slicer.app.temporaryPath = str(tmp_path)
+    slicer.app.slicerUserSettingsFilePath = str(tmp_path / "settings" / "Slicer.ini")
+    widget = buildWidget(loadModuleFile(), slicer)
+    panel, node = widget.enginePanel, widget._parameterNode
+    panel.engineCombo.setCurrentIndex(1)
+    panel.urlEdit.text, panel.tokenEdit.text = url, token
+    panel.connectButton.click()
+    assert widget.segmentPanel.model.server == url
+    node.modelName, node.trainEpochs, node.addTaskEpochs, node.replay = "abdomen", 3, 2, 0.25
+    widget.trainPanel.addDatasetFolder(str(tmp_path / "TaskC"))
+    widget.ui.trainButton.click()
+    work = widget.fakeJob.work
+    assert isinstance(work, ServerJobCall) and (work.kind, work.name, work.server) == ("train", "abdomen", url)
+    assert work.datasets == (str(tmp_path / "TaskC"),) and dict(work.options) == {"epochs": 3}
+    with mock.patch.object(panel, "onServerModelWritten") as written:
+        widget.fakeJob.finish(0)
+    written.assert_called_once_with("abdomen")
+    assert node.modelName == "abdomen_2"
+    widget.ui.trainDatasetsListWidget.setCurrentRow(0)
+    widget.ui.addTaskButton.click()
+    work = widget.fakeJob.work
+    assert (work.kind, work.model, work.name, dict(work.options)) == (
+        "add-task", widget.segmentPanel.model.name, "abdomen_2", {"epochs": 2, "replay": 0.25})
+    widget.fakeJob.isRunning = False
+    panel.engineCombo.setCurrentIndex(0)  # this computer, while the server's model is still chosen: refused
+    widget.segmentPanel.model = ServerClient(url, token).models()[0]
+    widget.ui.addTaskButton.click()
+    assert "must be where the Engine section runs" in slicer.util.errorDisplay.call_args[0][0]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 from unittest import mock
 
-from LabelSharingSegLib.EngineCommands import PredictCall
+from LabelSharingSegLib.EngineCommands import PredictCall, ServerJobCall
 from LabelSharingSegLib.EngineJob import EngineJob
 from LabelSharingSegLib.EngineProcess import EngineResult, engineCommand
 
@@ -43,9 +43,10 @@ class FakeEngineJob:
         self.isRunning = False
 
     def start(self, args, onFinished, onProgress=None, onLog=None) -> None:
-        """``args``: engine arguments, or the ``PredictCall`` of an Apply (recorded as its ``predict`` arguments)."""
+        """``args``: engine arguments, the ``PredictCall`` of an Apply (recorded as its ``predict`` arguments) or a
+        ``ServerJobCall`` (``work`` holds the call itself)."""
         self.work = args
-        self.args = args.args if isinstance(args, PredictCall) else list(args)
+        self.args = args.args if isinstance(args, (PredictCall, ServerJobCall)) else list(args)
         self._finished, self.isRunning = onFinished, True
         self.onLog = onLog
 
