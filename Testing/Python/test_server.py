@@ -13,6 +13,8 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
+import ssl
 import stat
 import subprocess
 import sys
@@ -49,7 +51,7 @@ class Server:
         self.banner = []
         for line in self.process.stdout:
             self.banner.append(line)
-            match = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
+            match = re.search(r"on (https?://127\.0\.0\.1:\d+)", line)
             if match:
                 self.url = match.group(1)
                 break
@@ -132,6 +134,47 @@ def test_the_token_is_printed_once_and_kept_readable_only_by_its_owner(served, t
         load_or_create_token(token_file_copy)
     rotated, created = load_or_create_token(token_file_copy, rotate=True)
     assert created and rotated != "abc" and stat.S_IMODE(token_file_copy.stat().st_mode) == 0o600
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (subjectAltName IP) and its key, made by the openssl command."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_tls_serves_https_with_the_given_certificate(tmp_path):
+    cert, key = self_signed_certificate(tmp_path)
+    (tmp_path / "models").mkdir()
+    server = Server(tmp_path / "models", "--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        assert server.url.startswith("https://")
+        assert httpx.get(f"{server.url}/v1/health", verify=ssl.create_default_context(cafile=str(cert))).status_code == 200
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            httpx.get(f"{server.url}/v1/health")  # not a certificate the system trusts
+        with pytest.raises(httpx.RemoteProtocolError):
+            httpx.get(server.url.replace("https", "http") + "/v1/health")  # no clear text on a TLS port
+    finally:
+        server.client.close()
+        server.process.terminate()
+        server.process.wait(timeout=30)
+
+
+def test_a_model_folder_that_is_a_link_out_of_the_models_folder_is_not_served(served, tmp_path):
+    server, root = served
+    outside = tmp_path / "outside"
+    make_model(fake=False, input_size=32).save(outside)
+    link = server.models / "linked"
+    link.symlink_to(outside, target_is_directory=True)
+    try:
+        assert [model["name"] for model in server.client.get("/v1/models").json()["models"]] == ["tiny"]
+        assert server.client.get("/v1/models/linked/download").status_code == 404
+        assert server.client.post("/v1/models/linked/predict", params={"task": "TaskA"}, content=b"x").status_code == 404
+    finally:
+        link.unlink()
 
 
 def test_a_network_address_without_tls_is_refused_unless_insecure(tmp_path):

@@ -46,7 +46,8 @@ from labelsharing.errors import LabelSharingError
 from labelsharing.model import CONFIG_FILE, WEIGHTS_FILE
 from labelsharing.serve.jobs import JobQueue
 from labelsharing.serve.models import ModelLibrary
-from labelsharing.serve.security import UploadTooLarge, check_model_name, receive_upload, token_matches, unpack_zip
+from labelsharing.serve.security import NotFound, UploadTooLarge, check_model_name, receive_upload, token_matches, \
+    unpack_zip
 
 __all__ = ["ServerSettings", "create_app"]
 
@@ -95,11 +96,8 @@ def create_app(settings: ServerSettings, log=print) -> FastAPI:
 
     @app.exception_handler(LabelSharingError)
     async def user_error(request: Request, exc: LabelSharingError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=413 if isinstance(exc, UploadTooLarge) else 400)
-
-    @app.exception_handler(LookupError)
-    async def not_found(request: Request, exc: LookupError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc.args[0] if exc.args else exc)}, status_code=404)
+        status = 413 if isinstance(exc, UploadTooLarge) else 404 if isinstance(exc, NotFound) else 400
+        return JSONResponse({"detail": str(exc)}, status_code=status)
 
     @app.get("/v1/health")
     def health() -> dict:
@@ -138,6 +136,8 @@ def create_app(settings: ServerSettings, log=print) -> FastAPI:
     @api.get("/models/{name}/download")
     def download(name: str) -> FileResponse:
         source = library.folder(name)
+        if any((source / member).is_symlink() for member in (CONFIG_FILE, WEIGHTS_FILE)):
+            raise LabelSharingError(f"Model {name!r} holds symbolic links; the server sends only plain model files.")
         folder = Path(tempfile.mkdtemp(prefix="download-", dir=settings.work_root))
         archive = folder / f"{name}.zip"
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as stream:

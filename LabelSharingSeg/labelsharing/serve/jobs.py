@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from labelsharing.serve.security import NotFound
+
 __all__ = ["Job", "JobQueue", "LOG_LINES"]
 
 LOG_LINES = 200
@@ -138,10 +140,10 @@ class JobQueue:
         return job
 
     def get(self, job_id: str) -> Job:
-        """The job of that id. Raises ``LookupError`` for an unknown one."""
+        """The job of that id. Raises ``NotFound`` for an unknown one."""
         with self._condition:
             if job_id not in self._jobs:
-                raise LookupError(f"No job {job_id!r} on this server; GET /v1/jobs lists them.")
+                raise NotFound(f"No job {job_id!r} on this server; GET /v1/jobs lists them.")
             return self._jobs[job_id]
 
     def jobs(self) -> list[Job]:

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 from labelsharing.errors import LabelSharingError
 from labelsharing.model import CONFIG_FILE, label_color, read_model_config
-from labelsharing.serve.security import check_model_name
+from labelsharing.serve.security import NotFound, check_model_name
 from labelsharing.serve.worker import files_signature
 
 __all__ = ["ModelLibrary", "describe_tasks"]
@@ -57,11 +57,11 @@ class ModelLibrary:
 
         Raises:
             LabelSharingError: a name that is no plain folder name (``../x``, ``.hidden``).
-            LookupError: no model of that name.
+            NotFound: no model of that name.
         """
         folder = self.root / check_model_name(name)
         if not (folder / CONFIG_FILE).is_file() or folder.resolve().parent != self.root:
-            raise LookupError(f"No model named {name!r} on this server; GET /v1/models lists them.")
+            raise NotFound(f"No model named {name!r} on this server; GET /v1/models lists them.")
         return folder
 
     def names(self) -> list[str]:

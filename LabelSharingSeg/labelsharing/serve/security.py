@@ -26,7 +26,7 @@ from typing import AsyncIterable
 from labelsharing.errors import LabelSharingError
 
 __all__ = [
-    "UploadTooLarge", "check_listen_address", "check_model_name", "is_loopback", "load_or_create_token",
+    "NotFound", "UploadTooLarge", "check_listen_address", "check_model_name", "is_loopback", "load_or_create_token",
     "receive_upload", "token_matches", "unpack_zip",
 ]
 
@@ -36,7 +36,11 @@ _CHUNK = 1 << 20
 
 
 class UploadTooLarge(LabelSharingError):
-    """An upload (or a zip's unpacked content) beyond the server's ``--max-upload-mb``."""
+    """An upload (or a zip's unpacked content) beyond the server's ``--max-upload-mb`` (HTTP 413)."""
+
+
+class NotFound(LabelSharingError):
+    """No model or job of the name a request gives (HTTP 404)."""
 
 
 # --------------------------------------------------------------------------------- token

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -122,6 +123,31 @@ def test_connection_and_token_problems_are_one_readable_error(server, url, token
     realUrl, realToken, _ = server
     with pytest.raises(ModuleError, match=re.escape(message)):
         ServerClient(realUrl if url is None else url, realToken if token is None else token, timeout=10).models()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_an_untrusted_certificate_is_named_and_ssl_cert_file_makes_it_trusted(tmp_path, monkeypatch):
+    """README, 'Server': a certificate of a CA Slicer's Python does not trust -> the dialog says so; starting
+    Slicer with SSL_CERT_FILE naming a bundle that holds it is the fix (OpenSSL reads it for default contexts)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    (tmp_path / "models").mkdir()
+    process = subprocess.Popen([sys.executable, "-m", "labelsharing", "serve", "--models", str(tmp_path / "models"),
+                                "--port", "0", "--tls-cert", str(cert), "--tls-key", str(key)], env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        url = next(match.group(1) for line in process.stdout
+                   for match in [re.search(r"on (https://127\.0\.0\.1:\d+)", line)] if match)
+        token = (tmp_path / "models" / ".labelsharing-serve" / "token").read_text().strip()
+        with pytest.raises(ModuleError, match="certificate is not trusted by this computer"):
+            ServerClient(url, token, timeout=10).models()
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        assert ServerClient(url, token, timeout=10).models() == []
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def test_the_servers_own_message_is_shown_for_a_user_error(server, tmp_path):
