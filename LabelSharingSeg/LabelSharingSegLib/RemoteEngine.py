@@ -100,8 +100,11 @@ class RoutingEngine:
         self._local.cancel()
 
     def stop(self) -> None:
-        """End everything for good without reporting (module cleanup)."""
+        """End everything for good without reporting (module cleanup). A server job is cancelled by its thread
+        if it outlives the module (a reload); at application exit the job goes on on the server."""
         self._timer.stop()
+        if self._running is not None:
+            self._running.cancelled = True
         self._running = None
         self._local.stop()
 
