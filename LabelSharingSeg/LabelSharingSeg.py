@@ -152,9 +152,12 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                      onServerModelWritten=lambda name: self.enginePanel.onServerModelWritten(name))
         self.taskPanel = TaskPanel(ui, self.logic, self.jobs, node, model, self.trainPanel.addDatasetFolder, slicer, qt)
         self.exportPanel = ExportPanel(ui, self.logic, self.jobs, node, self.segmentPanel.taskLabels, slicer, qt)
-        self.libraryPanel = ModelLibraryPanel(ui, self.library, DemoFolder.forUser(slicer.app.slicerUserSettingsFilePath),
-                                              self.logic, self.jobs, node, model, slicer, qt, ctk)
         self.enginePanel = EnginePanel(ui, self.engineSettings, self.segmentPanel, slicer, qt, ctk)
+        self.libraryPanel = ModelLibraryPanel(ui, self.library, DemoFolder.forUser(slicer.app.slicerUserSettingsFilePath),
+                                              self.logic, self.jobs, node, model, slicer, qt, ctk,
+                                              serverModels=self.enginePanel.listedModels,
+                                              useServerModel=self.enginePanel.chooseModel)
+        self.enginePanel.onModelsListed = self.libraryPanel.refresh
         self.jobs.onIdle = self._checkCanApply
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)

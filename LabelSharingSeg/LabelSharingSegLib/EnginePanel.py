@@ -17,7 +17,7 @@ Qt calls (PythonQt, Qt 5 API): ``ctkCollapsibleButton`` (``text``), ``QFormLayou
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, Callable, List
 
 from .JobPanel import userAction
 from .ModelInfo import ModelInfo
@@ -44,6 +44,8 @@ class EnginePanel:
     def __init__(self, ui: Any, settings: EngineSettings, segmentPanel: Any, slicerModule: Any, qtModule: Any,
                  ctkModule: Any) -> None:
         self.ui, self.settings, self.segmentPanel, self.slicer = ui, settings, segmentPanel, slicerModule
+        #: called after the server's models were listed (the model library shows them)
+        self.onModelsListed: Callable[[], None] = lambda: None
         self.models: List[ModelInfo] = []
         self.section = ctkModule.ctkCollapsibleButton()
         self.section.text = _("Engine")
@@ -89,6 +91,7 @@ class EnginePanel:
     def onEngineChanged(self, index: int = 0) -> None:
         self.save()
         self._showEngine()
+        self.onModelsListed()
         if self.engine == LOCAL and self.segmentPanel.model is not None and self.segmentPanel.model.server:
             self.segmentPanel.onModelFolderChanged(self.ui.modelPathLineEdit.currentPath)  # back to the local model
 
@@ -109,6 +112,7 @@ class EnginePanel:
         finally:
             combo.blockSignals(wasBlocked)
         self.ui.statusLabel.text = _("{count} model(s) on {url}.").format(count=len(self.models), url=client.url)
+        self.onModelsListed()
         if self.models:
             names = [model.name for model in self.models]
             combo.setCurrentIndex(names.index(previous) if previous in names else 0)
@@ -124,6 +128,17 @@ class EnginePanel:
     def onServerModelChosen(self, index: int = 0) -> None:
         if 0 <= index < len(self.models):
             self.segmentPanel.useModel(self.models[index])
+
+    def chooseModel(self, model: ModelInfo) -> None:
+        """Make ``model`` (one of :attr:`models`, clicked in the model library) the chosen server model."""
+        names = [listed.name for listed in self.models]
+        if model.name in names:
+            self.modelCombo.setCurrentIndex(names.index(model.name))  # emits currentIndexChanged: useModel
+            self.segmentPanel.useModel(model)
+
+    def listedModels(self) -> List[ModelInfo]:
+        """The server's models while the engine is a server, else none."""
+        return list(self.models) if self.engine == SERVER else []
 
     def _showEngine(self) -> None:
         server = self.engine == SERVER

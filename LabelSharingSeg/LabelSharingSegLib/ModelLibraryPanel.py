@@ -1,6 +1,7 @@
 """The "Model library" section, built in code right after the Segment section (no ``.ui`` change).
 
-A tree lists the remembered models (``ModelLibrary``), each with its tasks and their labels;
+A tree lists the remembered models (``ModelLibrary``), each with its tasks and their labels, then
+the models of the server the Engine section connected to, marked "(server)";
 clicking a model (or one of its tasks) makes it the model of the Segment section, which is how the
 library is wired into the model selector. Models join the list when the Segment section loads one
 (opened), when Train / Add task write one, and when the demo model is trained. *Open model
@@ -20,7 +21,7 @@ filling the tree never re-enters); ``QTreeWidgetItem``: ``setText``, ``setToolTi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 from .DemoData import DemoFolder
 from .JobPanel import JobPanel, userAction
@@ -44,11 +45,16 @@ class ModelLibraryPanel:
         parameterNode: returns the current parameter node (or None).
         currentModel: returns the ``ModelInfo`` loaded by the Segment section (or None).
         slicerModule, qtModule, ctkModule: the ``slicer``, ``qt`` and ``ctk`` modules.
+        serverModels: the models the Engine section listed from its server (``ModelInfo`` with ``server``),
+            shown after the local ones, marked with the server.
+        useServerModel: makes a server model the Segment section's (the Engine section chooses it).
     """
 
     def __init__(self, ui: Any, library: ModelLibrary, demo: DemoFolder, logic: Any, jobs: JobPanel,
                  parameterNode: Callable[[], Any], currentModel: Callable[[], Any],
-                 slicerModule: Any, qtModule: Any, ctkModule: Any) -> None:
+                 slicerModule: Any, qtModule: Any, ctkModule: Any,
+                 serverModels: Callable[[], List[Any]] = list,
+                 useServerModel: Optional[Callable[[Any], None]] = None) -> None:
         self.ui = ui
         self.library = library
         self.demo = demo
@@ -58,6 +64,7 @@ class ModelLibraryPanel:
         self.qt = qtModule
         self._parameterNode = parameterNode
         self._currentModel = currentModel
+        self._serverModels, self._useServerModel = serverModels, useServerModel
         self.section = ctkModule.ctkCollapsibleButton()
         self.section.text = _("Model library")
         layout = qtModule.QVBoxLayout(self.section)
@@ -96,6 +103,8 @@ class ModelLibraryPanel:
             self.tree.addTopLevelItem(item)
             if chosen and folderKey(entry.folder) == folderKey(chosen):
                 self.tree.setCurrentItem(item)
+        for model in self._serverModels():
+            self.tree.addTopLevelItem(self._serverItem(model))
         self.tree.expandAll()
         hasDemo = self.demo.hasModel()
         self.demoButton.text = _("Use the demo model") if hasDemo else _("Train the demo model")
@@ -123,9 +132,31 @@ class ModelLibraryPanel:
             item.addChild(child)
         return item
 
+    def _serverItem(self, model: Any) -> Any:
+        qt = self.qt
+        item = qt.QTreeWidgetItem()
+        item.setText(0, _("{name} (server)").format(name=model.name))
+        item.setText(1, _("{count} task(s) on {url}").format(count=len(model.tasks), url=model.server))
+        item.setData(_FOLDER, qt.Qt.UserRole, _serverKey(model))
+        for task in model.tasks.values():
+            child = qt.QTreeWidgetItem()
+            child.setText(0, f"{task.name} ({task.modality})")
+            child.setText(1, ", ".join(label.name for label in task.labels))
+            child.setData(_FOLDER, qt.Qt.UserRole, _serverKey(model))
+            child.setData(_TASK, qt.Qt.UserRole, task.name)
+            item.addChild(child)
+        return item
+
     def onItemClicked(self, item: Any, column: int = 0) -> None:
         """Use the clicked model (and the clicked task) in the Segment section."""
         folder, task = item.data(_FOLDER, self.qt.Qt.UserRole), item.data(_TASK, self.qt.Qt.UserRole)
+        server = next((m for m in self._serverModels() if _serverKey(m) == folder), None)
+        if server is not None and self._useServerModel is not None:
+            self._useServerModel(server)
+            combo = self.ui.taskComboBox
+            if task and combo.findText(task) >= 0:
+                combo.setCurrentIndex(combo.findText(task))
+            return
         entry = next((e for e in self.library.entries() if folderKey(e.folder) == folderKey(folder)), None)
         if entry is None or not entry.available:
             self.ui.statusLabel.text = entry.problem if entry is not None else ""
@@ -184,3 +215,8 @@ class ModelLibraryPanel:
         volume = node.inputVolume if node is not None else None
         self.useModel(self.demo.model, DemoFolder.taskOfVolume(volume.GetName()) if volume is not None else None)
         self.refresh()
+
+
+def _serverKey(model: Any) -> str:
+    """What a server model's tree items hold in place of a folder: ``<server URL>#<name>`` (never a folder path)."""
+    return f"{model.server}#{model.name}"

@@ -108,8 +108,8 @@ def test_the_section_sits_after_the_segment_section(env):
     module, widget, slicer = env
     layout = widget.ui.segmentCollapsibleButton.parentWidget().layout()
     index = layout.indexOf(widget.ui.segmentCollapsibleButton)
-    assert layout.insertWidget.call_args_list == [mock.call(index + 1, widget.libraryPanel.section),
-                                                  mock.call(index, widget.enginePanel.section)]
+    assert layout.insertWidget.call_args_list == [mock.call(index, widget.enginePanel.section),
+                                                  mock.call(index + 1, widget.libraryPanel.section)]
 
 
 def test_trained_and_extended_models_join_the_library(env, tmp_path):

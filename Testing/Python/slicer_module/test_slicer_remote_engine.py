@@ -327,3 +327,27 @@ def test_with_a_server_engine_train_and_add_task_become_server_jobs(fakeSlicerMo
     widget.segmentPanel.model = ServerClient(url, token).models()[0]
     widget.ui.addTaskButton.click()
     assert "must be where the Engine section runs" in slicer.util.errorDisplay.call_args[0][0]
+
+
+def test_the_servers_models_appear_in_the_model_library_beside_the_local_ones(fakeSlicerModules, server, tmp_path):
+    from .widget_harness import buildWidget, loadModuleFile, writeModel
+
+    url, token, _ = server
+    slicer = fakeSlicerModules["slicer"]
+    slicer.app.temporaryPath = str(tmp_path)
+    slicer.app.slicerUserSettingsFilePath = str(tmp_path / "settings" / "Slicer.ini")
+    widget = buildWidget(loadModuleFile(), slicer)
+    widget.library.open(writeModel(tmp_path / "local"))
+    panel, tree = widget.enginePanel, widget.libraryPanel.tree
+    panel.engineCombo.setCurrentIndex(1)
+    panel.urlEdit.text, panel.tokenEdit.text = url, token
+    panel.connectButton.click()
+    texts = [tree.topLevelItem(i).text(0) for i in range(tree.topLevelItemCount())]
+    assert texts[0] == "local" and "tiny (server)" in texts
+    server_item = tree.topLevelItem(texts.index("tiny (server)"))
+    widget.segmentPanel.useModel(widget.logic.loadModel(tmp_path / "local"))
+    tree.click(server_item.child(1))  # the task TaskB of the server's model
+    assert widget.segmentPanel.model.server == url and widget.segmentPanel.model.name == "tiny"
+    assert widget.ui.taskComboBox.currentText == "TaskB"
+    panel.engineCombo.setCurrentIndex(0)  # this computer: the server's models leave the library
+    assert [tree.topLevelItem(i).text(0) for i in range(tree.topLevelItemCount())] == ["local"]
