@@ -122,7 +122,8 @@ def create_app(settings: ServerSettings, log=print) -> FastAPI:
         try:
             upload = folder / f"upload{ending}"
             await _receive(request, upload, settings.max_upload_bytes)
-            image = upload if ending != ".zip" else _image_in_zip(upload, folder / "image", settings.max_upload_bytes)
+            image = upload if ending != ".zip" else \
+                await run_in_threadpool(_image_in_zip, upload, folder / "image", settings.max_upload_bytes)
             start = time.perf_counter()
             written = await run_in_threadpool(_predict, library, name, image, task, format, folder / "out")
         except BaseException:
@@ -176,7 +177,7 @@ def create_app(settings: ServerSettings, log=print) -> FastAPI:
         try:
             upload = folder / "upload.zip"
             await _receive(request, upload, settings.max_upload_bytes)
-            unpack_zip(upload, folder / "data", settings.max_upload_bytes)
+            await run_in_threadpool(unpack_zip, upload, folder / "data", settings.max_upload_bytes)  # off the loop
             upload.unlink()
             datasets = sorted(str(path.parent) for path in (folder / "data").rglob("dataset.json"))
             if not datasets or (parent is not None and len(datasets) != 1):
