@@ -247,3 +247,21 @@ def test_binary_seg_passes_dciodvfy(ct, tmp_path, predictor, enhanced):
     assert "Segmentation" in report  # dciodvfy recognised the IOD
     errors = [line for line in report.splitlines() if line.startswith("Error")]
     assert errors == [], report
+
+
+def test_cli_predict_picks_a_series_and_writes_a_seg(ct, tmp_path, capsys):
+    pytest.importorskip("highdicom")
+    from labelsharing.cli import main
+
+    make_model(fake=False, std=300.0).save(tmp_path / "model")
+    write_ct_series(ct, tmp_path / "study" / "a", description="venous")
+    files = write_ct_series(oblique(ct), tmp_path / "study" / "b", description="oblique")
+    wanted = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
+    command = ["--progress", "none", "predict", str(tmp_path / "model"), "--task", "TaskA", str(tmp_path / "study"),
+               "--out", str(tmp_path / "out"), "--format", "dcm", "--backend", "torch"]
+    assert main(command) == 2
+    assert wanted in capsys.readouterr().err
+    assert main([*command, "--series", wanted, "--seg-type", "labelmap"]) == 0
+    seg = pydicom.dcmread(tmp_path / "out" / "study.dcm")
+    assert seg.SegmentationType == "LABELMAP"
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == wanted
