@@ -87,7 +87,8 @@ def predict_command(args: argparse.Namespace, progress: ProgressReporter) -> int
                                          backend=args.backend, precision=args.precision, log=log)
     log(f"device: {describe_device(predictor.device)}; backend: {predictor.backend.describe()}")
     written = predictor.predict_files(args.inputs, args.task, args.out, file_format=args.format,
-                                      probabilities=args.probabilities, progress=progress, force=args.force)
+                                      probabilities=args.probabilities, progress=progress, force=args.force,
+                                      series_uid=args.series, seg_type=args.seg_type)
     for path in written:
         log(f"wrote {path}")
     return 0

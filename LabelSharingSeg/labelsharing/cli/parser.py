@@ -81,12 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = subcommands.add_parser("predict", help="segment images with a model, in one task's own labels")
     predict.add_argument("model", metavar="MODEL", help="[REQUIRED] model folder")
-    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="[REQUIRED] image files")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="[REQUIRED] image files, or DICOM series (a folder or .zip of one series' files)")
     predict.add_argument("--task", required=True, help="[REQUIRED] task name (see 'labelsharing info MODEL')")
     predict.add_argument("--out", required=True, metavar="OUTDIR",
                          help="[REQUIRED] output folder; each file is written complete or not at all")
-    predict.add_argument("--format", choices=("nii.gz", "nrrd", "seg.nrrd"), default="nii.gz",
-                         help="[OPTIONAL] output format (nii.gz); seg.nrrd keeps segment names and colours for Slicer")
+    predict.add_argument("--format", choices=("nii.gz", "nrrd", "seg.nrrd", "dcm"), default="nii.gz",
+                         help="[OPTIONAL] output format (nii.gz); seg.nrrd keeps segment names and colours for Slicer; "
+                              "dcm writes a DICOM SEG per input DICOM series (needs labelsharing[dicom])")
+    predict.add_argument("--series", metavar="UID", default=None,
+                         help="[OPTIONAL] SeriesInstanceUID to read when an input DICOM folder holds several series")
+    predict.add_argument("--seg-type", choices=("binary", "labelmap"), default="binary",
+                         help="[OPTIONAL] DICOM SEG type for --format dcm: binary (default, read by every SEG reader) "
+                              "or labelmap (smaller; newer readers only)")
     predict.add_argument("--probabilities", action="store_true",
                          help="[OPTIONAL] also write <case>_probabilities.nii.gz (one component per task label)")
     _add_device_flag(predict)
