@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
+
 from labelsharing.data import choose_input_size
 from labelsharing.errors import LabelSharingError
 from labelsharing.plan import LabelStats, SharedLabelPlan
@@ -132,7 +134,10 @@ def round_record(number: int, asked: Sequence[str], trained: Sequence[str], loss
 def history_entry(settings: Mapping, sites: Mapping[str, Sequence[str]], rounds: Sequence[Mapping]) -> dict:
     """The ``model.json`` history record of a federated run: settings, sites by anonymous id with
     their tasks, and every round."""
+    last = rounds[-1]["val_dice"] if rounds else {}
     return {"kind": "federated", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "tasks": sorted(task for tasks in sites.values() for task in tasks),
             "sites": {site: list(tasks) for site, tasks in sites.items()}, "options": dict(settings),
-            "rounds": list(rounds)}
+            "device": "sites", "seconds": round(sum(r["seconds"] for r in rounds), 1),
+            "best_epoch": len(rounds), "best_mean_dice": float(np.mean([d["mean"] for d in last.values()]))
+            if last else float("nan"), "rounds": list(rounds)}

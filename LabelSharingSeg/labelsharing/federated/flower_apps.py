@@ -54,7 +54,7 @@ client_app = ClientApp()
 DEFAULT_SETTINGS: dict[str, object] = {
     "out": "", "rounds": 5, "local-epochs": 1, "steps-per-epoch": 50, "batch-size": 16, "lr": 2e-3,
     "features": 16, "seed": 0, "val-fraction": 0.2, "sites": 2, "min-sites": 2, "proximal-mu": 0.0,
-    "pins": "", "round-timeout": 3600.0, "wait-timeout": 600.0,
+    "pins": "", "round-timeout": 3600.0, "wait-timeout": 600.0, "force": False,
 }
 #: Longest text a site may send in one record value (the statistics and task entries are JSON text).
 MAX_TEXT = 1_000_000
@@ -242,7 +242,7 @@ def run_federation(grid: Grid, settings: Mapping) -> SegmentationModel:
     shapes = {name: tuple(tensor.shape) for name, tensor in network.state_dict().items()}
 
     checkpoint = Checkpoint(out)
-    identity = {**{k: v for k, v in settings.items() if k not in ("round-timeout", "wait-timeout")},
+    identity = {**{k: v for k, v in settings.items() if k not in ("round-timeout", "wait-timeout", "force")},
                 "sites": sites, "plan": plan.to_dict()}
     saved = checkpoint.load(identity)
     rounds: list[dict] = []
@@ -302,7 +302,7 @@ def run_federation(grid: Grid, settings: Mapping) -> SegmentationModel:
     network.load_state_dict(arrays.to_torch_state_dict())
     config["history"].append(history_entry(settings, sites, rounds))
     model = SegmentationModel(config=config, network=network)
-    model.save(out, overwrite=True)
+    model.save(out, overwrite=bool(settings["force"]))
     checkpoint.remove()
     _log(f"model written to {out}")
     return model

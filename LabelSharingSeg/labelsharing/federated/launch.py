@@ -115,7 +115,7 @@ def run_coordinator(sites_file: str | Path, out: str | Path, overrides: Mapping[
     """Run the coordinator: the SuperLink of ``sites_file``, the sites' keys registered, ``flwr run``;
     the SuperLink is stopped at the end. Returns ``out``."""
     sites = read_sites_file(sites_file)
-    settings = _settings(out, {"sites": sites["expected"], **(overrides or {})})
+    settings = _settings(out, {"sites": sites["expected"], "min-sites": sites["expected"], **(overrides or {})})
     certificates = sites["certificates"]
     folder = Path(work) if work else Path(out).resolve().parent / f".{Path(out).name}.coordinator"
     env = flower_environment(folder / "flower-home")
