@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_flag(demo_run)
     demo_run.set_defaults(handler=commands.demo_command)
 
+    _add_federated_commands(subcommands)
+
     info = subcommands.add_parser("info", help="describe a model folder: tasks, labels, shared labels, history")
     info.add_argument("model", metavar="MODEL", help="[REQUIRED] model folder")
     info.set_defaults(handler=commands.info_command)
@@ -137,6 +139,51 @@ def build_parser() -> argparse.ArgumentParser:
     defaults.add_argument("--json", action="store_true", help="[OPTIONAL] print JSON (for the Slicer module)")
     defaults.set_defaults(handler=commands.defaults_command)
     return parser
+
+
+def _add_federated_commands(subcommands) -> None:
+    """``federated coordinator|site|local``: training on Flower, images never leaving their site."""
+    federated = subcommands.add_parser("federated", help="train one model across sites (hospitals) on Flower; images "
+                                                         "never leave a site (needs labelsharing[federated])")
+    modes = federated.add_subparsers(dest="federated_command", metavar="MODE", required=True)
+    coordinator = modes.add_parser("coordinator", help="run the SuperLink and the federated training, write MODEL")
+    coordinator.add_argument("--sites", required=True, metavar="FILE",
+                             help="[REQUIRED] sites.toml: the SuperLink's addresses, TLS files and the sites' public "
+                                  "keys (README, 'Several hospitals')")
+    local = modes.add_parser("local", help="try it on one machine: one site per dataset on 127.0.0.1")
+    local.add_argument("datasets", nargs="+", metavar="DATASET", help="[REQUIRED] task dataset folders, one site each")
+    for parser in (coordinator, local):
+        parser.add_argument("--out", required=True, metavar="MODEL", help="[REQUIRED] model folder to write")
+        parser.add_argument("--rounds", type=_positive_int, default=5, help="[OPTIONAL] federated rounds (5)")
+        parser.add_argument("--local-epochs", type=_positive_int, default=1,
+                            help="[OPTIONAL] epochs each site trains per round (1)")
+        parser.add_argument("--steps-per-epoch", type=_positive_int, default=50,
+                            help="[OPTIONAL] optimisation steps per local epoch (50)")
+        parser.add_argument("--batch-size", type=_positive_int, default=16, help="[OPTIONAL] slices per batch (16)")
+        parser.add_argument("--lr", type=_learning_rate, default=2e-3, help="[OPTIONAL] peak AdamW learning rate")
+        parser.add_argument("--features", type=_positive_int, default=16, help="[OPTIONAL] UNet width (16)")
+        parser.add_argument("--seed", type=_seed, default=0, help="[OPTIONAL] random seed (0)")
+        parser.add_argument("--min-sites", type=_positive_int, default=None,
+                            help="[OPTIONAL] a round goes on with this many answering sites (default: all)")
+        parser.add_argument("--proximal-mu", type=_megabytes, default=0.0, metavar="MU",
+                            help="[OPTIONAL] FedProx's proximal weight for sites whose data differ strongly "
+                                 "(0: FedAvg)")
+        parser.add_argument("--pins", metavar="FILE", help="[OPTIONAL] pins file (see 'plan'), on the coordinator")
+        parser.add_argument("--force", action="store_true", help="[OPTIONAL] replace an existing MODEL folder")
+        parser.set_defaults(handler=commands.federated_command)
+    _add_device_flag(local)
+    site = modes.add_parser("site", help="serve this site's datasets to a coordinator (a Flower SuperNode)")
+    site.add_argument("--dataset", action="append", required=True, metavar="DATASET",
+                      help="[REQUIRED] a task dataset folder of this site (repeat for several)")
+    site.add_argument("--superlink", required=True, metavar="HOST:PORT",
+                      help="[REQUIRED] the coordinator's Fleet API address")
+    site.add_argument("--root-certificates", metavar="CA_CRT", help="[OPTIONAL] the coordinator's CA certificate (TLS)")
+    site.add_argument("--auth-private-key", metavar="KEY", help="[OPTIONAL] this site's private key (authentication)")
+    site.add_argument("--auth-public-key", metavar="KEY_PUB", help="[OPTIONAL] this site's public key")
+    site.add_argument("--insecure", action="store_true",
+                      help="[OPTIONAL] no TLS: only for a test on one machine, never across a network")
+    _add_device_flag(site)
+    site.set_defaults(handler=commands.federated_command)
 
 
 def _add_device_flag(parser: argparse.ArgumentParser) -> None:
