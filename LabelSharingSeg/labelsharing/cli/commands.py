@@ -95,6 +95,17 @@ def predict_command(args: argparse.Namespace, progress: ProgressReporter) -> int
     return 0
 
 
+def export_seg_command(args: argparse.Namespace, progress: ProgressReporter) -> int:
+    from labelsharing.infer import export_dicom_seg
+    from labelsharing.utils import check_outputs, write_atomically
+
+    check_outputs([args.out], inputs=[args.labels, args.source], force=args.force)
+    written = write_atomically(args.out, lambda temporary: export_dicom_seg(
+        args.labels, args.source, temporary, series_uid=args.series, seg_type=args.seg_type))
+    _log_for(progress)(f"wrote {written}")
+    return 0
+
+
 def worker_command(args: argparse.Namespace, progress: ProgressReporter) -> int:
     from labelsharing.serve import serve, standard_streams
 

@@ -105,6 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
                               "it, an existing output stops the command before anything is predicted")
     predict.set_defaults(handler=commands.predict_command)
 
+    export_seg = subcommands.add_parser(
+        "export-seg", help="write an existing segmentation (label map + .labels.json, or .seg.nrrd) as a DICOM SEG of "
+                           "the DICOM series it was drawn on")
+    export_seg.add_argument("labels", metavar="LABELS",
+                            help="[REQUIRED] a label map with <name>.labels.json beside it (the Slicer module's "
+                                 "label-map export), or a Slicer .seg.nrrd")
+    export_seg.add_argument("source", metavar="SERIES",
+                            help="[REQUIRED] the DICOM series it was drawn on (a folder or .zip)")
+    export_seg.add_argument("--out", required=True, metavar="FILE", help="[REQUIRED] the DICOM SEG file to write")
+    export_seg.add_argument("--series", metavar="UID", default=None,
+                            help="[OPTIONAL] SeriesInstanceUID to read when SERIES holds several series")
+    export_seg.add_argument("--seg-type", choices=("binary", "labelmap"), default="binary",
+                            help="[OPTIONAL] binary (default, read by every SEG reader) or labelmap (newer "
+                                 "readers only)")
+    export_seg.add_argument("--force", action="store_true", help="[OPTIONAL] replace FILE if it exists")
+    export_seg.set_defaults(handler=commands.export_seg_command)
+
     worker = subcommands.add_parser("worker", help="keep a model loaded and predict request after request: JSON lines "
                                                 "on stdin, replies on stdout (docs/CONTRACTS.md; Slicer's Apply)")
     worker.add_argument("model", metavar="MODEL", help="[REQUIRED] model folder")

@@ -12,8 +12,8 @@ _EXPORTS = {
         "load_case",
     ),
     "image_io": (
-        "SegmentInfo", "read_image", "read_image_header", "read_label", "write_image", "write_label",
-        "case_id_from_path",
+        "SegmentInfo", "geometry_mismatch", "read_image", "read_image_header", "read_label", "write_image",
+        "write_label", "case_id_from_path",
     ),
     "dicom_series": ("DicomSeries", "SeriesGeometry", "is_dicom_input", "read_dicom_series", "read_dicom_geometry"),
     "orientation": ("Slicing", "plan_slicing"),
