@@ -227,7 +227,8 @@ class LabelSharingSegLogic(ScriptedLoadableModuleLogic):
         self.sceneIO = sceneIO or SceneIO(slicer, vtk)
         self.segmenter = segmenter or Segmenter(self.sceneIO, slicerModule=slicer)
         self.dependencies = dependencies or Dependencies(slicer)
-        self.exporter = SegmentationExporter(self.sceneIO, slicer)
+        self.exporter = SegmentationExporter(self.sceneIO, slicer,
+                                             runEngine=lambda args: EngineJob(MODULE_DIR).runBlocking(args))
 
     def getParameterNode(self) -> LabelSharingSegParameterNode:
         return LabelSharingSegParameterNode(super().getParameterNode())
