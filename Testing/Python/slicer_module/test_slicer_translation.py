@@ -26,7 +26,8 @@ MODULE_DIR = Path(__file__).resolve().parents[3] / "LabelSharingSeg"
 LIB = MODULE_DIR / "LabelSharingSegLib"
 #: files whose user-visible texts are wrapped for translation
 TRANSLATED = [MODULE_DIR / "LabelSharingSeg.py"] + [LIB / f"{name}.py" for name in (
-    "DemoData", "Dependencies", "DicomSegExport", "EngineCommands", "EngineDefaults", "EngineJob", "EngineProcess", "Export",
+    "DemoData", "Dependencies", "DicomSegExport", "EngineCommands", "EngineDefaults", "EngineJob", "EngineProcess",
+    "Export",
     "ExportPanel", "JobPanel", "ModelInfo", "ModelLibrary", "ModelLibraryPanel", "ModelOutput", "NrrdIO", "SceneIO", "SegmentImport",
     "SegmentPanel", "Segmenter", "SourceVolumes", "TaskDefinition", "TaskPanel", "TrainPanel", "WarmEngine",
 )]
