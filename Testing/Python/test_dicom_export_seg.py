@@ -6,6 +6,8 @@ Real DICOM series written by ``dicom_data.write_ct_series``; the SEGs are read b
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -133,3 +135,15 @@ def test_cli_export_seg_writes_once_and_refuses_to_replace(ct, tmp_path, capsys)
     assert main(command) != 0
     assert "--force" in capsys.readouterr().err
     assert main([*command, "--force"]) == 0
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None,
+                    reason="dciodvfy (Debian/Ubuntu package dicom3tools) is not installed")
+def test_exported_binary_seg_passes_dciodvfy(ct, tmp_path):
+    write_ct_series(oblique(ct), tmp_path / "series")
+    label_file = _write_label_export(_labels_on(oblique(ct)), tmp_path / "export")
+    seg_file = export_dicom_seg(label_file, tmp_path / "series", tmp_path / "out.dcm")
+    result = subprocess.run(["dciodvfy", str(seg_file)], capture_output=True, text=True, timeout=120)
+    report = result.stdout + result.stderr
+    assert "Segmentation" in report  # dciodvfy recognised the IOD
+    assert [line for line in report.splitlines() if line.startswith("Error")] == [], report
