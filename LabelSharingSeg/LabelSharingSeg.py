@@ -238,7 +238,8 @@ class LabelSharingSegLogic(ScriptedLoadableModuleLogic):
         self.sceneIO = sceneIO or SceneIO(slicer, vtk)
         self.segmenter = segmenter or Segmenter(self.sceneIO, slicerModule=slicer)
         self.dependencies = dependencies or Dependencies(slicer)
-        self.exporter = SegmentationExporter(self.sceneIO, slicer)
+        self.exporter = SegmentationExporter(self.sceneIO, slicer,
+                                             runEngine=lambda args: EngineJob(MODULE_DIR).runBlocking(args))
 
     def getParameterNode(self) -> LabelSharingSegParameterNode:
         return LabelSharingSegParameterNode(super().getParameterNode())
@@ -279,8 +280,9 @@ class LabelSharingSegLogic(ScriptedLoadableModuleLogic):
 
 
 class LabelSharingSegTest(ScriptedLoadableModuleTest):
-    """In-Slicer self-test: segment import from a known label map, the engine's training defaults and a
-    real engine run whose ``.seg.nrrd`` result Slicer's reader loads."""
+    """In-Slicer self-test: segment import from a known label map, the engine's training defaults, a
+    real engine run whose ``.seg.nrrd`` result Slicer's reader loads, and the DICOM SEG export's refusal
+    of a volume not loaded from DICOM."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -292,6 +294,8 @@ class LabelSharingSegTest(ScriptedLoadableModuleTest):
         self.test_engineDefaults()
         self.setUp()
         self.test_segmentWithTinyModel()
+        self.setUp()
+        self.test_dicomSegNeedsDicomSource()
 
     def _boxVolume(self):
         import numpy as np
@@ -323,6 +327,23 @@ class LabelSharingSegTest(ScriptedLoadableModuleTest):
             self.assertEqual(properties[spec.name].terminology, spec.terminology)
             mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
             np.testing.assert_array_equal(mask > 0, labels == spec.value)
+
+    def test_dicomSegNeedsDicomSource(self):
+        """A volume not loaded from DICOM has no DICOM images to refer to: DICOM SEG export says so, writes nothing."""
+        import tempfile
+
+        from LabelSharingSegLib.ModuleError import ModuleError
+
+        volume, voxels = self._boxVolume()
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "box_seg")
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        segmentation.GetSegmentation().AddEmptySegment("organ", "organ")
+        exporter = LabelSharingSegLogic().exporter
+        self.assertIn("DICOM module", exporter.dicom.route(segmentation))
+        folder = tempfile.mkdtemp(dir=slicer.app.temporaryPath)
+        with self.assertRaises(ModuleError):
+            exporter.export(segmentation, folder, "dcm")
+        self.assertEqual(os.listdir(folder), [])
 
     def test_engineDefaults(self):
         """The engine answers ``labelsharing defaults --json`` under PythonSlicer: epochs at least 1, replay in [0, 1)."""

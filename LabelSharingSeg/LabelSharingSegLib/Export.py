@@ -1,11 +1,12 @@
-"""Export segmentations as ``.seg.nrrd`` or as label maps in a task's label values.
+"""Export segmentations as ``.seg.nrrd``, as label maps in a task's label values, or as DICOM SEG.
 
 A batch is exported one segmentation per call of :meth:`BatchExport.exportNext`, which the
 widget calls from a ``qt.QTimer`` so the UI stays responsive for large batches (MRML must be
 used from the main thread, so this is chunking, not threading).
 
 Files are written by Slicer's writers, through ``SceneIO.exportNode`` (``slicer.util.exportNode``,
-which does not change the node's storage node).
+which does not change the node's storage node); DICOM SEG by Slicer's DICOM SEG exporter or the
+engine (``DicomSegExport``).
 """
 
 from __future__ import annotations
@@ -14,17 +15,18 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .DicomSegExport import DicomSegWriter
 from .ModuleError import ModuleError
 from .SceneIO import SceneIO
 from .Translation import tr as _
 
 __all__ = ["EXPORT_FORMATS", "SegmentationExporter", "BatchExport", "labelValuesFor"]
 
-EXPORT_FORMATS = ("seg.nrrd", "nii.gz", "nrrd")
+EXPORT_FORMATS = ("seg.nrrd", "nii.gz", "nrrd", "dcm")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -53,22 +55,28 @@ class SegmentationExporter:
     Args:
         sceneIO: node <-> array conversions (a default ``SceneIO`` when omitted).
         slicerModule: the ``slicer`` module (injected by tests; imported when omitted).
+        runEngine: runs engine arguments to their end, returning an ``EngineResult``
+            (``EngineJob.runBlocking``); the DICOM SEG export needs it when Slicer has no DICOM SEG exporter.
     """
 
-    def __init__(self, sceneIO: Optional[SceneIO] = None, slicerModule: Any = None) -> None:
+    def __init__(self, sceneIO: Optional[SceneIO] = None, slicerModule: Any = None,
+                 runEngine: Optional[Callable[[Sequence[str]], Any]] = None) -> None:
         if slicerModule is None:
             import slicer as slicerModule
         self._sceneIO = sceneIO or SceneIO(slicerModule)
+        self.dicom = DicomSegWriter(self._sceneIO, slicerModule, self.writeLabelmap, runEngine or _noEngine)
 
     def export(
         self, segmentationNode: Any, folder: Union[str, Path], fileFormat: str,
         taskLabels: Optional[Mapping[str, int]] = None,
     ) -> Path:
         """Export to ``folder/<node name>.<fileFormat>``; label maps also get ``<name>.labels.json``
-        (``labels``, ``colors`` and ``terminology`` as in a task's ``dataset.json``).
+        (``labels``, ``colors`` and ``terminology`` as in a task's ``dataset.json``); ``dcm`` is a
+        DICOM SEG of the DICOM series the reference volume was loaded from (``DicomSegExport``).
 
         Raises:
-            ModuleError: unknown format, no reference volume (label maps), or a failed write.
+            ModuleError: unknown format, no reference volume (label maps, DICOM SEG), a reference
+                volume not loaded from DICOM (DICOM SEG), or a failed write.
         """
         if fileFormat not in EXPORT_FORMATS:
             raise ModuleError(_("Unknown export format '{format}'; choose one of {formats}.").format(
@@ -76,10 +84,24 @@ class SegmentationExporter:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         stem = _UNSAFE.sub("_", segmentationNode.GetName()).strip("_") or "segmentation"
-        path = folder / f"{stem}.{fileFormat}"
         if fileFormat == "seg.nrrd":
+            path = folder / f"{stem}.{fileFormat}"
             self._sceneIO.exportNode(segmentationNode, path)
             return path
+        if fileFormat == "dcm":
+            return self.dicom.write(segmentationNode, folder, stem, taskLabels)
+        return self.writeLabelmap(segmentationNode, folder, stem, taskLabels, fileFormat)
+
+    def writeLabelmap(self, segmentationNode: Any, folder: Path, stem: str,
+                      taskLabels: Optional[Mapping[str, int]] = None, fileFormat: str = "nrrd") -> Path:
+        """Write ``folder/<stem>.<fileFormat>`` (a label map on the reference volume's grid) and ``<stem>.labels.json``.
+
+        Raises:
+            ModuleError: no reference volume, or a failed write.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{stem}.{fileFormat}"
         volume = self._sceneIO.referenceVolume(segmentationNode)
         if volume is None:
             raise ModuleError(
@@ -108,6 +130,10 @@ class SegmentationExporter:
         }, indent=2) + "\n", encoding="utf-8")
         return path
 
+
+def _noEngine(args: Sequence[str]) -> Any:
+    raise ModuleError(_("Writing a DICOM SEG without Slicer's DICOM SEG exporter needs the LabelSharingSeg engine, "
+                        "which this exporter was not given."))
 
 
 @dataclass

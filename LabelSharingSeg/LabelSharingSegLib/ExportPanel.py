@@ -4,6 +4,10 @@ One segmentation is written per timer tick (``qt.QTimer.singleShot(0, f)``, as S
 ``slicer.util`` process polling does), so the progress bar moves and the UI stays responsive.
 The actions stay disabled until the last tick, which restores them whatever happens.
 ``slicer.util.getNodesByClass(className)`` lists the segmentations (``Base/Python/slicer/util.py``).
+With the ``dcm`` format a note under the format says how the DICOM SEG will be written, or why it
+cannot be (``DicomSegWriter.route``); it follows the format combo box (``QComboBox``
+``currentIndexChanged(int)``), the segmentation selector (``qMRMLNodeComboBox``
+``currentNodeChanged(vtkMRMLNode*)``) and the Export button (a DICOM series may have been loaded since).
 """
 
 from __future__ import annotations
@@ -44,10 +48,21 @@ class ExportPanel:
         self._taskLabels = taskLabels
         self.batch: Optional[BatchExport] = None
         ui.exportButton.connect("clicked(bool)", self.onExport)
+        ui.exportFormatComboBox.connect("currentIndexChanged(int)", lambda index: self.updateNote())
+        ui.exportSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node: self.updateNote())
+
+    def updateNote(self) -> None:
+        """Show, for the ``dcm`` format, how the chosen segmentation's DICOM SEG would be written (or why not)."""
+        dicom = self.ui.exportFormatComboBox.currentText == "dcm"
+        if dicom:
+            segmentation = self.ui.exportSegmentationSelector.currentNode()
+            self.ui.exportNoteLabel.setText(self.logic.exporter.dicom.route(segmentation))
+        self.ui.exportNoteLabel.setVisible(dicom)
 
     @userAction(_TITLE)
     def onExport(self, checked: bool = False) -> None:
         """Start exporting the chosen segmentation, or all of them."""
+        self.updateNote()
         node = self._parameterNode()
         if not isSetPath(node.exportFolder):
             raise ModuleError(_("Choose the folder to export into."))

@@ -134,11 +134,15 @@ class SceneIO:
         properties: Dict[str, SegmentProperties] = {}
         for index in range(segmentation.GetNumberOfSegments()):
             segment = segmentation.GetSegment(segmentation.GetNthSegmentID(index))
-            entry = self._vtk.reference("")
-            segment.GetTag(segment.GetTerminologyEntryTagName(), entry)
             color = tuple(float(c) for c in segment.GetColor())
-            properties.setdefault(segment.GetName(), SegmentProperties(color, str(entry.get()) or None))
+            properties.setdefault(segment.GetName(), SegmentProperties(color, self.segmentTerminology(segment)))
         return properties
+
+    def segmentTerminology(self, segment: Any) -> Optional[str]:
+        """A segment's terminology entry string, ``None`` when it has none."""
+        entry = self._vtk.reference("")
+        segment.GetTag(segment.GetTerminologyEntryTagName(), entry)
+        return str(entry.get()) or None
 
     def caseFromSegmentation(self, segmentationNode: Any, caseId: str, sourceVolume: Any = None) -> TaskCase:
         """A ``TaskCase`` (image, geometry, masks) from a segmentation and its source volume.

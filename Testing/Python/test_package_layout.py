@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE = ROOT / "LabelSharingSeg" / "labelsharing"
-STAGES = ("utils", "data", "plan", "model", "train", "infer", "serve", "demo")
+STAGES = ("utils", "data", "plan", "model", "train", "federated", "infer", "serve", "demo")
 #: modules of the top level that every stage may import
 SHARED = {"labelsharing", "labelsharing.errors"}
 
@@ -91,7 +91,7 @@ def test_the_plan_package_needs_numpy_alone():
 
 
 #: the stages in dependency order: each uses only those before it (README, "The engine, by stage")
-ORDER = ("utils", "plan", "data", "model", "infer", "train", "serve", "demo", "cli")
+ORDER = ("utils", "plan", "data", "model", "infer", "train", "federated", "serve", "demo", "cli")
 #: the one import upwards: the planner reads the datasets it plans (when it runs; plan stays numpy-only)
 UPWARDS = {("plan/planner.py", "data")}
 

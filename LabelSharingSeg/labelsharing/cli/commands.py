@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from labelsharing.utils import ProgressReporter
 
@@ -87,9 +88,21 @@ def predict_command(args: argparse.Namespace, progress: ProgressReporter) -> int
                                          backend=args.backend, precision=args.precision, log=log)
     log(f"device: {describe_device(predictor.device)}; backend: {predictor.backend.describe()}")
     written = predictor.predict_files(args.inputs, args.task, args.out, file_format=args.format,
-                                      probabilities=args.probabilities, progress=progress, force=args.force)
+                                      probabilities=args.probabilities, progress=progress, force=args.force,
+                                      series_uid=args.series, seg_type=args.seg_type)
     for path in written:
         log(f"wrote {path}")
+    return 0
+
+
+def export_seg_command(args: argparse.Namespace, progress: ProgressReporter) -> int:
+    from labelsharing.infer import export_dicom_seg
+    from labelsharing.utils import check_outputs, write_atomically
+
+    check_outputs([args.out], inputs=[args.labels, args.source], force=args.force)
+    written = write_atomically(args.out, lambda temporary: export_dicom_seg(
+        args.labels, args.source, temporary, series_uid=args.series, seg_type=args.seg_type))
+    _log_for(progress)(f"wrote {written}")
     return 0
 
 
@@ -128,6 +141,27 @@ def evaluate_command(args: argparse.Namespace, progress: ProgressReporter) -> in
     if args.json:
         write_json_atomically(args.json, result)
         print(f"Dice written to {args.json}")
+    return 0
+
+
+def federated_command(args: argparse.Namespace, progress: ProgressReporter) -> int:
+    from labelsharing.federated import run_coordinator, run_local, run_site
+    from labelsharing.model import check_model_output
+
+    if args.federated_command == "site":
+        return run_site(args.dataset, args.superlink, args.root_certificates, args.auth_private_key,
+                        args.auth_public_key, args.device, args.insecure)
+    check_model_output(args.out, force=args.force, inputs=getattr(args, "datasets", []))
+    settings = {"rounds": args.rounds, "local-epochs": args.local_epochs, "steps-per-epoch": args.steps_per_epoch,
+                "batch-size": args.batch_size, "lr": args.lr, "features": args.features, "seed": args.seed,
+                "proximal-mu": args.proximal_mu, "pins": str(Path(args.pins).resolve()) if args.pins else "",
+                "force": args.force}
+    if args.min_sites is not None:
+        settings["min-sites"] = args.min_sites
+    if args.federated_command == "local":
+        run_local(args.datasets, args.out, settings, device=args.device)
+    else:
+        run_coordinator(args.sites, args.out, settings)
     return 0
 
 

@@ -81,12 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = subcommands.add_parser("predict", help="segment images with a model, in one task's own labels")
     predict.add_argument("model", metavar="MODEL", help="[REQUIRED] model folder")
-    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="[REQUIRED] image files")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="[REQUIRED] image files, or DICOM series (a folder or .zip of one series' files)")
     predict.add_argument("--task", required=True, help="[REQUIRED] task name (see 'labelsharing info MODEL')")
     predict.add_argument("--out", required=True, metavar="OUTDIR",
                          help="[REQUIRED] output folder; each file is written complete or not at all")
-    predict.add_argument("--format", choices=("nii.gz", "nrrd", "seg.nrrd"), default="nii.gz",
-                         help="[OPTIONAL] output format (nii.gz); seg.nrrd keeps segment names and colours for Slicer")
+    predict.add_argument("--format", choices=("nii.gz", "nrrd", "seg.nrrd", "dcm"), default="nii.gz",
+                         help="[OPTIONAL] output format (nii.gz); seg.nrrd keeps segment names and colours for Slicer; "
+                              "dcm writes a DICOM SEG per input DICOM series (needs labelsharing[dicom])")
+    predict.add_argument("--series", metavar="UID", default=None,
+                         help="[OPTIONAL] SeriesInstanceUID to read when an input DICOM folder holds several series")
+    predict.add_argument("--seg-type", choices=("binary", "labelmap"), default="binary",
+                         help="[OPTIONAL] DICOM SEG type for --format dcm: binary (default, read by every SEG reader) "
+                              "or labelmap (smaller; newer readers only)")
     predict.add_argument("--probabilities", action="store_true",
                          help="[OPTIONAL] also write <case>_probabilities.nii.gz (one component per task label)")
     _add_device_flag(predict)
@@ -97,6 +104,23 @@ def build_parser() -> argparse.ArgumentParser:
                               "<case>_probabilities.nii.gz); never an input image and never any other file. Without "
                               "it, an existing output stops the command before anything is predicted")
     predict.set_defaults(handler=commands.predict_command)
+
+    export_seg = subcommands.add_parser(
+        "export-seg", help="write an existing segmentation (label map + .labels.json, or .seg.nrrd) as a DICOM SEG of "
+                           "the DICOM series it was drawn on")
+    export_seg.add_argument("labels", metavar="LABELS",
+                            help="[REQUIRED] a label map with <name>.labels.json beside it (the Slicer module's "
+                                 "label-map export), or a Slicer .seg.nrrd")
+    export_seg.add_argument("source", metavar="SERIES",
+                            help="[REQUIRED] the DICOM series it was drawn on (a folder or .zip)")
+    export_seg.add_argument("--out", required=True, metavar="FILE", help="[REQUIRED] the DICOM SEG file to write")
+    export_seg.add_argument("--series", metavar="UID", default=None,
+                            help="[OPTIONAL] SeriesInstanceUID to read when SERIES holds several series")
+    export_seg.add_argument("--seg-type", choices=("binary", "labelmap"), default="binary",
+                            help="[OPTIONAL] binary (default, read by every SEG reader) or labelmap (newer "
+                                 "readers only)")
+    export_seg.add_argument("--force", action="store_true", help="[OPTIONAL] replace FILE if it exists")
+    export_seg.set_defaults(handler=commands.export_seg_command)
 
     worker = subcommands.add_parser("worker", help="keep a model loaded and predict request after request: JSON lines "
                                                 "on stdin, replies on stdout (docs/CONTRACTS.md; Slicer's Apply)")
@@ -150,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_flag(demo_run)
     demo_run.set_defaults(handler=commands.demo_command)
 
+    _add_federated_commands(subcommands)
+
     info = subcommands.add_parser("info", help="describe a model folder: tasks, labels, shared labels, history")
     info.add_argument("model", metavar="MODEL", help="[REQUIRED] model folder")
     info.set_defaults(handler=commands.info_command)
@@ -158,6 +184,51 @@ def build_parser() -> argparse.ArgumentParser:
     defaults.add_argument("--json", action="store_true", help="[OPTIONAL] print JSON (for the Slicer module)")
     defaults.set_defaults(handler=commands.defaults_command)
     return parser
+
+
+def _add_federated_commands(subcommands) -> None:
+    """``federated coordinator|site|local``: training on Flower, images never leaving their site."""
+    federated = subcommands.add_parser("federated", help="train one model across sites (hospitals) on Flower; images "
+                                                         "never leave a site (needs labelsharing[federated])")
+    modes = federated.add_subparsers(dest="federated_command", metavar="MODE", required=True)
+    coordinator = modes.add_parser("coordinator", help="run the SuperLink and the federated training, write MODEL")
+    coordinator.add_argument("--sites", required=True, metavar="FILE",
+                             help="[REQUIRED] sites.toml: the SuperLink's addresses, TLS files and the sites' public "
+                                  "keys (README, 'Several hospitals')")
+    local = modes.add_parser("local", help="try it on one machine: one site per dataset on 127.0.0.1")
+    local.add_argument("datasets", nargs="+", metavar="DATASET", help="[REQUIRED] task dataset folders, one site each")
+    for parser in (coordinator, local):
+        parser.add_argument("--out", required=True, metavar="MODEL", help="[REQUIRED] model folder to write")
+        parser.add_argument("--rounds", type=_positive_int, default=5, help="[OPTIONAL] federated rounds (5)")
+        parser.add_argument("--local-epochs", type=_positive_int, default=1,
+                            help="[OPTIONAL] epochs each site trains per round (1)")
+        parser.add_argument("--steps-per-epoch", type=_positive_int, default=50,
+                            help="[OPTIONAL] optimisation steps per local epoch (50)")
+        parser.add_argument("--batch-size", type=_positive_int, default=16, help="[OPTIONAL] slices per batch (16)")
+        parser.add_argument("--lr", type=_learning_rate, default=2e-3, help="[OPTIONAL] peak AdamW learning rate")
+        parser.add_argument("--features", type=_positive_int, default=16, help="[OPTIONAL] UNet width (16)")
+        parser.add_argument("--seed", type=_seed, default=0, help="[OPTIONAL] random seed (0)")
+        parser.add_argument("--min-sites", type=_positive_int, default=None,
+                            help="[OPTIONAL] a round goes on with this many answering sites (default: all)")
+        parser.add_argument("--proximal-mu", type=_megabytes, default=0.0, metavar="MU",
+                            help="[OPTIONAL] FedProx's proximal weight for sites whose data differ strongly "
+                                 "(0: FedAvg)")
+        parser.add_argument("--pins", metavar="FILE", help="[OPTIONAL] pins file (see 'plan'), on the coordinator")
+        parser.add_argument("--force", action="store_true", help="[OPTIONAL] replace an existing MODEL folder")
+        parser.set_defaults(handler=commands.federated_command)
+    _add_device_flag(local)
+    site = modes.add_parser("site", help="serve this site's datasets to a coordinator (a Flower SuperNode)")
+    site.add_argument("--dataset", action="append", required=True, metavar="DATASET",
+                      help="[REQUIRED] a task dataset folder of this site (repeat for several)")
+    site.add_argument("--superlink", required=True, metavar="HOST:PORT",
+                      help="[REQUIRED] the coordinator's Fleet API address")
+    site.add_argument("--root-certificates", metavar="CA_CRT", help="[OPTIONAL] the coordinator's CA certificate (TLS)")
+    site.add_argument("--auth-private-key", metavar="KEY", help="[OPTIONAL] this site's private key (authentication)")
+    site.add_argument("--auth-public-key", metavar="KEY_PUB", help="[OPTIONAL] this site's public key")
+    site.add_argument("--insecure", action="store_true",
+                      help="[OPTIONAL] no TLS: only for a test on one machine, never across a network")
+    _add_device_flag(site)
+    site.set_defaults(handler=commands.federated_command)
 
 
 def _add_device_flag(parser: argparse.ArgumentParser) -> None:

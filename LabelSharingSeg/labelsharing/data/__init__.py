@@ -1,4 +1,4 @@
-"""Data: task datasets, image and ``.seg.nrrd`` I/O, orientation and slicing, intensity
+"""Data: task datasets, image, DICOM series and ``.seg.nrrd`` I/O, orientation and slicing, intensity
 normalisation, and the appearance thumbnails of the look-alike check.
 """
 
@@ -12,9 +12,10 @@ _EXPORTS = {
         "load_case",
     ),
     "image_io": (
-        "SegmentInfo", "read_image", "read_image_header", "read_label", "write_image", "write_label",
-        "case_id_from_path",
+        "SegmentInfo", "geometry_mismatch", "read_image", "read_image_header", "read_label", "write_image",
+        "write_label", "case_id_from_path",
     ),
+    "dicom_series": ("DicomSeries", "SeriesGeometry", "is_dicom_input", "read_dicom_series", "read_dicom_geometry"),
     "orientation": ("Slicing", "plan_slicing"),
     "preprocessing": (
         "NORMALIZATION_BY_MODALITY", "PLANES", "SquareFit", "choose_input_size", "fit_ct_normalization",

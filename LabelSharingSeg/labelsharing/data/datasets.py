@@ -4,7 +4,8 @@ A task is one folder::
 
     dataset.json            name, channel_names, labels, numTraining, file_ending[, modality, colors,
                             terminology]
-    imagesTr/<case>_0000<file_ending>
+    imagesTr/<case>_0000<file_ending>   or a DICOM series: imagesTr/<case>_0000/ (a folder of one
+                            series' files) or imagesTr/<case>_0000.zip
     labelsTr/<case><file_ending>   or   labelsTr/<case>.seg.nrrd   (a Slicer segmentation)
     imagesTs/, labelsTs/    optional test split, same naming; test images without a label are
                             normal (only evaluation needs test labels)
@@ -28,7 +29,8 @@ from labelsharing.data.appearance import case_thumbnails
 from labelsharing.data.image_io import MAX_LABEL_VALUE, SEG_NRRD, case_id_from_path, geometry_mismatch, read_image, \
     read_label
 from labelsharing.errors import LabelSharingError
-from labelsharing.plan import EXAMPLE_ENTRY, LabelStats, measure_label_sizes, terminology_entry_problem
+from labelsharing.plan import EXAMPLE_ENTRY, LabelStats, entry_from_codes, measure_label_sizes, \
+    terminology_entry_problem
 
 __all__ = ["MODALITIES", "Case", "TaskDataset", "TaskSummary", "read_task_dataset", "inspect_task_dataset", "load_case"]
 
@@ -64,7 +66,8 @@ class TaskDataset:
         unlabelled_test: test images (``imagesTs``) without a label in ``labelsTs``, possibly empty.
         colors: label name -> RGB in 0..1 given by ``dataset.json`` ``colors`` (optional).
         terminology: label name -> Slicer terminology entry string, given by ``dataset.json``
-            ``terminology`` (optional); the Slicer module tags the segments with it.
+            ``terminology`` as that string or as code triples (optional); the Slicer module tags the
+            segments with it and DICOM SEG output codes the segments with it.
     """
 
     name: str
@@ -253,8 +256,10 @@ def _pair_cases(
     images_path, labels_path = root / image_dir, root / label_dir
     if not images_path.is_dir():
         return ()
-    images = sorted(p for p in images_path.iterdir() if p.name.endswith(file_ending))
-    stems = [p.name[: -len(file_ending)] for p in images]
+    # An image is a file with the dataset's ending, or a DICOM series: a folder or .zip named <case>_0000.
+    images = sorted(p for p in images_path.iterdir()
+                    if p.name.endswith(file_ending) or p.is_dir() or p.name.lower().endswith(".zip"))
+    stems = [p.name[: len(p.name) - len(_image_ending(p, file_ending))] for p in images]
     unnamed = [s for s in stems if not re.search(r"_\d{4}$", s)]
     if unnamed:
         raise LabelSharingError(
@@ -290,6 +295,12 @@ def _pair_cases(
             f"Expected {image_dir}/<case>_0000{file_ending}."
         )
     return tuple(cases)
+
+
+def _image_ending(image: Path, file_ending: str) -> str:
+    if image.is_dir():
+        return ""
+    return ".zip" if image.name.lower().endswith(".zip") and not image.name.endswith(file_ending) else file_ending
 
 
 def _modality(root: Path, meta: Mapping, channels: Mapping) -> str:
@@ -328,21 +339,32 @@ def _parse_colors(root: Path, colors: object, labels: Mapping[str, int]) -> dict
 
 
 def _parse_terminology(root: Path, terminology: object, labels: Mapping[str, int]) -> dict[str, str]:
+    """label -> Slicer terminology entry, from ``dataset.json`` ``terminology``: per label either the entry
+    string or its codes ``{"category": [scheme, value, meaning], "type": [...], "region": [...]}``."""
     if not isinstance(terminology, dict) or not all(
-        name in labels and isinstance(entry, str) for name, entry in terminology.items()
+        name in labels and isinstance(entry, (str, dict)) for name, entry in terminology.items()
     ):
         raise LabelSharingError(
-            f'{root}/dataset.json: "terminology" must map declared label names to Slicer terminology strings.'
+            f'{root}/dataset.json: "terminology" must map declared label names to Slicer terminology strings or to '
+            'codes, e.g. {"liver": {"category": ["SCT", "123037004", "Anatomical Structure"], '
+            '"type": ["SCT", "10200004", "Liver"]}}.'
         )
+    entries = {}
     for name, entry in terminology.items():
+        if isinstance(entry, dict):
+            try:
+                entry = entry_from_codes(entry)
+            except ValueError as exc:
+                raise LabelSharingError(f'{root}/dataset.json: the terminology of label "{name}" {exc}.') from exc
         problem = terminology_entry_problem(entry)
         if problem is not None:
             raise LabelSharingError(
                 f'{root}/dataset.json: the terminology of label "{name}" {problem}. Give the entry as Slicer '
-                f'writes it (a segment\'s TerminologyEntry tag), e.g. "{EXAMPLE_ENTRY}", or leave the label out '
-                'of "terminology".'
+                f'writes it (a segment\'s TerminologyEntry tag), e.g. "{EXAMPLE_ENTRY}", or its codes '
+                '({"category": [scheme, value, meaning], "type": [...]}), or leave the label out of "terminology".'
             )
-    return dict(terminology)
+        entries[name] = entry
+    return entries
 
 
 def _labels_text(labels: Mapping[str, int]) -> str:

@@ -1,6 +1,7 @@
 """Reading and writing images and label maps, keeping their geometry.
 
-Images go through SimpleITK (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, ``.png``, ...). Label
+Images go through SimpleITK (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, ``.png``, ...); a folder or
+``.zip`` is read as a DICOM series (:mod:`labelsharing.data.dicom_series`). Label
 maps may also be Slicer segmentations (``.seg.nrrd``, see :mod:`labelsharing.data.seg_nrrd`), whose
 segments are matched to the task's labels by name. Every file read is checked whole (a cut file
 is refused, not read with zeros) and every file written is written atomically and read back.
@@ -38,7 +39,7 @@ __all__ = [
 SEG_NRRD = ".seg.nrrd"
 #: Largest label value a task may declare (label maps are read as uint8 or uint16).
 MAX_LABEL_VALUE = 65535
-_KNOWN_ENDINGS = (SEG_NRRD, ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff")
+_KNOWN_ENDINGS = (SEG_NRRD, ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".tif", ".tiff", ".zip")
 
 
 class SegmentInfo(NamedTuple):
@@ -52,6 +53,8 @@ class SegmentInfo(NamedTuple):
 
 
 def _ending(path: Path) -> str:
+    if path.is_dir():  # a DICOM series folder: its whole name is the case
+        return ""
     name = path.name.lower()
     for ending in _KNOWN_ENDINGS:
         if name.endswith(ending):
@@ -65,7 +68,8 @@ def case_id_from_path(path: str | Path, is_label: bool = False) -> str:
     nnU-Net names image files ``<case>_0000<ending>`` and label files ``<case><ending>``. An
     image loses a trailing ``_0000`` (the single input channel supported); other four-digit
     endings are part of the case id, so ``a_0001.nii.gz`` and ``a_0002.nii.gz`` stay apart. A
-    label file keeps its whole stem: AMOS-style ids such as ``amos_0001`` end in digits.
+    label file keeps its whole stem: AMOS-style ids such as ``amos_0001`` end in digits. A DICOM
+    series folder is named like an image without ending; a series ``.zip`` loses ``.zip``.
 
     Args:
         path: an image or label file.
@@ -86,14 +90,23 @@ def case_id_from_path(path: str | Path, is_label: bool = False) -> str:
     return stem
 
 
-def read_image(path: str | Path) -> sitk.Image:
+def read_image(path: str | Path, series_uid: str | None = None) -> sitk.Image:
     """Read an image with its geometry, refusing damaged files and non-finite intensities.
+
+    Args:
+        path: an image file, or a folder or ``.zip`` holding a DICOM series
+            (:func:`~labelsharing.data.dicom_series.read_dicom_series`: geometry checked).
+        series_uid: the DICOM series to read when the folder holds several.
 
     Raises:
         LabelSharingError: naming the file, if it is missing, unreadable, truncated (``.gz``),
             has several components per pixel (except RGB PNGs, reduced to their first channel)
-            or holds NaN or infinite voxels.
+            or holds NaN or infinite voxels; for DICOM, the errors of ``read_dicom_series``.
     """
+    from labelsharing.data.dicom_series import is_dicom_input, read_dicom_series
+
+    if is_dicom_input(path):
+        return read_dicom_series(path, series_uid).image
     path = _existing_file(path, "Image")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -123,17 +136,23 @@ def read_image(path: str | Path) -> sitk.Image:
     return image
 
 
-def read_image_header(path: str | Path) -> sitk.ImageFileReader:
+def read_image_header(path: str | Path):
     """The geometry of an image file, without reading its pixels.
 
     Returns:
         a reader after ``ReadImageInformation``: like a :class:`SimpleITK.Image` it answers
         ``GetSize``, ``GetSpacing``, ``GetOrigin``, ``GetDirection`` and ``GetDimension``, so slices can
         be planned and counted (:class:`~labelsharing.data.orientation.Slicing`) before any volume is loaded.
+        For a DICOM series folder or ``.zip``, its checked geometry from the headers
+        (:class:`~labelsharing.data.dicom_series.SeriesGeometry`, answering the same calls).
 
     Raises:
         LabelSharingError: naming the file, if it is missing or not an image.
     """
+    from labelsharing.data.dicom_series import is_dicom_input, read_dicom_geometry
+
+    if is_dicom_input(path):
+        return read_dicom_geometry(path)
     path = _existing_file(path, "Image")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))

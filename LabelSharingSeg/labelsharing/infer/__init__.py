@@ -8,6 +8,7 @@ from labelsharing.utils import lazy_exports
 _EXPORTS = {
     "predictor": ("OUTPUT_FORMATS", "Predictor"),
     "backends": ("BACKENDS", "PRECISIONS"),
+    "dicom_seg": ("SEG_TYPES", "export_dicom_seg", "read_segments", "write_dicom_seg"),
     "evaluation": ("DiceAccumulator", "evaluate_model", "evaluation_table", "format_dice", "split_warning"),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)

@@ -28,17 +28,17 @@ from typing import Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from labelsharing.data import SegmentInfo, Slicing, case_id_from_path, intensity_normalizer, read_image, \
-    resampled_argmax, write_image, write_label
+from labelsharing.data import SegmentInfo, Slicing, case_id_from_path, intensity_normalizer, is_dicom_input, \
+    read_dicom_series, read_image, resampled_argmax, write_image, write_label
 from labelsharing.errors import LabelSharingError
 from labelsharing.infer.backends import create_backend, log_line
 from labelsharing.model import SegmentationModel, label_color
-from labelsharing.utils import SILENT, ProgressReporter, check_outputs, select_device
+from labelsharing.utils import SILENT, ProgressReporter, check_outputs, select_device, write_atomically
 
 __all__ = ["OUTPUT_FORMATS", "Predictor"]
 
-#: Output file formats of :meth:`Predictor.predict_files`.
-OUTPUT_FORMATS = ("nii.gz", "nrrd", "seg.nrrd")
+#: Output file formats of :meth:`Predictor.predict_files` (``dcm``: a DICOM SEG, for DICOM series inputs).
+OUTPUT_FORMATS = ("nii.gz", "nrrd", "seg.nrrd", "dcm")
 class Predictor:
     """Runs a :class:`SegmentationModel` on images of any of its tasks.
 
@@ -167,6 +167,8 @@ class Predictor:
         probabilities: bool = False,
         progress: ProgressReporter = SILENT,
         force: bool = False,
+        series_uid: str | None = None,
+        seg_type: str = "binary",
     ) -> list[Path]:
         """Predict image files and write ``out_dir/<case>.<file_format>`` for each.
 
@@ -175,6 +177,11 @@ class Predictor:
         Slicer segmentation with the task's label names, colours and terminology. With ``probabilities``,
         ``<case>_probabilities.nii.gz`` is also written: a float32 vector image on the input grid,
         one component per task label, background first (order of :meth:`task_labels`).
+
+        An input may be a DICOM series (a folder or ``.zip``, :mod:`labelsharing.data.dicom_series`;
+        ``series_uid`` picks one of several). ``dcm`` writes a DICOM SEG of ``seg_type`` ``binary``
+        (default) or ``labelmap`` per input series (:mod:`labelsharing.infer.dicom_seg`); it needs
+        DICOM inputs, whose images and frames the SEG references.
 
         All output names are checked before anything is predicted: an output never replaces an
         input, and replaces an existing file only with ``force`` (CLI ``--force``). Each file is
@@ -195,7 +202,7 @@ class Predictor:
         paths = [Path(p) for p in inputs]
         if not paths:
             raise LabelSharingError("No input images given.")
-        missing = [str(p) for p in paths if not p.is_file()]
+        missing = [str(p) for p in paths if not p.exists()]
         if missing:
             raise LabelSharingError(f"Input image(s) not found: {', '.join(missing[:5])}{' ...' * (len(missing) > 5)}")
         cases = [case_id_from_path(p) for p in paths]
@@ -206,6 +213,13 @@ class Predictor:
                 "separate --out folders."
             )
         out_dir = Path(out_dir)
+        dicom = file_format == "dcm"
+        if dicom:
+            not_dicom = [str(p) for p in paths if not is_dicom_input(p)]
+            if not_dicom:
+                raise LabelSharingError(f"--format dcm writes a DICOM SEG, which references its source DICOM images; "
+                                        f"{', '.join(not_dicom[:3])} {'is' if len(not_dicom) == 1 else 'are'} not a "
+                                        "DICOM series (a folder or .zip). Choose another --format for these.")
         label_files = [out_dir / f"{case}.{file_format}" for case in cases]
         probability_files = [out_dir / f"{case}_probabilities.nii.gz" for case in cases]
         check_outputs(label_files + (probability_files if probabilities else []), inputs=paths, force=force)
@@ -215,9 +229,24 @@ class Predictor:
             raise LabelSharingError(f"Cannot create the output folder {out_dir}: {exc.strerror or exc}. "
                                     "Choose another --out.") from exc
         segments = self.task_labels(task)
+        model_sha256 = self.model.config.get("weights_sha256")
 
-        def write(labels, probs, image, label_file, probability_file) -> None:
-            write_label(labels, image, label_file, segments)
+        def read(path: Path):
+            """The image to predict and what the output refers to (the DicomSeries for a SEG, else the image)."""
+            if dicom:
+                series = read_dicom_series(path, series_uid)
+                return series.image, series
+            image = read_image(path, series_uid)
+            return image, image
+
+        def write(labels, probs, image, source, label_file, probability_file) -> None:
+            if dicom:
+                from labelsharing.infer.dicom_seg import write_dicom_seg
+
+                write_atomically(label_file, lambda temporary: write_dicom_seg(
+                    labels, source, temporary, segments, task, model_sha256, seg_type))
+            else:
+                write_label(labels, image, label_file, segments)
             if probs is not None:
                 _write_probabilities(probs, image, probability_file)
 
@@ -226,7 +255,7 @@ class Predictor:
         # after the results before it are written and counted.
         with progress.track("predicting", total=len(paths), unit="image") as advance, \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelsharing-io") as io:
-            upcoming, written = io.submit(read_image, paths[0]), []
+            upcoming, written = io.submit(read, paths[0]), []
 
             def finish_writing() -> None:
                 while written:
@@ -236,16 +265,16 @@ class Predictor:
 
             for index, (case, label_file, probability_file) in enumerate(zip(cases, label_files, probability_files)):
                 try:
-                    image = upcoming.result()
+                    image, source = upcoming.result()
                 except BaseException:
                     finish_writing()
                     raise
                 if index + 1 < len(paths):
-                    upcoming = io.submit(read_image, paths[index + 1])
+                    upcoming = io.submit(read, paths[index + 1])
                 labels, probs = self._predict(image, task, probabilities)
                 finish_writing()
-                written.append((io.submit(write, labels, probs, image, label_file, probability_file), case))
-                del image, labels, probs
+                written.append((io.submit(write, labels, probs, image, source, label_file, probability_file), case))
+                del image, source, labels, probs
             finish_writing()
         return label_files
 

@@ -3,8 +3,8 @@
 A model folder travels between sites and may be edited by hand, so nothing in ``model.json``
 reaches the network constructor, an array allocation or a cast unchecked. :func:`validate_model_config`
 walks the whole document with small typed field checkers (:mod:`labelsharing.model.json_fields`),
-then checks the rules that
-tie fields together (output channels = shared labels + 1, the plan and the tasks agree, ...).
+then checks the rules that tie fields together (output channels = shared labels + 1, the plan and
+the tasks agree, ...).
 Every refusal is a :class:`~labelsharing.errors.LabelSharingError` naming the file, the field as a
 JSON path (``tasks.Liver.labels.liver.value``), what was found and what is allowed. Only
 ``history`` entries and ``versions`` values are free-form.

@@ -14,7 +14,10 @@ _EXPORTS = {
         "BACKGROUND", "LabelStats", "LabelAssignment", "SharedLabelPlan", "measure_label_sizes",
         "rank_labels_by_size", "read_pins",
     ),
-    "terminology": ("EXAMPLE_ENTRY", "terminology_entry_problem"),
+    "terminology": (
+        "EXAMPLE_ENTRY", "GENERIC_ENTRY", "Code", "LabelCodes", "label_codes", "entry_from_codes",
+        "terminology_entry_problem",
+    ),
     "planner": ("summarise_tasks", "plan_tasks", "plan_task_datasets", "plan_table"),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)

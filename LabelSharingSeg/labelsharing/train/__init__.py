@@ -8,12 +8,13 @@ from labelsharing.utils import lazy_exports
 
 _EXPORTS = {
     "options": ("TrainingOptions", "Log"),
-    "train_model": ("train",),
+    "train_model": ("train", "task_slice_side"),
     "trainer": ("Trainer",),
     "selection": ("FitResult",),
     "incremental": ("DEFAULT_REPLAY", "add_task", "forgetting_table"),
     "task_data": ("PreparedTask", "prepare_task", "split_cases"),
     "checkpoint": ("RunFolder", "work_folder_for"),
+    "validation": ("validation_dice",),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

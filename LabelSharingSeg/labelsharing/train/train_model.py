@@ -28,7 +28,7 @@ from labelsharing.train.task_data import prepare_task
 from labelsharing.train.trainer import Trainer
 from labelsharing.utils import SILENT, ProgressReporter
 
-__all__ = ["train"]
+__all__ = ["train", "task_slice_side"]
 
 
 def train(
@@ -112,10 +112,13 @@ def _train(datasets, out: Path, options: TrainingOptions, pins, force: bool, con
 def _default_input_size(tasks: Sequence, axis: int | None) -> int:
     """Per task, the median longer side of its slices at its target spacing (from the files'
     headers); see :func:`choose_input_size`."""
-    per_task = []
-    for task in tasks:
-        headers = [read_image_header(case.image) for case in task.training]
-        slicing = plan_slicing(headers, axis)
-        sides = [max(slicing.resampled_shape(header)) for header in headers]
-        per_task.append((int(np.median(sides)),) * 2)
-    return choose_input_size(per_task)
+    return choose_input_size([(task_slice_side(task, axis),) * 2 for task in tasks])
+
+
+def task_slice_side(task, axis: int | None = None) -> int:
+    """The median longer side of a task's slices at its target spacing, read from the files'
+    headers (no pixels): what :func:`choose_input_size` is given per task. A federated site
+    sends this number, so the coordinator picks the input size a pooled ``train`` would."""
+    headers = [read_image_header(case.image) for case in task.training]
+    slicing = plan_slicing(headers, axis)
+    return int(np.median([max(slicing.resampled_shape(header)) for header in headers]))

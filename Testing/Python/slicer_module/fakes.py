@@ -101,6 +101,15 @@ class FakeVolumeNode:
         self.name = name
         self.className = className
         self.transformNodeId: Optional[str] = None
+        self.attributes: Dict[str, str] = {}
+
+    def SetAttribute(self, name: str, value: str) -> None:
+        """vtkMRMLNode::SetAttribute (``Libs/MRML/Core/vtkMRMLNode.h``)."""
+        self.attributes[name] = value
+
+    def GetAttribute(self, name: str) -> Optional[str]:
+        """vtkMRMLNode::GetAttribute: the value, or None (a null ``const char*``) when not set."""
+        return self.attributes.get(name)
 
     def GetIJKToRASMatrix(self, matrix: FakeVtkMatrix4x4) -> None:
         for r in range(4):
@@ -522,6 +531,17 @@ def fakeSlicer(tmpPath: str = "/tmp") -> types.ModuleType:
     slicer.segmentationsLogic = segmentationsLogic  # for assertions
     slicer.hierarchy = hierarchy  # for assertions
     return slicer
+
+
+class FakeDicomDatabase:
+    """ctkDICOMDatabase as ``slicer.dicomDatabase`` (CTK ``Libs/DICOM/Core/ctkDICOMDatabase.h``):
+    ``QString fileForInstance(const QString& sopInstanceUID)``, the file of an instance or ``""``."""
+
+    def __init__(self, files: Optional[Dict[str, str]] = None) -> None:
+        self.files = dict(files or {})
+
+    def fileForInstance(self, sopInstanceUID: str) -> str:
+        return self.files.get(sopInstanceUID, "")
 
 
 # ----------------------------------------------------------------------------- module import surface

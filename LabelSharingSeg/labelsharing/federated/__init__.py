@@ -1,0 +1,19 @@
+"""Federated label sharing on Flower: many sites train one shared-label model, images never leave a site.
+
+Sites send label statistics (the plan), trained weights and Dice numbers; the coordinator plans,
+averages (FedAvg weighted by training slices, or FedProx) and writes an ordinary model folder.
+Needs the ``federated`` extra (Flower, Python 3.11 or newer): ``pip install "labelsharing[federated]"``.
+"""
+
+from __future__ import annotations
+
+from labelsharing.utils import lazy_exports
+
+_EXPORTS = {
+    "site_work": ("site_statistics", "prepare_site", "site_model", "train_locally", "evaluate_locally"),
+    "coordination": ("plan_from_statistics", "input_size_from_statistics", "checkpoint_folder_for"),
+    "flower_apps": ("DEFAULT_SETTINGS", "server_app", "client_app", "check_reply"),
+    "launch": ("run_local", "run_coordinator", "run_site", "read_sites_file"),
+}
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
