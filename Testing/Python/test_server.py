@@ -236,6 +236,38 @@ def test_a_zipped_image_is_predicted_and_user_errors_are_clear(served):
     assert server.client.post("/v1/models/nope/predict", params={"task": "TaskA"}, content=b"x").status_code == 404
 
 
+def test_a_zipped_dicom_series_is_predicted_as_the_cli_predicts_its_folder(served, tmp_path):
+    pytest.importorskip("pydicom")
+    from dicom_data import write_ct_series
+
+    server, root = served
+    volume = sitk.GetImageFromArray(np.random.default_rng(1).normal(0, 300, (4, 20, 24)).astype(np.int16))
+    volume.SetSpacing((0.8, 0.9, 2.5))
+    series = tmp_path / "series"
+    write_ct_series(volume, series)
+    stream = io.BytesIO()
+    with zipfile.ZipFile(stream, "w") as archive:
+        for path in sorted(series.iterdir()):
+            archive.write(path, f"series/{path.name}")
+    answer = server.client.post("/v1/models/tiny/predict", params={"task": "TaskA", "format": "nrrd",
+                                                                   "filename": "ct.zip"}, content=stream.getvalue())
+    assert answer.status_code == 200, answer.text
+    (tmp_path / "server.nrrd").write_bytes(answer.content)
+    subprocess.run([sys.executable, "-m", "labelsharing", "--progress", "none", "predict", str(server.models / "tiny"),
+                    str(series), "--task", "TaskA", "--out", str(tmp_path / "cli"), "--format", "nrrd", *FLAGS],
+                   env=ENV, check=True, capture_output=True, timeout=120)
+    ours, theirs = sitk.ReadImage(str(tmp_path / "server.nrrd")), sitk.ReadImage(str(tmp_path / "cli" / "series.nrrd"))
+    assert np.array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(theirs))
+    assert ours.GetOrigin() == theirs.GetOrigin() and ours.GetDirection() == theirs.GetDirection()
+    try:
+        import highdicom  # noqa: F401
+    except ImportError:
+        return
+    seg = server.client.post("/v1/models/tiny/predict", params={"task": "TaskA", "format": "dcm", "filename": "ct.zip"},
+                             content=stream.getvalue())
+    assert seg.status_code == 200 and seg.content[128:132] == b"DICM"  # a DICOM SEG of the series
+
+
 # ------------------------------------------------------------------------------------ what is refused
 @pytest.mark.parametrize("member", ["../evil.txt", "/tmp/evil.txt", "a/../../evil.txt", "link"])
 def test_a_zip_reaching_outside_its_folder_is_refused_before_anything_is_written(served, member):

@@ -8,8 +8,9 @@ elsewhere first (as multipart parsing would), and a client needs only ``urllib``
 ============================================  ==================================================
 ``GET  /v1/health``                           ``{"status": "ok", "version"}`` (no token)
 ``GET  /v1/models``                           every model: tasks, labels (value, colour, terminology)
-``POST /v1/models/{name}/predict``            body: a NIfTI/NRRD/MHA image or a zip; ``task``,
-                                              ``format`` (nii.gz, nrrd, seg.nrrd), ``filename``;
+``POST /v1/models/{name}/predict``            body: a NIfTI/NRRD/MHA image or a zip (of one image,
+                                              or of a DICOM series); ``task``, ``format`` (nii.gz,
+                                              nrrd, seg.nrrd; dcm, a DICOM SEG, for a series), ``filename``;
                                               answers the label file, on the input's exact grid
 ``GET  /v1/models/{name}/download``           the model folder, zipped
 ``POST /v1/jobs/train``                       body: a zip of nnU-Net task folders (and ``pins.json`` at its
@@ -53,7 +54,6 @@ __all__ = ["ServerSettings", "create_app"]
 
 #: Image endings a predict accepts (a ``.zip`` holds one of these or a DICOM series).
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".zip")
-_FORMATS = ("nii.gz", "nrrd", "seg.nrrd")
 
 
 @dataclass
@@ -111,7 +111,7 @@ def create_app(settings: ServerSettings, log=print) -> FastAPI:
 
     @api.post("/models/{name}/predict")
     async def predict(name: str, request: Request, task: str = Query(...),
-                      format: str = Query("nii.gz", pattern="^(nii\\.gz|nrrd|seg\\.nrrd)$"),
+                      format: str = Query("nii.gz", pattern="^(nii\\.gz|nrrd|seg\\.nrrd|dcm)$"),
                       filename: str = Query("image.nii.gz")) -> FileResponse:
         library.folder(name)
         ending = next((e for e in IMAGE_ENDINGS if filename.lower().endswith(e)), None)
