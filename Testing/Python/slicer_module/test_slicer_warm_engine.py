@@ -97,7 +97,7 @@ def _call(tmp_path, task="liver", model="m1", device="cpu") -> PredictCall:
     return PredictCall(str(tmp_path / model), task, str(tmp_path / "in" / "volume.nrrd"), str(tmp_path / "out"), device)
 
 
-def _run(warm: WarmEngine, call, timeout: float = 60.0):
+def _run(warm: WarmEngine, call, timeout: float = 180.0):
     """Start ``call`` and poll both timers' slots until it ends: (result, progress texts, log lines)."""
     results, progress, log = [], [], []
     warm.start(call, results.append, onProgress=lambda u: progress.append(u.text), onLog=log.append)
