@@ -46,6 +46,7 @@ bench: $(STAMP) $(BENCH_DEMO)/model_4tasks/model.json
 	$(PY) benchmarks/slicer_round_trip.py
 	$(PY) benchmarks/server_load.py
 	$(PY) benchmarks/training_throughput.py
+	$(PY) benchmarks/federated_vs_pooled.py --work $(BENCH_OUT)/federated
 	$(PY) benchmarks/paper_comparison.py --out $(BENCH_OUT)/paper_comparison
 
 $(BENCH_DEMO)/model_4tasks/model.json: | $(STAMP)

@@ -3,6 +3,7 @@ processes on 127.0.0.1, two demo tasks (one per site), two rounds, one site kill
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -16,6 +17,7 @@ psutil = pytest.importorskip("psutil")
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict  # noqa: E402
 
+from labelsharing.cli import main  # noqa: E402
 from labelsharing.demo import make_demo_datasets  # noqa: E402
 from labelsharing.errors import LabelSharingError  # noqa: E402
 from labelsharing.federated import check_reply, checkpoint_folder_for, plan_from_statistics, run_local, \
@@ -36,25 +38,34 @@ def _flower_processes(home: str) -> list:
     return found
 
 
-def _kill_site_after_first_round(out, dataset, home) -> None:
-    """Once round 1 is checkpointed, end the SuperNode serving ``dataset`` with its whole process group."""
+def _kill_after_first_round(out, home, *words) -> None:
+    """Once round 1 is checkpointed, end the Flower processes whose command line holds every one of
+    ``words`` (a SuperNode, the SuperLink), each with its whole process group."""
     state = checkpoint_folder_for(out) / "federated.json"
     deadline = time.monotonic() + 400
     while not state.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     for process in _flower_processes(home):
         try:
-            if "flower-supernode" in " ".join(process.cmdline()) and str(dataset) in " ".join(process.cmdline()):
+            if all(word in " ".join(process.cmdline()) for word in words):
                 os.killpg(os.getpgid(process.pid), signal.SIGKILL)
         except (psutil.NoSuchProcess, ProcessLookupError):
             continue
+
+
+def _wait_until_no_flower_process(home: str) -> list:
+    deadline = time.monotonic() + 15
+    while _flower_processes(home) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return _flower_processes(home)
 
 
 @pytest.mark.slow
 def test_two_sites_two_rounds_on_superlink_and_supernodes(tmp_path):
     folders = make_demo_datasets(tmp_path / "data", cases=4)[:2]
     out, work = tmp_path / "model", tmp_path / "work"
-    killer = threading.Thread(target=_kill_site_after_first_round, args=(out, folders[1].resolve(), str(work)))
+    killer = threading.Thread(target=_kill_after_first_round,
+                              args=(out, str(work), "flower-supernode", str(folders[1].resolve())))
     killer.start()
     run_local(folders, out, {"rounds": 2, "steps-per-epoch": 2, "batch-size": 4, "features": 4, "min-sites": 1},
               work=work, device="cpu")
@@ -76,10 +87,48 @@ def test_two_sites_two_rounds_on_superlink_and_supernodes(tmp_path):
                              "metrics": ["loss", "num-examples"], "text": {}}
     assert all(task["dataset"].startswith("federated:site-") for task in model.config["tasks"].values())
     assert not checkpoint_folder_for(out).exists()
-    deadline = time.monotonic() + 15
-    while _flower_processes(str(work)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert _flower_processes(str(work)) == []
+    assert _wait_until_no_flower_process(str(work)) == []
+
+
+@pytest.mark.slow
+def test_a_restarted_coordinator_resumes_and_its_model_serves_predict_evaluate_add_task(tmp_path, capsys):
+    demo = make_demo_datasets(tmp_path / "data", cases=4)
+    folders, out = demo[:2], tmp_path / "model"
+    settings = {"rounds": 2, "steps-per-epoch": 2, "batch-size": 4, "features": 4}
+    killer = threading.Thread(target=_kill_after_first_round, args=(out, str(tmp_path / "first"), "flower-superlink"))
+    killer.start()
+    with pytest.raises(LabelSharingError, match="The federated run failed"):  # the coordinator dies after round 1
+        run_local(folders, out, settings, work=tmp_path / "first", device="cpu")
+    killer.join()
+    assert _wait_until_no_flower_process(str(tmp_path / "first")) == []
+    saved = json.loads((checkpoint_folder_for(out) / "federated.json").read_text())
+    assert [r["round"] for r in saved["rounds"]] == [1] and not out.exists()
+
+    capsys.readouterr()
+    run_local(folders, out, settings, work=tmp_path / "second", device="cpu")  # the same command again
+    assert f"resuming after round 1 from {checkpoint_folder_for(out)}" in capsys.readouterr().out
+    [history] = SegmentationModel.load(out).config["history"]
+    assert history["rounds"][0] == saved["rounds"][0]  # round 1 was not trained again
+    assert [r["round"] for r in history["rounds"]] == [1, 2] and not checkpoint_folder_for(out).exists()
+
+    # An ordinary model folder: the commands use it unchanged.
+    image = next((folders[0] / "imagesTs").iterdir())
+    assert main(["--progress", "none", "predict", str(out), str(image), "--task", "AbdomenCT",
+                 "--out", str(tmp_path / "pred"), "--device", "cpu"]) == 0
+    predicted = tmp_path / "pred" / image.name.replace("_0000.nii.gz", ".nii.gz")
+    assert predicted.stat().st_size > 0
+    assert main(["--progress", "none", "evaluate", str(out), *map(str, folders), "--json", str(tmp_path / "dice.json"),
+                 "--device", "cpu"]) == 0
+    dice = json.loads((tmp_path / "dice.json").read_text())["tasks"]
+    assert set(dice) == {"AbdomenCT", "BrainMR"} and all(d["split"] == "test" for d in dice.values())
+    flags = ["--progress", "none", "add-task", str(out), str(demo[2]), "--epochs", "1", "--steps-per-epoch", "2",
+             "--batch-size", "4", "--device", "cpu"]
+    assert main([*flags, "--out", str(tmp_path / "replayed")]) == 2  # the old tasks' images stay at their sites
+    assert "trained federatedly at site-1" in capsys.readouterr().err
+    assert main([*flags, "--out", str(tmp_path / "three"), "--replay", "0"]) == 0
+    three = SegmentationModel.load(tmp_path / "three")
+    assert set(three.config["tasks"]) == {"AbdomenCT", "BrainMR", "KneeXR"}
+    assert [h["kind"] for h in three.config["history"]] == ["federated", "add-task"]
 
 
 def test_the_plan_from_site_statistics_is_the_pooled_plan(tmp_path):

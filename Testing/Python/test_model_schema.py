@@ -192,6 +192,24 @@ def test_info_tolerates_free_form_history(saved_model, tmp_path):
     assert "History" in text and "train" in text
 
 
+def test_info_describes_a_federated_run(saved_model, tmp_path):
+    from labelsharing.federated import history_entry, round_record  # what the coordinator writes (no Flower needed)
+
+    dice = {"TaskA": {"mean": 0.5, "labels": {"big": 0.75, "mid": 0.25}}, "TaskB": {"mean": 0.125, "labels": {"large": 0.125}}}
+    rounds = [round_record(1, ["site-1", "site-2"], ["site-1", "site-2"], 1.5, dice, 2_000_000, 1_900_000, 3.0),
+              round_record(2, ["site-1", "site-2"], ["site-1"], 1.25, {"TaskA": dice["TaskA"]}, 2_000_000, 950_000, 2.0)]
+    record = history_entry({"local-epochs": 2, "steps-per-epoch": 50, "min-sites": 1, "proximal-mu": 0.01},
+                           {"site-1": ["TaskA"], "site-2": ["TaskB"]}, rounds)
+    text = describe_model(_edited(saved_model, tmp_path, _set("history", [record])))
+    [row] = [line for line in text.splitlines() if line.startswith("federated")]
+    assert "2 rounds" in row and "TaskA, TaskB" in row  # not "0" epochs: the epochs happened at the sites
+    assert "2 sites, FedProx (mu 0.01) weighted by training slices, 2 local epoch(s) of 50 steps per round" in text
+    assert re.search(r"^site-1 +TaskA$", text, re.M) and re.search(r"^site-2 +TaskB$", text, re.M)
+    assert re.search(r"^1 +site-1, site-2 +- +1.500 +0.500 +0.125 +2.00 +1.90 +3.0$", text, re.M)
+    assert re.search(r"^2 +site-1 +site-2 +1.250 +0.500 +- +2.00 +0.95 +2.0$", text, re.M)  # who was missing
+    assert "Validation Dice after the last round (2)" in text and re.search(r"^TaskA +big +0.750$", text, re.M)
+
+
 # ----------------------------------------------------------------------------- property tests
 def _valid_config() -> dict:
     config = make_config()

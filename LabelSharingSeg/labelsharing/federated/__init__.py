@@ -11,7 +11,8 @@ from labelsharing.utils import lazy_exports
 
 _EXPORTS = {
     "site_work": ("site_statistics", "prepare_site", "site_model", "train_locally", "evaluate_locally"),
-    "coordination": ("plan_from_statistics", "input_size_from_statistics", "checkpoint_folder_for"),
+    "coordination": ("plan_from_statistics", "input_size_from_statistics", "checkpoint_folder_for", "round_record",
+                     "history_entry"),
     "flower_apps": ("DEFAULT_SETTINGS", "server_app", "client_app", "check_reply"),
     "launch": ("run_local", "run_coordinator", "run_site", "read_sites_file"),
 }

@@ -46,26 +46,67 @@ def describe_model(folder: str | Path) -> str:
 
 
 def _history_lines(history: list) -> list[str]:
-    """The history table and the best epoch's Dice; history records are free-form in
-    ``model.json``, so anything missing or malformed is shown as ``?`` or left out."""
+    """The history table and the best epoch's (or a federated run's last round's) Dice; history
+    records are free-form in ``model.json``, so anything missing or malformed is shown as ``?``
+    or left out."""
     records = [h for h in history if isinstance(h, dict)]
     if not records:
         return []
     lines = ["", "History", format_table(
         ["run", "date", "tasks", "epochs", "device", "seconds", "best mean Dice"],
-        [[h.get("kind", "?"), h.get("date", "?"), ", ".join(map(str, _list(h.get("tasks")))),
-          len(_list(h.get("epochs"))), h.get("device", "?"), h.get("seconds", "?"), _fmt(h.get("best_mean_dice"))]
-         for h in records],
+        [[h.get("kind", "?"), h.get("date", "?"), ", ".join(map(str, _list(h.get("tasks")))), _length(h),
+          h.get("device", "?"), h.get("seconds", "?"), _fmt(h.get("best_mean_dice"))] for h in records],
     )]
-    epochs = [e for e in _list(records[-1].get("epochs")) if isinstance(e, dict)]
-    best = next((e for e in epochs if e.get("epoch") == records[-1].get("best_epoch")), None)
+    for record in records:
+        if record.get("kind") == "federated":
+            lines += _federated_lines(record)
+    federated = records[-1].get("kind") == "federated"
+    step = "round" if federated else "epoch"
+    epochs = [e for e in _list(records[-1].get(step + "s")) if isinstance(e, dict)]
+    best = next((e for e in epochs if e.get(step) == records[-1].get("best_epoch")), None)
     try:
         rows = [[task, label, f"{d:.3f}"] for task, v in best["val_dice"].items() for label, d in v["labels"].items()]
     except (TypeError, KeyError, AttributeError, ValueError):  # no best epoch, or a record edited by hand
         rows = []
     if rows:
-        lines += ["", f"Validation Dice at the best epoch ({best['epoch']})", format_table(["task", "label", "Dice"], rows)]
+        title = f"after the last round ({best['round']})" if federated else f"at the best epoch ({best['epoch']})"
+        lines += ["", f"Validation Dice {title}", format_table(["task", "label", "Dice"], rows)]
     return lines
+
+
+def _length(record: dict) -> str | int:
+    """A run's length: its epochs, or ``3 rounds`` for a federated run (local epochs happen at the sites)."""
+    if record.get("kind") == "federated":
+        return f"{len(_list(record.get('rounds')))} rounds"
+    return len(_list(record.get("epochs")))
+
+
+def _federated_lines(record: dict) -> list[str]:
+    """A federated run: its settings, the sites by anonymous id with their tasks, and per round who
+    answered, who was missing, the loss, each task's validation Dice and the megabytes of weights
+    sent each way."""
+    options = record.get("options") if isinstance(record.get("options"), dict) else {}
+    sites = record.get("sites") if isinstance(record.get("sites"), dict) else {}
+    tasks = [str(t) for t in _list(record.get("tasks"))]
+    mu = options.get("proximal-mu", 0)
+    aggregation = f"FedProx (mu {mu:g})" if isinstance(mu, (int, float)) and mu > 0 else "FedAvg"
+    rows = []
+    for r in (r for r in _list(record.get("rounds")) if isinstance(r, dict)):
+        dice = r.get("val_dice") if isinstance(r.get("val_dice"), dict) else {}
+        rows.append([r.get("round", "?"), ", ".join(map(str, _list(r.get("sites")))) or "-",
+                     ", ".join(map(str, _list(r.get("missing")))) or "-", _fmt(r.get("loss")),
+                     *[_fmt(dice[t].get("mean")) if isinstance(dice.get(t), dict) else "-" for t in tasks],
+                     _megabytes(r.get("bytes_to_sites")), _megabytes(r.get("bytes_from_sites")), r.get("seconds", "?")])
+    return ["", f"Federated run of {record.get('date', '?')}: {len(sites)} sites, {aggregation} weighted by training "
+            f"slices, {options.get('local-epochs', '?')} local epoch(s) of {options.get('steps-per-epoch', '?')} steps "
+            f"per round, at least {options.get('min-sites', '?')} sites per round",
+            format_table(["site", "tasks"], [[site, ", ".join(map(str, _list(t)))] for site, t in sites.items()]),
+            "", format_table(["round", "sites", "missing", "loss", *(f"{t} Dice" for t in tasks), "MB to sites",
+                              "MB from sites", "seconds"], rows)]
+
+
+def _megabytes(value) -> str:
+    return f"{value / 1e6:.2f}" if isinstance(value, (int, float)) else "-"
 
 
 def _slicing(task: dict) -> str:

@@ -169,9 +169,12 @@ def _prepare_old_tasks(parent: SegmentationModel, plan, replay: float, log: Log,
     """Old tasks' data, prepared with their stored preprocessing and their own validation split
     (slices in ``store``, default RAM); without replay only their validation cases are read (to
     measure forgetting)."""
-    prepared, missing = [], []
+    prepared, missing, federated = [], [], []
     for task_name, entry in parent.config["tasks"].items():
         folder = entry.get("dataset")
+        if str(folder).startswith("federated:"):  # labelsharing.federated's site_task_label: no folder here
+            federated.append(f"{task_name} (trained federatedly at {folder[len('federated:'):].split('/')[0]})")
+            continue
         if not folder or not (Path(folder) / "dataset.json").is_file():
             missing.append(f"{task_name} ({folder or 'no folder recorded'})")
             continue
@@ -181,6 +184,11 @@ def _prepare_old_tasks(parent: SegmentationModel, plan, replay: float, log: Log,
                                      normalization=entry["normalization"],
                                      validation_ids=entry.get("validation_cases"), slicing=Slicing.from_config(entry),
                                      validation_only=replay == 0, store=store))  # not replayed: only measured
+    if federated and replay > 0:
+        raise LabelSharingError(
+            f"Replay needs the old tasks' training data, but these tasks' images stay at their sites: "
+            f"{', '.join(federated)}. Pass --replay 0 (forgetting is then not guarded against).")
+    missing += federated
     if missing and replay > 0:
         raise LabelSharingError(
             "Replay needs the old tasks' training data, but these dataset folders are missing: "
