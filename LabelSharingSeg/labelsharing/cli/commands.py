@@ -79,6 +79,14 @@ def add_task_command(args: argparse.Namespace, progress: ProgressReporter) -> in
     return 0
 
 
+def add_case_command(args: argparse.Namespace, progress: ProgressReporter) -> int:
+    from labelsharing.data import add_case
+
+    case = add_case(args.dataset, args.image, args.label, case_id=args.case_id)
+    print(f"added case {case.case_id}: {case.image} and {case.label}")
+    return 0
+
+
 def predict_command(args: argparse.Namespace, progress: ProgressReporter) -> int:
     from labelsharing.infer import Predictor
     from labelsharing.utils import describe_device

@@ -79,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_flags(add, epochs=10, lr=5e-4)
     add.set_defaults(handler=commands.add_task_command)
 
+    add_case = subcommands.add_parser("add-case", help="add a labelled case (e.g. a corrected segmentation) to a task's "
+                                                     "dataset folder, checked as training checks it")
+    add_case.add_argument("dataset", metavar="DATASET", help="[REQUIRED] the task's dataset folder")
+    add_case.add_argument("image", metavar="IMAGE", help="[REQUIRED] the image (any SimpleITK format or a DICOM series)")
+    add_case.add_argument("label", metavar="LABEL",
+                          help="[REQUIRED] its label map in the task's label values, or a Slicer .seg.nrrd whose "
+                               "segment names are the task's labels")
+    add_case.add_argument("--case-id", metavar="ID", default=None,
+                          help="[OPTIONAL] the new case's id (default: the next free one, e.g. abd_021 after abd_020); "
+                               "an existing case is never replaced")
+    add_case.set_defaults(handler=commands.add_case_command)
+
     predict = subcommands.add_parser("predict", help="segment images with a model, in one task's own labels")
     predict.add_argument("model", metavar="MODEL", help="[REQUIRED] model folder")
     predict.add_argument("inputs", nargs="+", metavar="INPUT",
