@@ -35,8 +35,13 @@ def grown(trained, tmp_path) -> Path:
     chest = shutil.copytree(trained["chest"], tmp_path / "ChestXR")
     for index in (0, 1):
         case = f"chestxr_{index:03d}"
-        add_case(chest, trained["more"] / "imagesTr" / f"{case}_0000.mha", trained["more"] / "labelsTr" / f"{case}.mha")
+        add_case(chest, *_more(trained, case))
     return chest
+
+
+def _more(trained: dict, case: str) -> tuple[Path, Path]:
+    """Image and label of a case of the second ChestXR set."""
+    return trained["more"] / "imagesTr" / f"{case}_0000.mha", trained["more"] / "labelsTr" / f"{case}.mha"
 
 
 def _config(model: Path) -> dict:
@@ -65,8 +70,7 @@ def test_added_cases_are_trained_on_recorded_and_the_held_out_cases_stay(trained
     assert any("(updated)" in m for m in messages) and any("2 added" in m for m in messages)
 
     # A second update holds out a newly added case: it joins the held-out cases, the old ones stay.
-    add_case(grown, trained["more"] / "imagesTr" / "chestxr_002_0000.mha", trained["more"] / "labelsTr" / "chestxr_002.mha",
-             case_id="kept_apart")
+    add_case(grown, *_more(trained, "chestxr_002"), case_id="kept_apart")
     with pytest.raises(LabelSharingError, match="trained on these cases"):
         update(tmp_path / "updated", "ChestXR", grown, tmp_path / "again", TrainingOptions(epochs=1, **TINY),
                validation_cases=[added[0]], **QUIET)
@@ -145,7 +149,7 @@ def test_resuming_after_more_cases_were_added_is_refused(trained, grown, tmp_pat
     with pytest.raises(KeyboardInterrupt):
         update(trained["model"], "ChestXR", grown, tmp_path / "model", options, **QUIET)
     monkeypatch.undo()
-    add_case(grown, trained["more"] / "imagesTr" / "chestxr_002_0000.mha", trained["more"] / "labelsTr" / "chestxr_002.mha")
+    add_case(grown, *_more(trained, "chestxr_002"))
     with pytest.raises(LabelSharingError, match="must repeat the interrupted run.*cases"):
         update(trained["model"], "ChestXR", grown, tmp_path / "model", options, resume=True, **QUIET)
 

@@ -79,12 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_flags(add, epochs=10, lr=5e-4)
     add.set_defaults(handler=commands.add_task_command)
 
-    update = subcommands.add_parser("update", help="teach a trained model more cases of one of its tasks (e.g. corrected "
-                                                   "ones added with add-case), with replay of its other tasks",
-                                    epilog=_SEVERAL_GPUS.format(command="update MODEL --task NAME DATASET --out NEW_MODEL"))
+    update = subcommands.add_parser(
+        "update", help="teach a trained model more cases of one of its tasks (e.g. corrected ones added with add-case), "
+                       "with replay of its other tasks",
+        epilog=_SEVERAL_GPUS.format(command="update MODEL --task NAME DATASET --out NEW_MODEL"))
     update.add_argument("model", metavar="MODEL", help="[REQUIRED] trained model folder (left unchanged)")
-    update.add_argument("dataset", metavar="DATASET", help="[REQUIRED] the task's dataset folder: its original cases and "
-                                                          "the added ones")
+    update.add_argument("dataset", metavar="DATASET",
+                        help="[REQUIRED] the task's dataset folder: its original cases and the added ones")
     update.add_argument("--task", required=True, help="[REQUIRED] the task to update (see 'labelsharing info MODEL')")
     update.add_argument("--out", required=True, metavar="NEW_MODEL", help="[REQUIRED] folder for the new model")
     update.add_argument("--replay", type=_fraction, default=0.5,
@@ -97,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_flags(update, epochs=10, lr=5e-4)
     update.set_defaults(handler=commands.update_command)
 
-    add_case = subcommands.add_parser("add-case", help="add a labelled case (e.g. a corrected segmentation) to a task's "
-                                                     "dataset folder, checked as training checks it")
+    add_case = subcommands.add_parser(
+        "add-case", help="add a labelled case (e.g. a corrected segmentation) to a task's dataset folder, checked as "
+                         "training checks it")
     add_case.add_argument("dataset", metavar="DATASET", help="[REQUIRED] the task's dataset folder")
     add_case.add_argument("image", metavar="IMAGE", help="[REQUIRED] the image (any SimpleITK format or a DICOM series)")
     add_case.add_argument("label", metavar="LABEL",

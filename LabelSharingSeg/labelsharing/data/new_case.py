@@ -57,7 +57,8 @@ def add_case(dataset: str | Path, image: str | Path, label: str | Path, case_id:
     _refuse_taken(task, case_id)
 
     loaded_image, loaded_label = load_case(task, Case(case_id, Path(image), Path(label)))  # the training checks
-    check_same_dimension(task.name, {loaded_image.GetDimension(), read_image_header(task.training[0].image).GetDimension()})
+    check_same_dimension(task.name, {loaded_image.GetDimension(),
+                                     read_image_header(task.training[0].image).GetDimension()})
 
     write_image(loaded_image, image_path)
     try:
