@@ -130,6 +130,14 @@ def test_an_existing_output_needs_force_and_an_interrupted_update_resumes(traine
     assert any(m.startswith("resuming after epoch 1") for m in messages)
     assert _weights(tmp_path / "model") == _weights(tmp_path / "reference")
 
+    # the command line writes an update; --force replaces a model folder
+    assert main(["--progress", "none", "update", str(trained["model"]), "--task", "ChestXR", str(grown), "--out",
+                 str(tmp_path / "short"), "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "4",
+                 "--device", "cpu"]) == 0
+    update(trained["model"], "ChestXR", grown, tmp_path / "model", TrainingOptions(epochs=1, **TINY), force=True,
+           **QUIET)
+    assert _weights(tmp_path / "model") != _weights(tmp_path / "reference")
+
 
 def test_resuming_after_more_cases_were_added_is_refused(trained, grown, tmp_path, monkeypatch):
     """The checkpoint learnt from the cases of the interrupted run; more cases would be another run."""

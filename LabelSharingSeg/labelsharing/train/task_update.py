@@ -118,7 +118,7 @@ def _prepare(model_dir: Path, name: str, folder: Path, replay: float, marked: Se
                                 appearance=parent.config.get("appearance"))
     model = SegmentationModel(config=config, network=parent.network.to(context.device))
     tasks = [updated, *others]
-    record = {"added_cases": added, "validation_added": [c for c in held_out if c in set(marked)],
+    record = {"added_cases": added, "validation_added": held_out[len(entry["validation_cases"]):],
               "training_cases": len(updated.training_ids)}
     return FineTuning(model, tasks, before=measure(model, tasks, context), record=record)
 
