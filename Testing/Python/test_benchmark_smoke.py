@@ -6,6 +6,7 @@ DoDNet-style models ignores the channels of other tasks. No timing asserts.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -115,3 +116,19 @@ def test_dodnet_loss_ignores_unused_channels_and_trains():
     # each task's head comes from its own controller column
     column_grad = network.controller.weight.grad
     assert column_grad[:, 0].abs().sum() > 0 and column_grad[:, 1].abs().sum() > 0
+
+
+def test_correction_loop_benchmark_runs_tiny(tmp_path, capsys):
+    """benchmarks/correction_loop.py end to end at toy size: the update and its control are written,
+    the added cases are recorded and the report names the figures."""
+    from correction_loop import main
+
+    out = tmp_path / "correction"
+    assert main(["--out", str(out), "--task", "ChestXR", "--start", "2", "--held-out", "1", "--added", "2",
+                 "--epochs", "1", "--update-epochs", "1", "--steps", "2", "--batch-size", "4", "--input-size", "32",
+                 "--features", "4", "--quiet"]) == 0
+    result = json.loads((out / "correction_loop.json").read_text())
+    assert len(result["runs"]["update"]["added_cases"]) == 2 and result["runs"]["control"]["added_cases"] == []
+    assert set(result["runs"]["update"]["forgetting"]) == {"AbdomenCT", "BrainMR", "KneeXR", "ChestXR"}
+    printed = capsys.readouterr().out
+    assert "x the training time" in printed and "against the control" in printed

@@ -161,7 +161,7 @@ def test_old_tasks_keep_their_own_validation_split_across_add_tasks(demo, tmp_pa
     from labelsharing.data import read_task_dataset
     from labelsharing.model import SegmentationModel
     from labelsharing.train import split_cases
-    from labelsharing.train.incremental import _prepare_old_tasks
+    from labelsharing.train.fine_tuning import prepare_other_tasks
 
     first = tmp_path / "first"
     train([demo["ChestXR"]], first, TrainingOptions(**TINY), log=lambda m: None)
@@ -174,7 +174,7 @@ def test_old_tasks_keep_their_own_validation_split_across_add_tasks(demo, tmp_pa
 
     model = SegmentationModel.load(second)
     assert model.config["tasks"]["KneeXR"]["validation_cases"] == expected
-    old = {t.name: t for t in _prepare_old_tasks(model, model.plan, 0.5, log=lambda m: None)}
+    old = {t.name: t for t in prepare_other_tasks(model, model.plan, 0.5, log=lambda m: None)}
     assert list(old["KneeXR"].validation_ids) == expected
     assert list(old["ChestXR"].validation_ids) == model.config["tasks"]["ChestXR"]["validation_cases"]
 

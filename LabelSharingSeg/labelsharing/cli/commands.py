@@ -79,6 +79,26 @@ def add_task_command(args: argparse.Namespace, progress: ProgressReporter) -> in
     return 0
 
 
+def update_command(args: argparse.Namespace, progress: ProgressReporter) -> int:
+    from labelsharing.train import TrainingOptions, update
+
+    options = TrainingOptions(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, time_budget=args.time_budget,
+                              batch_size=args.batch_size, learning_rate=args.lr, device=args.device, seed=args.seed,
+                              val_every=args.val_every, slice_memory_mb=args.slice_memory)
+    update(args.model, args.task, args.dataset, args.out, options, replay=args.replay,
+           validation_cases=args.validation_cases, force=args.force, progress=progress, log=_log_for(progress),
+           resume=args.resume, command=args.argv)
+    return 0
+
+
+def add_case_command(args: argparse.Namespace, progress: ProgressReporter) -> int:
+    from labelsharing.data import add_case
+
+    case = add_case(args.dataset, args.image, args.label, case_id=args.case_id)
+    print(f"added case {case.case_id}: {case.image} and {case.label}")
+    return 0
+
+
 def predict_command(args: argparse.Namespace, progress: ProgressReporter) -> int:
     from labelsharing.infer import Predictor
     from labelsharing.utils import describe_device

@@ -79,6 +79,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_flags(add, epochs=10, lr=5e-4)
     add.set_defaults(handler=commands.add_task_command)
 
+    update = subcommands.add_parser(
+        "update", help="teach a trained model more cases of one of its tasks (e.g. corrected ones added with add-case), "
+                       "with replay of its other tasks",
+        epilog=_SEVERAL_GPUS.format(command="update MODEL --task NAME DATASET --out NEW_MODEL"))
+    update.add_argument("model", metavar="MODEL", help="[REQUIRED] trained model folder (left unchanged)")
+    update.add_argument("dataset", metavar="DATASET",
+                        help="[REQUIRED] the task's dataset folder: its original cases and the added ones")
+    update.add_argument("--task", required=True, help="[REQUIRED] the task to update (see 'labelsharing info MODEL')")
+    update.add_argument("--out", required=True, metavar="NEW_MODEL", help="[REQUIRED] folder for the new model")
+    update.add_argument("--replay", type=_fraction, default=0.5,
+                        help="[OPTIONAL] fraction of each batch drawn from the model's other tasks (0.5); 0 needs no "
+                             "other data but does not guard against forgetting")
+    update.add_argument("--validation-cases", nargs="+", default=[], metavar="ID",
+                        help="[OPTIONAL] cases added since the model was trained to hold out for validation from now "
+                             "on (default: every added case is trained on; the task's held-out cases never change)")
+    update.add_argument("--force", action="store_true", help="[OPTIONAL] replace an existing NEW_MODEL folder")
+    _add_training_flags(update, epochs=10, lr=5e-4)
+    update.set_defaults(handler=commands.update_command)
+
+    add_case = subcommands.add_parser(
+        "add-case", help="add a labelled case (e.g. a corrected segmentation) to a task's dataset folder, checked as "
+                         "training checks it")
+    add_case.add_argument("dataset", metavar="DATASET", help="[REQUIRED] the task's dataset folder")
+    add_case.add_argument("image", metavar="IMAGE", help="[REQUIRED] the image (any SimpleITK format or a DICOM series)")
+    add_case.add_argument("label", metavar="LABEL",
+                          help="[REQUIRED] its label map in the task's label values, or a Slicer .seg.nrrd whose "
+                               "segment names are the task's labels")
+    add_case.add_argument("--case-id", metavar="ID", default=None,
+                          help="[OPTIONAL] the new case's id (default: the next free one, e.g. abd_021 after abd_020); "
+                               "an existing case is never replaced")
+    add_case.set_defaults(handler=commands.add_case_command)
+
     predict = subcommands.add_parser("predict", help="segment images with a model, in one task's own labels")
     predict.add_argument("model", metavar="MODEL", help="[REQUIRED] model folder")
     predict.add_argument("inputs", nargs="+", metavar="INPUT",

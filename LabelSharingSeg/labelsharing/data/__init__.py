@@ -9,8 +9,9 @@ from labelsharing.utils import lazy_exports
 _EXPORTS = {
     "datasets": (
         "MODALITIES", "Case", "TaskDataset", "TaskSummary", "read_task_dataset", "inspect_task_dataset",
-        "load_case",
+        "load_case", "check_same_dimension",
     ),
+    "new_case": ("add_case", "next_case_id"),
     "image_io": (
         "SegmentInfo", "geometry_mismatch", "read_image", "read_image_header", "read_label", "write_image",
         "write_label", "case_id_from_path",

@@ -32,7 +32,8 @@ from labelsharing.errors import LabelSharingError
 from labelsharing.plan import EXAMPLE_ENTRY, LabelStats, entry_from_codes, measure_label_sizes, \
     terminology_entry_problem
 
-__all__ = ["MODALITIES", "Case", "TaskDataset", "TaskSummary", "read_task_dataset", "inspect_task_dataset", "load_case"]
+__all__ = ["MODALITIES", "Case", "TaskDataset", "TaskSummary", "read_task_dataset", "inspect_task_dataset", "load_case",
+           "check_same_dimension"]
 
 MODALITIES = ("CT", "MR", "XR", "other")
 _MODALITY_WORDS = {
@@ -170,14 +171,23 @@ def inspect_task_dataset(task: TaskDataset, progress: Callable[[int, int], None]
                 progress(index + 1, len(task.training))
 
     stats = measure_label_sizes(arrays(), task.labels)
-    if len(dims) > 1:
-        raise LabelSharingError(f"Task '{task.name}' mixes 2D and 3D images; split it into two tasks.")
+    check_same_dimension(task.name, dims)
     notes = [
         f"Task '{task.name}': label '{name}' (value {s.value}) never occurs in the training labels."
         for name, s in stats.items()
         if s.presence == 0
     ]
     return TaskSummary(task=task, stats=stats, dimension=dims.pop(), warnings=notes, thumbnails=tuple(kept))
+
+
+def check_same_dimension(task_name: str, dimensions: set[int]) -> None:
+    """Refuse a task whose cases mix 2D and 3D images (``dimensions``: those found).
+
+    Raises:
+        LabelSharingError: more than one dimension.
+    """
+    if len(dimensions) > 1:
+        raise LabelSharingError(f"Task '{task_name}' mixes 2D and 3D images; split it into two tasks.")
 
 
 def load_case(task: TaskDataset, case: Case):
@@ -257,8 +267,9 @@ def _pair_cases(
     if not images_path.is_dir():
         return ()
     # An image is a file with the dataset's ending, or a DICOM series: a folder or .zip named <case>_0000.
-    images = sorted(p for p in images_path.iterdir()
-                    if p.name.endswith(file_ending) or p.is_dir() or p.name.lower().endswith(".zip"))
+    # Hidden names are not cases: a killed writer's temporary file (.x.tmp-<pid>-<hex><ending>), macOS's ._ files.
+    images = sorted(p for p in images_path.iterdir() if not p.name.startswith(".") and (
+                    p.name.endswith(file_ending) or p.is_dir() or p.name.lower().endswith(".zip")))
     stems = [p.name[: len(p.name) - len(_image_ending(p, file_ending))] for p in images]
     unnamed = [s for s in stems if not re.search(r"_\d{4}$", s)]
     if unnamed:
@@ -272,7 +283,8 @@ def _pair_cases(
             f"{images_path}: found extra input channels (_{', _'.join(channels)}); "
             "only single-channel tasks (_0000) are supported for now."
         )
-    labels = {case_id_from_path(p, is_label=True): p for p in labels_path.iterdir()} if labels_path.is_dir() else {}
+    labels = ({case_id_from_path(p, is_label=True): p for p in labels_path.iterdir() if not p.name.startswith(".")}
+              if labels_path.is_dir() else {})
     cases, missing = [], []
     for image in images:
         case_id = case_id_from_path(image)

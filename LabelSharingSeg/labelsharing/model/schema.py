@@ -88,7 +88,8 @@ TASK = Fields(
                         hi=MAX_SHARED, what="label names"),
     },
     optional={"plane": Choice(None, *PLANES), "target_spacing": Array(Number(0.0, 1e4, above=True), 2, 2),
-              "axis": Choice(None, 0, 1, 2), "dataset": Text(), "validation_cases": Array(Text(), 0, 1_000_000)},
+              "axis": Choice(None, 0, 1, 2), "dataset": Text(), "validation_cases": Array(Text(), 0, 1_000_000),
+              "training_cases": Array(Text(), 0, 1_000_000)},
 )
 
 APPEARANCE = Fields({"tasks": Array(Text(), 1, 100_000),

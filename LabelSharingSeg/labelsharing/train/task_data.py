@@ -53,6 +53,8 @@ class PreparedTask:
             (:meth:`load_validation`). Their ids are stored in ``model.json`` so that a later
             ``add-task`` validates (and never trains) on exactly these cases.
         validation_slices: the number of slices of the held-out cases (what one validation predicts).
+        training_ids: the ids of the cases trained on, stored in ``model.json`` so that ``update``
+            can tell which cases were added since (empty for a task prepared ``validation_only``).
     """
 
     name: str
@@ -65,6 +67,7 @@ class PreparedTask:
     validation: list[Case] = field(default_factory=list)
     slicing: Slicing = field(default_factory=Slicing)
     validation_slices: int = 0
+    training_ids: tuple[str, ...] = ()
 
     @property
     def validation_ids(self) -> tuple[str, ...]:
@@ -73,8 +76,8 @@ class PreparedTask:
 
     def model_entry(self, plan: SharedLabelPlan) -> dict:
         """The task's ``model.json`` entry (for :func:`~labelsharing.model.folder.build_model_config`):
-        preprocessing, labels with values, shared labels, colours and terminology, source folder
-        and held-out case ids."""
+        preprocessing, labels with values, shared labels, colours and terminology, source folder,
+        held-out and trained-on case ids."""
         labels = {
             name: {"value": a.value, "shared": a.shared,
                    "color": list(self.dataset.colors.get(name, label_color(a.shared)))}
@@ -84,7 +87,7 @@ class PreparedTask:
             labels[name]["terminology"] = entry
         return {"modality": self.modality, **self.slicing.to_config(), "normalization": self.normalization,
                 "labels": labels, "dataset": str(Path(self.dataset.root).resolve()),
-                "validation_cases": list(self.validation_ids)}
+                "validation_cases": list(self.validation_ids), "training_cases": list(self.training_ids)}
 
     def load_validation(self) -> Iterator[tuple[sitk.Image, np.ndarray]]:
         """The held-out cases as (image, task-label array), read one at a time."""
@@ -179,6 +182,7 @@ def prepare_task(
         name=dataset.name, dataset=dataset, modality=dataset.modality, normalization=normalization,
         images=images, labels=labels, foreground=foreground, validation=list(val_cases), slicing=slicing,
         validation_slices=sum(slicing.slice_count(headers[c.case_id]) for c in val_cases),
+        training_ids=tuple(c.case_id for c in train_cases),
     )
 
 
