@@ -24,6 +24,7 @@ from labelsharing.plan import summarise_tasks
 from labelsharing.train.checkpoint import RunFolder, claim_output, run_options
 from labelsharing.train.distributed import DistributedContext, describe_processes, main_process_output, \
     start_distributed
+from labelsharing.train.familiarity_fit import fit_familiarity
 from labelsharing.train.options import Log, TrainingOptions
 from labelsharing.train.slice_store import SliceStore
 from labelsharing.train.task_data import PreparedTask, prepare_task
@@ -143,6 +144,7 @@ def _fine_tune(model: SegmentationModel, tasks: list[PreparedTask], shares: dict
     with context.together():  # the others wait for the main process to write (and hear if it fails)
         if context.is_main:
             model.network.load_state_dict(result.best_state)
+            model.config["familiarity"] = fit_familiarity(model, tasks, context.device, log)
             after = validation_dice(Predictor(model, context.device), tasks)  # the weights that are written
             forgetting = {task: {"before": before[task]["mean"], "after": after[task]["mean"]}
                           for task in after if task in before}
