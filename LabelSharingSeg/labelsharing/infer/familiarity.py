@@ -8,7 +8,8 @@ through the network, and each slice gives two feature vectors:
 * the **encoder features**: the UNet's bottleneck output, average-pooled on a
   :data:`GRID` x :data:`GRID` grid (so layout counts: a flipped image moves features between cells);
 * the **intensities**: quantiles :data:`QUANTILES` of the normalised slice inside the image
-  (padding left out), which see what normalisation hides from the network (a CT in wrong units).
+  (padding left out), per cell of the same grid: they see what normalisation hides from the
+  network (a CT in wrong units) and where bright and dark parts lie.
 
 A task's reference (stored in ``model.json`` under ``familiarity``, fitted at the end of
 training by :mod:`labelsharing.train.familiarity_fit`) is the mean and spread of both vectors over its
@@ -22,9 +23,10 @@ the largest softmax probability.
 * The out-of-distribution check (:func:`familiarity_report`) warns when the relative distance
   exceeds 1 or the confidence falls below the task's floor (its own volumes' lowest minus
   :data:`CONFIDENCE_SLACK`); it never blocks.
-* Task recognition (:func:`recognise_task`) scores every task by ``softmax(-relative / TEMPERATURE)``
-  and picks the best if its score is at least :data:`MIN_SCORE` and the image is familiar to it;
-  otherwise it refuses, listing the tasks with their scores.
+* Task recognition (:func:`recognise_task`) scores every task in proportion to
+  ``relative ** -POWER`` (scores sum to 1) and picks the best if its score is at least
+  :data:`MIN_SCORE` and the image is familiar to it; otherwise it refuses, listing the tasks with
+  their scores. With two candidates, a score of 0.8 means the chosen task is 1.41x closer.
 
 What it cannot do: two tasks whose images look alike (the look-alike warning of training) are
 close to both references, so recognition refuses between them rather than guess.
@@ -40,9 +42,9 @@ import numpy as np
 from labelsharing.data import Slicing, intensity_normalizer
 from labelsharing.errors import LabelSharingError
 
-__all__ = ["AUTO_TASK", "SAMPLED_SLICES", "GRID", "QUANTILES", "MARGIN", "TEMPERATURE", "MIN_SCORE", "VolumeSignature",
+__all__ = ["AUTO_TASK", "SAMPLED_SLICES", "GRID", "QUANTILES", "MARGIN", "POWER", "MIN_SCORE", "VolumeSignature",
            "TaskChoice", "volume_signature", "reference_entry", "relative_distance", "familiarity_report",
-           "recognise_task", "examine_image", "bottleneck"]
+           "recognise_task", "examine_image", "dimension_mismatch", "bottleneck"]
 
 #: The ``--task`` value that asks for the task to be recognised from the image.
 AUTO_TASK = "auto"
@@ -54,13 +56,15 @@ GRID = 2
 #: Quantiles of a slice's normalised intensities.
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 #: A task's distance limit is MARGIN times the largest distance of its own volumes.
-MARGIN = 1.5
+MARGIN = 1.25
 #: Confidence floor below the lowest confidence of a task's own volumes.
 CONFIDENCE_SLACK = 0.05
-#: Softmax temperature over relative distances for the task scores.
-TEMPERATURE = 0.25
+#: Task scores are proportional to relative distance ** -POWER.
+POWER = 4
 #: ``--task auto`` picks a task only with at least this score.
 MIN_SCORE = 0.8
+#: Pseudo-samples of the mean variance added to every feature's variance (see ``_spread``).
+SHRINKAGE = 10
 _STD_FLOOR = 1e-3
 
 
@@ -70,7 +74,8 @@ class VolumeSignature:
 
     Attributes:
         features: (n, C * GRID * GRID) pooled bottleneck features of the sampled slices.
-        intensities: (n, len(QUANTILES)) normalised intensity quantiles of the sampled slices.
+        intensities: (n, GRID * GRID * len(QUANTILES)) normalised intensity quantiles of the
+            sampled slices' grid cells.
         confidence: mean largest softmax probability over the sampled slices' image region.
     """
 
@@ -137,10 +142,23 @@ def volume_signature(network, image, entry: Mapping, input_size: int, device, sl
     finally:
         hook.remove()
     pooled = torch.nn.functional.adaptive_avg_pool2d(captured[0].float(), grid).flatten(1)
-    inside = fit.crop(batch)[:, 0].flatten(1).float()
-    quantiles = torch.quantile(inside, torch.tensor(list(quantiles), device=inside.device), dim=1).T
-    return VolumeSignature(pooled.cpu().numpy().astype(np.float64), quantiles.cpu().numpy().astype(np.float64),
+    cells = _grid_cells(fit.crop(batch)[:, 0].float(), grid)  # (n, grid * grid, pixels per cell)
+    levels = torch.quantile(cells, torch.tensor(list(quantiles), device=cells.device), dim=2)  # (q, n, cells)
+    return VolumeSignature(pooled.cpu().numpy().astype(np.float64),
+                           levels.permute(1, 2, 0).flatten(1).cpu().numpy().astype(np.float64),
                            float(probabilities.max(dim=1).values.mean()))
+
+
+def _grid_cells(slices, grid: int):
+    """(n, h, w) -> (n, grid * grid, pixels): the slices cut into a grid of equal cells (edges dropped)."""
+    n, height, width = slices.shape
+    ch, cw = max(1, height // grid), max(1, width // grid)
+    repeat = -(-grid // min(height, width)) if min(height, width) < grid else 1
+    if repeat > 1:  # slices narrower than the grid: repeat pixels
+        slices = slices.repeat_interleave(repeat, 1).repeat_interleave(repeat, 2)
+        ch, cw = ch * repeat, cw * repeat
+    cells = slices[:, :ch * grid, :cw * grid].reshape(n, grid, ch, grid, cw).permute(0, 1, 3, 2, 4)
+    return cells.reshape(n, grid * grid, ch * cw)
 
 
 def _distance(values: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> float:
@@ -152,33 +170,46 @@ def _distance(values: np.ndarray, mean: Sequence[float], std: Sequence[float]) -
 def reference_entry(training: Sequence[VolumeSignature], held_out: Sequence[VolumeSignature]) -> dict:
     """A task's reference (its ``familiarity.tasks`` entry of ``model.json``) from its volumes.
 
+    The limits must hold for images the reference has not seen, so each training volume's
+    distance is measured to the statistics of the *other* training volumes (leave one volume
+    out) and each held-out volume's to those of all; a limit is :data:`MARGIN` times the largest.
+
     Args:
         training: signatures of the task's training volumes (mean and spread are taken from them).
         held_out: signatures of its held-out volumes (they and ``training`` set the limits).
     """
     if not training:
         raise ValueError("a reference needs at least one training volume")
-    features = np.concatenate([s.features for s in training])
-    intensities = np.concatenate([s.intensities for s in training])
-    entry = {
-        "feature_mean": features.mean(axis=0), "feature_std": _spread(features),
-        "intensity_mean": intensities.mean(axis=0), "intensity_std": _spread(intensities),
-    }
-    entry = {key: [float(f"{v:.5g}") for v in value] for key, value in entry.items()}
-    own = [*training, *held_out]
-    entry["feature_limit"] = MARGIN * max(_distance(s.features, entry["feature_mean"], entry["feature_std"])
-                                          for s in own)
-    entry["intensity_limit"] = MARGIN * max(_distance(s.intensities, entry["intensity_mean"],
-                                                      entry["intensity_std"]) for s in own)
-    entry["confidence_floor"] = max(0.0, min(s.confidence for s in own) - CONFIDENCE_SLACK)
-    entry["volumes"] = len(own)
+    entry = {"volumes": len(training) + len(held_out),
+             "confidence_floor": max(0.0, min(s.confidence for s in [*training, *held_out]) - CONFIDENCE_SLACK)}
+    for kind, attribute in (("feature", "features"), ("intensity", "intensities")):
+        per_volume = [getattr(s, attribute) for s in training]
+        mean, std = _statistics(per_volume)
+        entry[f"{kind}_mean"], entry[f"{kind}_std"] = [float(f"{v:.5g}") for v in mean], [float(f"{v:.5g}") for v in std]
+        unseen = [_distance(getattr(s, attribute), mean, std) for s in held_out]
+        if len(training) > 1:
+            unseen += [_distance(values, *_statistics(per_volume[:i] + per_volume[i + 1:]))
+                       for i, values in enumerate(per_volume)]
+        else:  # nothing to leave out with
+            unseen += [_distance(per_volume[0], mean, std)]
+        entry[f"{kind}_limit"] = MARGIN * max(unseen)
     return entry
 
 
+def _statistics(per_volume: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and floored spread over the slices of several volumes' (n_i, d) vectors."""
+    values = np.concatenate(per_volume)
+    return values.mean(axis=0), _spread(values)
+
+
 def _spread(values: np.ndarray) -> np.ndarray:
-    """Per-column standard deviation, floored (a constant feature must not divide by zero)."""
-    std = values.std(axis=0)
-    return np.maximum(std, _STD_FLOOR + 0.01 * float(std.mean()))
+    """Per-column standard deviation of (n, d) ``values``, shrunk towards the columns' mean
+    variance as if :data:`SHRINKAGE` more samples had it (a few slices, e.g. of a 2D task, give
+    columns of near-zero spread by chance), and floored (a constant feature must not divide by zero)."""
+    variance = values.var(axis=0)
+    n = len(values)
+    std = np.sqrt((n * variance + SHRINKAGE * variance.mean()) / (n + SHRINKAGE))
+    return np.maximum(std, _STD_FLOOR)
 
 
 def relative_distance(signature: VolumeSignature, reference: Mapping) -> tuple[float, float, float]:
@@ -188,8 +219,27 @@ def relative_distance(signature: VolumeSignature, reference: Mapping) -> tuple[f
     return max(feature / reference["feature_limit"], intensity / reference["intensity_limit"]), feature, intensity
 
 
-def familiarity_report(signature: VolumeSignature, reference: Mapping, task: str, modality: str) -> dict:
+def dimension_mismatch(image, entry: Mapping) -> str | None:
+    """Why ``image`` cannot be like the task's training images by its dimension alone, or None.
+
+    A task whose ``plane`` is null was trained on 2D images; a 3D volume (no axis of size 1) is
+    unlike them, and a 2D image is unlike a 3D task's volumes. Models before ``plane`` say nothing.
+    """
+    if "plane" not in entry:
+        return None
+    volume = image.GetDimension() == 3 and 1 not in image.GetSize()
+    if entry["plane"] is None and volume:
+        return "it is a 3D volume and the task's training images are 2D"
+    if entry["plane"] is not None and not volume:
+        return "it is a 2D image and the task's training images are 3D volumes"
+    return None
+
+
+def familiarity_report(signature: VolumeSignature, reference: Mapping, task: str, modality: str,
+                       mismatch: str | None = None) -> dict:
     """The out-of-distribution figures of one volume predicted as ``task`` (for the sidecar JSON).
+
+    ``mismatch`` (:func:`dimension_mismatch`) makes the volume unfamiliar whatever its distance.
 
     Returns:
         ``{"relative_distance", "feature_distance", "feature_limit", "intensity_distance",
@@ -198,8 +248,8 @@ def familiarity_report(signature: VolumeSignature, reference: Mapping, task: str
     """
     relative, feature, intensity = relative_distance(signature, reference)
     low_confidence = signature.confidence < reference["confidence_floor"]
-    familiar = relative <= 1.0 and not low_confidence
-    reasons = []
+    familiar = relative <= 1.0 and not low_confidence and mismatch is None
+    reasons = [mismatch] if mismatch else []
     if feature > reference["feature_limit"]:
         reasons.append(f"the network's features lie {feature / reference['feature_limit']:.1f}x farther than "
                        "the task's own images")
@@ -235,7 +285,7 @@ def recognise_task(relative: Mapping[str, float], all_tasks: Sequence[str]) -> T
                                 f"(models trained before labelsharing stored them). Name one with --task: "
                                 f"{', '.join(all_tasks)}.")
     values = np.array([relative[n] for n in names])
-    weights = np.exp(-(values - values.min()) / TEMPERATURE)
+    weights = (np.maximum(values, 1e-9) / max(values.min(), 1e-9)) ** -POWER
     scores = {n: float(w) for n, w in zip(names, weights / weights.sum())}
     best = names[int(np.argmin(values))]
     choice = TaskChoice(best, scores[best], scores, {n: float(relative[n]) for n in names})
@@ -243,12 +293,13 @@ def recognise_task(relative: Mapping[str, float], all_tasks: Sequence[str]) -> T
         return choice
     listed = "; ".join(f"{n}: score {scores[n]:.2f}, relative distance {relative[n]:.2f}"
                        for n in sorted(names, key=lambda n: -scores[n]))
-    missing = [t for t in all_tasks if t not in relative]
+    missing = [t for t in all_tasks if t not in relative]  # no reference, or another image dimension
     why = (f"it looks unlike the training images of every task (closest: '{best}', relative distance "
            f"{relative[best]:.2f} > 1)" if relative[best] > 1.0 else
            f"no task scores {MIN_SCORE:.2f} or more (the tasks' images may look alike)")
     raise LabelSharingError(f"Cannot recognise the task of this image: {why}. Candidates: {listed}"
-                            + (f"; without a reference: {', '.join(missing)}" if missing else "")
+                            + (f"; not scored (no reference, or images of another dimension): {', '.join(missing)}"
+                               if missing else "")
                             + ". Name the task with --task.")
 
 
@@ -279,7 +330,8 @@ def examine_image(model, network, image, task: str, device) -> dict:
 
     signatures, recognition = {}, None
     if task == AUTO_TASK and task not in model.config["tasks"]:
-        signatures = {name: measure(name) for name in references}
+        signatures = {name: measure(name) for name in references
+                      if dimension_mismatch(image, model.config["tasks"][name]) is None}
         choice = recognise_task({n: relative_distance(s, references[n])[0] for n, s in signatures.items()},
                                 model.plan.task_names)
         task = choice.task
@@ -289,5 +341,6 @@ def examine_image(model, network, image, task: str, device) -> dict:
     familiarity = None
     if task in references:
         signature = signatures.get(task) or measure(task)
-        familiarity = familiarity_report(signature, references[task], task, entry["modality"])
+        familiarity = familiarity_report(signature, references[task], task, entry["modality"],
+                                         dimension_mismatch(image, entry))
     return {"task": task, "recognition": recognition, "familiarity": familiarity}

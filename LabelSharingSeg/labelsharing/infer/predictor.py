@@ -203,8 +203,9 @@ class Predictor:
         ``task`` ``auto`` recognises each image's task (:meth:`examine`; an image it cannot
         recognise stops the run with the candidates and their scores). Beside each output,
         ``<case>.prediction.json`` records the task, the recognition's scores and the
-        unfamiliar-image figures; a warning is logged when an image looks unlike the task's
-        training images (the result is written all the same).
+        unfamiliar-image figures (for models that store task references, or with ``auto``); a
+        warning is logged when an image looks unlike the task's training images (the result is
+        written all the same).
 
         Returns:
             the written label files, in input order.
@@ -244,9 +245,11 @@ class Predictor:
                                         "DICOM series (a folder or .zip). Choose another --format for these.")
         label_files = [out_dir / f"{case}.{file_format}" for case in cases]
         probability_files = [out_dir / f"{case}_probabilities.nii.gz" for case in cases]
+        # a record when there is something to record: a recognised task or a task reference (new models)
+        recorded = task == AUTO_TASK or bool(self.model.config.get("familiarity"))
         record_files = [out_dir / f"{case}.prediction.json" for case in cases]
-        check_outputs(label_files + record_files + (probability_files if probabilities else []), inputs=paths,
-                      force=force)
+        check_outputs(label_files + (record_files if recorded else []) + (probability_files if probabilities else []),
+                      inputs=paths, force=force)
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -273,7 +276,8 @@ class Predictor:
                 write_label(labels, image, label_file, segments)
             if probs is not None:
                 _write_probabilities(probs, image, probability_file)
-            write_json_atomically(record_file, record)
+            if recorded:
+                write_json_atomically(record_file, record)
 
         # One I/O thread, in order: it writes result i - 1 and reads image i + 1 while image i is
         # predicted; at most two images and two results are held. A failure surfaces at its image,

@@ -103,7 +103,7 @@ FAMILIARITY = Fields({
     "quantiles": Array(_FRACTION, 1, 99),
     "tasks": Names(Fields({
         "feature_mean": Array(Number(-1e30, 1e30), 1, 1_000_000), "feature_std": Array(_POSITIVE, 1, 1_000_000),
-        "intensity_mean": Array(Number(-1e30, 1e30), 1, 99), "intensity_std": Array(_POSITIVE, 1, 99),
+        "intensity_mean": Array(Number(-1e30, 1e30), 1, 99 * 256), "intensity_std": Array(_POSITIVE, 1, 99 * 256),
         "feature_limit": _POSITIVE, "intensity_limit": _POSITIVE, "confidence_floor": _FRACTION,
         "volumes": Integer(1, 10**9),
     }), lo=0, what="task names"),
@@ -210,7 +210,8 @@ def _check_config(config: Any) -> None:
 
 def _check_familiarity(familiarity: Mapping, tasks: Mapping, bottom_channels: int) -> None:
     """References name tasks of the model; their vectors fit the network's bottleneck and the quantiles."""
-    sizes = {"feature": bottom_channels * familiarity["grid"] ** 2, "intensity": len(familiarity["quantiles"])}
+    cells = familiarity["grid"] ** 2
+    sizes = {"feature": bottom_channels * cells, "intensity": len(familiarity["quantiles"]) * cells}
     for task, entry in familiarity["tasks"].items():
         if task not in tasks:
             raise Refusal(join_path("familiarity.tasks", task), f"is not a task of the model ({sorted(tasks)})")
