@@ -53,6 +53,17 @@ def _set(path: str, value):
     return edit
 
 
+def _familiarity(task: str, features: int = 64 * 4, std: float = 1.0):
+    """An edit adding a ``familiarity`` reference for ``task`` (the tiny network's bottleneck has 64 channels)."""
+    def edit(config):
+        reference = {"feature_mean": [0.0] * features, "feature_std": [std] * features,
+                     "intensity_mean": [0.0] * 20, "intensity_std": [1.0] * 20, "feature_limit": 1.0,
+                     "intensity_limit": 1.0, "confidence_floor": 0.5, "volumes": 3}
+        config["familiarity"] = {"slices": 16, "grid": 2, "quantiles": [0.05, 0.25, 0.5, 0.75, 0.95],
+                                 "tasks": {task: reference}}
+    return edit
+
+
 def _both(edit_a, edit_b):
     def edit(config):
         edit_a(config)
@@ -143,8 +154,13 @@ EDITS = {
     "checksum malformed": (_set("weights_sha256", "xyz"), "weights_sha256", "64 lowercase hexadecimal"),
     "checksum missing": (_drop("weights_sha256"), "weights_sha256", "is missing"),
     "parent a number": (_set("parent", 5), "parent", "null or a non-empty string"),
-    "future format": (_set("format_version", 3), "model format 3", "reads formats 1 to 2"),
-    "format as text": (_set("format_version", "2"), "model format '2'", "reads formats 1 to 2"),
+    "familiarity of an unknown task": (_familiarity("TaskC"), r"familiarity\.tasks\.TaskC", "not a task of the model"),
+    "familiarity of another network": (_familiarity("TaskA", features=10), r"familiarity\.tasks\.TaskA\.feature_mean",
+                                       "has 10 items; the rule is 256"),
+    "familiarity spread zero": (_familiarity("TaskA", std=0.0), r"familiarity\.tasks\.TaskA\.feature_std\[0\]",
+                                "is 0.0; allowed"),
+    "future format": (_set("format_version", 4), "model format 4", "reads formats 1 to 3"),
+    "format as text": (_set("format_version", "2"), "model format '2'", "reads formats 1 to 3"),
 }
 
 

@@ -115,7 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("model", metavar="MODEL", help="[REQUIRED] model folder")
     predict.add_argument("inputs", nargs="+", metavar="INPUT",
                          help="[REQUIRED] image files, or DICOM series (a folder or .zip of one series' files)")
-    predict.add_argument("--task", required=True, help="[REQUIRED] task name (see 'labelsharing info MODEL')")
+    predict.add_argument("--task", required=True,
+                         help="[REQUIRED] task name (see 'labelsharing info MODEL'), or 'auto': recognise each "
+                              "image's task (refused, with the candidates' scores, when unsure). Either way "
+                              "<case>.prediction.json records the task and a warning if the image looks unlike "
+                              "the task's training images")
     predict.add_argument("--out", required=True, metavar="OUTDIR",
                          help="[REQUIRED] output folder; each file is written complete or not at all")
     predict.add_argument("--format", choices=("nii.gz", "nrrd", "seg.nrrd", "dcm"), default="nii.gz",

@@ -9,6 +9,10 @@ _EXPORTS = {
     "predictor": ("OUTPUT_FORMATS", "Predictor"),
     "backends": ("BACKENDS", "PRECISIONS"),
     "dicom_seg": ("SEG_TYPES", "export_dicom_seg", "read_segments", "write_dicom_seg"),
+    "familiarity": (
+        "AUTO_TASK", "GRID", "QUANTILES", "SAMPLED_SLICES", "TaskChoice", "VolumeSignature", "examine_image",
+        "familiarity_report", "recognise_task", "reference_entry", "relative_distance", "volume_signature",
+    ),
     "evaluation": ("DiceAccumulator", "evaluate_model", "evaluation_table", "format_dice", "split_warning"),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)

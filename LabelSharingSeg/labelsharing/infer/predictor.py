@@ -33,7 +33,8 @@ from labelsharing.data import SegmentInfo, Slicing, case_id_from_path, intensity
 from labelsharing.errors import LabelSharingError
 from labelsharing.infer.backends import create_backend, log_line
 from labelsharing.model import SegmentationModel, label_color
-from labelsharing.utils import SILENT, ProgressReporter, check_outputs, select_device, write_atomically
+from labelsharing.utils import SILENT, ProgressReporter, check_outputs, select_device, write_atomically, \
+    write_json_atomically
 
 __all__ = ["OUTPUT_FORMATS", "Predictor"]
 
@@ -69,6 +70,7 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.plan = model.plan
         self.network = model.network.to(self.device).eval()
+        self.log = log
         self.backend = create_backend(self.network, self.device, model.input_size, backend, precision, model_dir, log,
                                       self.batch_size)
 
@@ -157,6 +159,17 @@ class Predictor:
                         prob_slices[c][start:stop] = full[:, channel].half().cpu().numpy()
         return output, probs
 
+    def examine(self, image: sitk.Image, task: str) -> dict:
+        """Recognise the task of ``image`` (``task`` ``auto``) and check it looks like that task's
+        training images (:func:`~labelsharing.infer.familiarity.examine_image`); never blocks a given task.
+
+        Returns:
+            ``{"task", "recognition", "familiarity"}`` (the prediction's sidecar record).
+        """
+        from labelsharing.infer.familiarity import examine_image
+
+        return examine_image(self.model, self.network, image, task, self.device)
+
     # ------------------------------------------------------------------------------ files
     def predict_files(
         self,
@@ -187,6 +200,13 @@ class Predictor:
         input, and replaces an existing file only with ``force`` (CLI ``--force``). Each file is
         written atomically (:mod:`labelsharing.utils.safe_write`): complete or not at all.
 
+        ``task`` ``auto`` recognises each image's task (:meth:`examine`; an image it cannot
+        recognise stops the run with the candidates and their scores). Beside each output,
+        ``<case>.prediction.json`` records the task, the recognition's scores and the
+        unfamiliar-image figures (for models that store task references, or with ``auto``); a
+        warning is logged when an image looks unlike the task's training images (the result is
+        written all the same).
+
         Returns:
             the written label files, in input order.
 
@@ -198,7 +218,10 @@ class Predictor:
         file_format = file_format.lower().lstrip(".")
         if file_format not in OUTPUT_FORMATS:
             raise LabelSharingError(f"Unknown output format '{file_format}'; choose one of {', '.join(OUTPUT_FORMATS)}.")
-        self.model.task(task)
+        from labelsharing.infer.familiarity import AUTO_TASK
+
+        if task != AUTO_TASK:
+            self.model.task(task)
         paths = [Path(p) for p in inputs]
         if not paths:
             raise LabelSharingError("No input images given.")
@@ -222,13 +245,16 @@ class Predictor:
                                         "DICOM series (a folder or .zip). Choose another --format for these.")
         label_files = [out_dir / f"{case}.{file_format}" for case in cases]
         probability_files = [out_dir / f"{case}_probabilities.nii.gz" for case in cases]
-        check_outputs(label_files + (probability_files if probabilities else []), inputs=paths, force=force)
+        # a record when there is something to record: a recognised task or a task reference (new models)
+        recorded = task == AUTO_TASK or bool(self.model.config.get("familiarity"))
+        record_files = [out_dir / f"{case}.prediction.json" for case in cases]
+        check_outputs(label_files + (record_files if recorded else []) + (probability_files if probabilities else []),
+                      inputs=paths, force=force)
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise LabelSharingError(f"Cannot create the output folder {out_dir}: {exc.strerror or exc}. "
                                     "Choose another --out.") from exc
-        segments = self.task_labels(task)
         model_sha256 = self.model.config.get("weights_sha256")
 
         def read(path: Path):
@@ -239,7 +265,8 @@ class Predictor:
             image = read_image(path, series_uid)
             return image, image
 
-        def write(labels, probs, image, source, label_file, probability_file) -> None:
+        def write(labels, probs, image, source, label_file, probability_file, record, record_file) -> None:
+            task, segments = record["task"], self.task_labels(record["task"])
             if dicom:
                 from labelsharing.infer.dicom_seg import write_dicom_seg
 
@@ -249,6 +276,8 @@ class Predictor:
                 write_label(labels, image, label_file, segments)
             if probs is not None:
                 _write_probabilities(probs, image, probability_file)
+            if recorded:
+                write_json_atomically(record_file, record)
 
         # One I/O thread, in order: it writes result i - 1 and reads image i + 1 while image i is
         # predicted; at most two images and two results are held. A failure surfaces at its image,
@@ -263,7 +292,8 @@ class Predictor:
                     future.result()
                     advance(case=case)
 
-            for index, (case, label_file, probability_file) in enumerate(zip(cases, label_files, probability_files)):
+            for index, (case, label_file, probability_file, record_file) in enumerate(
+                    zip(cases, label_files, probability_files, record_files)):
                 try:
                     image, source = upcoming.result()
                 except BaseException:
@@ -271,12 +301,27 @@ class Predictor:
                     raise
                 if index + 1 < len(paths):
                     upcoming = io.submit(read, paths[index + 1])
-                labels, probs = self._predict(image, task, probabilities)
+                try:
+                    record = self._examine_case(image, task, case)
+                except BaseException:
+                    finish_writing()
+                    raise
+                labels, probs = self._predict(image, record["task"], probabilities)
                 finish_writing()
-                written.append((io.submit(write, labels, probs, image, source, label_file, probability_file), case))
+                written.append((io.submit(write, labels, probs, image, source, label_file, probability_file, record,
+                                          record_file), case))
                 del image, source, labels, probs
             finish_writing()
         return label_files
+
+    def _examine_case(self, image: sitk.Image, task: str, case: str) -> dict:
+        """:meth:`examine` one input, logging the recognised task and any unfamiliar-image warning."""
+        record = {"case": case, **self.examine(image, task)}
+        if record["recognition"] is not None:
+            self.log(f"{case}: task '{record['task']}' recognised (score {record['recognition']['score']:.2f})")
+        if record["familiarity"] is not None and record["familiarity"]["warning"]:
+            self.log(f"warning: {case}: {record['familiarity']['warning']}")
+        return record
 
 
 def _write_probabilities(probs: np.ndarray, reference: sitk.Image, path: Path) -> Path:

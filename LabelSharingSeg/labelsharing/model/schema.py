@@ -30,8 +30,9 @@ __all__ = [
     "validate_architecture",
 ]
 
-#: Version of the ``model.json`` layout written by this package (2: adds ``weights_sha256``).
-FORMAT_VERSION = 2
+#: Version of the ``model.json`` layout written by this package (2: adds ``weights_sha256``;
+#: 3: adds the optional ``familiarity`` references, so format 2 reads as 3 unchanged).
+FORMAT_VERSION = 3
 #: Most shared labels (network outputs besides background) a model may have.
 MAX_SHARED = 255
 #: Largest task label value (label maps are written as uint16 at most).
@@ -95,6 +96,20 @@ TASK = Fields(
 APPEARANCE = Fields({"tasks": Array(Text(), 1, 100_000),
                      "confusion": Array(Array(Either(_FRACTION, Choice(None)), 1, 100_000), 1, 100_000)})
 
+_POSITIVE = Number(0.0, 1e30, above=True)
+# Per task: its training images' feature statistics (labelsharing.infer.familiarity.reference_entry).
+FAMILIARITY = Fields({
+    "slices": Integer(1, 4096),
+    "grid": Integer(1, 16),
+    "quantiles": Array(_FRACTION, 1, 99),
+    "tasks": Names(Fields({
+        "feature_mean": Array(Number(-1e30, 1e30), 1, 1_000_000), "feature_std": Array(_POSITIVE, 1, 1_000_000),
+        "intensity_mean": Array(Number(-1e30, 1e30), 1, 99 * 256), "intensity_std": Array(_POSITIVE, 1, 99 * 256),
+        "feature_limit": _POSITIVE, "intensity_limit": _POSITIVE, "confidence_floor": _FRACTION,
+        "volumes": Integer(1, 10**9),
+    }), lo=0, what="task names"),
+})
+
 MODEL_CONFIG = Fields(
     required={
         "format_version": Choice(FORMAT_VERSION),
@@ -111,6 +126,7 @@ MODEL_CONFIG = Fields(
         "parent": Either(Choice(None), Text()),
         "versions": Names(Field(), lo=0, what="package names"),
         "appearance": APPEARANCE,
+        "familiarity": FAMILIARITY,
     },
 )
 
@@ -189,6 +205,22 @@ def _check_config(config: Any) -> None:
     _check_plan_matches_tasks(config["plan"], config["tasks"])
     if "appearance" in config:
         _check_appearance(config["appearance"], config["tasks"])
+    if "familiarity" in config:
+        _check_familiarity(config["familiarity"], config["tasks"], kwargs["channels"][-1])
+
+
+def _check_familiarity(familiarity: Mapping, tasks: Mapping, bottom_channels: int) -> None:
+    """References name tasks of the model; their vectors fit the network's bottleneck and the quantiles."""
+    cells = familiarity["grid"] ** 2
+    sizes = {"feature": bottom_channels * cells, "intensity": len(familiarity["quantiles"]) * cells}
+    for task, entry in familiarity["tasks"].items():
+        if task not in tasks:
+            raise Refusal(join_path("familiarity.tasks", task), f"is not a task of the model ({sorted(tasks)})")
+        for kind, size in sizes.items():
+            for key in (f"{kind}_mean", f"{kind}_std"):
+                if len(entry[key]) != size:
+                    raise Refusal(join_path("familiarity.tasks", task, key), f"has {len(entry[key])} items; the rule "
+                                                                          f"is {size} (from the network and settings)")
 
 
 def _check_appearance(appearance: Mapping, tasks: Mapping) -> None:

@@ -23,6 +23,7 @@ from labelsharing.model import SegmentationModel
 from labelsharing.plan import SharedLabelPlan
 from labelsharing.train.checkpoint import RunFolder, claim_output
 from labelsharing.train.distributed import DistributedContext, main_process_output, start_distributed
+from labelsharing.train.familiarity_fit import fit_familiarity
 from labelsharing.train.options import Log, TrainingOptions
 from labelsharing.train.slice_store import SliceStore
 from labelsharing.train.task_data import PreparedTask, prepare_task
@@ -106,6 +107,7 @@ def _fine_tune(kind: str, job: FineTuning, model_dir: Path, dataset: Path, out: 
     with context.together():  # the others wait for the main process to write (and hear if it fails)
         if context.is_main:
             model.network.load_state_dict(result.best_state)
+            model.config["familiarity"] = fit_familiarity(model, tasks, context.device, log)  # the network changed
             after = measure(model, tasks, context)  # the weights that are written
             forgetting = {task: {"before": job.before[task]["mean"], "after": after[task]["mean"]}
                           for task in after if task in job.before}

@@ -22,6 +22,7 @@ from labelsharing.plan import plan_task_datasets
 from labelsharing.train.checkpoint import RunFolder, claim_output, run_options
 from labelsharing.train.distributed import DistributedContext, describe_processes, main_process_output, \
     start_distributed
+from labelsharing.train.familiarity_fit import fit_familiarity
 from labelsharing.train.options import Log, TrainingOptions
 from labelsharing.train.slice_store import SliceStore
 from labelsharing.train.task_data import prepare_task
@@ -100,6 +101,7 @@ def _train(datasets, out: Path, options: TrainingOptions, pins, force: bool, con
     with context.together():  # the others wait for the main process to write (and hear if it fails)
         if context.is_main:
             model.network.load_state_dict(result.best_state)
+            config["familiarity"] = fit_familiarity(model, tasks, device, log)
             config["history"].append(result.history_entry("train", options, device, [t.name for t in tasks],
                                                           context.world_size))
             model.save(out, overwrite=force, inputs=datasets)

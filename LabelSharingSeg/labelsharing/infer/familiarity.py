@@ -1,0 +1,346 @@
+"""How familiar an image looks to each task of a model: the measure behind ``--task auto`` and
+the out-of-distribution warning.
+
+A volume is prepared exactly as a task prepares its images for prediction (the task's
+normalisation, slicing and square fit), :data:`SAMPLED_SLICES` evenly spaced slices are run
+through the network, and each slice gives two feature vectors:
+
+* the **encoder features**: the UNet's bottleneck output, average-pooled on a
+  :data:`GRID` x :data:`GRID` grid (so layout counts: a flipped image moves features between cells);
+* the **intensities**: quantiles :data:`QUANTILES` of the normalised slice inside the image
+  (padding left out), per cell of the same grid: they see what normalisation hides from the
+  network (a CT in wrong units) and where bright and dark parts lie.
+
+A task's reference (stored in ``model.json`` under ``familiarity``, fitted at the end of
+training by :mod:`labelsharing.train.familiarity_fit`) is the mean and spread of both vectors over its
+training volumes' sampled slices, and a limit for each: :data:`MARGIN` times the largest distance
+of its own volumes (held-out and training). The **distance** of a volume to a task is, per
+vector, the mean over its slices of the root-mean-square z-score; the **relative distance**
+is the larger of the two distances over their limits, so below 1 means "as close as the task's
+own images". The volume's **confidence** is the mean, over its sampled slices' image region, of
+the largest softmax probability.
+
+* The out-of-distribution check (:func:`familiarity_report`) warns when the relative distance
+  exceeds 1 or the confidence falls below the task's floor (its own volumes' lowest minus
+  :data:`CONFIDENCE_SLACK`); it never blocks.
+* Task recognition (:func:`recognise_task`) scores every task in proportion to
+  ``relative ** -POWER`` (scores sum to 1) and picks the best if its score is at least
+  :data:`MIN_SCORE` and the image is familiar to it; otherwise it refuses, listing the tasks with
+  their scores. With two candidates, a score of 0.8 means the chosen task is 1.41x closer.
+
+What it cannot do: two tasks whose images look alike (the look-alike warning of training) are
+close to both references, so recognition refuses between them rather than guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from labelsharing.data import Slicing, intensity_normalizer
+from labelsharing.errors import LabelSharingError
+
+__all__ = ["AUTO_TASK", "SAMPLED_SLICES", "GRID", "QUANTILES", "MARGIN", "POWER", "MIN_SCORE", "VolumeSignature",
+           "TaskChoice", "volume_signature", "reference_entry", "relative_distance", "familiarity_report",
+           "recognise_task", "examine_image", "dimension_mismatch", "bottleneck"]
+
+#: The ``--task`` value that asks for the task to be recognised from the image.
+AUTO_TASK = "auto"
+
+#: Slices per volume run through the network (evenly spaced, ends included).
+SAMPLED_SLICES = 16
+#: Encoder features are pooled on a GRID x GRID grid.
+GRID = 2
+#: Quantiles of a slice's normalised intensities.
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+#: A task's distance limit is MARGIN times the largest distance of its own volumes.
+MARGIN = 1.25
+#: Confidence floor below the lowest confidence of a task's own volumes.
+CONFIDENCE_SLACK = 0.05
+#: Task scores are proportional to relative distance ** -POWER.
+POWER = 4
+#: ``--task auto`` picks a task only with at least this score.
+MIN_SCORE = 0.8
+#: Pseudo-samples of the mean variance added to every feature's variance (see ``_spread``).
+SHRINKAGE = 10
+_STD_FLOOR = 1e-3
+
+
+@dataclass(frozen=True)
+class VolumeSignature:
+    """What one volume looks like to one task.
+
+    Attributes:
+        features: (n, C * GRID * GRID) pooled bottleneck features of the sampled slices.
+        intensities: (n, GRID * GRID * len(QUANTILES)) normalised intensity quantiles of the
+            sampled slices' grid cells.
+        confidence: mean largest softmax probability over the sampled slices' image region.
+    """
+
+    features: np.ndarray
+    intensities: np.ndarray
+    confidence: float
+
+
+@dataclass(frozen=True)
+class TaskChoice:
+    """The outcome of :func:`recognise_task`: the chosen task, its score and every task's figures."""
+
+    task: str
+    score: float
+    scores: dict
+    relative: dict
+
+    def describe(self) -> str:
+        return f"task '{self.task}' recognised (score {self.score:.2f}; " + ", ".join(
+            f"{t} {s:.2f}" for t, s in sorted(self.scores.items(), key=lambda item: -item[1])) + ")"
+
+
+def bottleneck(network):
+    """The module whose output is the UNet's bottleneck (the innermost skip connection's body)."""
+    from monai.networks.layers import SkipConnection
+
+    skips = [m for m in network.modules() if isinstance(m, SkipConnection)]
+    if not skips:
+        raise ValueError("the network has no skip connection; familiarity needs a MONAI UNet")
+    inner = skips[-1].submodule
+    deeper = [m for m in inner.modules() if isinstance(m, SkipConnection)]
+    if deeper:
+        raise ValueError("unexpected UNet layout: the last skip connection is not the innermost")
+    return inner
+
+
+def volume_signature(network, image, entry: Mapping, input_size: int, device, slices: int = SAMPLED_SLICES,
+                     grid: int = GRID, quantiles: Sequence[float] = QUANTILES) -> VolumeSignature:
+    """Prepare ``image`` as the task of ``entry`` does and measure its sampled slices.
+
+    Args:
+        network: the torch UNet (eval mode), on ``device``.
+        image: a 2D or 3D SimpleITK image.
+        entry: the task's ``model.json`` entry (normalisation, plane, target spacing).
+        input_size: the network's input side S.
+        slices, grid, quantiles: how many slices to sample, the pooling grid, the intensity
+            quantiles (a model's stored ``familiarity`` settings; default the current ones).
+    """
+    import SimpleITK as sitk
+    import torch
+
+    stored = sitk.GetArrayViewFromImage(image)
+    normalize = intensity_normalizer(stored, entry["normalization"])
+    slicing = Slicing.from_config(entry)
+    cut = slicing.slices(stored, image)
+    chosen = np.unique(np.linspace(0, len(cut) - 1, min(len(cut), slices)).round().astype(int))
+    fit = slicing.square_fit(image, input_size)
+    captured = []
+    hook = bottleneck(network).register_forward_hook(lambda module, args, output: captured.append(output))
+    try:
+        with torch.inference_mode():
+            batch = fit.forward(torch.from_numpy(np.ascontiguousarray(normalize(cut[chosen])))[:, None].to(device))
+            probabilities = fit.crop(network(batch).float().softmax(dim=1))
+    finally:
+        hook.remove()
+    pooled = torch.nn.functional.adaptive_avg_pool2d(captured[0].float(), grid).flatten(1)
+    cells = _grid_cells(fit.crop(batch)[:, 0].float(), grid)  # (n, grid * grid, pixels per cell)
+    levels = torch.quantile(cells, torch.tensor(list(quantiles), device=cells.device), dim=2)  # (q, n, cells)
+    return VolumeSignature(pooled.cpu().numpy().astype(np.float64),
+                           levels.permute(1, 2, 0).flatten(1).cpu().numpy().astype(np.float64),
+                           float(probabilities.max(dim=1).values.mean()))
+
+
+def _grid_cells(slices, grid: int):
+    """(n, h, w) -> (n, grid * grid, pixels): the slices cut into a grid of equal cells (edges dropped)."""
+    n, height, width = slices.shape
+    ch, cw = max(1, height // grid), max(1, width // grid)
+    repeat = -(-grid // min(height, width)) if min(height, width) < grid else 1
+    if repeat > 1:  # slices narrower than the grid: repeat pixels
+        slices = slices.repeat_interleave(repeat, 1).repeat_interleave(repeat, 2)
+        ch, cw = ch * repeat, cw * repeat
+    cells = slices[:, :ch * grid, :cw * grid].reshape(n, grid, ch, grid, cw).permute(0, 1, 3, 2, 4)
+    return cells.reshape(n, grid * grid, ch * cw)
+
+
+def _distance(values: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> float:
+    """Mean over slices of the root-mean-square z-score of ``values`` (n, d)."""
+    z = (values - np.asarray(mean)) / np.asarray(std)
+    return float(np.sqrt((z ** 2).mean(axis=1)).mean())
+
+
+def reference_entry(training: Sequence[VolumeSignature], held_out: Sequence[VolumeSignature]) -> dict:
+    """A task's reference (its ``familiarity.tasks`` entry of ``model.json``) from its volumes.
+
+    The limits must hold for images the reference has not seen, so each training volume's
+    distance is measured to the statistics of the *other* training volumes (leave one volume
+    out) and each held-out volume's to those of all; a limit is :data:`MARGIN` times the largest.
+
+    Args:
+        training: signatures of the task's training volumes (mean and spread are taken from them).
+        held_out: signatures of its held-out volumes (they and ``training`` set the limits).
+    """
+    if not training:
+        raise ValueError("a reference needs at least one training volume")
+    entry = {"volumes": len(training) + len(held_out),
+             "confidence_floor": max(0.0, min(s.confidence for s in [*training, *held_out]) - CONFIDENCE_SLACK)}
+    for kind, attribute in (("feature", "features"), ("intensity", "intensities")):
+        per_volume = [getattr(s, attribute) for s in training]
+        mean, std = _statistics(per_volume)
+        entry[f"{kind}_mean"], entry[f"{kind}_std"] = [float(f"{v:.5g}") for v in mean], [float(f"{v:.5g}") for v in std]
+        unseen = [_distance(getattr(s, attribute), mean, std) for s in held_out]
+        if len(training) > 1:
+            unseen += [_distance(values, *_statistics(per_volume[:i] + per_volume[i + 1:]))
+                       for i, values in enumerate(per_volume)]
+        else:  # nothing to leave out with
+            unseen += [_distance(per_volume[0], mean, std)]
+        entry[f"{kind}_limit"] = MARGIN * max(unseen)
+    return entry
+
+
+def _statistics(per_volume: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and floored spread over the slices of several volumes' (n_i, d) vectors."""
+    values = np.concatenate(per_volume)
+    return values.mean(axis=0), _spread(values)
+
+
+def _spread(values: np.ndarray) -> np.ndarray:
+    """Per-column standard deviation of (n, d) ``values``, shrunk towards the columns' mean
+    variance as if :data:`SHRINKAGE` more samples had it (a few slices, e.g. of a 2D task, give
+    columns of near-zero spread by chance), and floored (a constant feature must not divide by zero)."""
+    variance = values.var(axis=0)
+    n = len(values)
+    std = np.sqrt((n * variance + SHRINKAGE * variance.mean()) / (n + SHRINKAGE))
+    return np.maximum(std, _STD_FLOOR)
+
+
+def relative_distance(signature: VolumeSignature, reference: Mapping) -> tuple[float, float, float]:
+    """``(relative, feature distance, intensity distance)`` of a volume to one task's reference."""
+    feature = _distance(signature.features, reference["feature_mean"], reference["feature_std"])
+    intensity = _distance(signature.intensities, reference["intensity_mean"], reference["intensity_std"])
+    return max(feature / reference["feature_limit"], intensity / reference["intensity_limit"]), feature, intensity
+
+
+def dimension_mismatch(image, entry: Mapping) -> str | None:
+    """Why ``image`` cannot be like the task's training images by its dimension alone, or None.
+
+    A task whose ``plane`` is null was trained on 2D images; a 3D volume (no axis of size 1) is
+    unlike them, and a 2D image is unlike a 3D task's volumes. Models before ``plane`` say nothing.
+    """
+    if "plane" not in entry:
+        return None
+    volume = image.GetDimension() == 3 and 1 not in image.GetSize()
+    if entry["plane"] is None and volume:
+        return "it is a 3D volume and the task's training images are 2D"
+    if entry["plane"] is not None and not volume:
+        return "it is a 2D image and the task's training images are 3D volumes"
+    return None
+
+
+def familiarity_report(signature: VolumeSignature, reference: Mapping, task: str, modality: str,
+                       mismatch: str | None = None) -> dict:
+    """The out-of-distribution figures of one volume predicted as ``task`` (for the sidecar JSON).
+
+    ``mismatch`` (:func:`dimension_mismatch`) makes the volume unfamiliar whatever its distance.
+
+    Returns:
+        ``{"relative_distance", "feature_distance", "feature_limit", "intensity_distance",
+        "intensity_limit", "confidence", "confidence_floor", "familiar", "warning"}``;
+        ``warning`` is ``None`` when the volume looks like the task's training images.
+    """
+    relative, feature, intensity = relative_distance(signature, reference)
+    low_confidence = signature.confidence < reference["confidence_floor"]
+    familiar = relative <= 1.0 and not low_confidence and mismatch is None
+    reasons = [mismatch] if mismatch else []
+    if feature > reference["feature_limit"]:
+        reasons.append(f"the network's features lie {feature / reference['feature_limit']:.1f}x farther than "
+                       "the task's own images")
+    if intensity > reference["intensity_limit"]:
+        reasons.append(f"the intensities after normalisation lie {intensity / reference['intensity_limit']:.1f}x "
+                       "farther (check the modality, units and rescale slope/intercept)")
+    if low_confidence:
+        reasons.append(f"the mean softmax confidence {signature.confidence:.2f} is below "
+                       f"{reference['confidence_floor']:.2f}")
+    warning = None if familiar else (
+        f"this {modality} image looks unlike the training images of task '{task}' ({'; '.join(reasons)}): check "
+        "the result, the task chosen, and the image's orientation, spacing and body part.")
+    return {"relative_distance": round(relative, 4), "feature_distance": round(feature, 4),
+            "feature_limit": round(reference["feature_limit"], 4), "intensity_distance": round(intensity, 4),
+            "intensity_limit": round(reference["intensity_limit"], 4), "confidence": round(signature.confidence, 4),
+            "confidence_floor": round(reference["confidence_floor"], 4), "familiar": familiar, "warning": warning}
+
+
+def recognise_task(relative: Mapping[str, float], all_tasks: Sequence[str]) -> TaskChoice:
+    """Pick the task an image belongs to from its relative distances to each task's reference.
+
+    Args:
+        relative: task -> relative distance (:func:`relative_distance`), for the tasks with a reference.
+        all_tasks: every task of the model (those without a reference are named in a refusal).
+
+    Raises:
+        LabelSharingError: no task scores :data:`MIN_SCORE` or the best is unfamiliar; the message
+            lists every task with its score so that the user can name one with ``--task``.
+    """
+    names = list(relative)
+    if not names:
+        raise LabelSharingError("This model stores no task references, so it cannot recognise the task "
+                                f"(models trained before labelsharing stored them). Name one with --task: "
+                                f"{', '.join(all_tasks)}.")
+    values = np.array([relative[n] for n in names])
+    weights = (np.maximum(values, 1e-9) / max(values.min(), 1e-9)) ** -POWER
+    scores = {n: float(w) for n, w in zip(names, weights / weights.sum())}
+    best = names[int(np.argmin(values))]
+    choice = TaskChoice(best, scores[best], scores, {n: float(relative[n]) for n in names})
+    if scores[best] >= MIN_SCORE and relative[best] <= 1.0:
+        return choice
+    listed = "; ".join(f"{n}: score {scores[n]:.2f}, relative distance {relative[n]:.2f}"
+                       for n in sorted(names, key=lambda n: -scores[n]))
+    missing = [t for t in all_tasks if t not in relative]  # no reference, or another image dimension
+    why = (f"it looks unlike the training images of every task (closest: '{best}', relative distance "
+           f"{relative[best]:.2f} > 1)" if relative[best] > 1.0 else
+           f"no task scores {MIN_SCORE:.2f} or more (the tasks' images may look alike)")
+    raise LabelSharingError(f"Cannot recognise the task of this image: {why}. Candidates: {listed}"
+                            + (f"; not scored (no reference, or images of another dimension): {', '.join(missing)}"
+                               if missing else "")
+                            + ". Name the task with --task.")
+
+
+def examine_image(model, network, image, task: str, device) -> dict:
+    """Recognise the task of ``image`` (if ``task`` is :data:`AUTO_TASK`) and measure how familiar
+    it looks to that task: the record written beside the prediction (sidecar JSON).
+
+    Args:
+        model: the :class:`~labelsharing.model.SegmentationModel` (its ``familiarity`` references).
+        network: its torch network, in eval mode on ``device``.
+        image: the SimpleITK image to predict.
+        task: a task name, or :data:`AUTO_TASK`.
+
+    Returns:
+        ``{"task", "recognition", "familiarity"}``: the task to predict; ``None`` or
+        ``{"score", "scores", "relative_distance"}``; ``None`` (no reference for the task) or the
+        :func:`familiarity_report`.
+
+    Raises:
+        LabelSharingError: unknown task, or the task cannot be recognised (:func:`recognise_task`).
+    """
+    stored = model.config.get("familiarity") or {}
+    references = stored.get("tasks", {})
+
+    def measure(name: str) -> VolumeSignature:
+        return volume_signature(network, image, model.task(name), model.input_size, device, stored["slices"],
+                                stored["grid"], stored["quantiles"])
+
+    signatures, recognition = {}, None
+    if task == AUTO_TASK and task not in model.config["tasks"]:
+        signatures = {name: measure(name) for name in references
+                      if dimension_mismatch(image, model.config["tasks"][name]) is None}
+        choice = recognise_task({n: relative_distance(s, references[n])[0] for n, s in signatures.items()},
+                                model.plan.task_names)
+        task = choice.task
+        recognition = {"score": round(choice.score, 4), "scores": {n: round(s, 4) for n, s in choice.scores.items()},
+                       "relative_distance": {n: round(r, 4) for n, r in choice.relative.items()}}
+    entry = model.task(task)  # raises LabelSharingError with a suggestion
+    familiarity = None
+    if task in references:
+        signature = signatures.get(task) or measure(task)
+        familiarity = familiarity_report(signature, references[task], task, entry["modality"],
+                                         dimension_mismatch(image, entry))
+    return {"task": task, "recognition": recognition, "familiarity": familiarity}
