@@ -76,6 +76,11 @@ class Server:
 
 
 def _files(root: Path) -> set[str]:
+    """Every path under ``root``, once earlier predicts' temporary folders are gone (the server
+    removes them after it has answered, so a listing taken at once may still hold one)."""
+    deadline = time.monotonic() + 30
+    while any(root.glob("models/.labelsharing-serve/jobs/predict-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
     return {str(path.relative_to(root)) for path in root.rglob("*")}
 
 
