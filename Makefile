@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install --quiet -e ".[test,fast-cpu,dicom,federated,serve]"
+	$(PY) -m pip install --quiet -e ".[test,fast-cpu,onnx,dicom,federated,serve]"
 	touch $(STAMP)
 
 # pytest's exit 5 (no tests collected) fails the target like any other failure.
