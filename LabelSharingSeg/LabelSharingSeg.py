@@ -155,7 +155,7 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                      serverUrl=self.engineSettings.serverUrl,
                                      onServerModelWritten=lambda name: self.enginePanel.onServerModelWritten(name))
         self.correctionPanel = CorrectionPanel(ui, self.logic, self.jobs, node, model,
-                                               lambda: ui.taskComboBox.currentText if self.segmentPanel.model else "",
+                                               self.segmentPanel.taskOfResult,
                                                TaskDatasetFolders(qt.QSettings()), slicer, qt,
                                                onModelWritten=self.library.add)
         self.taskPanel = TaskPanel(ui, self.logic, self.jobs, node, model, self.trainPanel.addDatasetFolder, slicer, qt)

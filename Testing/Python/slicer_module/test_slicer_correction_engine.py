@@ -31,13 +31,13 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 @pytest.fixture(scope="module")
 def trainedModel(tmp_path_factory):
-    """A tiny model trained on 3 demo abdomen CT cases (1 held out), and two test cases to correct."""
+    """A tiny model trained on 3 demo abdomen CT and 3 brain MR cases (1 held out each); the abdomen folder."""
     from labelsharing.demo import make_demo_datasets  # the engine: in the test process only, never in the module's
     from labelsharing.train import TrainingOptions, train
 
     root = tmp_path_factory.mktemp("correction")
-    [abdomen] = make_demo_datasets(root / "demo", cases=3, seed=1)[:1]
-    train([abdomen], root / "models" / "abdomen", TrainingOptions(epochs=1, val_fraction=0.34, **TINY),
+    abdomen, brain = make_demo_datasets(root / "demo", cases=3, seed=1)[:2]
+    train([abdomen, brain], root / "models" / "abdomen", TrainingOptions(epochs=1, val_fraction=0.34, **TINY),
           log=lambda message: None)
     return abdomen, root / "models" / "abdomen"
 
@@ -62,12 +62,7 @@ def _wait(widget, timeout: float = 600.0) -> None:
         time.sleep(0.05)
 
 
-def test_a_corrected_case_is_added_the_model_updated_and_compared(fakeSlicerModules, tmp_path, trainedModel,
-                                                                   monkeypatch):
-    from labelsharing.data import read_task_dataset
-
-    original, model = trainedModel
-    dataset = shutil.copytree(original, tmp_path / "AbdomenCT")  # the module fixture's folder stays as trained
+def _widget(fakeSlicerModules, tmp_path, monkeypatch):
     slicer = fakeSlicerModules["slicer"]
     slicer.app.temporaryPath = str(tmp_path)
     slicer.util.startupEnvironment = lambda: dict(os.environ)
@@ -75,8 +70,41 @@ def test_a_corrected_case_is_added_the_model_updated_and_compared(fakeSlicerModu
     widget = buildWidget(loadModuleFile(), slicer)
     widget.jobs._job = widget.engine  # the module's own runner, not the harness's fake
     widget.logic.dependencies.missing = lambda distributions=None: []
+    return widget, slicer
+
+
+def test_automatic_recognises_the_task_in_the_real_worker(fakeSlicerModules, tmp_path, trainedModel, monkeypatch):
+    """Issue 15: Automatic (the default for two tasks) sends task "auto" to ``labelsharing worker``; the status
+    names the recognised task and its score; the result carries that task's labels."""
+    abdomen, model = trainedModel
+    widget, slicer = _widget(fakeSlicerModules, tmp_path, monkeypatch)
+    widget.ui.modelPathLineEdit.currentPath = str(model)
+    assert widget.ui.taskComboBox.currentText == "Automatic"
+    volume, _ = _volumeAndLabels(abdomen, "abdct_003", "ct")
+    slicer.mrmlScene.nodes.append(volume)
+    widget._parameterNode.inputVolume = volume
+    widget.ui.applyButton.click()
+    _wait(widget)
+    slicer.util.errorDisplay.assert_not_called()
+    assert re.match(r"Segmentation: done\. Task: AbdomenCT \(recognised, score \d\.\d\d; confidence \d\.\d\d\)",
+                    widget.ui.statusLabel.text), widget.ui.statusLabel.text
+    segments = widget._parameterNode.outputSegmentation.GetSegmentation()
+    assert [segments.GetSegment(segments.GetNthSegmentID(i)).GetName() for i in range(4)] == \
+        ["spleen", "liver", "aorta", "left_kidney"]
+    assert widget.segmentPanel.taskOfResult() == "AbdomenCT"
+    widget.cleanup()
+
+
+def test_a_corrected_case_is_added_the_model_updated_and_compared(fakeSlicerModules, tmp_path, trainedModel,
+                                                                   monkeypatch):
+    from labelsharing.data import read_task_dataset
+
+    original, model = trainedModel
+    dataset = shutil.copytree(original, tmp_path / "AbdomenCT")  # the module fixture's folder stays as trained
+    widget, slicer = _widget(fakeSlicerModules, tmp_path, monkeypatch)
     node = widget._parameterNode
     node.modelsFolder, node.device, node.addTaskEpochs, node.replay = model.parent, "cpu", 1, 0.5
+    node.task = "AbdomenCT"  # chosen, not Automatic
     widget.ui.modelPathLineEdit.currentPath = str(model)
     widget._checkCanApply()
     assert widget.ui.taskComboBox.currentText == "AbdomenCT"

@@ -26,7 +26,7 @@ MODULE_DIR = Path(__file__).resolve().parents[3] / "LabelSharingSeg"
 LIB = MODULE_DIR / "LabelSharingSegLib"
 #: files whose user-visible texts are wrapped for translation
 TRANSLATED = [MODULE_DIR / "LabelSharingSeg.py"] + [LIB / f"{name}.py" for name in (
-    "CorrectionPanel", "DemoData", "Dependencies", "DicomSegExport", "EngineCommands", "EngineDefaults", "EngineJob", "EnginePanel",
+    "CorrectionPanel", "DemoData", "PredictionReport", "Dependencies", "DicomSegExport", "EngineCommands", "EngineDefaults", "EngineJob", "EnginePanel",
     "EngineProcess", "Export", "ExportPanel", "JobPanel", "ModelInfo", "ModelLibrary", "ModelLibraryPanel", "ModelOutput",
     "NrrdIO", "RemoteEngine", "SceneIO", "SegmentImport", "SegmentPanel", "Segmenter", "ServerClient", "SourceVolumes",
     "TaskCases", "TaskDefinition", "TaskPanel", "TrainPanel", "WarmEngine",
