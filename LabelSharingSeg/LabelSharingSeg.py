@@ -13,6 +13,7 @@ independent of how Slicer registers the module.
 
 import os
 import pathlib
+import shutil
 from typing import Annotated, Any, List, Optional, Sequence
 
 import ctk
@@ -31,9 +32,10 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from LabelSharingSegLib.CorrectionPanel import CorrectionPanel
 from LabelSharingSegLib.DemoData import DemoFolder, DemoSamples
 from LabelSharingSegLib.Dependencies import Dependencies
-from LabelSharingSegLib.EngineCommands import DEVICES, isSetPath, trainArgs
+from LabelSharingSegLib.EngineCommands import DEVICES, addCaseArgs, isSetPath, trainArgs, updateArgs
 from LabelSharingSegLib.EngineDefaults import sessionTrainingDefaults
 from LabelSharingSegLib.EngineJob import EngineJob
 from LabelSharingSegLib.EnginePanel import EnginePanel
@@ -51,6 +53,7 @@ from LabelSharingSegLib.SceneIO import SceneIO
 from LabelSharingSegLib.SegmentPanel import SegmentPanel
 from LabelSharingSegLib.Segmenter import Segmenter
 from LabelSharingSegLib.ServerClient import EngineSettings
+from LabelSharingSegLib.TaskCases import TaskDatasetFolders, checkDatasetFolder, writeCase
 from LabelSharingSegLib.TaskDefinition import MODALITIES, TaskDefinition, uniqueCaseIds
 from LabelSharingSegLib.TaskPanel import TaskPanel
 from LabelSharingSegLib.TrainPanel import TrainPanel
@@ -134,7 +137,8 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = LabelSharingSegLogic()
         ui = self.ui
         buttons = [ui.applyButton, ui.checkDependenciesButton, ui.computeGroupingButton, ui.exportDatasetButton,
-                   ui.trainButton, ui.addTaskButton, ui.exportButton]
+                   ui.trainButton, ui.addTaskButton, ui.exportButton, ui.addToTaskButton, ui.chooseTaskDatasetButton,
+                   ui.updateModelButton, ui.compareModelsButton]
         job = EngineJob(MODULE_DIR)
         self.engineSettings = EngineSettings(qt.QSettings())  # this computer, or a server (issue 13)
         self.engine = WarmEngine(job)  # Apply reuses one engine process (issue 11)
@@ -150,6 +154,10 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                      engineDefaults=lambda: sessionTrainingDefaults(MODULE_DIR, job.command),
                                      serverUrl=self.engineSettings.serverUrl,
                                      onServerModelWritten=lambda name: self.enginePanel.onServerModelWritten(name))
+        self.correctionPanel = CorrectionPanel(ui, self.logic, self.jobs, node, model,
+                                               self.segmentPanel.taskOfResult,
+                                               TaskDatasetFolders(qt.QSettings()), slicer, qt,
+                                               onModelWritten=self.library.add)
         self.taskPanel = TaskPanel(ui, self.logic, self.jobs, node, model, self.trainPanel.addDatasetFolder, slicer, qt)
         self.exportPanel = ExportPanel(ui, self.logic, self.jobs, node, self.segmentPanel.taskLabels, slicer, qt)
         self.enginePanel = EnginePanel(ui, self.engineSettings, self.segmentPanel, slicer, qt, ctk)
@@ -216,6 +224,7 @@ class LabelSharingSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.trainPanel.updateTarget()
         if self._parameterNode:
             self.resultPanel.follow(self._parameterNode.outputSegmentation, self._parameterNode.inputVolume)
+        self.correctionPanel.refresh()
         if self.jobs.isBusy:
             return
         ok, reason = self.segmentPanel.canApply()
@@ -272,6 +281,23 @@ class LabelSharingSegLogic(ScriptedLoadableModuleLogic):
         self._runEngine(trainArgs(datasets, outFolder, epochs, device))
         return self.loadModel(outFolder)
 
+    def addCase(self, inputVolume: Any, segmentation: Any, modelFolder: Any, task: str, datasetFolder: Any) -> None:
+        """Add a volume and its (corrected) segmentation as a new case of the task's dataset folder (blocking)."""
+        model = self.loadModel(modelFolder)
+        folder = checkDatasetFolder(datasetFolder, model.task(task))
+        files = writeCase(self.sceneIO, self.exporter, inputVolume, segmentation, model.task(task),
+                          slicer.app.temporaryPath)
+        try:
+            self._runEngine(addCaseArgs(folder, files.image, files.label))
+        finally:
+            shutil.rmtree(files.workDir, ignore_errors=True)
+
+    def update(self, modelFolder: Any, task: str, datasetFolder: Any, outFolder: Any, epochs: Optional[int] = None,
+               replay: float = 0.5, device: str = "auto") -> ModelInfo:
+        """Fine-tune a task on its grown dataset folder into a new model folder and wait for it (blocking)."""
+        self._runEngine(updateArgs(modelFolder, task, datasetFolder, outFolder, epochs or 0, replay, device))
+        return self.loadModel(outFolder)
+
     def _runEngine(self, args: List[str]) -> None:
         self.dependencies.ensureInstalled()
         result = EngineJob(MODULE_DIR).runBlocking(args)
@@ -281,8 +307,9 @@ class LabelSharingSegLogic(ScriptedLoadableModuleLogic):
 
 class LabelSharingSegTest(ScriptedLoadableModuleTest):
     """In-Slicer self-test: segment import from a known label map, the engine's training defaults, a
-    real engine run whose ``.seg.nrrd`` result Slicer's reader loads, and the DICOM SEG export's refusal
-    of a volume not loaded from DICOM."""
+    real engine run whose ``.seg.nrrd`` result Slicer's reader loads, that result added to the task as a
+    corrected case and the model updated on it, and the DICOM SEG export's refusal of a volume not
+    loaded from DICOM."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -384,3 +411,10 @@ class LabelSharingSegTest(ScriptedLoadableModuleTest):
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), 2)  # training + result
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(result, result.GetSegmentation().GetNthSegmentID(0), volume)
         self.assertEqual(mask.shape, voxels.shape)
+        # correct and teach: the result (taken as corrected) becomes a case, and the model learns it
+        logic.addCase(volume, result, model.folder, "box", os.path.join(work, "box"))
+        self.assertEqual(sorted(os.listdir(os.path.join(work, "box", "labelsTr"))), ["box_case.nrrd", "case_000.nrrd"])
+        updated = logic.update(model.folder, "box", os.path.join(work, "box"), os.path.join(work, "model_2"),
+                               epochs=1, device="cpu")
+        self.assertEqual(updated.parent, str(pathlib.Path(model.folder).resolve()))
+        self.assertIn("case_000", updated.task("box").trainingCases)

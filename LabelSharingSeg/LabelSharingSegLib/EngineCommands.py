@@ -13,8 +13,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from .ModuleError import ModuleError
 from .Translation import tr as _
 
-__all__ = ["DEVICES", "PredictCall", "ServerJobCall", "predictArgs", "trainArgs", "addTaskArgs", "writePins",
-           "isSetPath"]
+__all__ = ["DEVICES", "PredictCall", "ServerJobCall", "predictArgs", "trainArgs", "addTaskArgs", "updateArgs",
+           "addCaseArgs", "writePins", "isSetPath"]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 _FORMAT = "seg.nrrd"  # names, colours, label values and terminology in the file: Segmenter loads it with Slicer's reader
@@ -141,6 +141,28 @@ def addTaskArgs(
         "--epochs", str(int(epochs)), "--replay", f"{float(replay):g}", "--device", device,
     ]
     return args + (["--pins", str(pinsFile)] if pinsFile else [])
+
+
+def updateArgs(
+    modelFolder: PathLike, task: str, dataset: PathLike, outFolder: PathLike, epochs: int, replay: float, device: str,
+) -> List[str]:
+    """``update MODEL --task NAME DATASET --out NEW_MODEL [--epochs N] --replay F --device D``.
+
+    ``epochs`` 0 or less leaves the engine's default (the panel's field before the engine's defaults were read).
+    """
+    _checkDevice(device)
+    if not isSetPath(outFolder):
+        raise ModuleError(_("Choose the folder where the updated model is written."))
+    if Path(outFolder).resolve() == Path(modelFolder).resolve():
+        raise ModuleError(_("Write the updated model to a new folder: the chosen model stays unchanged."))
+    epochArgs = ["--epochs", str(int(epochs))] if epochs and epochs > 0 else []
+    return ["update", str(modelFolder), "--task", task, str(dataset), "--out", str(outFolder), *epochArgs,
+            "--replay", f"{float(replay):g}", "--device", device]
+
+
+def addCaseArgs(dataset: PathLike, image: PathLike, label: PathLike) -> List[str]:
+    """``add-case DATASET IMAGE LABEL``: the engine names the case (the next free id)."""
+    return ["add-case", str(dataset), str(image), str(label)]
 
 
 def writePins(path: PathLike, task: str, pins: Mapping[str, int]) -> Optional[Path]:

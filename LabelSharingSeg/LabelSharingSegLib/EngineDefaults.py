@@ -55,7 +55,7 @@ class OptionLimits:
         return round(low, decimals), round(high, decimals)
 
 
-#: ``{"train" | "add-task": {option dest: OptionLimits}}``
+#: ``{"train" | "add-task" | "update": {option dest: OptionLimits}}``
 TrainingDefaults = Dict[str, Dict[str, OptionLimits]]
 #: engine arguments -> (command line, environment), as ``EngineJob.command`` gives them
 CommandBuilder = Callable[[Sequence[str]], Tuple[List[str], Optional[Mapping[str, str]]]]

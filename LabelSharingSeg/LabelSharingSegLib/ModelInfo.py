@@ -37,11 +37,19 @@ class LabelInfo:
 
 @dataclass(frozen=True)
 class TaskInfo:
-    """One task of a model."""
+    """One task of a model.
+
+    ``trainingCases``: the case ids the task was trained on (``training_cases``; ``None`` for a model
+    written before they were stored, or a server's model); ``validationCases``: its held-out case ids;
+    ``dataset``: the dataset folder it was trained from, as recorded (``""`` when not recorded).
+    """
 
     name: str
     modality: str
     labels: Tuple[LabelInfo, ...]
+    trainingCases: Optional[Tuple[str, ...]] = None
+    validationCases: Tuple[str, ...] = ()
+    dataset: str = ""
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class ModelInfo:
 
     A model of a ``labelsharing serve`` has ``server`` set to the server's URL; its ``folder`` is
     then the model's name on that server (``GET /v1/models``), not a folder of this computer.
+    ``parent``: the folder of the model it was made from by ``add-task`` or ``update`` (``""`` if none).
     """
 
     folder: Path
@@ -57,6 +66,7 @@ class ModelInfo:
     plan: dict
     version: str
     server: str = ""
+    parent: str = ""
 
     @classmethod
     def fromServer(cls, entry: dict, server: str) -> "ModelInfo":
@@ -106,7 +116,8 @@ class ModelInfo:
                 path=path, error=type(exc).__name__, reason=exc)) from exc
         if not tasks:
             raise ModuleError(_("{path} lists no tasks.").format(path=path))
-        return cls(folder, tasks, dict(data.get("plan") or {}), str(data.get("labelsharing_version", "")))
+        return cls(folder, tasks, dict(data.get("plan") or {}), str(data.get("labelsharing_version", "")),
+                   parent=str(data.get("parent") or ""))
 
     @property
     def taskNames(self) -> List[str]:
@@ -140,4 +151,7 @@ def _task(name: str, body: dict) -> TaskInfo:
                 terminology=entry.get("terminology") or None,
             )
         )
-    return TaskInfo(name, str(body.get("modality", "other")), tuple(labels))
+    trained = body.get("training_cases")
+    return TaskInfo(name, str(body.get("modality", "other")), tuple(labels),
+                    None if trained is None else tuple(str(case) for case in trained),
+                    tuple(str(case) for case in body.get("validation_cases") or ()), str(body.get("dataset") or ""))

@@ -30,7 +30,7 @@ SETTINGS_KEY = "LabelSharingSeg/ModelLibrary"
 #: the oldest entries beyond this many are forgotten when a new one joins
 MAX_ENTRIES = 50
 #: how a model joined the library
-SOURCES = ("trained", "added task", "opened", "demo")
+SOURCES = ("trained", "added task", "updated", "opened", "demo")
 PathLike = Union[str, Path]
 
 

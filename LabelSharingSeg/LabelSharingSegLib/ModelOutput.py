@@ -21,7 +21,7 @@ from .EngineCommands import isSetPath
 from .ModuleError import ModuleError
 from .Translation import tr as _
 
-__all__ = ["defaultModelsFolder", "modelOutputFolder", "freeModelName"]
+__all__ = ["defaultModelsFolder", "modelOutputFolder", "freeModelName", "nextModelName"]
 
 PathLike = Union[str, Path]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$")
@@ -62,3 +62,14 @@ def freeModelName(parent: PathLike, base: str = "model") -> str:
     while isSetPath(parent) and (Path(parent) / name).exists():
         name, number = f"{base}_{number}", number + 1
     return name
+
+
+def nextModelName(name: str) -> str:
+    """The name after ``name``: ``abdomen`` -> ``abdomen_2``, ``abdomen_2`` -> ``abdomen_3``.
+
+    Example:
+        >>> nextModelName("abdomen"), nextModelName("abdomen_2")
+        ('abdomen_2', 'abdomen_3')
+    """
+    match = re.fullmatch(r"(.*)_(\d+)", name)
+    return f"{match.group(1)}_{int(match.group(2)) + 1}" if match else f"{name}_2"

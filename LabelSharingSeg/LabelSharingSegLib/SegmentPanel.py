@@ -11,6 +11,13 @@ Slicer/CTK calls: ``ctkPathLineEdit.currentPath`` / ``addCurrentPathToHistory()`
 - Filling the empty task combo box makes its first item current and emits
   ``currentIndexChanged`` (Qt's ``QComboBox`` selects the first item inserted into an empty
   box), which would overwrite the saved task; signals are blocked while filling.
+
+A model of several tasks (in a folder of this computer) offers **Automatic** first, the default: the
+engine recognises the volume's task (``predict --task auto``; the warm worker takes the same task
+value). After Apply, the status line says which task was used, the recognition's score, the
+confidence and any unfamiliar-image warning the engine wrote beside the result (``PredictionReport``);
+the result is loaded either way. A server's predictions come back without that report, so a
+server's model is offered its tasks only.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from .EngineCommands import isSetPath
 from .JobPanel import JobPanel, userAction
 from .ModelInfo import ModelInfo
 from .ModuleError import ModuleError
+from .PredictionReport import AUTO_TASK
 from .Translation import tr as _
 
 __all__ = ["SegmentPanel"]
@@ -45,16 +53,32 @@ class SegmentPanel:
         self.slicer = slicerModule
         self._parameterNode = parameterNode
         self.model: Optional[ModelInfo] = None
+        #: the task the last result was segmented with (the recognised one for Automatic), "" before
+        self.resultTask = ""
+        self.automatic = _("Automatic")  # the task list's entry for "auto"
         ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelFolderChanged)
         ui.taskComboBox.connect("currentIndexChanged(int)", self.onTaskChanged)
         ui.applyButton.connect("clicked(bool)", self.onApply)
         ui.checkDependenciesButton.connect("clicked(bool)", self.onCheckDependencies)
 
+    def chosenTask(self) -> str:
+        """The task value Apply passes: a task's name, ``"auto"`` for Automatic, "" without a model."""
+        text = self.ui.taskComboBox.currentText
+        return AUTO_TASK if text and text == self.automatic else text
+
+    def taskOfResult(self) -> str:
+        """The task of the result being corrected: the chosen one, or for Automatic the one recognised at Apply."""
+        task = self.chosenTask()
+        if task != AUTO_TASK:
+            return task
+        return self.resultTask if self.model is not None and self.resultTask in self.model.tasks else ""
+
     def taskLabels(self) -> Dict[str, int]:
-        """label name -> value of the chosen task (empty without a model)."""
-        if self.model is None or not self.ui.taskComboBox.currentText:
+        """label name -> value of the result's task (empty without a model or before Automatic has chosen one)."""
+        task = self.taskOfResult()
+        if self.model is None or not task:
             return {}
-        return {label.name: label.value for label in self.model.task(self.ui.taskComboBox.currentText).labels}
+        return {label.name: label.value for label in self.model.task(task).labels}
 
     def canApply(self) -> Tuple[bool, str]:
         """Whether Apply may run, and the tooltip saying why not."""
@@ -84,14 +108,17 @@ class SegmentPanel:
     def useModel(self, model: ModelInfo) -> None:
         """Make ``model`` (read from a folder, or listed by a server: the Engine section) the one Apply uses."""
         node = self._parameterNode()
-        self.model = model
+        self.model = model  # resultTask stays: the same result, and a model updated from this one has its task
+        automatic = len(model.tasks) > 1 and not model.server
         combo = self.ui.taskComboBox
         wasBlocked = combo.blockSignals(True)
         try:
             combo.clear()
-            for name in self.model.taskNames:
+            for name in ([self.automatic] if automatic else []) + self.model.taskNames:
                 combo.addItem(name)
-            saved = node.task if node is not None and node.task in self.model.tasks else self.model.taskNames[0]
+            saved = node.task if node is not None and node.task in self.model.tasks else ""
+            if not saved:
+                saved = self.automatic if automatic else self.model.taskNames[0]
             combo.setCurrentIndex(combo.findText(saved))
         finally:
             combo.blockSignals(wasBlocked)
@@ -105,8 +132,11 @@ class SegmentPanel:
     def onTaskChanged(self, index: int = 0) -> None:
         node = self._parameterNode()
         if node is not None and self.ui.taskComboBox.currentText:
-            node.task = self.ui.taskComboBox.currentText
-        if self.model is not None and self.ui.taskComboBox.currentText:
+            node.task = self.chosenTask()
+        if self.model is not None and self.chosenTask() == AUTO_TASK:
+            self.ui.taskComboBox.toolTip = _("Recognise the volume's task among {tasks}; the status line says which "
+                                             "was used.").format(tasks=", ".join(self.model.taskNames))
+        elif self.model is not None and self.ui.taskComboBox.currentText:
             task = self.model.task(self.ui.taskComboBox.currentText)
             labels = ", ".join(label.name for label in task.labels)
             self.ui.taskComboBox.toolTip = f"{task.modality}: {labels}"
@@ -129,12 +159,15 @@ class SegmentPanel:
         if not self.model.server:  # a server's model needs nothing installed here
             self.jobs.installMissing(self.logic.dependencies)
         request = self.logic.segmenter.prepare(
-            node.inputVolume, self.model, self.ui.taskComboBox.currentText, node.device, node.outputSegmentation
+            node.inputVolume, self.model, self.chosenTask(), node.device, node.outputSegmentation
         )
 
         def loaded() -> None:
             segmentation = self.logic.segmenter.load(request)
+            self.resultTask = request.report.task if request.report is not None else request.task
             node.outputSegmentation = segmentation
+            if request.report is not None:  # the task used, its score and confidence, a warning: never blocking
+                self.ui.statusLabel.text = _("Segmentation: done.") + " " + request.report.describe()
             if not request.model.server:
                 self.ui.modelPathLineEdit.addCurrentPathToHistory()  # a model that worked joins the recent list
 

@@ -21,6 +21,7 @@ from typing import Any, List, Optional
 from .EngineCommands import PredictCall
 from .ModelInfo import ModelInfo
 from .ModuleError import ModuleError
+from .PredictionReport import AUTO_TASK, PredictionReport
 from .SceneIO import SceneIO
 from .SegmentImport import SegmentImporter
 from .Translation import tr as _
@@ -32,7 +33,11 @@ _CASE = "volume"
 
 @dataclass
 class SegmentationRequest:
-    """One segmentation run: inputs, the engine call and its temporary folder."""
+    """One segmentation run: inputs, the engine call and its temporary folder.
+
+    ``task`` is a task of the model or ``"auto"`` (the engine recognises it); ``report`` is what the
+    engine wrote beside the result (the task it used, the recognition's score, a warning), once loaded.
+    """
 
     inputVolume: Any
     model: ModelInfo
@@ -40,6 +45,7 @@ class SegmentationRequest:
     outputSegmentation: Any
     workDir: Path
     call: PredictCall
+    report: Optional[PredictionReport] = None
 
     @property
     def args(self) -> List[str]:
@@ -49,6 +55,10 @@ class SegmentationRequest:
     @property
     def resultFile(self) -> Path:
         return self.workDir / "output" / f"{_CASE}.seg.nrrd"
+
+    @property
+    def reportFile(self) -> Path:
+        return self.workDir / "output" / f"{_CASE}.prediction.json"
 
 
 class Segmenter:
@@ -70,10 +80,11 @@ class Segmenter:
 
     def prepare(self, inputVolume: Any, model: ModelInfo, task: str, device: str,
                 outputSegmentation: Any = None) -> SegmentationRequest:
-        """Write the input volume to a temporary folder and build the ``predict`` call."""
+        """Write the input volume to a temporary folder and build the ``predict`` call (``task`` may be ``"auto"``)."""
         if inputVolume is None:
             raise ModuleError(_("Choose the input volume."))
-        model.task(task)
+        if task != AUTO_TASK:
+            model.task(task)
         workDir = Path(tempfile.mkdtemp(prefix="LabelSharingSeg-", dir=self._slicer.app.temporaryPath))
         inputFile = self._sceneIO.writeVolume(inputVolume, workDir / "input" / f"{_CASE}.nrrd")
         call = PredictCall(str(model.folder), task, str(inputFile), str(workDir / "output"), device, model.server)
@@ -90,15 +101,22 @@ class Segmenter:
             if not request.resultFile.is_file():
                 raise ModuleError(_("The engine finished but wrote no result ({file}).").format(
                     file=request.resultFile.name))
+            request.report = PredictionReport.read(request.reportFile)
+            task = request.task
+            if task == AUTO_TASK:
+                if request.report is None:
+                    raise ModuleError(_("The engine recognised a task but wrote no readable {file}.").format(
+                        file=request.reportFile.name))
+                task = request.report.task
             volume = request.inputVolume
             segmentation = request.outputSegmentation
             if segmentation is None:
                 segmentation = self._slicer.mrmlScene.AddNewNodeByClass(
-                    "vtkMRMLSegmentationNode", f"{volume.GetName()} {request.task}"
+                    "vtkMRMLSegmentationNode", f"{volume.GetName()} {task}"
                 )
                 segmentation.CreateDefaultDisplayNodes()
             segmentation.SetAndObserveTransformNodeID(volume.GetTransformNodeID())  # the file is in its frame
-            names = [label.name for label in request.model.task(request.task).labels]
+            names = [label.name for label in request.model.task(task).labels]
             self._importer.importSegmentationFile(request.resultFile, segmentation, names, volume)
             return segmentation
         finally:

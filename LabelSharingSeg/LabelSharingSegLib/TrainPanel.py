@@ -18,7 +18,6 @@ and ``QDoubleSpinBoxCtkSliderWidgetToFloatIntConnector``, 5.8.0 and main).
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, List, Optional
@@ -26,7 +25,7 @@ from typing import Any, Callable, List, Optional
 from .EngineCommands import ServerJobCall, addTaskArgs, trainArgs, writePins
 from .EngineDefaults import TrainingDefaults
 from .JobPanel import JobPanel, userAction
-from .ModelOutput import freeModelName, modelOutputFolder
+from .ModelOutput import freeModelName, modelOutputFolder, nextModelName
 from .ModuleError import ModuleError
 from .Translation import tr as _
 
@@ -197,7 +196,7 @@ class TrainPanel:
         def succeeded() -> None:
             if self._onServerModelWritten is not None:
                 self._onServerModelWritten(call.name)
-            node.modelName = _nextName(call.name)  # the next run needs a new name (the server refuses a taken one)
+            node.modelName = nextModelName(call.name)  # the next run needs a new name (the server refuses a taken one)
 
         self.jobs.run(title, call, button, onSuccess=succeeded)
 
@@ -207,12 +206,6 @@ class TrainPanel:
             return None
         workDir = tempfile.mkdtemp(prefix=f"LabelSharingSeg-{prefix}-", dir=self.slicer.app.temporaryPath)
         return writePins(Path(workDir) / "pins.json", *pins)
-
-
-def _nextName(name: str) -> str:
-    """``abdomen`` -> ``abdomen_2``, ``abdomen_2`` -> ``abdomen_3``."""
-    match = re.fullmatch(r"(.*)_(\d+)", name)
-    return f"{match.group(1)}_{int(match.group(2)) + 1}" if match else f"{name}_2"
 
 
 def _positive(**options: float) -> tuple:

@@ -209,9 +209,14 @@ class WarmEngine:
                 request.onLog(line)
 
     def _onWorkerEnded(self, result: EngineResult) -> None:
-        """The worker process ended: drop it; a request it was answering ends cancelled or runs once."""
-        if self._worker is not None and self._worker.result is result:
-            self._worker, self._workerKey = None, None
+        """The worker process ended: drop it; a request it was answering ends cancelled or runs once.
+
+        A replaced worker's end (another model's Apply started from the finished one's callback, while
+        the old worker's ``poll`` was still under way) is not reported: the running request is the new worker's.
+        """
+        if self._worker is not None and self._worker.result is not result:
+            return
+        self._worker, self._workerKey = None, None
         request, self._request = self._request, None
         self._updateTimer()
         if request is None:

@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", metavar="MODEL", help="[REQUIRED] model folder")
     info.set_defaults(handler=commands.info_command)
 
-    defaults = subcommands.add_parser("defaults", help="the defaults and limits of the train and add-task options")
+    defaults = subcommands.add_parser("defaults", help="the defaults and limits of the train, add-task and update options")
     defaults.add_argument("--json", action="store_true", help="[OPTIONAL] print JSON (for the Slicer module)")
     defaults.set_defaults(handler=commands.defaults_command)
     return parser
@@ -400,12 +400,12 @@ _TYPE_LIMITS = {
     _learning_rate: {"minimum": 0.0, "minimum_exclusive": True, "maximum": 1.0},
     _megabytes: {"minimum": 0.0},
 }
-_DEFAULTS_COMMANDS = ("train", "add-task")
+_DEFAULTS_COMMANDS = ("train", "add-task", "update")
 _DEFAULTS_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "lr", "replay", "val_fraction", "slice_memory")
 
 
 def training_defaults() -> dict:
-    """Default and limits of each training option of ``train`` and ``add-task``, read from the parser.
+    """Default and limits of each training option of ``train``, ``add-task`` and ``update``, read from the parser.
 
     The parser is the one source: defaults from its actions (argparse's ``_actions``), limits from
     the type each action validates with (``_TYPE_LIMITS``). The Slicer module calls this function;

@@ -264,6 +264,10 @@ class FakeSegmentationNode:
     def GetName(self) -> str:
         return self.name
 
+    def SetName(self, name: str) -> None:
+        """vtkMRMLNode::SetName (``Libs/MRML/Core/vtkMRMLNode.h``: the node's display name)."""
+        self.name = name
+
     def GetID(self) -> str:
         return f"vtkMRMLSegmentationNode_{self.name}"
 

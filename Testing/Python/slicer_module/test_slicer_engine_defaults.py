@@ -55,7 +55,17 @@ def test_defaults_command_prints_them():
     assert "add-task --replay 0.5; within [0, 1)" in text and "train --epochs 25; at least 1" in text
     data = json.loads(subprocess.run([sys.executable, "-m", "labelsharing", "defaults", "--json"], capture_output=True,
                                      text=True, check=True, timeout=120).stdout)
-    assert set(data) == {"train", "add-task"} and data["add-task"]["replay"]["maximum_exclusive"] is True
+    assert set(data) == {"train", "add-task", "update"} and data["add-task"]["replay"]["maximum_exclusive"] is True
+    assert "update --replay 0.5; within [0, 1)" in text and "update --epochs 10; at least 1" in text
+
+
+def test_update_defaults_are_the_parsers():
+    """``update`` fine-tunes as ``add-task`` does; its defaults and limits are listed too (issue 16)."""
+    defaults = askEngine(realEngine)
+    update = build_parser().parse_args(["update", "m", "d", "--task", "t", "--out", "n"])
+    assert defaults["update"]["epochs"].default == update.epochs and defaults["update"]["lr"].default == update.lr
+    assert defaults["update"]["replay"].default == update.replay
+    assert defaults["update"]["replay"].spinBoxRange(decimals=2) == (0.0, 0.99)
 
 
 @pytest.mark.parametrize("code, message, details", [

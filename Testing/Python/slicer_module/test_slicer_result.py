@@ -4,6 +4,9 @@ qMRMLSegmentationShow3DButton and qMRMLSegmentEditorWidget with the call order t
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -40,8 +43,12 @@ def _segment(widget, slicer, tmp_path):
     args = widget.fakeJob.args
     labels = np.zeros((3, 4, 5), dtype=np.uint8)
     labels[1, 1:3, 1:4] = 1
-    writeEngineResult(args[4], f"{args[args.index('--out') + 1]}/volume.seg.nrrd", labels,
-                      ModelInfo.load(model).task(args[3]).labels)
+    out, task = args[args.index('--out') + 1], args[3]
+    if task == "auto":  # Automatic, the default for two tasks: the engine names the task it recognised
+        task = "first"
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "volume.prediction.json").write_text(json.dumps({"task": task, "recognition": {"score": 0.9}}))
+    writeEngineResult(args[4], f"{out}/volume.seg.nrrd", labels, ModelInfo.load(model).task(task).labels)
     widget.fakeJob.finish(0)
     slicer.util.errorDisplay.assert_not_called()
     # Setting outputSegmentation sets a node reference of the real parameter node (parameterNodeWrapper

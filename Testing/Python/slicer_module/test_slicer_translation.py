@@ -26,10 +26,10 @@ MODULE_DIR = Path(__file__).resolve().parents[3] / "LabelSharingSeg"
 LIB = MODULE_DIR / "LabelSharingSegLib"
 #: files whose user-visible texts are wrapped for translation
 TRANSLATED = [MODULE_DIR / "LabelSharingSeg.py"] + [LIB / f"{name}.py" for name in (
-    "DemoData", "Dependencies", "DicomSegExport", "EngineCommands", "EngineDefaults", "EngineJob", "EnginePanel",
+    "CorrectionPanel", "DemoData", "PredictionReport", "Dependencies", "DicomSegExport", "EngineCommands", "EngineDefaults", "EngineJob", "EnginePanel",
     "EngineProcess", "Export", "ExportPanel", "JobPanel", "ModelInfo", "ModelLibrary", "ModelLibraryPanel", "ModelOutput",
     "NrrdIO", "RemoteEngine", "SceneIO", "SegmentImport", "SegmentPanel", "Segmenter", "ServerClient", "SourceVolumes",
-    "TaskDefinition", "TaskPanel", "TrainPanel", "WarmEngine",
+    "TaskCases", "TaskDefinition", "TaskPanel", "TrainPanel", "WarmEngine",
 )]
 #: files with no text a user reads: the package marker, geometry maths (its ValueErrors are
 #: programming errors), the error type, the embedded Segment Editor (its texts are Slicer's) and the translation

@@ -154,6 +154,22 @@ def test_another_model_or_device_replaces_the_worker(engine, tmp_path):
                                                 for m, d in (("m1", "cpu"), ("m2", "cpu"), ("m2", "auto"))]
 
 
+def test_an_apply_with_another_model_started_when_the_last_one_finished_runs_to_its_end(engine, tmp_path):
+    """The next Apply started from the finished one's callback (Compare: old model, then new) replaces the
+    worker while the old worker's poll is still under way; the old worker's end is not the new request's."""
+    results = []
+    engine.start(_call(tmp_path, model="m1"), lambda result: (
+        results.append(result), engine.start(_call(tmp_path, model="m2"), results.append)))
+    deadline = time.monotonic() + 120
+    while len(results) < 2 or engine.isRunning:
+        assert time.monotonic() < deadline, results
+        engine._poll()
+        engine._job._poll()
+        time.sleep(0.02)
+    assert [r.succeeded for r in results] == [True, True] and len(results) == 2
+    assert [c[1] for c in engine.commands] == [str(tmp_path / "m1"), str(tmp_path / "m2")]
+
+
 def test_module_cleanup_ends_the_worker_tree_without_reporting(engine, tmp_path):
     """Cleanup (ScriptedLoadableModuleWidget.cleanup, on moduleAboutToBeUnloaded) during a request."""
     results = []
