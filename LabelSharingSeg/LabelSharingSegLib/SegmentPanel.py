@@ -12,12 +12,12 @@ Slicer/CTK calls: ``ctkPathLineEdit.currentPath`` / ``addCurrentPathToHistory()`
   ``currentIndexChanged`` (Qt's ``QComboBox`` selects the first item inserted into an empty
   box), which would overwrite the saved task; signals are blocked while filling.
 
-A model of several tasks (in a folder of this computer) offers **Automatic** first, the default: the
-engine recognises the volume's task (``predict --task auto``; the warm worker takes the same task
+A model of several tasks offers **Automatic** first, the default: the engine recognises the
+volume's task (``predict --task auto``; the warm worker and a server's predict take the same task
 value). After Apply, the status line says which task was used, the recognition's score, the
-confidence and any unfamiliar-image warning the engine wrote beside the result (``PredictionReport``);
-the result is loaded either way. A server's predictions come back without that report, so a
-server's model is offered its tasks only.
+confidence and any unfamiliar-image warning the engine wrote beside the result (``PredictionReport``;
+a server sends it in a header, ``ServerClient.predict`` writes it beside the result); the result is
+loaded either way.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class SegmentPanel:
         """Make ``model`` (read from a folder, or listed by a server: the Engine section) the one Apply uses."""
         node = self._parameterNode()
         self.model = model  # resultTask stays: the same result, and a model updated from this one has its task
-        automatic = len(model.tasks) > 1 and not model.server
+        automatic = len(model.tasks) > 1
         combo = self.ui.taskComboBox
         wasBlocked = combo.blockSignals(True)
         try:

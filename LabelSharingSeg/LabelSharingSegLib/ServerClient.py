@@ -21,11 +21,14 @@ import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .ModelInfo import ModelInfo
 from .ModuleError import ModuleError
 from .Translation import tr as _
+
+#: the predict answer's header with the engine's report (``labelsharing.serve.app.PREDICTION_HEADER``)
+PREDICTION_HEADER = "X-Labelsharing-Prediction"
 
 __all__ = ["ServerClient", "EngineSettings", "LOCAL", "SERVER", "zipDatasets"]
 
@@ -123,13 +126,22 @@ class ServerClient:
         return [ModelInfo.fromServer(entry, self.url) for entry in answer["models"] if "error" not in entry]
 
     def predict(self, model: str, task: str, inputFile: Path, outFile: Path, fileFormat: str = "seg.nrrd") -> Path:
-        """Segment ``inputFile`` with ``model``'s ``task`` on the server; the result is written to ``outFile``."""
+        """Segment ``inputFile`` with ``model``'s ``task`` (or ``"auto"``) on the server; the result is written to
+        ``outFile`` (``<case>.<fileFormat>``) and the engine's report, when the server sends one (header
+        ``X-Labelsharing-Prediction``, ``labelsharing/serve/app.py``), to ``<case>.prediction.json`` beside it,
+        where a local ``predict`` writes it."""
         inputFile, outFile = Path(inputFile), Path(outFile)
         body = inputFile.read_bytes()
-        result = self._request("POST", f"/v1/models/{urllib.parse.quote(model, safe='')}/predict",
-                               {"task": task, "format": fileFormat, "filename": inputFile.name}, body)
+        result, headers = self._send("POST", f"/v1/models/{urllib.parse.quote(model, safe='')}/predict",
+                                     {"task": task, "format": fileFormat, "filename": inputFile.name}, body)
         outFile.parent.mkdir(parents=True, exist_ok=True)
         outFile.write_bytes(result)
+        reportFile = outFile.with_name(outFile.name[:-len(fileFormat)] + "prediction.json")
+        report = headers.get(PREDICTION_HEADER)
+        if report:
+            reportFile.write_text(report, encoding="utf-8")
+        elif reportFile.exists():
+            reportFile.unlink()
         return outFile
 
     def submitJob(self, call: Any, archive: Path) -> dict:
@@ -151,6 +163,11 @@ class ServerClient:
 
     def _request(self, method: str, path: str, params: Optional[Dict[str, Any]] = None,
                  body: Optional[bytes] = None) -> bytes:
+        return self._send(method, path, params, body)[0]
+
+    def _send(self, method: str, path: str, params: Optional[Dict[str, Any]] = None,
+              body: Optional[bytes] = None) -> Tuple[bytes, Any]:
+        """The answer's body and headers (``headers.get(name)``); every failure one ``ModuleError``."""
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
         request = urllib.request.Request(self.url + path + query, data=body, method=method)
         request.add_header("Authorization", f"Bearer {self._token}")
@@ -158,7 +175,7 @@ class ServerClient:
             request.add_header("Content-Type", "application/octet-stream")
         try:
             with self._open(request, timeout=self.timeout) as response:
-                return response.read()
+                return response.read(), response.headers
         except urllib.error.HTTPError as exc:
             raise self._httpError(exc) from None
         except urllib.error.URLError as exc:

@@ -11,6 +11,7 @@ cancel ends a job and removes its data. Timings are the load benchmark's busines
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -359,8 +360,13 @@ def test_a_training_job_runs_to_a_model_that_is_then_served_and_downloadable(ser
     assert job["progress"]["epoch"] == 1 and job["progress"]["dice"] is not None
     names = [model["name"] for model in server.client.get("/v1/models").json()["models"]]
     assert names == ["tiny", "trained"]
-    assert server.client.post("/v1/models/trained/predict", params={"task": "TaskA", "filename": "ct.nrrd"},
-                              content=(root / "ct_0000.nrrd").read_bytes()).status_code == 200
+    predicted = server.client.post("/v1/models/trained/predict", params={"task": "TaskA", "filename": "ct.nrrd"},
+                                   content=(root / "ct_0000.nrrd").read_bytes())
+    assert predicted.status_code == 200
+    # a trained model stores task references: the engine's <case>.prediction.json comes back as a header
+    report = json.loads(predicted.headers["X-Labelsharing-Prediction"])
+    assert report["task"] == "TaskA" and report["recognition"] is None
+    assert report["familiarity"]["familiar"] is False and "'TaskA'" in report["familiarity"]["warning"]  # 3D vs 2D
     download = server.client.get("/v1/models/trained/download")
     with zipfile.ZipFile(io.BytesIO(download.content)) as archive:
         assert sorted(archive.namelist()) == ["trained/model.json", "trained/model.safetensors"]

@@ -11,7 +11,10 @@ elsewhere first (as multipart parsing would), and a client needs only ``urllib``
 ``POST /v1/models/{name}/predict``            body: a NIfTI/NRRD/MHA image or a zip (of one image,
                                               or of a DICOM series); ``task``, ``format`` (nii.gz,
                                               nrrd, seg.nrrd; dcm, a DICOM SEG, for a series), ``filename``;
-                                              answers the label file, on the input's exact grid
+                                              answers the label file, on the input's exact grid;
+                                              ``task=auto`` recognises the task; the header
+                                              ``X-Labelsharing-Prediction`` holds the engine's
+                                              ``<case>.prediction.json`` (task, recognition, warning)
 ``GET  /v1/models/{name}/download``           the model folder, zipped
 ``POST /v1/jobs/train``                       body: a zip of nnU-Net task folders (and ``pins.json`` at its
                                               root, as ``--pins``); ``name`` + options
@@ -29,6 +32,7 @@ model or job, 409 a model name in use, 413 an upload beyond the limit, 422 a mal
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import tempfile
 import time
@@ -50,9 +54,11 @@ from labelsharing.serve.models import ModelLibrary
 from labelsharing.serve.security import NotFound, UploadTooLarge, check_model_name, receive_upload, token_matches, \
     unpack_zip
 
-__all__ = ["ServerSettings", "create_app"]
+__all__ = ["PREDICTION_HEADER", "ServerSettings", "create_app"]
 
 #: Image endings a predict accepts (a ``.zip`` holds one of these or a DICOM series).
+#: the predict answer's header carrying the engine's ``<case>.prediction.json`` (compact JSON)
+PREDICTION_HEADER = "X-Labelsharing-Prediction"
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".zip")
 
 
@@ -130,9 +136,9 @@ def create_app(settings: ServerSettings, log=print) -> FastAPI:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         case = _case_name(filename, ending)
+        headers = {"X-Labelsharing-Seconds": f"{time.perf_counter() - start:.4f}", **_prediction_header(written)}
         return FileResponse(written, filename=f"{case}.{format}", media_type="application/octet-stream",
-                            headers={"X-Labelsharing-Seconds": f"{time.perf_counter() - start:.4f}"},
-                            background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
+                            headers=headers, background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
 
     @api.get("/models/{name}/download")
     def download(name: str) -> FileResponse:
@@ -235,6 +241,17 @@ def _predict(library: ModelLibrary, name: str, image: Path, task: str, file_form
     predictor, lock = library.predictor(name)
     with lock:
         return predictor.predict_files([image], task, out, file_format=file_format)[0]
+
+
+def _prediction_header(written: Path) -> dict[str, str]:
+    """The engine's ``<case>.prediction.json`` beside ``written`` (the task used, its recognition and the
+    unfamiliar-image warning; absent for models without task references) as one ASCII header line, so the
+    client gets the report with the result in one answer."""
+    reports = list(written.parent.glob("*.prediction.json"))
+    if len(reports) != 1:
+        return {}
+    report = json.loads(reports[0].read_text(encoding="utf-8"))
+    return {PREDICTION_HEADER: json.dumps(report, ensure_ascii=True, separators=(",", ":"))}
 
 
 def _check_free(out: Path, queue: JobQueue) -> None:

@@ -10,6 +10,7 @@ cancelled; the setting is kept in the application settings with the token field 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -110,6 +111,37 @@ def test_a_predict_writes_the_tasks_seg_nrrd(server, tmp_path):
     segments, _ = readSegNrrdLikeSlicer(written)  # (id, name, colour, tags, mask) each
     assert [(name, color) for _, name, color, _, _ in segments] == [("tiny", (0.5, 0.5, 0.0)), ("large", (0.0, 0.5, 0.5))]
     assert all(mask.shape == (4, 20, 24) for *_, mask in segments)
+
+
+class _Answer:
+    """The surface of ``http.client.HTTPResponse`` that ``ServerClient`` reads (``read()``, ``headers.get``, a
+    context manager), as ``urllib.request.urlopen`` returns it (CPython ``Lib/urllib/request.py``)."""
+
+    def __init__(self, body: bytes, headers: dict) -> None:
+        self.body, self.headers = body, headers
+
+    def read(self) -> bytes:
+        return self.body
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def test_the_engines_prediction_report_is_written_beside_the_result_as_a_local_predict_writes_it(tmp_path):
+    report = {"task": "TaskB", "recognition": {"score": 0.93}, "familiarity": {"confidence": 0.7, "warning": None}}
+    sent = []
+    headers = {"X-Labelsharing-Prediction": json.dumps(report)}
+    client = ServerClient("http://127.0.0.1:1", "t", opener=lambda request, timeout: sent.append(request) or
+                          _Answer(b"labels", headers))
+    written = client.predict("tiny", "auto", _volume(tmp_path / "volume.nrrd"), tmp_path / "out" / "volume.seg.nrrd")
+    assert "task=auto" in sent[0].full_url and written.read_bytes() == b"labels"
+    assert json.loads((tmp_path / "out" / "volume.prediction.json").read_text()) == report
+    headers.clear()  # a model without task references: no report, and none left from before
+    client.predict("tiny", "TaskB", tmp_path / "volume.nrrd", tmp_path / "out" / "volume.seg.nrrd")
+    assert not (tmp_path / "out" / "volume.prediction.json").exists()
 
 
 @pytest.mark.parametrize("url, token, message", [

@@ -53,8 +53,8 @@ def test_automatic_is_offered_first_and_chosen_for_several_tasks_only(widget, tm
     assert widget.ui.taskComboBox.currentText == "second"
     server = ModelInfo.fromServer({"name": "m", "tasks": {t: {"labels": [{"name": "organ", "value": 1}]}
                                                           for t in ("first", "second")}}, "https://gpu.example")
-    widget.segmentPanel.useModel(server)  # a server's predictions come back without the engine's report
-    assert "Automatic" not in _entries(widget)
+    widget.segmentPanel.useModel(server)  # a server's predict answers the engine's report in a header
+    assert _entries(widget) == ["Automatic", "first", "second"]
 
 
 def _apply(widget, model: Path, report):
