@@ -25,8 +25,8 @@ from labelsharing.errors import LabelSharingError
 if TYPE_CHECKING:
     from labelsharing.plan.shared_labels import LabelStats
 
-__all__ = ["SUBTASK_SEPARATOR", "subtask_name", "group_layers", "layer_pins", "split_width", "sibling_channels",
-           "parent_pins"]
+__all__ = ["SUBTASK_SEPARATOR", "subtask_name", "group_layers", "visible_tasks", "layer_pins", "split_width",
+           "sibling_channels", "parent_pins", "check_splits"]
 
 SUBTASK_SEPARATOR = "/"
 
@@ -69,6 +69,17 @@ def group_layers(labels: Sequence[str], layerings: Iterable[Mapping[str, int]]) 
         else:
             group.append(label)
     return groups
+
+
+def visible_tasks(task_names: Sequence[str], splits: Mapping[str, Sequence[str]]) -> list[str]:
+    """The tasks as users see them: each split task once, in its first sub-task's place, instead of its sub-tasks.
+
+    Example:
+        >>> visible_tasks(["A", "Chest/1", "Chest/2"], {"Chest": ["Chest/1", "Chest/2"]})
+        ['A', 'Chest']
+    """
+    parent_of = {sub: parent for parent, subtasks in splits.items() for sub in subtasks}
+    return list(dict.fromkeys(parent_of.get(task, task) for task in task_names))
 
 
 def parent_pins(pins: Mapping[str, Mapping[str, int]], splits: Mapping[str, Sequence[str]],

@@ -323,9 +323,10 @@ class SharedLabelPlan:
             return task
         import difflib
 
-        close = difflib.get_close_matches(task, self._tasks, n=1)
+        names = [*self.splits, *self._tasks]  # a split task is named by users too
+        close = difflib.get_close_matches(task, names, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise LabelSharingError(f"Unknown task '{task}'.{hint} Tasks: {', '.join(self._tasks)}.")
+        raise LabelSharingError(f"Unknown task '{task}'.{hint} Tasks: {', '.join(names)}.")
 
     # ----------------------------------------------------------------------------- (de)serialising
     def to_dict(self) -> dict:
