@@ -18,7 +18,7 @@ _EXPORTS = {
         "EXAMPLE_ENTRY", "GENERIC_ENTRY", "Code", "LabelCodes", "label_codes", "entry_from_codes",
         "terminology_entry_problem",
     ),
-    "layer_split": ("SUBTASK_SEPARATOR", "subtask_name", "group_layers", "visible_tasks"),
+    "layer_split": ("SUBTASK_SEPARATOR", "subtask_name", "group_apart", "group_layers", "visible_tasks"),
     "planner": ("summarise_tasks", "plan_tasks", "plan_task_datasets", "plan_table"),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)

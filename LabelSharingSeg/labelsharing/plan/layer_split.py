@@ -25,7 +25,7 @@ from labelsharing.errors import LabelSharingError
 if TYPE_CHECKING:
     from labelsharing.plan.shared_labels import LabelStats
 
-__all__ = ["SUBTASK_SEPARATOR", "subtask_name", "group_layers", "visible_tasks", "layer_pins", "split_width",
+__all__ = ["SUBTASK_SEPARATOR", "subtask_name", "group_layers", "group_apart", "visible_tasks", "layer_pins", "split_width",
            "sibling_channels", "parent_pins", "check_splits"]
 
 SUBTASK_SEPARATOR = "/"
@@ -61,9 +61,20 @@ def group_layers(labels: Sequence[str], layerings: Iterable[Mapping[str, int]]) 
         present = [label for label in labels if label in layering]
         for a in present:
             conflicts[a].update(b for b in present if layering[b] != layering[a])
+    return group_apart(labels, conflicts)
+
+
+def group_apart(labels: Sequence[str], conflicts: Mapping[str, Iterable[str]]) -> list[list[str]]:
+    """Groups of labels with no conflicting pair: each label, in order, joins the first group holding
+    none of its ``conflicts`` (label -> labels it must not share a group with, e.g. those it overlaps).
+
+    Example:
+        >>> group_apart(["lung", "lobe", "heart"], {"lung": {"lobe"}, "lobe": {"lung"}})
+        [['lung', 'heart'], ['lobe']]
+    """
     groups: list[list[str]] = []
     for label in labels:
-        group = next((g for g in groups if not conflicts[label].intersection(g)), None)
+        group = next((g for g in groups if not set(conflicts.get(label, ())).intersection(g)), None)
         if group is None:
             groups.append([label])
         else:
