@@ -14,8 +14,9 @@ _EXPORTS = {
     "new_case": ("add_case", "next_case_id"),
     "image_io": (
         "SegmentInfo", "geometry_mismatch", "read_image", "read_image_header", "read_label", "write_image",
-        "write_label", "write_layered_label", "case_id_from_path",
+        "write_label", "case_id_from_path",
     ),
+    "seg_nrrd": ("write_layered_label",),
     "overlap_split": ("split_overlapping_task",),
     "dicom_series": ("DicomSeries", "SeriesGeometry", "is_dicom_input", "read_dicom_series", "read_dicom_geometry"),
     "orientation": ("Slicing", "plan_slicing"),

@@ -31,7 +31,6 @@ __all__ = [
     "read_image_header",
     "read_label",
     "write_label",
-    "write_layered_label",
     "write_image",
     "case_id_from_path",
     "geometry_mismatch",
@@ -280,28 +279,6 @@ def write_label(
     size = reference.GetSize() + ((1,) if reference.GetDimension() == 2 else ())  # a .seg.nrrd is always 3D
     return write_atomically(path, lambda temporary: write_seg_nrrd(labels, reference, temporary, segments),
                             lambda temporary: _check_written_image(temporary, size, 1))
-
-
-def write_layered_label(layers: Sequence[np.ndarray], reference: sitk.Image, path: str | Path,
-                        segments: Sequence[Sequence[SegmentInfo]]) -> Path:
-    """Write label maps that may overlap (one per layer, each as :func:`write_label` takes it) as
-    one layered Slicer segmentation, atomically; a single layer is written as :func:`write_label` does.
-
-    Raises:
-        LabelSharingError: several layers and ``path`` is not a ``.seg.nrrd`` (a label map holds one
-            label per voxel), or the file could not be written completely.
-    """
-    path = Path(path)
-    if len(layers) == 1:
-        return write_label(layers[0], reference, path, segments[0])
-    if not path.name.lower().endswith(SEG_NRRD):
-        raise LabelSharingError(f"{path}: {len(layers)} layers of overlapping segments cannot be written as one label "
-                                f"map (a voxel holds one label); write a Slicer segmentation ({SEG_NRRD}).")
-    from labelsharing.data.seg_nrrd import write_layered_seg_nrrd
-
-    size = reference.GetSize() + ((1,) if reference.GetDimension() == 2 else ())
-    return write_atomically(path, lambda temporary: write_layered_seg_nrrd(layers, reference, temporary, segments),
-                            lambda temporary: _check_written_image(temporary, size, len(layers)))
 
 
 def write_image(image: sitk.Image, path: str | Path) -> Path:

@@ -18,10 +18,12 @@ from typing import Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from labelsharing.data.image_io import SegmentInfo, _values_text, geometry_mismatch
+from labelsharing.data.image_io import SEG_NRRD, SegmentInfo, _check_written_image, _values_text, geometry_mismatch, \
+    write_label
 from labelsharing.errors import LabelSharingError
+from labelsharing.utils import write_atomically
 
-__all__ = ["read_seg_nrrd", "read_segment_layers", "write_seg_nrrd", "write_layered_seg_nrrd"]
+__all__ = ["read_seg_nrrd", "read_segment_layers", "write_seg_nrrd", "write_layered_seg_nrrd", "write_layered_label"]
 
 
 def read_seg_nrrd(path: Path, labels: Mapping[str, int], reference: sitk.Image | None, pixel_type: int,
@@ -160,6 +162,26 @@ def _segment_label_values(path: Path, segments: Sequence[Mapping], labels: Mappi
             )
         by_value[key] = name
     return by_value
+
+
+def write_layered_label(layers: Sequence[np.ndarray], reference: sitk.Image, path: str | Path,
+                        segments: Sequence[Sequence[SegmentInfo]]) -> Path:
+    """Write label maps that may overlap (one per layer, each as :func:`write_label` takes it) as
+    one layered Slicer segmentation, atomically; a single layer is written as :func:`write_label` does.
+
+    Raises:
+        LabelSharingError: several layers and ``path`` is not a ``.seg.nrrd`` (a label map holds one
+            label per voxel), or the file could not be written completely.
+    """
+    path = Path(path)
+    if len(layers) == 1:
+        return write_label(layers[0], reference, path, segments[0])
+    if not path.name.lower().endswith(SEG_NRRD):
+        raise LabelSharingError(f"{path}: {len(layers)} layers of overlapping segments cannot be written as one label "
+                                f"map (a voxel holds one label); write a Slicer segmentation ({SEG_NRRD}).")
+    size = reference.GetSize() + ((1,) if reference.GetDimension() == 2 else ())
+    return write_atomically(path, lambda temporary: write_layered_seg_nrrd(layers, reference, temporary, segments),
+                            lambda temporary: _check_written_image(temporary, size, len(layers)))
 
 
 def write_seg_nrrd(labels: np.ndarray, reference: sitk.Image, path: Path, segments: Sequence[SegmentInfo]) -> None:

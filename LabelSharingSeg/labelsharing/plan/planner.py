@@ -7,6 +7,7 @@ only :func:`plan_table`, and starts without SimpleITK.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
@@ -18,7 +19,7 @@ from labelsharing.utils import SILENT, ProgressReporter, format_table
 if TYPE_CHECKING:
     from labelsharing.data import Appearance, TaskSummary
 
-__all__ = ["summarise_tasks", "plan_tasks", "plan_task_datasets", "plan_table"]
+__all__ = ["summarise_tasks", "plan_tasks", "plan_task_datasets", "plan_table", "read_pins"]
 
 
 def summarise_tasks(folders: Sequence[str | Path], progress: ProgressReporter = SILENT,
@@ -117,3 +118,21 @@ def plan_table(plan: SharedLabelPlan) -> str:
               for parent, subtasks in plan.splits.items()]
     table = format_table(["shared label", *headers], rows)
     return "\n".join([table, *notes])
+
+
+def read_pins(path: str | Path) -> dict[str, dict[str, int]]:
+    """Read a pins file: ``{"<task>": {"<label name>": <shared label>}}``."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LabelSharingError(f"Cannot read pins file {path}: {exc}") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise LabelSharingError(f'{path}: pins must look like {{"<task>": {{"<label>": <shared label>}}}}.')
+    pins: dict[str, dict[str, int]] = {}
+    for task, entries in data.items():
+        for label, shared in entries.items():
+            if isinstance(shared, bool) or not isinstance(shared, int):
+                raise LabelSharingError(f"{path}: pin {task}/{label} must be an integer shared label, got {shared!r}.")
+            pins.setdefault(task, {})[label] = shared
+    return pins

@@ -33,9 +33,7 @@ __all__ = [
     "LabelStats",
     "LabelAssignment",
     "SharedLabelPlan",
-    "measure_label_sizes",
     "rank_labels_by_size",
-    "read_pins",
 ]
 
 BACKGROUND = 0
@@ -68,63 +66,6 @@ class LabelAssignment:
     relative_size: float
     presence: float
     shared: int
-
-
-def measure_label_sizes(label_arrays: Iterable[np.ndarray], labels: Mapping[str, int]) -> dict[str, LabelStats]:
-    """Average relative size and presence of each label over a task's label maps.
-
-    Args:
-        label_arrays: integer label maps of any shape ((H, W) or (D, H, W)); one per image.
-        labels: label name -> value; a ``background``/0 entry is ignored.
-
-    Returns:
-        label name -> ``LabelStats``, in the order of ``labels``.
-
-    Raises:
-        LabelSharingError: if ``label_arrays`` is empty.
-
-    Example:
-        >>> measure_label_sizes([np.array([[0, 1], [1, 2]])], {"a": 1, "b": 2})["a"].relative_size
-        0.5
-    """
-    wanted = {name: int(value) for name, value in labels.items() if int(value) != BACKGROUND}
-    max_value = max(wanted.values(), default=0)
-    fractions = []
-    for array in label_arrays:
-        array = np.asarray(array)
-        if array.size == 0:
-            continue
-        counts = np.bincount(array.ravel().astype(np.int64), minlength=max_value + 1)
-        fractions.append(counts[: max_value + 1] / array.size)
-    if not fractions:
-        raise LabelSharingError("No label maps to measure: the task has no (non-empty) training labels.")
-    table = np.stack(fractions)  # (images, max_value + 1)
-    return {
-        name: LabelStats(
-            value=value,
-            relative_size=float(table[:, value].mean()),
-            presence=float((table[:, value] > 0).mean()),
-        )
-        for name, value in wanted.items()
-    }
-
-
-def read_pins(path: str | Path) -> dict[str, dict[str, int]]:
-    """Read a pins file: ``{"<task>": {"<label name>": <shared label>}}``."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LabelSharingError(f"Cannot read pins file {path}: {exc}") from exc
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise LabelSharingError(f'{path}: pins must look like {{"<task>": {{"<label>": <shared label>}}}}.')
-    pins: dict[str, dict[str, int]] = {}
-    for task, entries in data.items():
-        for label, shared in entries.items():
-            if isinstance(shared, bool) or not isinstance(shared, int):
-                raise LabelSharingError(f"{path}: pin {task}/{label} must be an integer shared label, got {shared!r}.")
-            pins.setdefault(task, {})[label] = shared
-    return pins
 
 
 class SharedLabelPlan:
