@@ -18,7 +18,8 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 import numpy as np
 
 from labelsharing.errors import LabelSharingError  # the error the plan functions raise (numpy-only module)
-from labelsharing.plan import LabelStats, SharedLabelPlan, measure_label_sizes, terminology_entry_problem
+from labelsharing.plan import LabelStats, SharedLabelPlan, group_apart, measure_label_sizes, subtask_name, \
+    terminology_entry_problem
 
 from .ModuleError import ModuleError
 from .NrrdIO import writeNrrd
@@ -46,6 +47,7 @@ class GroupingRow:
     """One row of the grouping table.
 
     ``others`` lists "task: label" of the model's existing tasks on the same shared label.
+    ``subtask`` is the label's sub-task (``TASK/1``, ...) when the task's segments overlap, else "".
     """
 
     label: str
@@ -54,15 +56,21 @@ class GroupingRow:
     presence: float
     shared: int
     others: Tuple[str, ...]
+    subtask: str = ""
 
 
 @dataclass(frozen=True)
 class Grouping:
-    """The plan with the new task added, the table rows of the new task and the plan warnings."""
+    """The plan with the new task added, the table rows of the new task and the plan warnings.
+
+    ``layers`` holds the label groups the engine splits the task into when its segments overlap
+    (``labelsharing.plan.layer_split``: sub-tasks ``TASK/1``, ``TASK/2``, ...); one group otherwise.
+    """
 
     plan: SharedLabelPlan
     rows: Tuple[GroupingRow, ...]
     warnings: Tuple[str, ...]
+    layers: Tuple[Tuple[str, ...], ...] = ()
 
 
 class TaskDefinition:
@@ -86,12 +94,28 @@ class TaskDefinition:
         #: label name -> value in the task's label maps (1, 2, ... in order of first appearance)
         self.labels: Dict[str, int] = {label: index + 1 for index, label in enumerate(self.labelNames)}
 
-    def labelArray(self, case: TaskCase) -> np.ndarray:
-        """The case's label map in the task's values; a voxel in two segments gets the later label."""
+    def layers(self) -> List[List[str]]:
+        """The label groups of the task: labels whose segments overlap in some case go to different
+        groups (``group_apart``, as the engine splits a layered ``.seg.nrrd``); one group if none overlap."""
+        conflicts: Dict[str, set] = {name: set() for name in self.labelNames}
+        for case in self.cases:
+            names = list(case.segments)
+            for index, a in enumerate(names):
+                for b in names[index + 1:]:
+                    if np.any((np.asarray(case.segments[a]) > 0) & (np.asarray(case.segments[b]) > 0)):
+                        conflicts[a].add(b)
+                        conflicts[b].add(a)
+        return group_apart(self.labelNames, conflicts)
+
+    def labelArray(self, case: TaskCase, labels: Optional[Sequence[str]] = None) -> np.ndarray:
+        """The case's label map in the task's values (only ``labels`` if given); a voxel in two
+        segments gets the later label."""
         shape = case.image.shape
         dtype = np.uint8 if len(self.labels) < 256 else np.uint16
         values = np.zeros(shape, dtype=dtype)
         for name, mask in case.segments.items():
+            if labels is not None and name not in labels:
+                continue
             mask = np.asarray(mask)
             if mask.shape != shape:
                 raise ModuleError(
@@ -101,9 +125,11 @@ class TaskDefinition:
             values[mask > 0] = self.labels[name]
         return values
 
-    def measure(self) -> Dict[str, LabelStats]:
-        """Average relative size and presence of each label (the engine's ``measure_label_sizes``)."""
-        return measure_label_sizes((self.labelArray(case) for case in self.cases), self.labels)
+    def measure(self, labels: Optional[Sequence[str]] = None) -> Dict[str, LabelStats]:
+        """Average relative size and presence of each label (of ``labels`` if given; the engine's
+        ``measure_label_sizes``)."""
+        wanted = {name: value for name, value in self.labels.items() if labels is None or name in labels}
+        return measure_label_sizes((self.labelArray(case, labels) for case in self.cases), wanted)
 
     def grouping(
         self, modelPlan: Optional[Mapping] = None, pins: Optional[Mapping[str, int]] = None
@@ -114,30 +140,42 @@ class TaskDefinition:
             modelPlan: the ``plan`` of the chosen model's ``model.json``, or ``None``.
             pins: label name -> shared label the annotator pinned in the table.
 
+        When segments overlap, the task is planned as the engine plans it: one sub-task per label
+        group (:meth:`layers`), never on one shared label; the first warning names the split.
+
         Raises:
             ModuleError: with the engine's message for invalid pins or a task name already in
-                the model.
+                the model; overlapping segments with a model chosen (added tasks cannot overlap yet).
         """
-        stats = self.measure()
+        layers = self.layers()
+        names = [subtask_name(self.name, index) for index in range(1, len(layers) + 1)] if len(layers) > 1 \
+            else [self.name]
+        stats = {name: self.measure(group) for name, group in zip(names, layers)}
+        notes = [] if len(layers) == 1 else [_(
+            "Segments overlap: the task is split into {count} sub-tasks ({groups}), trained apart and predicted as "
+            "one segmentation with overlapping segments.").format(count=len(layers), groups="; ".join(
+                f"{name}: {', '.join(group)}" for name, group in zip(names, layers)))]
         try:
+            if modelPlan and len(layers) > 1:
+                raise ModuleError(notes[0] + " " + _("Adding such a task to a model is not supported yet: train a new "
+                                                     "model with it (choose no model)."))
             if modelPlan:
-                plan = SharedLabelPlan.from_dict(modelPlan).add_task(self.name, stats, dict(pins or {}))
+                plan = SharedLabelPlan.from_dict(modelPlan).add_task(self.name, stats[self.name], dict(pins or {}))
             else:
-                plan = SharedLabelPlan.build({self.name: stats}, {self.name: dict(pins or {})})
+                plan = SharedLabelPlan.build(stats, {self.name: dict(pins or {})},
+                                             splits={self.name: names} if len(layers) > 1 else None)
         except LabelSharingError as exc:
             raise ModuleError(str(exc)) from exc
         rows = []
-        for label, assignment in plan.labels(self.name).items():
-            others = tuple(
-                f"{task}: {other}" for task, other in plan.group(assignment.shared).items() if task != self.name
-            )
-            rows.append(
-                GroupingRow(
-                    label, assignment.value, assignment.relative_size, assignment.presence, assignment.shared, others
-                )
-            )
+        for name in names:
+            for label, assignment in plan.labels(name).items():
+                others = tuple(f"{task}: {other}" for task, other in plan.group(assignment.shared).items()
+                               if task not in names)
+                rows.append(GroupingRow(label, assignment.value, assignment.relative_size, assignment.presence,
+                                        assignment.shared, others, name if len(layers) > 1 else ""))
         rows.sort(key=lambda row: row.shared)
-        return Grouping(plan, tuple(rows), tuple(self.warnings) + tuple(plan.warnings))
+        return Grouping(plan, tuple(rows), tuple(notes + self.warnings) + tuple(plan.warnings),
+                        tuple(tuple(group) for group in layers))
 
     def writeDataset(
         self,
@@ -156,10 +194,17 @@ class TaskDefinition:
         ``onCase(done, total, text)`` is called before each case and once at the end.
 
         Raises:
-            ModuleError: if the folder already holds a dataset and ``overwrite`` is False, or a
-                terminology entry is one the engine would refuse (checked before writing).
+            ModuleError: if the folder already holds a dataset and ``overwrite`` is False, a
+                terminology entry is one the engine would refuse (checked before writing), or
+                segments overlap (a label map would lose the overlap).
         """
         folder = Path(folder)
+        layers = self.layers()
+        if len(layers) > 1:
+            raise ModuleError(_(
+                "Segments overlap ({groups}): a label map would lose the overlap. Save each segmentation as a "
+                ".seg.nrrd (File > Save) into labelsTr/ of a dataset folder, where the engine splits the task "
+                "into one sub-task per layer.").format(groups="; ".join(", ".join(group) for group in layers)))
         if (folder / "dataset.json").exists() and not overwrite:
             raise ModuleError(_("{folder} already holds a dataset (dataset.json). Choose an empty folder.").format(
                 folder=folder))

@@ -22,7 +22,7 @@ from .Translation import tr as _
 __all__ = ["TaskPanel", "COLUMNS"]
 
 COLUMNS = (_("Label"), _("Relative size"), _("Present in"), _("Shared label"), _("Pinned"),
-           _("Same shared label in the model"))
+           _("Same shared label in the model"), _("Sub-task (overlapping segments)"))
 _SHARED, _PINNED = 3, 4
 
 
@@ -108,6 +108,7 @@ class TaskPanel:
                 entry.label, f"{100 * entry.relativeSize:.3g} %",
                 _("{percent} % of cases").format(percent=f"{100 * entry.presence:.0f}"),
                 str(entry.shared), "", "; ".join(entry.others) or "-",
+                entry.subtask or "-",
             ]
             for column, text in enumerate(cells):
                 item = self.qt.QTableWidgetItem(text)

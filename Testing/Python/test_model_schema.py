@@ -159,8 +159,8 @@ EDITS = {
                                        "has 10 items; the rule is 256"),
     "familiarity spread zero": (_familiarity("TaskA", std=0.0), r"familiarity\.tasks\.TaskA\.feature_std\[0\]",
                                 "is 0.0; allowed"),
-    "future format": (_set("format_version", 4), "model format 4", "reads formats 1 to 3"),
-    "format as text": (_set("format_version", "2"), "model format '2'", "reads formats 1 to 3"),
+    "future format": (_set("format_version", 5), "model format 5", "reads formats 1 to 4"),
+    "format as text": (_set("format_version", "2"), "model format '2'", "reads formats 1 to 4"),
 }
 
 

@@ -145,7 +145,7 @@ def serve_command(args: argparse.Namespace, progress: ProgressReporter) -> int:
 
 
 def evaluate_command(args: argparse.Namespace, progress: ProgressReporter) -> int:
-    from labelsharing.data import read_task_dataset
+    from labelsharing.data import read_task_dataset, split_overlapping_task
     from labelsharing.infer import Predictor, evaluate_model, evaluation_table, split_warning
     from labelsharing.utils import check_outputs, write_json_atomically
 
@@ -153,7 +153,8 @@ def evaluate_command(args: argparse.Namespace, progress: ProgressReporter) -> in
         check_outputs([args.json], inputs=[args.model, *args.datasets], force=True, option="--json")
     predictor = Predictor.from_model_dir(args.model, device=args.device, backend=args.backend, precision=args.precision,
                                          log=lambda message: print(message, file=sys.stderr))
-    tasks = [read_task_dataset(folder) for folder in args.datasets]
+    # a task with overlapping segments is scored per sub-task (one per layer), as it was trained
+    tasks = [sub for folder in args.datasets for sub in split_overlapping_task(read_task_dataset(folder))]
     for warning in filter(None, map(split_warning, tasks)):
         print(f"warning: {warning}", file=sys.stderr)
     result = evaluate_model(predictor, tasks, progress=progress)

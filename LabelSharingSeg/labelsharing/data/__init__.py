@@ -16,6 +16,8 @@ _EXPORTS = {
         "SegmentInfo", "geometry_mismatch", "read_image", "read_image_header", "read_label", "write_image",
         "write_label", "case_id_from_path",
     ),
+    "seg_nrrd": ("write_layered_label",),
+    "overlap_split": ("split_overlapping_task",),
     "dicom_series": ("DicomSeries", "SeriesGeometry", "is_dicom_input", "read_dicom_series", "read_dicom_geometry"),
     "orientation": ("Slicing", "plan_slicing"),
     "preprocessing": (

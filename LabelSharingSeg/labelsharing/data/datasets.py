@@ -69,6 +69,10 @@ class TaskDataset:
         terminology: label name -> Slicer terminology entry string, given by ``dataset.json``
             ``terminology`` as that string or as code triples (optional); the Slicer module tags the
             segments with it and DICOM SEG output codes the segments with it.
+        parent: for a sub-task of a task split by overlapping segments (``Chest/2``), the task's own
+            name (:func:`~labelsharing.data.overlap_split.split_overlapping_task`); else None.
+        other_labels: the parent's labels that the sibling sub-tasks hold (name -> value): their
+            segments or values are left out when this sub-task's labels are read.
     """
 
     name: str
@@ -81,6 +85,8 @@ class TaskDataset:
     unlabelled_test: tuple[Case, ...] = ()
     colors: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     terminology: dict[str, str] = field(default_factory=dict)
+    parent: str | None = None
+    other_labels: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -200,7 +206,7 @@ def load_case(task: TaskDataset, case: Case):
     image = read_image(case.image)
     if case.label is None:
         raise LabelSharingError(f"Case '{case.case_id}' of task '{task.name}' has no label file.")
-    label = read_label(case.label, task.labels, reference=image)
+    label = read_label(case.label, task.labels, reference=image, skip=task.other_labels)
     mismatch = geometry_mismatch(label, image)
     if mismatch:
         raise LabelSharingError(

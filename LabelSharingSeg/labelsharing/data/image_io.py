@@ -163,7 +163,8 @@ def read_image_header(path: str | Path):
     return reader
 
 
-def read_label(path: str | Path, labels: Mapping[str, int], reference: sitk.Image | None = None) -> sitk.Image:
+def read_label(path: str | Path, labels: Mapping[str, int], reference: sitk.Image | None = None,
+               skip: Mapping[str, int] | None = None) -> sitk.Image:
     """Read a label map in the task's own label values.
 
     Every voxel value is checked against the declared labels *before* the map is cast to its
@@ -176,6 +177,8 @@ def read_label(path: str | Path, labels: Mapping[str, int], reference: sitk.Imag
             in 0..``MAX_LABEL_VALUE``.
         reference: the image the labels belong to. A ``.seg.nrrd`` whose grid is a crop or
             shift of the reference grid (same spacing and direction) is resampled onto it.
+        skip: labels (name -> value) of a task's other layers (a sub-task's siblings, see
+            :mod:`labelsharing.plan.layer_split`): their segments or voxels are read as background.
 
     Returns:
         label image with the label's geometry (or ``reference``'s for ``.seg.nrrd``): uint8 if
@@ -191,7 +194,7 @@ def read_label(path: str | Path, labels: Mapping[str, int], reference: sitk.Imag
     if path.name.lower().endswith(SEG_NRRD):
         from labelsharing.data.seg_nrrd import read_seg_nrrd
 
-        return read_seg_nrrd(path, labels, reference, pixel_type)
+        return read_seg_nrrd(path, labels, reference, pixel_type, skip or {})
     image = read_image(path)
     values = np.unique(sitk.GetArrayViewFromImage(image))
     if not np.issubdtype(values.dtype, np.integer) and not np.all(np.equal(np.mod(values, 1), 0)):
@@ -199,12 +202,18 @@ def read_label(path: str | Path, labels: Mapping[str, int], reference: sitk.Imag
             f"{path} holds non-integer values; a label map must hold integer label values "
             "(was it saved with linear interpolation?)."
         )
-    undeclared = sorted(set(values.tolist()) - {0, *labels.values()})
+    undeclared = sorted(set(values.tolist()) - {0, *labels.values(), *(skip or {}).values()})
     if undeclared:
         raise LabelSharingError(
             f"{path} holds label value(s) {_values_text(undeclared)} not declared in the task's labels "
             f"({_labels_text(labels)}). Declare them in dataset.json \"labels\" or fix the label file."
         )
+    if skip and set(values.tolist()) & set(skip.values()):
+        array = sitk.GetArrayFromImage(image)
+        array[np.isin(array, list(skip.values()))] = 0
+        kept = sitk.GetImageFromArray(array)
+        kept.CopyInformation(image)
+        image = kept
     return sitk.Cast(image, pixel_type)
 
 

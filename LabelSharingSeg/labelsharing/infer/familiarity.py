@@ -41,6 +41,7 @@ import numpy as np
 
 from labelsharing.data import Slicing, intensity_normalizer
 from labelsharing.errors import LabelSharingError
+from labelsharing.plan import visible_tasks
 
 __all__ = ["AUTO_TASK", "SAMPLED_SLICES", "GRID", "QUANTILES", "MARGIN", "POWER", "MIN_SCORE", "VolumeSignature",
            "TaskChoice", "volume_signature", "reference_entry", "relative_distance", "familiarity_report",
@@ -328,19 +329,23 @@ def examine_image(model, network, image, task: str, device) -> dict:
         return volume_signature(network, image, model.task(name), model.input_size, device, stored["slices"],
                                 stored["grid"], stored["quantiles"])
 
+    # A task split by overlapping segments is one candidate, its first sub-task standing for it (same images).
+    plan = model.plan
+    shown = {plan.subtasks(name)[0]: name for name in visible_tasks(plan.task_names, plan.splits)}
     signatures, recognition = {}, None
     if task == AUTO_TASK and task not in model.config["tasks"]:
-        signatures = {name: measure(name) for name in references
-                      if dimension_mismatch(image, model.config["tasks"][name]) is None}
-        choice = recognise_task({n: relative_distance(s, references[n])[0] for n, s in signatures.items()},
-                                model.plan.task_names)
+        signatures = {shown[name]: measure(name) for name in references
+                      if name in shown and dimension_mismatch(image, model.config["tasks"][name]) is None}
+        choice = recognise_task({n: relative_distance(s, references[plan.subtasks(n)[0]])[0]
+                                 for n, s in signatures.items()}, list(shown.values()))
         task = choice.task
         recognition = {"score": round(choice.score, 4), "scores": {n: round(s, 4) for n, s in choice.scores.items()},
                        "relative_distance": {n: round(r, 4) for n, r in choice.relative.items()}}
-    entry = model.task(task)  # raises LabelSharingError with a suggestion
+    measured = plan.subtasks(task)[0]  # raises LabelSharingError with a suggestion
+    entry = model.task(measured)
     familiarity = None
-    if task in references:
-        signature = signatures.get(task) or measure(task)
-        familiarity = familiarity_report(signature, references[task], task, entry["modality"],
+    if measured in references:
+        signature = signatures.get(task) or measure(measured)
+        familiarity = familiarity_report(signature, references[measured], task, entry["modality"],
                                          dimension_mismatch(image, entry))
     return {"task": task, "recognition": recognition, "familiarity": familiarity}

@@ -6,7 +6,10 @@ no copy); each batch of slices is normalised as the task was in training, resamp
 task's target spacing and fitted into ``S x S`` (one interpolation), run through the network,
 its softmax resampled back onto the slice grid, and the shared-label argmax is mapped back
 through the task's inverse map (shared labels the task does not use become background, as in
-the paper). Probabilities, not labels, are resampled back, as nnU-Net does: nearest-neighbour
+the paper). A sub-task of a task split by overlapping segments leaves its siblings' shared labels
+out of the argmax (as in training, :mod:`labelsharing.plan.layer_split`), and the split task is
+predicted as all its sub-tasks, written as one layered ``.seg.nrrd`` (:meth:`Predictor.predict_layers`).
+Probabilities, not labels, are resampled back, as nnU-Net does: nearest-neighbour
 label maps would be blocky and shifted at non-integer scales. On the CPU the labels are taken
 without resampling every channel (:mod:`labelsharing.data.label_resampling`: the same labels at a
 fraction of the cost). Labels are written through the same LPS view into an array laid out
@@ -29,7 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from labelsharing.data import SegmentInfo, Slicing, case_id_from_path, intensity_normalizer, is_dicom_input, \
-    read_dicom_series, read_image, resampled_argmax, write_image, write_label
+    read_dicom_series, read_image, resampled_argmax, write_image, write_layered_label
 from labelsharing.errors import LabelSharingError
 from labelsharing.infer.backends import create_backend, log_line
 from labelsharing.model import SegmentationModel, label_color
@@ -40,6 +43,10 @@ __all__ = ["OUTPUT_FORMATS", "Predictor"]
 
 #: Output file formats of :meth:`Predictor.predict_files` (``dcm``: a DICOM SEG, for DICOM series inputs).
 OUTPUT_FORMATS = ("nii.gz", "nrrd", "seg.nrrd", "dcm")
+#: The logit given to a sub-task's siblings' shared labels: far below any real logit, so never the argmax.
+_LEFT_OUT = -1e9
+
+
 class Predictor:
     """Runs a :class:`SegmentationModel` on images of any of its tasks.
 
@@ -105,6 +112,30 @@ class Predictor:
         """
         return self._predict(image, task, probabilities=False)[0]
 
+    def predict_layers(self, image: sitk.Image, task: str) -> list[np.ndarray]:
+        """One label map per sub-task of ``task`` (a split task, :mod:`labelsharing.plan.layer_split`),
+        each as :meth:`predict_image` returns it; ``[predict_image(image, task)]`` for other tasks.
+        The maps may overlap: each is one layer of the task's segmentation."""
+        return [self.predict_image(image, sub) for sub in self.plan.subtasks(task)]
+
+    def check_layered_output(self, task: str, file_format: str, probabilities: bool = False) -> None:
+        """Refuse, before any work, an output that cannot hold a split task's overlapping segments.
+
+        Raises:
+            LabelSharingError: ``task`` is split and the format is not ``seg.nrrd``, or probabilities are asked.
+        """
+        subtasks = self.plan.subtasks(task)
+        if len(subtasks) == 1:
+            return
+        if file_format != "seg.nrrd":
+            raise LabelSharingError(
+                f"Task '{task}' has overlapping segments (sub-tasks {', '.join(subtasks)}), which a {file_format} "
+                f"file cannot hold: it has one label per voxel. Use --format seg.nrrd (a layered Slicer "
+                f"segmentation), or predict one sub-task, e.g. --task {subtasks[0]}.")
+        if probabilities:
+            raise LabelSharingError(f"--probabilities is per sub-task for task '{task}' (overlapping segments): "
+                                    f"predict one sub-task, e.g. --task {subtasks[0]}.")
+
     def predict_probabilities(self, image: sitk.Image, task: str) -> tuple[np.ndarray, np.ndarray]:
         """Labels and per-task-label probabilities of ``image``.
 
@@ -124,6 +155,7 @@ class Predictor:
         shared_of = self.plan.labels(task)
         channels = [shared_of[label.name].shared for label in labels]  # network channel of each task label
         unused = [s for s in range(1, self.plan.n_shared + 1) if s not in channels]
+        left_out = torch.tensor(self.plan.left_out(task), dtype=torch.long, device=self.device)
 
         stored = sitk.GetArrayViewFromImage(image)  # no copy: slices are normalised batch by batch
         normalize = intensity_normalizer(stored, config["normalization"])
@@ -147,6 +179,8 @@ class Predictor:
                 stop = min(start + self.batch_size, n)
                 batch = torch.from_numpy(np.ascontiguousarray(normalize(slices[start:stop])))[:, None].to(self.device)
                 logits = self.backend(fit.forward(batch)).float()  # (B, n_shared + 1, S, S)
+                if len(left_out):
+                    logits = logits.index_fill(1, left_out, _LEFT_OUT)
                 if probabilities or self.device.type != "cpu":
                     full = fit.backward(logits.softmax(dim=1))  # (B, n_shared + 1, H, W)
                     out_slices[start:stop] = lookup[full.max(dim=1).indices].cpu().numpy()
@@ -221,7 +255,7 @@ class Predictor:
         from labelsharing.infer.familiarity import AUTO_TASK
 
         if task != AUTO_TASK:
-            self.model.task(task)
+            self.check_layered_output(task, file_format, probabilities)
         paths = [Path(p) for p in inputs]
         if not paths:
             raise LabelSharingError("No input images given.")
@@ -265,15 +299,15 @@ class Predictor:
             image = read_image(path, series_uid)
             return image, image
 
-        def write(labels, probs, image, source, label_file, probability_file, record, record_file) -> None:
-            task, segments = record["task"], self.task_labels(record["task"])
+        def write(layers, probs, image, source, label_file, probability_file, record, record_file) -> None:
+            task, segments = record["task"], [self.task_labels(sub) for sub in self.plan.subtasks(record["task"])]
             if dicom:
                 from labelsharing.infer.dicom_seg import write_dicom_seg
 
                 write_atomically(label_file, lambda temporary: write_dicom_seg(
-                    labels, source, temporary, segments, task, model_sha256, seg_type))
+                    layers[0], source, temporary, segments[0], task, model_sha256, seg_type))
             else:
-                write_label(labels, image, label_file, segments)
+                write_layered_label(layers, image, label_file, segments)
             if probs is not None:
                 _write_probabilities(probs, image, probability_file)
             if recorded:
@@ -306,11 +340,21 @@ class Predictor:
                 except BaseException:
                     finish_writing()
                     raise
-                labels, probs = self._predict(image, record["task"], probabilities)
+                try:
+                    self.check_layered_output(record["task"], file_format, probabilities)  # a recognised task
+                except BaseException:
+                    finish_writing()
+                    raise
+                if len(self.plan.subtasks(record["task"])) == 1:
+                    labels, probs = self._predict(image, record["task"], probabilities)
+                    layers = [labels]
+                    del labels
+                else:
+                    layers, probs = self.predict_layers(image, record["task"]), None
                 finish_writing()
-                written.append((io.submit(write, labels, probs, image, source, label_file, probability_file, record,
+                written.append((io.submit(write, layers, probs, image, source, label_file, probability_file, record,
                                           record_file), case))
-                del image, source, labels, probs
+                del image, source, layers, probs
             finish_writing()
         return label_files
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from labelsharing.model.folder import read_model_config
-from labelsharing.plan import SharedLabelPlan, plan_table
+from labelsharing.plan import SharedLabelPlan, plan_table, visible_tasks
 from labelsharing.utils import format_table
 
 __all__ = ["describe_model"]
@@ -28,12 +28,7 @@ def describe_model(folder: str | Path) -> str:
                            else "no checksum (format 1): damage cannot be detected"),
         "",
         "Tasks",
-        format_table(
-            ["task", "modality", "slicing", "normalisation", "labels"],
-            [[name, t["modality"], _slicing(t), t["normalization"]["scheme"],
-              ", ".join(f"{label}={entry['value']}" for label, entry in t["labels"].items())]
-             for name, t in config["tasks"].items()],
-        ),
+        format_table(["task", "modality", "slicing", "normalisation", "labels"], _task_rows(config["tasks"], plan)),
         "",
         "Shared labels",
         plan_table(plan),
@@ -43,6 +38,23 @@ def describe_model(folder: str | Path) -> str:
     if versions:
         lines += ["", "Built with " + ", ".join(f"{k} {v}" for k, v in versions.items())]
     return "\n".join(lines)
+
+
+def _task_rows(tasks: dict, plan: SharedLabelPlan) -> list[list[str]]:
+    """One row per task; a task split by overlapping segments is a row of its own above its sub-tasks' rows."""
+    rows = []
+    for name in visible_tasks(plan.task_names, plan.splits):
+        subtasks = plan.subtasks(name)
+        if name in plan.splits:
+            first = tasks[subtasks[0]]
+            rows.append([name, first["modality"], _slicing(first), first["normalization"]["scheme"],
+                         f"overlapping segments in {len(subtasks)} layers: one layered .seg.nrrd per image"])
+        for sub in subtasks:
+            task = tasks[sub]
+            label = f"  {sub} [layer {sub[len(name) + 1:]}]" if name in plan.splits else sub
+            rows.append([label, task["modality"], _slicing(task), task["normalization"]["scheme"],
+                         ", ".join(f"{label}={entry['value']}" for label, entry in task["labels"].items())])
+    return rows
 
 
 def _history_lines(history: list) -> list[str]:

@@ -31,8 +31,9 @@ __all__ = [
 ]
 
 #: Version of the ``model.json`` layout written by this package (2: adds ``weights_sha256``;
-#: 3: adds the optional ``familiarity`` references, so format 2 reads as 3 unchanged).
-FORMAT_VERSION = 3
+#: 3: adds the optional ``familiarity`` references; 4: adds the optional ``plan.splits`` of tasks
+#: split by overlapping segments; formats 2 and 3 read as 4 unchanged).
+FORMAT_VERSION = 4
 #: Most shared labels (network outputs besides background) a model may have.
 MAX_SHARED = 255
 #: Largest task label value (label maps are written as uint16 at most).
@@ -70,7 +71,7 @@ PLAN = Fields({
         {"value": _VALUE, "shared": _SHARED},
         {"relative_size": _FRACTION, "presence": _FRACTION, "pin": Text()},
     ), hi=MAX_SHARED, what="label names")}), what="task names"),
-})
+}, {"splits": Names(Array(Text(), 2, MAX_SHARED), what="split task names")})
 
 NORMALIZATION = Switch("scheme", {
     "ct": Fields({"scheme": Choice("ct"), "clip": Array(Number(), 2, 2), "mean": Number(), "std": Number(0.0, above=True)}),
@@ -241,9 +242,24 @@ def _check_plan_matches_tasks(plan: Mapping, tasks: Mapping) -> None:
     planned, n_shared = plan["tasks"], plan["n_shared"]
     if set(planned) != set(tasks):
         raise Refusal("tasks", f"names tasks {sorted(tasks)}; the rule is the tasks of plan.tasks {sorted(planned)}")
-    most = max(len(body["labels"]) for body in planned.values())
+    splits = plan.get("splits", {})
+    for parent, subtasks in splits.items():
+        unknown = [s for s in subtasks if s not in planned]
+        if unknown or len(set(subtasks)) != len(subtasks):
+            raise Refusal(join_path("plan.splits", parent), f"is {subtasks}; the rule is distinct tasks of plan.tasks")
+        owners: dict[int, str] = {}
+        for sub in subtasks:
+            for name, entry in planned[sub]["labels"].items():
+                if entry["shared"] in owners:
+                    raise Refusal(join_path("plan.tasks", sub, "labels", name, "shared"),
+                                  f"is {entry['shared']}, as for sibling '{owners[entry['shared']]}'; sub-tasks of "
+                                  f"'{parent}' need their own shared labels")
+                owners[entry["shared"]] = sub
+    most = max([len(body["labels"]) for body in planned.values()]
+               + [sum(len(planned[s]["labels"]) for s in subtasks) for subtasks in splits.values()])
     if n_shared != most:
-        raise Refusal("plan.n_shared", f"is {n_shared}; the rule is the largest label count of any task ({most})")
+        raise Refusal("plan.n_shared", f"is {n_shared}; the rule is the largest label count of any task or split "
+                                       f"task ({most})")
     for task, body in planned.items():
         labels = tasks[task]["labels"]
         if set(labels) != set(body["labels"]):

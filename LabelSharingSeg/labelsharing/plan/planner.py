@@ -7,31 +7,35 @@ only :func:`plan_table`, and starts without SimpleITK.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from labelsharing.errors import LabelSharingError
+from labelsharing.plan.layer_split import subtask_name
 from labelsharing.plan.shared_labels import USER_PIN, SharedLabelPlan
 from labelsharing.utils import SILENT, ProgressReporter, format_table
 
 if TYPE_CHECKING:
     from labelsharing.data import Appearance, TaskSummary
 
-__all__ = ["summarise_tasks", "plan_tasks", "plan_task_datasets", "plan_table"]
+__all__ = ["summarise_tasks", "plan_tasks", "plan_task_datasets", "plan_table", "read_pins"]
 
 
 def summarise_tasks(folders: Sequence[str | Path], progress: ProgressReporter = SILENT,
                     thumbnails: bool = False) -> list[TaskSummary]:
     """Read, validate and measure each task dataset folder, one case at a time.
 
+    A task whose segments overlap is read as its sub-tasks ``TASK/1``, ``TASK/2``, ... (one per
+    layer group, :mod:`labelsharing.plan.layer_split`), each measured as a task.
     ``thumbnails`` keeps each case's appearance thumbnails in the summaries (see ``inspect_task_dataset``).
 
     Raises:
         LabelSharingError: on the first invalid dataset, or two datasets with one task name.
     """
-    from labelsharing.data import inspect_task_dataset, read_task_dataset
+    from labelsharing.data import inspect_task_dataset, read_task_dataset, split_overlapping_task
 
-    tasks = [read_task_dataset(folder) for folder in folders]
+    tasks = [sub for folder in folders for sub in split_overlapping_task(read_task_dataset(folder))]
     names = [t.name for t in tasks]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -51,9 +55,14 @@ def plan_tasks(
     look_alike: Sequence[Sequence[str]] = (),
 ) -> SharedLabelPlan:
     """Build the shared-label plan of several measured tasks (see ``SharedLabelPlan.build``);
-    ``look_alike`` groups get their matching labels pinned together."""
+    ``look_alike`` groups get their matching labels pinned together, sub-tasks of a split task
+    (``TaskDataset.parent``) are kept on separate shared labels."""
+    splits: dict[str, list[str]] = {}
+    for summary in summaries:
+        if summary.task.parent is not None:
+            splits.setdefault(summary.task.parent, []).append(summary.task.name)
     return SharedLabelPlan.build({s.task.name: s.stats for s in summaries}, pins, look_alike,
-                                 {s.task.name: s.task.terminology for s in summaries})
+                                 {s.task.name: s.task.terminology for s in summaries}, splits)
 
 
 def plan_task_datasets(
@@ -71,7 +80,9 @@ def plan_task_datasets(
     from labelsharing.data import compare_datasets
 
     summaries = summarise_tasks(folders, progress, thumbnails=True)
-    appearance = compare_datasets([s.task for s in summaries], {s.task.name: s.thumbnails for s in summaries})
+    # Sub-tasks of one split task have the same images: the first stands for all in the look-alike check.
+    compared = [s for s in summaries if s.task.parent is None or s.task.name == subtask_name(s.task.parent, 1)]
+    appearance = compare_datasets([s.task for s in compared], {s.task.name: s.thumbnails for s in compared})
     plan = plan_tasks(summaries, pins, appearance.groups())
     for note in [w for s in summaries for w in s.warnings] + appearance.warnings() + plan.warnings:
         log(f"warning: {note}")
@@ -82,7 +93,8 @@ def plan_table(plan: SharedLabelPlan) -> str:
     """Shared labels as rows, tasks as columns: ``label (relative size %)`` in each cell.
 
     Pinned labels are marked ``[pin]`` (the user's own) or ``[auto]`` (matched across look-alike
-    tasks); a note under the table gives each automatic pin's reason.
+    tasks); a note under the table gives each automatic pin's reason. A task split by overlapping
+    segments shows each sub-task as ``TASK/g [layer g]``, with a note naming the split.
     """
     rows, notes = [], []
     for shared in range(1, plan.n_shared + 1):
@@ -98,5 +110,29 @@ def plan_table(plan: SharedLabelPlan) -> str:
             if mark == " [auto]":
                 notes.append(f"[auto] {task}/{entry[0]} -> shared {shared}: {reason}")
         rows.append(row)
-    table = format_table(["shared label", *plan.task_names], rows)
+    parent_of = {sub: parent for parent, subtasks in plan.splits.items() for sub in subtasks}
+    headers = [f"{task} [layer {task[len(parent_of[task]) + 1:]}]" if task in parent_of else task
+               for task in plan.task_names]
+    notes += [f"[layer] {parent} has overlapping segments: split into {', '.join(subtasks)} (one per layer group, "
+              f"never on one shared label); predict --task {parent} writes them as one layered .seg.nrrd"
+              for parent, subtasks in plan.splits.items()]
+    table = format_table(["shared label", *headers], rows)
     return "\n".join([table, *notes])
+
+
+def read_pins(path: str | Path) -> dict[str, dict[str, int]]:
+    """Read a pins file: ``{"<task>": {"<label name>": <shared label>}}``."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LabelSharingError(f"Cannot read pins file {path}: {exc}") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise LabelSharingError(f'{path}: pins must look like {{"<task>": {{"<label>": <shared label>}}}}.')
+    pins: dict[str, dict[str, int]] = {}
+    for task, entries in data.items():
+        for label, shared in entries.items():
+            if isinstance(shared, bool) or not isinstance(shared, int):
+                raise LabelSharingError(f"{path}: pin {task}/{label} must be an integer shared label, got {shared!r}.")
+            pins.setdefault(task, {})[label] = shared
+    return pins

@@ -25,6 +25,7 @@ import numpy as np
 
 from labelsharing.errors import LabelSharingError
 from labelsharing.plan.label_matching import match_pins, mixing_conflicts
+from labelsharing.plan.layer_split import check_splits, layer_pins, parent_pins, sibling_channels, split_width
 
 __all__ = [
     "BACKGROUND",
@@ -32,9 +33,7 @@ __all__ = [
     "LabelStats",
     "LabelAssignment",
     "SharedLabelPlan",
-    "measure_label_sizes",
     "rank_labels_by_size",
-    "read_pins",
 ]
 
 BACKGROUND = 0
@@ -69,79 +68,28 @@ class LabelAssignment:
     shared: int
 
 
-def measure_label_sizes(label_arrays: Iterable[np.ndarray], labels: Mapping[str, int]) -> dict[str, LabelStats]:
-    """Average relative size and presence of each label over a task's label maps.
-
-    Args:
-        label_arrays: integer label maps of any shape ((H, W) or (D, H, W)); one per image.
-        labels: label name -> value; a ``background``/0 entry is ignored.
-
-    Returns:
-        label name -> ``LabelStats``, in the order of ``labels``.
-
-    Raises:
-        LabelSharingError: if ``label_arrays`` is empty.
-
-    Example:
-        >>> measure_label_sizes([np.array([[0, 1], [1, 2]])], {"a": 1, "b": 2})["a"].relative_size
-        0.5
-    """
-    wanted = {name: int(value) for name, value in labels.items() if int(value) != BACKGROUND}
-    max_value = max(wanted.values(), default=0)
-    fractions = []
-    for array in label_arrays:
-        array = np.asarray(array)
-        if array.size == 0:
-            continue
-        counts = np.bincount(array.ravel().astype(np.int64), minlength=max_value + 1)
-        fractions.append(counts[: max_value + 1] / array.size)
-    if not fractions:
-        raise LabelSharingError("No label maps to measure: the task has no (non-empty) training labels.")
-    table = np.stack(fractions)  # (images, max_value + 1)
-    return {
-        name: LabelStats(
-            value=value,
-            relative_size=float(table[:, value].mean()),
-            presence=float((table[:, value] > 0).mean()),
-        )
-        for name, value in wanted.items()
-    }
-
-
-def read_pins(path: str | Path) -> dict[str, dict[str, int]]:
-    """Read a pins file: ``{"<task>": {"<label name>": <shared label>}}``."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LabelSharingError(f"Cannot read pins file {path}: {exc}") from exc
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise LabelSharingError(f'{path}: pins must look like {{"<task>": {{"<label>": <shared label>}}}}.')
-    pins: dict[str, dict[str, int]] = {}
-    for task, entries in data.items():
-        for label, shared in entries.items():
-            if isinstance(shared, bool) or not isinstance(shared, int):
-                raise LabelSharingError(f"{path}: pin {task}/{label} must be an integer shared label, got {shared!r}.")
-            pins.setdefault(task, {})[label] = shared
-    return pins
-
-
 class SharedLabelPlan:
     """Shared labels 1..n_shared and each task's local <-> shared label maps.
 
     Build it with :meth:`build` (from size statistics) or :meth:`from_dict` (from plan JSON).
     Shared label 0 is background in every task. ``pin_reasons`` holds task -> label -> why the
     label is pinned (:data:`USER_PIN`, or the automatic match ``same name as B/white_matter``).
+    ``splits`` holds parent task -> its sub-tasks for tasks split by overlapping segments
+    (:mod:`labelsharing.plan.layer_split`); sub-tasks of one parent never share a shared label.
     """
 
     def __init__(self, tasks: Mapping[str, Mapping[str, LabelAssignment]], n_shared: int, warnings: Iterable[str] = (),
-                 pin_reasons: Mapping[str, Mapping[str, str]] | None = None):
+                 pin_reasons: Mapping[str, Mapping[str, str]] | None = None,
+                 splits: Mapping[str, Sequence[str]] | None = None):
         self._tasks = {task: dict(labels) for task, labels in tasks.items()}
         self.n_shared = int(n_shared)
         self.warnings = list(warnings)
         self.pin_reasons = {task: dict(reasons) for task, reasons in (pin_reasons or {}).items() if reasons}
+        self.splits = {parent: list(subtasks) for parent, subtasks in (splits or {}).items()}
         for task, labels in self._tasks.items():
             _check_task_assignment(task, labels, self.n_shared)
+        if self._tasks:
+            check_splits(self.splits, {t: [a.shared for a in labels.values()] for t, labels in self._tasks.items()})
 
     # ----------------------------------------------------------------------------- building
     @classmethod
@@ -151,6 +99,7 @@ class SharedLabelPlan:
         pins: Mapping[str, Mapping[str, int]] | None = None,
         look_alike: Sequence[Sequence[str]] = (),
         terminology: Mapping[str, Mapping[str, str]] | None = None,
+        splits: Mapping[str, Sequence[str]] | None = None,
     ) -> SharedLabelPlan:
         """Rank every task's labels by size and map rank r to shared label r.
 
@@ -165,6 +114,9 @@ class SharedLabelPlan:
                 normalised name or terminology code are pinned to one shared label, and
                 different structures left on one shared label are warned about.
             terminology: task -> label name -> Slicer terminology string (dataset.json).
+            splits: parent task -> its sub-tasks (tasks of ``task_stats``), for a task split by
+                overlapping segments: the parent's labels are ranked together (rank r -> shared
+                label r), so ``n_shared`` is at least its label count; pins may name the parent.
 
         Raises:
             LabelSharingError: on pins naming unknown tasks/labels, out-of-range shared labels,
@@ -172,8 +124,12 @@ class SharedLabelPlan:
         """
         if not task_stats:
             raise LabelSharingError("No tasks given: a plan needs at least one task dataset.")
-        n_shared = max(len(stats) for stats in task_stats.values())
-        return cls({}, n_shared)._with_tasks(task_stats, pins or {}, look_alike, terminology or {})
+        splits = splits or {}
+        pins = parent_pins(pins or {}, splits, task_stats)
+        n_shared = max([len(stats) for stats in task_stats.values()]
+                       + [split_width(subtasks, task_stats) for subtasks in splits.values()])
+        layered = layer_pins(task_stats, splits, pins, n_shared)
+        return cls({}, n_shared, splits=splits)._with_tasks(task_stats, pins, look_alike, terminology or {}, layered)
 
     def add_task(
         self, name: str, stats: Mapping[str, LabelStats], pins: Mapping[str, int] | None = None,
@@ -192,13 +148,14 @@ class SharedLabelPlan:
         if name in self._tasks:
             raise LabelSharingError(f"The model already has a task named '{name}'; give the new task another name.")
         n_shared = max(self.n_shared, len(stats))
-        grown = SharedLabelPlan(self._tasks, n_shared, self.warnings, self.pin_reasons)
+        grown = SharedLabelPlan(self._tasks, n_shared, self.warnings, self.pin_reasons, self.splits)
         groups = [[name, *look_alike]] if look_alike else []
         return grown._with_tasks({name: stats}, {name: dict(pins or {})}, groups, terminology or {})
 
     def _with_tasks(
         self, task_stats: Mapping[str, Mapping[str, LabelStats]], pins: Mapping[str, Mapping[str, int]],
         groups: Sequence[Sequence[str]], terminology: Mapping[str, Mapping[str, str]],
+        layered: Mapping[str, Mapping[str, int]] | None = None,
     ) -> SharedLabelPlan:
         unknown = sorted(set(pins) - set(task_stats) - set(self._tasks))
         if unknown:
@@ -221,13 +178,13 @@ class SharedLabelPlan:
                 raise LabelSharingError(f"Task '{task}' has no labels besides background.")
             user = pins.get(task, {})
             own_auto = {n: v for n, v in auto.get(task, {}).items() if n not in user}
-            tasks[task] = _assign_task(task, stats, {**user, **own_auto}, self.n_shared)
+            tasks[task] = _assign_task(task, stats, {**own_auto, **(layered or {}).get(task, {}), **user}, self.n_shared)
             reasons[task] = {**auto_reasons.get(task, {}), **{label: USER_PIN for label in user}}
             warnings.extend(_fragile_rank_warnings(task, stats))
         assigned = {t: {n: a.shared for n, a in labels.items()} for t, labels in tasks.items()}
         new = next(iter(task_stats)) if self._tasks else None
         warnings.extend(mixing_conflicts(assigned, groups, terminology, involving=new))
-        return SharedLabelPlan(tasks, self.n_shared, warnings, reasons)
+        return SharedLabelPlan(tasks, self.n_shared, warnings, reasons, self.splits)
 
     # ----------------------------------------------------------------------------- queries
     @property
@@ -237,6 +194,15 @@ class SharedLabelPlan:
     def labels(self, task: str) -> dict[str, LabelAssignment]:
         """label name -> assignment of one task; raises ``LabelSharingError`` for unknown tasks."""
         return dict(self._tasks[self._known(task)])
+
+    def subtasks(self, task: str) -> list[str]:
+        """The sub-tasks of a split task, in order; ``[task]`` for a task of the plan."""
+        return list(self.splits[task]) if task in self.splits else [self._known(task)]
+
+    def left_out(self, task: str) -> list[int]:
+        """Shared labels left out of ``task``'s softmax: its sibling sub-tasks' (none for other tasks)."""
+        return sibling_channels(self.splits, {t: [a.shared for a in labels.values()]
+                                              for t, labels in self._tasks.items()}).get(self._known(task), [])
 
     def group(self, shared: int) -> dict[str, str]:
         """task -> label name of the task labels mapped to one shared label."""
@@ -298,20 +264,23 @@ class SharedLabelPlan:
             return task
         import difflib
 
-        close = difflib.get_close_matches(task, self._tasks, n=1)
+        names = [*self.splits, *self._tasks]  # a split task is named by users too
+        close = difflib.get_close_matches(task, names, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise LabelSharingError(f"Unknown task '{task}'.{hint} Tasks: {', '.join(self._tasks)}.")
+        raise LabelSharingError(f"Unknown task '{task}'.{hint} Tasks: {', '.join(names)}.")
 
     # ----------------------------------------------------------------------------- (de)serialising
     def to_dict(self) -> dict:
-        """The plan JSON: ``{"n_shared": n, "tasks": {task: {"labels": {name: {...}}}}}``."""
-        return {
+        """The plan JSON: ``{"n_shared": n, "tasks": {task: {"labels": {name: {...}}}}}``, and
+        ``"splits": {parent: [sub-task, ...]}`` when a task is split by overlapping segments."""
+        plan = {
             "n_shared": self.n_shared,
             "tasks": {
                 task: {"labels": {name: {**asdict(a), **self._pin_entry(task, name)} for name, a in labels.items()}}
                 for task, labels in self._tasks.items()
             },
         }
+        return {**plan, "splits": dict(self.splits)} if self.splits else plan
 
     def _pin_entry(self, task: str, label: str) -> dict:
         reason = self.pin_reasons.get(task, {}).get(label)
@@ -335,7 +304,8 @@ class SharedLabelPlan:
             }
             reasons = {task: {name: str(entry["pin"]) for name, entry in body["labels"].items() if entry.get("pin")}
                        for task, body in data["tasks"].items()}
-            return cls(tasks, int(data["n_shared"]), pin_reasons=reasons)
+            splits = {str(parent): [str(s) for s in subtasks] for parent, subtasks in data.get("splits", {}).items()}
+            return cls(tasks, int(data["n_shared"]), pin_reasons=reasons, splits=splits)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise LabelSharingError(f"Not a valid shared-label plan ({type(exc).__name__}: {exc}).") from exc
 

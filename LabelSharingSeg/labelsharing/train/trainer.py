@@ -2,7 +2,9 @@
 
 All tasks' slices are pooled with shared labels and drawn with task-balanced weights, a batch
 at a time, and augmented as one tensor on the training device (:mod:`labelsharing.train.augmentation`);
-the loss is Dice + cross-entropy (MONAI ``DiceCELoss``), the optimiser AdamW with MONAI's linear
+the loss is Dice + cross-entropy (MONAI ``DiceCELoss``; a sub-task of a task split by overlapping
+segments leaves its siblings' shared labels out of the softmax, :mod:`labelsharing.plan.layer_split`,
+so a voxel may be a label of each sub-task), the optimiser AdamW with MONAI's linear
 warm-up then cosine decay (``WarmupCosineSchedule``). Validated epochs end with Dice per task and
 label on held-out cases, computed by the same :class:`~labelsharing.infer.predictor.Predictor`
 that inference uses, and the weights of the best epoch are kept (:mod:`labelsharing.train.selection`).
@@ -111,6 +113,10 @@ class Trainer:
         self._weights = torch.as_tensor(sampling_weights(self.tasks, self.shares), dtype=torch.double)
         self._generator = torch.Generator()
         self._loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+        self._left_out = torch.zeros(len(self.tasks), self.model.plan.n_shared + 1, dtype=torch.bool)
+        for index, task in enumerate(self.tasks):
+            self._left_out[index, self.model.plan.left_out(task.name)] = True
+        self._left_out = self._left_out.to(device) if bool(self._left_out.any()) else None
         self._optimizer = torch.optim.AdamW(network.parameters(), lr=options.learning_rate,
                                             weight_decay=options.weight_decay)
         epochs = options.epochs
@@ -176,7 +182,11 @@ class Trainer:
             images, labels = augment_batch(batch["image"].to(device), batch["label"].to(device), self._generator)
             self._optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=self._use_amp):
-                loss = self._loss(self.forward(trainee, images, batch["task"].to(device)), labels)
+                task_indices = batch["task"].to(device)
+                logits = self.forward(trainee, images, task_indices)
+                if self._left_out is not None:  # siblings' shared labels: out of the softmax (fp16-safe logit)
+                    logits = logits.masked_fill(self._left_out[task_indices][:, :, None, None], -1e4)
+                loss = self._loss(logits, labels)
             value = float(loss.detach())
             if not self._use_amp and not math.isfinite(value):  # AMP's scaler skips such steps itself
                 raise _diverged(epoch, step, value, options)

@@ -93,3 +93,23 @@ def test_case_from_segmentation_uses_the_reference_volume_using_a_fake_slicer():
     np.testing.assert_allclose(case.ijkToRas, np.diag([0.5, 0.5, 3.0, 1.0]))
     with pytest.raises(ModuleError, match="no source volume"):
         SceneIO(slicer, fakeVtk()).caseFromSegmentation(FakeSegmentationNode("orphan"), "x")
+
+
+def test_overlapping_segments_show_the_split_the_engine_trains():
+    shape = (2, 4, 5)
+    lung, lobe, heart = (np.zeros(shape, dtype=bool) for _ in range(3))
+    lung.ravel()[:20], lobe.ravel()[:8], heart.ravel()[30:34] = True, True, True  # the lobe lies inside the lung
+    case = TaskCase("a", np.zeros(shape, dtype=np.int16), np.eye(4), {"lung": lung, "lobe": lobe, "heart": heart})
+    definition = TaskDefinition("chest", "CT", [case])
+    grouping = definition.grouping()
+    assert grouping.layers == (("lung", "heart"), ("lobe",))
+    assert [(row.label, row.shared, row.subtask) for row in grouping.rows] == [
+        ("lung", 1, "chest/1"), ("lobe", 2, "chest/2"), ("heart", 3, "chest/1")]
+    assert grouping.plan.splits == {"chest": ["chest/1", "chest/2"]}
+    assert grouping.warnings[0].startswith("Segments overlap: the task is split into 2 sub-tasks")
+    assert definition.grouping(pins={"lobe": 1}).rows[0].label == "lobe"  # pins name the task, as before
+    modelPlan = {"n_shared": 1, "tasks": {"knee": {"labels": {"femur": {"value": 1, "shared": 1}}}}}
+    with pytest.raises(ModuleError, match="Segments overlap.*train a new model"):
+        definition.grouping(modelPlan)
+    with pytest.raises(ModuleError, match="would lose the overlap"):
+        definition.writeDataset("unused")
