@@ -1,5 +1,6 @@
 """Federated label sharing on Flower's deployment runtime: a SuperLink and two SuperNodes as local
-processes on 127.0.0.1, two demo tasks (one per site), two rounds, one site killed mid-run."""
+processes on 127.0.0.1, two demo tasks (one per site), two rounds, one site killed mid-run; a
+third site joining the two-site model (federated add-task)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from labelsharing.errors import LabelSharingError  # noqa: E402
 from labelsharing.federated import check_reply, checkpoint_folder_for, plan_from_statistics, run_local, \
     site_statistics  # noqa: E402
 from labelsharing.model import SegmentationModel, build_network, default_architecture  # noqa: E402
-from labelsharing.plan import plan_task_datasets  # noqa: E402
+from labelsharing.plan import plan_task_datasets, summarise_tasks  # noqa: E402
+from labelsharing.train import TrainingOptions, extend_model, train  # noqa: E402
 
 
 def _flower_processes(home: str) -> list:
@@ -78,6 +80,7 @@ def test_two_sites_two_rounds_on_superlink_and_supernodes(tmp_path):
     assert history["kind"] == "federated" and history["sites"] == {"site-1": ["AbdomenCT"], "site-2": ["BrainMR"]}
     first, second = history["rounds"]
     assert first["sites"] == ["site-1", "site-2"] and first["missing"] == []
+    assert first["weights"] == {"site-1": 0.5, "site-2": 0.5}  # one task each: equal shares, whatever their slices
     assert second["sites"] == ["site-1"] and second["missing"] == ["site-2"]  # the run went on without it
     assert set(first["val_dice"]) == {"AbdomenCT", "BrainMR"}
     parameters = len(model.network.state_dict())
@@ -129,6 +132,37 @@ def test_a_restarted_coordinator_resumes_and_its_model_serves_predict_evaluate_a
     three = SegmentationModel.load(tmp_path / "three")
     assert set(three.config["tasks"]) == {"AbdomenCT", "BrainMR", "KneeXR"}
     assert [h["kind"] for h in three.config["history"]] == ["federated", "add-task"]
+
+
+@pytest.mark.slow
+def test_a_third_site_joins_a_two_site_model_with_replay_at_the_old_sites(tmp_path):
+    folders = make_demo_datasets(tmp_path / "data", cases=4)[:3]
+    parent_dir, out = tmp_path / "parent", tmp_path / "joined"
+    train(folders[:2], parent_dir, TrainingOptions(epochs=1, steps_per_epoch=2, batch_size=4, features=4, device="cpu"),
+          log=lambda m: None)  # the two-task model (trained pooled here, to keep the test short)
+    run_local(folders, out, {"rounds": 1, "add-to": str(parent_dir), "replay": 0.5, "steps-per-epoch": 2,
+                             "batch-size": 4, "features": 4}, work=tmp_path / "second", device="cpu")
+
+    parent, model = SegmentationModel.load(parent_dir), SegmentationModel.load(out)  # ordinary model folders
+    summary = summarise_tasks([folders[2]])[0]
+    new = summary.task.name
+    plan, _, _ = extend_model(parent, new, summary.stats, None, (), summary.task.terminology, log=lambda m: None)
+    assert model.config["plan"] == plan.to_dict()  # planned as add-task plans, from the new site's statistics
+    assert {t: model.config["tasks"][t] for t in parent.config["tasks"]} == parent.config["tasks"]
+    assert model.config["parent"] == str(parent_dir.resolve())
+    first, joined = model.config["history"]
+    assert first == parent.config["history"][0] and joined["kind"] == "federated"
+    assert model.input_size == parent.input_size and model.config["architecture"] == parent.config["architecture"]
+    assert joined["added_task"] == new and joined["replay"] == 0.5 and joined["parent"] == str(parent_dir.resolve())
+    new_site = next(site for site, tasks in joined["sites"].items() if tasks == [new])
+    for record in joined["rounds"]:  # every site trained: the new task at its site, the old ones replayed at theirs
+        assert record["sites"] == ["site-1", "site-2", "site-3"]
+        assert record["weights"] == {site: 0.5 if site == new_site else 0.25 for site in joined["sites"]}
+    forgetting = joined["forgetting"]
+    assert set(forgetting) == set(model.config["tasks"])
+    assert all(0 <= d["before"] <= 1 and 0 <= d["after"] <= 1 for d in forgetting.values())
+    assert {t: d["after"] for t, d in forgetting.items()} == {t: d["mean"] for t, d in joined["rounds"][-1]["val_dice"].items()}
+    assert _wait_until_no_flower_process(str(tmp_path / "second")) == []
 
 
 def test_the_plan_from_site_statistics_is_the_pooled_plan(tmp_path):
