@@ -346,7 +346,7 @@ def _train_rounds(grid: Grid, settings: Mapping, federation: Federation, sites: 
         if missing:
             _log(f"round {number}: no answer from {', '.join(missing)}; the round goes on with "
                  f"{', '.join(sorted(summaries)) or 'no site'}")
-        if len(answered) < minimum:
+        if len(answered) < min(minimum, len(trainers)):  # with --replay 0 only the joining site trains
             raise LabelSharingError(f"Round {number}: {len(answered)} site(s) answered, fewer than --min-sites "
                                     f"{minimum}. The rounds so far are saved in {checkpoint.folder}; start the sites "
                                     "again and rerun the same command to resume.")
