@@ -47,6 +47,7 @@ bench: $(STAMP) $(BENCH_DEMO)/model_4tasks/model.json
 	$(PY) benchmarks/server_load.py
 	$(PY) benchmarks/training_throughput.py
 	$(PY) benchmarks/federated_vs_pooled.py --work $(BENCH_OUT)/federated
+	$(PY) benchmarks/federated_joining.py --work $(BENCH_OUT)/federated_joining
 	$(PY) benchmarks/paper_comparison.py --out $(BENCH_OUT)/paper_comparison
 
 $(BENCH_DEMO)/model_4tasks/model.json: | $(STAMP)

@@ -6,8 +6,8 @@ shared-label model:
 * **pooled**: ``labelsharing train`` on all four datasets (the reference);
 * **federated**: ``labelsharing federated local``: a SuperLink and one SuperNode per task (four
   sites) on 127.0.0.1, ``--rounds`` rounds of ``--local-epochs`` local epochs of
-  ``--steps-per-epoch`` steps at each site, FedAvg weighted by training slices (FedProx with
-  ``--proximal-mu``).
+  ``--steps-per-epoch`` steps at each site, FedAvg with every task an equal share
+  (``--site-weighting slices``: weighted by training slices; FedProx with ``--proximal-mu``).
 
 Same training: each site makes ``rounds x local-epochs x steps`` steps on its own task; pooled
 ``train`` makes ``rounds x local-epochs`` epochs of ``sites x steps`` steps drawn task-balanced,
@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> dict:
     run_local(folders, work / "federated", {
         "rounds": args.rounds, "local-epochs": args.local_epochs, "steps-per-epoch": args.steps_per_epoch,
         "batch-size": args.batch_size, "features": args.features, "lr": args.lr, "seed": args.seed,
-        "proximal-mu": args.proximal_mu, "force": True}, work=work / "flower", device=args.device)
+        "proximal-mu": args.proximal_mu, "site-weighting": args.site_weighting, "force": True},
+        work=work / "flower", device=args.device)
     seconds = time.perf_counter() - start
     federated = SegmentationModel.load(work / "federated")
     [record] = [h for h in federated.config["history"] if h["kind"] == "federated"]
@@ -129,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--features", type=int, default=16, help="UNet width (16)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--proximal-mu", type=float, default=0.0, help="FedProx weight (0: FedAvg)")
+    parser.add_argument("--site-weighting", choices=("tasks", "slices"), default="tasks",
+                        help="sites' weights in the average: per task (default) or by training slices")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", help="folder for data and models (default: a new temporary folder)")

@@ -1,11 +1,15 @@
 """Federated label sharing on Flower's deployment runtime: a SuperLink and two SuperNodes as local
-processes on 127.0.0.1, two demo tasks (one per site), two rounds, one site killed mid-run."""
+processes on 127.0.0.1, two demo tasks (one per site), two rounds, one site killed mid-run; a
+third site joining the two-site model (federated add-task)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -22,8 +26,10 @@ from labelsharing.demo import make_demo_datasets  # noqa: E402
 from labelsharing.errors import LabelSharingError  # noqa: E402
 from labelsharing.federated import check_reply, checkpoint_folder_for, plan_from_statistics, run_local, \
     site_statistics  # noqa: E402
+from labelsharing.federated.runtime import free_port  # noqa: E402
 from labelsharing.model import SegmentationModel, build_network, default_architecture  # noqa: E402
-from labelsharing.plan import plan_task_datasets  # noqa: E402
+from labelsharing.plan import plan_task_datasets, summarise_tasks  # noqa: E402
+from labelsharing.train import TrainingOptions, extend_model, train  # noqa: E402
 
 
 def _flower_processes(home: str) -> list:
@@ -78,6 +84,7 @@ def test_two_sites_two_rounds_on_superlink_and_supernodes(tmp_path):
     assert history["kind"] == "federated" and history["sites"] == {"site-1": ["AbdomenCT"], "site-2": ["BrainMR"]}
     first, second = history["rounds"]
     assert first["sites"] == ["site-1", "site-2"] and first["missing"] == []
+    assert first["weights"] == {"site-1": 0.5, "site-2": 0.5}  # one task each: equal shares, whatever their slices
     assert second["sites"] == ["site-1"] and second["missing"] == ["site-2"]  # the run went on without it
     assert set(first["val_dice"]) == {"AbdomenCT", "BrainMR"}
     parameters = len(model.network.state_dict())
@@ -129,6 +136,79 @@ def test_a_restarted_coordinator_resumes_and_its_model_serves_predict_evaluate_a
     three = SegmentationModel.load(tmp_path / "three")
     assert set(three.config["tasks"]) == {"AbdomenCT", "BrainMR", "KneeXR"}
     assert [h["kind"] for h in three.config["history"]] == ["federated", "add-task"]
+
+
+@pytest.mark.slow
+def test_a_third_site_joins_a_two_site_model_with_replay_at_the_old_sites(tmp_path):
+    folders = make_demo_datasets(tmp_path / "data", cases=4)[:3]
+    parent_dir, out = tmp_path / "parent", tmp_path / "joined"
+    train(folders[:2], parent_dir, TrainingOptions(epochs=1, steps_per_epoch=2, batch_size=4, features=4, device="cpu"),
+          log=lambda m: None)  # the two-task model (trained pooled here, to keep the test short)
+    run_local(folders, out, {"rounds": 1, "add-to": str(parent_dir), "replay": 0.5, "steps-per-epoch": 2,
+                             "batch-size": 4, "features": 4}, work=tmp_path / "second", device="cpu")
+
+    parent, model = SegmentationModel.load(parent_dir), SegmentationModel.load(out)  # ordinary model folders
+    summary = summarise_tasks([folders[2]])[0]
+    new = summary.task.name
+    plan, _, _ = extend_model(parent, new, summary.stats, None, (), summary.task.terminology, log=lambda m: None)
+    assert model.config["plan"] == plan.to_dict()  # planned as add-task plans, from the new site's statistics
+    assert {t: model.config["tasks"][t] for t in parent.config["tasks"]} == parent.config["tasks"]
+    assert model.config["parent"] == str(parent_dir.resolve())
+    first, joined = model.config["history"]
+    assert first == parent.config["history"][0] and joined["kind"] == "federated"
+    assert model.input_size == parent.input_size and model.config["architecture"] == parent.config["architecture"]
+    assert joined["added_task"] == new and joined["replay"] == 0.5 and joined["parent"] == str(parent_dir.resolve())
+    new_site = next(site for site, tasks in joined["sites"].items() if tasks == [new])
+    for record in joined["rounds"]:  # every site trained: the new task at its site, the old ones replayed at theirs
+        assert record["sites"] == ["site-1", "site-2", "site-3"]
+        assert record["weights"] == {site: 0.5 if site == new_site else 0.25 for site in joined["sites"]}
+    forgetting = joined["forgetting"]
+    assert set(forgetting) == set(model.config["tasks"])
+    assert all(0 <= d["before"] <= 1 and 0 <= d["after"] <= 1 for d in forgetting.values())
+    assert {t: d["after"] for t, d in forgetting.items()} == {t: d["mean"] for t, d in joined["rounds"][-1]["val_dice"].items()}
+    assert _wait_until_no_flower_process(str(tmp_path / "second")) == []
+
+
+def _shell(command: str, cwd) -> None:
+    subprocess.run(command, shell=True, cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.mark.slow
+def test_a_coordinator_and_a_site_over_tls_with_supernode_authentication(tmp_path):
+    if not (shutil.which("openssl") and shutil.which("ssh-keygen")):
+        pytest.skip("needs openssl and ssh-keygen")
+    (tmp_path / "certs").mkdir()  # README.md, "Several hospitals": the same commands, the host 127.0.0.1
+    _shell('openssl req -x509 -newkey rsa:4096 -nodes -days 365 -keyout ca.key -out ca.crt -subj "/CN=labelsharing CA"'
+           ' && openssl req -newkey rsa:4096 -nodes -keyout server.key -out server.csr -subj "/CN=127.0.0.1"'
+           ' && printf "subjectAltName=IP:127.0.0.1" > san.ext'
+           ' && openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 365 -out server.pem'
+           ' -extfile san.ext', tmp_path / "certs")
+    _shell('ssh-keygen -t ecdsa -b 384 -N "" -f site.key && mv site.key.pub site.pub', tmp_path)
+    fleet, control, serverappio = (free_port() for _ in range(3))
+    (tmp_path / "sites.toml").write_text(
+        f'[superlink]\nfleet-address = "127.0.0.1:{fleet}"\ncontrol-address = "127.0.0.1:{control}"\n'
+        f'serverappio-address = "127.0.0.1:{serverappio}"\nca-certificate = "certs/ca.crt"\n'
+        'certificate = "certs/server.pem"\nprivate-key = "certs/server.key"\n\n'
+        '[sites]\nexpected = 1\npublic-keys = ["site.pub"]\n')
+    [folder] = [f for f in make_demo_datasets(tmp_path / "data", cases=3) if f.name.endswith("KneeXR")]
+    log = open(tmp_path / "site.log", "wb")
+    site = subprocess.Popen(  # started first: it retries until the coordinator has registered its key
+        [sys.executable, "-m", "labelsharing", "federated", "site", "--dataset", str(folder), "--superlink",
+         f"127.0.0.1:{fleet}", "--root-certificates", "certs/ca.crt", "--auth-private-key", "site.key",
+         "--auth-public-key", "site.pub", "--device", "cpu"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, start_new_session=True)
+    try:
+        assert main(["--progress", "none", "federated", "coordinator", "--sites", str(tmp_path / "sites.toml"),
+                     "--out", str(tmp_path / "model"), "--rounds", "1", "--steps-per-epoch", "2", "--batch-size", "4",
+                     "--features", "4"]) == 0
+    finally:
+        os.killpg(site.pid, signal.SIGTERM)
+        site.wait(60)
+        log.close()
+    [history] = SegmentationModel.load(tmp_path / "model").config["history"]
+    assert history["sites"] == {"site-1": ["KneeXR"]} and history["rounds"][0]["sites"] == ["site-1"]
+    links = (tmp_path / ".model.coordinator" / "logs" / "superlink.log").read_text()
+    assert "--insecure" not in " ".join(site.args) and "insecure" not in links.lower()
 
 
 def test_the_plan_from_site_statistics_is_the_pooled_plan(tmp_path):

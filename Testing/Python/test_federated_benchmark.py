@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/federated_vs_pooled.py: both trainings, tiny, and the table's shape.
+"""Smoke tests of benchmarks/federated_vs_pooled.py (both trainings, tiny, and the table's shape) and
+benchmarks/federated_joining.py (a fourth site joining, tiny).
 No figure is asserted (benchmarks print them; tests check the wiring)."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ pytest.importorskip("psutil")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
+from federated_joining import main as joining_main  # noqa: E402
 from federated_vs_pooled import main  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -30,3 +32,13 @@ def test_federated_vs_pooled_runs_tiny(tmp_path, capsys):
     assert [line.split("  ")[0] for line in lines[header + 2:header + 5]] == ["pooled train", "federated (1 site/task)",
                                                                               "federated / pooled"]
     assert (tmp_path / "results.json").stat().st_size > 0
+
+
+def test_federated_joining_runs_tiny(tmp_path, capsys):
+    results = joining_main(["--cases", "2", "--rounds", "1", "--join-rounds", "1", "--steps-per-epoch", "1",
+                            "--batch-size", "2", "--features", "4", "--work", str(tmp_path)])
+    tasks = {"AbdomenCT", "BrainMR", "KneeXR", "ChestXR"}
+    for method in ("pooled", "federated"):
+        assert set(results[method]["forgetting"]) == set(results[method]["test"]) == tasks
+    assert sorted(results["federated"]["weights"].values()) == pytest.approx([1 / 6, 1 / 6, 1 / 6, 0.5], abs=1e-3)
+    assert "ChestXR (joins)" in capsys.readouterr().out

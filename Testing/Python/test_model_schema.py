@@ -226,6 +226,22 @@ def test_info_describes_a_federated_run(saved_model, tmp_path):
     assert "Validation Dice after the last round (2)" in text and re.search(r"^TaskA +big +0.750$", text, re.M)
 
 
+def test_info_describes_a_federated_add_task(saved_model, tmp_path):
+    from labelsharing.federated import history_entry, round_record
+
+    dice = {"TaskA": {"mean": 0.5, "labels": {"big": 0.5}}, "TaskB": {"mean": 0.75, "labels": {"large": 0.75}}}
+    record = history_entry({"local-epochs": 1, "steps-per-epoch": 20, "min-sites": 2, "site-weighting": "tasks"},
+                           {"site-1": ["TaskA"], "site-2": ["TaskB"]},
+                           [round_record(1, ["site-1", "site-2"], ["site-1", "site-2"], 1.0, dice, 1, 1, 1.0)])
+    record.update(added_task="TaskB", replay=0.5, parent="/models/parent",
+                  forgetting={"TaskA": {"before": 0.625, "after": 0.5}, "TaskB": {"before": 0.0, "after": 0.75}})
+    text = describe_model(_edited(saved_model, tmp_path, _set("history", [record])))
+    assert "2 sites, FedAvg each task an equal share, 1 local epoch(s) of 20 steps per round" in text
+    assert "A joining site added 'TaskB' (replay 0.5" in text
+    assert re.search(r"^TaskA +0.625 +0.500 +-0.125$", text, re.M)
+    assert re.search(r"^TaskB \(new\) +0.000 +0.750 +\+0.750$", text, re.M)
+
+
 # ----------------------------------------------------------------------------- property tests
 def _valid_config() -> dict:
     config = make_config()

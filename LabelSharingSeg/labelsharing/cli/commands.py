@@ -172,11 +172,12 @@ def federated_command(args: argparse.Namespace, progress: ProgressReporter) -> i
     if args.federated_command == "site":
         return run_site(args.dataset, args.superlink, args.root_certificates, args.auth_private_key,
                         args.auth_public_key, args.device, args.insecure)
-    check_model_output(args.out, force=args.force, inputs=getattr(args, "datasets", []))
+    check_model_output(args.out, force=args.force, inputs=[*getattr(args, "datasets", []), *filter(None, [args.add_to])])
     settings = {"rounds": args.rounds, "local-epochs": args.local_epochs, "steps-per-epoch": args.steps_per_epoch,
                 "batch-size": args.batch_size, "lr": args.lr, "features": args.features, "seed": args.seed,
                 "proximal-mu": args.proximal_mu, "pins": str(Path(args.pins).resolve()) if args.pins else "",
-                "force": args.force}
+                "force": args.force, "site-weighting": args.site_weighting, "replay": args.replay,
+                "add-to": str(Path(args.add_to).resolve()) if args.add_to else ""}
     if args.min_sites is not None:
         settings["min-sites"] = args.min_sites
     if args.federated_command == "local":

@@ -249,6 +249,17 @@ def _add_federated_commands(subcommands) -> None:
         parser.add_argument("--proximal-mu", type=_megabytes, default=0.0, metavar="MU",
                             help="[OPTIONAL] FedProx's proximal weight for sites whose data differ strongly "
                                  "(0: FedAvg)")
+        parser.add_argument("--site-weighting", choices=("tasks", "slices"), default="tasks",
+                            help="[OPTIONAL] each site's weight in the average: 'tasks' (default): the number of "
+                                 "tasks it trains, every task an equal share as pooled 'train' draws tasks; "
+                                 "'slices': its training slices (FedAvg's usual weighting; a 3D task's hundreds "
+                                 "of slices then outweigh a 2D task's dozen)")
+        parser.add_argument("--add-to", metavar="PARENT_MODEL",
+                            help="[OPTIONAL] federated add-task: the one site task PARENT_MODEL lacks is added as "
+                                 "'add-task' adds it; its site trains it, the old sites replay their own tasks")
+        parser.add_argument("--replay", type=_fraction, default=0.5,
+                            help="[OPTIONAL] with --add-to: the old tasks' share of the average, in [0, 1) "
+                                 "(0.5, as add-task; 0: only the new site trains)")
         parser.add_argument("--pins", metavar="FILE", help="[OPTIONAL] pins file (see 'plan'), on the coordinator")
         parser.add_argument("--force", action="store_true", help="[OPTIONAL] replace an existing MODEL folder")
         parser.set_defaults(handler=commands.federated_command)

@@ -1,5 +1,6 @@
-"""What the coordinator decides from the sites' numbers: the plan, the input size, round records,
-and the per-round checkpoint that lets a restarted coordinator resume.
+"""What the coordinator decides from the sites' numbers: the plan (of a new model, or of a model a
+joining site's task is added to), the input size, each site's weight in the average, round
+records, and the per-round checkpoint that lets a restarted coordinator resume.
 
 No Flower here: :mod:`labelsharing.federated.flower_apps` moves the messages, this module decides.
 
@@ -11,20 +12,31 @@ check pins nothing (it compares image thumbnails, which never leave a site).
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from labelsharing.data import choose_input_size
 from labelsharing.errors import LabelSharingError
+from labelsharing.model import SegmentationModel, build_model_config, build_network, default_architecture, \
+    package_versions
 from labelsharing.plan import LabelStats, SharedLabelPlan
+from labelsharing.train import extend_model, replay_shares
 from labelsharing.utils import write_atomically, write_json_atomically
 
 __all__ = ["plan_from_statistics", "input_size_from_statistics", "Checkpoint", "checkpoint_folder_for",
-           "round_record", "history_entry"]
+           "round_record", "history_entry", "Federation", "new_federation", "joining_federation", "site_weights",
+           "SITE_WEIGHTINGS"]
+
+#: How sites are weighted in the average: ``tasks`` (each task an equal share, or its replay share
+#: when a task is added; a site weighs the sum of its tasks' shares, as pooled ``train`` draws tasks
+#: equally) or ``slices`` (FedAvg's usual weighting by training examples).
+SITE_WEIGHTINGS = ("tasks", "slices")
 
 STATE_FILE = "federated.json"
 WEIGHTS_FILE = "global.safetensors"
@@ -57,9 +69,17 @@ def plan_from_statistics(statistics: Mapping[str, Sequence[Mapping]],
         LabelSharingError: no tasks, a task name held by two sites, invalid pins.
     """
     tasks = _tasks_by_name(statistics)
-    stats = {name: {label: LabelStats(**values) for label, values in entry["labels"].items()}
-             for name, entry in tasks.items()}
+    stats = {name: _label_stats(entry) for name, entry in tasks.items()}
     return SharedLabelPlan.build(stats, pins, (), {name: entry["terminology"] for name, entry in tasks.items()})
+
+
+def _owners(statistics: Mapping[str, Sequence[Mapping]]) -> dict[str, str]:
+    """task name -> the site holding it."""
+    return {entry["name"]: site for site, entries in statistics.items() for entry in entries}
+
+
+def _label_stats(entry: Mapping) -> dict[str, LabelStats]:
+    return {label: LabelStats(**values) for label, values in entry["labels"].items()}
 
 
 def input_size_from_statistics(statistics: Mapping[str, Sequence[Mapping]]) -> int:
@@ -141,3 +161,107 @@ def history_entry(settings: Mapping, sites: Mapping[str, Sequence[str]], rounds:
             "device": "sites", "seconds": round(sum(r["seconds"] for r in rounds), 1),
             "best_epoch": len(rounds), "best_mean_dice": float(np.mean([d["mean"] for d in last.values()]))
             if last else float("nan"), "rounds": list(rounds)}
+
+
+#: ``prepare(sites, plan, input_size) -> {task: model.json entry}``: the coordinator asks ``sites``
+#: to prepare their tasks under ``plan`` (:func:`~labelsharing.federated.site_work.prepare_site`).
+Prepare = Callable[[Sequence[str], SharedLabelPlan, int], dict]
+
+
+@dataclass
+class Federation:
+    """What the rounds train.
+
+    Attributes:
+        config: the ``model.json`` document (history: the parent's, if any).
+        network: the starting weights (fresh, or the parent's, grown if the plan grew).
+        shares: task -> its share of the average (sums to 1); a task with no share is not trained.
+        added: the task a joining site brings to ``parent`` (federated ``add-task``), else ``None``.
+    """
+
+    config: dict
+    network: object
+    shares: dict[str, float]
+    added: str | None = None
+    parent: str | None = None
+
+
+def new_federation(statistics: Mapping[str, Sequence[Mapping]], pins: Mapping | None, features: int,
+                   prepare: Prepare) -> Federation:
+    """A new model of every site's tasks: the plan and input size from the statistics, a fresh
+    network (seed the torch generator first), every task an equal share."""
+    plan = plan_from_statistics(statistics, pins)
+    input_size = input_size_from_statistics(statistics)
+    entries = prepare(list(statistics), plan, input_size)
+    architecture = default_architecture(plan.n_shared + 1, features)
+    network = build_network(architecture)
+    config = build_model_config(architecture, input_size, plan,
+                                dict(sorted(entries.items())), parameters=sum(p.numel() for p in network.parameters()),
+                                versions=package_versions())
+    return Federation(config, network, {task: 1.0 / len(plan.task_names) for task in plan.task_names})
+
+
+def joining_federation(parent_dir: str | Path, statistics: Mapping[str, Sequence[Mapping]], pins: Mapping | None,
+                       replay: float, prepare: Prepare, log) -> Federation:
+    """The model at ``parent_dir`` extended by the one task a site holds that the model lacks, as
+    ``add-task`` extends it (:func:`labelsharing.train.extend_model`: old tasks keep their shared
+    labels, the output layer grows if needed; no look-alike check, which needs images), and the
+    shares of ``add-task``'s replay: ``1 - replay`` for the new task, ``replay`` split evenly over
+    the old tasks, each replayed at its own site.
+
+    Raises:
+        LabelSharingError: not exactly one new task; an old task no site holds while ``replay`` > 0;
+            ``replay`` outside [0, 1).
+    """
+    if not 0 <= replay < 1:
+        raise LabelSharingError(f"--replay must lie in [0, 1), got {replay}.")
+    parent_dir = Path(parent_dir)
+    parent = SegmentationModel.load(parent_dir, device="cpu")
+    tasks, owners = _tasks_by_name(statistics), _owners(statistics)
+    new = [task for task in tasks if task not in parent.config["tasks"]]
+    if len(new) != 1:
+        raise LabelSharingError(
+            f"Adding a task federatedly needs exactly one task the model {parent_dir} lacks; the sites hold "
+            f"{len(new)} ({', '.join(new) or 'none'}). Start the joining site with its one new task and the old "
+            "sites with their tasks of the model.")
+    name = new[0]
+    absent = [task for task in parent.config["tasks"] if task not in tasks]
+    if absent and replay > 0:
+        raise LabelSharingError(
+            f"Replay trains the old tasks at their own sites, but no site holds {', '.join(absent)}. Start those "
+            "sites too, or pass --replay 0 (forgetting is then not guarded against).")
+    plan, network, architecture = extend_model(parent, name, _label_stats(tasks[name]), (pins or {}).get(name), (),
+                                               tasks[name]["terminology"], log)
+    for note in plan.warnings[len(parent.plan.warnings):]:
+        log(f"warning: {note}")
+    entries = prepare([owners[name]], plan, parent.input_size)
+    config = build_model_config(architecture, parent.input_size, plan, {**parent.config["tasks"], name: entries[name]},
+                                parent=str(parent_dir.resolve()), parameters=sum(p.numel() for p in network.parameters()),
+                                versions=package_versions(), history=copy.deepcopy(parent.config["history"]))
+    replayed = [task for task in parent.config["tasks"] if task in tasks]
+    return Federation(config, network, replay_shares(name, replayed, replay), added=name,
+                      parent=str(parent_dir.resolve()))
+
+
+def site_weights(sites: Mapping[str, Sequence[str]], shares: Mapping[str, float], slices: Mapping[str, int],
+                 weighting: str = "tasks") -> dict[str, float]:
+    """Each answering site's weight in the average of a round.
+
+    Args:
+        sites: the sites that answered -> their tasks.
+        shares: task -> share (:attr:`Federation.shares`).
+        slices: site -> the training slices it trained on (its ``num-examples``).
+        weighting: ``tasks``: a site weighs the sum of its tasks' shares, so each task counts
+            equally however many slices it has (as pooled ``train`` draws tasks); ``slices``:
+            FedAvg's weighting by training slices (a 3D task with 166 slices then outweighs a
+            2D task of 12 fourteen-fold).
+
+    Example:
+        >>> site_weights({"site-1": ["CT"], "site-2": ["XR"]}, {"CT": 0.5, "XR": 0.5}, {"site-1": 166, "site-2": 12})
+        {'site-1': 0.5, 'site-2': 0.5}
+    """
+    if weighting not in SITE_WEIGHTINGS:
+        raise LabelSharingError(f"--site-weighting must be one of {', '.join(SITE_WEIGHTINGS)}, got {weighting!r}.")
+    if weighting == "slices":
+        return {site: float(slices[site]) for site in sites}
+    return {site: float(sum(shares.get(task, 0.0) for task in tasks)) for site, tasks in sites.items()}

@@ -94,7 +94,7 @@ def read_sites_file(path: str | Path) -> dict:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise LabelSharingError(f"Cannot read the sites file {path}: {exc}") from exc
-    base = path.parent
+    base = path.resolve().parent  # Flower wants absolute certificate paths
     link = data.get("superlink", {})
     keys = [str(base / key) for key in data.get("sites", {}).get("public-keys", [])]
     certificates = None
@@ -151,9 +151,16 @@ def _register_sites(sites: Mapping, env: Mapping[str, str], folder: Path) -> Non
 
 def run_site(datasets: Sequence[str | Path], superlink: str, root_certificates: str | None = None,
              private_key: str | None = None, public_key: str | None = None, device: str = "auto",
-             insecure: bool = False) -> int:
-    """Serve the site's datasets as a SuperNode until it is stopped (Ctrl+C); returns its exit code."""
+             insecure: bool = False, retry_seconds: float = 10.0) -> int:
+    """Serve the site's datasets as a SuperNode until it is stopped (Ctrl+C); returns its exit code.
+
+    A SuperNode gives up when the SuperLink is not reachable for a few seconds, or refuses its
+    key because the coordinator has not registered it yet; the site then starts it again every
+    ``retry_seconds``, so sites may start before their coordinator and outlive its runs.
+    """
     import subprocess
+    import sys
+    import time
 
     from labelsharing.data import read_task_dataset
 
@@ -166,6 +173,13 @@ def run_site(datasets: Sequence[str | Path], superlink: str, root_certificates: 
                                 private_key, public_key)
     with tempfile.TemporaryDirectory(prefix="labelsharing-site-") as home:
         try:
-            return subprocess.run(command, env=flower_environment(Path(home))).returncode
+            while True:
+                code = subprocess.run(command, env=flower_environment(Path(home))).returncode
+                if code == 0:
+                    return 0
+                print(f"[labelsharing] the SuperNode stopped (exit {code}): the coordinator at {superlink} is not up, "
+                      f"or has not registered this site's key yet; starting it again in {retry_seconds:g} s "
+                      "(Ctrl+C to stop)", file=sys.stderr, flush=True)
+                time.sleep(retry_seconds)
         except KeyboardInterrupt:
             return 130

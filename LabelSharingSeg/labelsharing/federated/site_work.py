@@ -11,8 +11,10 @@ ClientApp (:mod:`labelsharing.federated.flower_apps`) and in tests:
 * :func:`prepare_site`: the site's tasks prepared for training under the coordinator's plan
   (:func:`labelsharing.train.prepare_task`) and their ``model.json`` entries.
 * :func:`train_locally` / :func:`evaluate_locally`: local epochs of the engine's own
-  :class:`~labelsharing.train.Trainer` (task-balanced sampling over the site's tasks, same loss
-  and schedule), optionally with FedProx's proximal term; Dice per task on the held-out cases.
+  :class:`~labelsharing.train.Trainer` (task-balanced sampling over the site's tasks, same loss;
+  the learning-rate schedule and the epochs' seeds those of the whole federated run, a round
+  being one stretch of it), optionally with FedProx's proximal term; Dice per task on the
+  held-out cases.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from typing import Mapping, Sequence
 from labelsharing.errors import LabelSharingError
 from labelsharing.model import SegmentationModel, build_network
 from labelsharing.plan import SharedLabelPlan, summarise_tasks
-from labelsharing.train import PreparedTask, Trainer, TrainingOptions, prepare_task, task_slice_side, validation_dice
+from labelsharing.train import PreparedTask, Trainer, TrainingOptions, prepare_stored_task, prepare_task, \
+    task_slice_side, validation_dice
 from labelsharing.utils import select_device
 
-__all__ = ["site_statistics", "prepare_site", "site_model", "train_locally", "evaluate_locally", "site_task_label"]
+__all__ = ["site_statistics", "prepare_site", "prepare_for_model", "site_model", "train_locally", "evaluate_locally", "site_task_label"]
 
 
 def site_statistics(folders: Sequence[str | Path], axis: int | None = None) -> list[dict]:
@@ -71,6 +74,23 @@ def prepare_site(folders: Sequence[str | Path], plan: SharedLabelPlan, input_siz
     return tasks, entries
 
 
+def prepare_for_model(folders: Sequence[str | Path], model: SegmentationModel) -> list[PreparedTask]:
+    """The site's tasks prepared as ``model`` stores them (normalisation, slicing, held-out cases:
+    :func:`labelsharing.train.prepare_stored_task`), every round the same slices.
+
+    Raises:
+        LabelSharingError: a dataset of the site holds a task the model does not know.
+    """
+    from labelsharing.data import read_task_dataset
+
+    datasets = [read_task_dataset(folder) for folder in folders]
+    unknown = [d.name for d in datasets if d.name not in model.config["tasks"]]
+    if unknown:
+        raise LabelSharingError(f"This site's task(s) {', '.join(unknown)} are not in the coordinator's model; "
+                                "restart the site with the datasets it joined with.")
+    return [prepare_stored_task(model, dataset, model.plan) for dataset in datasets]
+
+
 def site_model(config: Mapping, state: Mapping | None, device) -> SegmentationModel:
     """The coordinator's model (its ``model.json`` document and weights) on the site's ``device``
     (a name: ``auto`` picks CUDA, then MPS, then the CPU)."""
@@ -82,9 +102,18 @@ def site_model(config: Mapping, state: Mapping | None, device) -> SegmentationMo
 
 
 def train_locally(model: SegmentationModel, tasks: Sequence[PreparedTask], options: TrainingOptions,
-                  proximal_mu: float = 0.0, log=print) -> tuple[dict, dict]:
+                  proximal_mu: float = 0.0, round_number: int = 1, rounds: int = 1,
+                  shares: Mapping[str, float] | None = None, log=print) -> tuple[dict, dict]:
     """``options.epochs`` local epochs of the engine's Trainer on the site's tasks, from the
-    global weights in ``model``.
+    global weights in ``model``: round ``round_number`` of ``rounds``.
+
+    The round is the stretch ``(round_number - 1) * epochs + 1`` to ``round_number * epochs`` of
+    a run of ``rounds * epochs`` epochs (the Trainer's ``part``): the warm-up happens once, in
+    round 1, and the cosine decay runs over all rounds' steps, as in pooled ``train`` with the
+    same steps; each round draws new batches. The AdamW state starts afresh every round (the
+    sites keep nothing between rounds, as in FedAvg: only the weights are averaged).
+    ``shares``: fraction of the draws per task (default: equal), e.g. ``add-task``'s replay
+    shares of the site's tasks; a task with no share is not trained.
 
     Validation is left to :func:`evaluate_locally` (the global model is what is measured), so
     the tasks are trained without their held-out cases. With ``proximal_mu`` > 0 every gradient
@@ -92,12 +121,16 @@ def train_locally(model: SegmentationModel, tasks: Sequence[PreparedTask], optio
     site whose data differ strongly near the global model; the Trainer itself is unchanged.
 
     Returns:
-        the trained weights (CPU tensors) and ``{"num-examples": training slices, "loss": last
-        epoch's mean loss}``.
+        the trained weights (CPU tensors) and ``{"num-examples": training slices of the tasks
+        trained, "loss": last epoch's mean loss}``.
     """
     import torch
 
     device = next(model.network.parameters()).device
+    if shares is not None:
+        tasks = [task for task in tasks if shares.get(task.name, 0.0) > 0]
+    if not tasks:
+        raise LabelSharingError("This site was asked to train but holds none of the tasks being trained.")
     trainees = [dataclasses.replace(task, validation=[], validation_slices=0) for task in tasks]
     hooks = []
     if proximal_mu > 0:
@@ -106,7 +139,8 @@ def train_locally(model: SegmentationModel, tasks: Sequence[PreparedTask], optio
             hooks.append(parameter.register_hook(
                 lambda grad, p=parameter, a=anchor: grad + proximal_mu * (p.detach() - a)))
     try:
-        result = Trainer(model, trainees, options, device, log=lambda message: None).fit()
+        part = ((round_number - 1) * options.epochs, rounds * options.epochs)
+        result = Trainer(model, trainees, options, device, shares=shares, part=part, log=lambda message: None).fit()
     finally:
         for hook in hooks:
             hook.remove()

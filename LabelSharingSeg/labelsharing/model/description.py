@@ -109,12 +109,24 @@ def _federated_lines(record: dict) -> list[str]:
                      ", ".join(map(str, _list(r.get("missing")))) or "-", _fmt(r.get("loss")),
                      *[_fmt(dice[t].get("mean")) if isinstance(dice.get(t), dict) else "-" for t in tasks],
                      _megabytes(r.get("bytes_to_sites")), _megabytes(r.get("bytes_from_sites")), r.get("seconds", "?")])
-    return ["", f"Federated run of {record.get('date', '?')}: {len(sites)} sites, {aggregation} weighted by training "
-            f"slices, {options.get('local-epochs', '?')} local epoch(s) of {options.get('steps-per-epoch', '?')} steps "
-            f"per round, at least {options.get('min-sites', '?')} sites per round",
-            format_table(["site", "tasks"], [[site, ", ".join(map(str, _list(t)))] for site, t in sites.items()]),
-            "", format_table(["round", "sites", "missing", "loss", *(f"{t} Dice" for t in tasks), "MB to sites",
-                              "MB from sites", "seconds"], rows)]
+    weighting = ("each task an equal share" if options.get("site-weighting") == "tasks"  # runs before the option:
+                 else "weighted by training slices")  # slices
+    lines = ["", f"Federated run of {record.get('date', '?')}: {len(sites)} sites, {aggregation} {weighting}, "
+             f"{options.get('local-epochs', '?')} local epoch(s) of {options.get('steps-per-epoch', '?')} steps "
+             f"per round, at least {options.get('min-sites', '?')} sites per round"]
+    forgetting = record.get("forgetting") if isinstance(record.get("forgetting"), dict) else {}
+    if record.get("added_task"):
+        added = record["added_task"]
+        lines.append(f"A joining site added '{added}' (replay {record.get('replay', '?')}; the old tasks trained at "
+                     "their sites). Dice on held-out cases, before -> after:")
+        lines.append(format_table(["task", "before", "after", "change"], [
+            [task + (" (new)" if task == added else ""), _fmt(d.get("before")), _fmt(d.get("after")),
+             f"{d['after'] - d['before']:+.3f}" if all(isinstance(d.get(k), (int, float)) for k in ("before", "after"))
+             else "-"] for task, d in forgetting.items() if isinstance(d, dict)]))
+    return lines + [
+        format_table(["site", "tasks"], [[site, ", ".join(map(str, _list(t)))] for site, t in sites.items()]),
+        "", format_table(["round", "sites", "missing", "loss", *(f"{t} Dice" for t in tasks), "MB to sites",
+                          "MB from sites", "seconds"], rows)]
 
 
 def _megabytes(value) -> str:

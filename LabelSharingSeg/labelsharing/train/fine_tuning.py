@@ -102,7 +102,7 @@ def _fine_tune(kind: str, job: FineTuning, model_dir: Path, dataset: Path, out: 
     # Without replay the other tasks are not trained on, so selecting the epoch on their Dice would
     # just keep an early, under-trained model: select on the taught task alone.
     select_on = [name] if replay == 0 else None
-    result = Trainer(model, tasks, options, context.device, shares=replay_shares(name, tasks[1:], replay),
+    result = Trainer(model, tasks, options, context.device, shares=replay_shares(name, [t.name for t in tasks[1:]], replay),
                      select_on=select_on, context=context, run=run, progress=progress, log=log).fit()
     with context.together():  # the others wait for the main process to write (and hear if it fails)
         if context.is_main:
@@ -123,18 +123,17 @@ def _fine_tune(kind: str, job: FineTuning, model_dir: Path, dataset: Path, out: 
     return model
 
 
-def replay_shares(name: str, others: Sequence[PreparedTask], replay: float) -> dict[str, float]:
+def replay_shares(name: str, others: Sequence[str], replay: float) -> dict[str, float]:
     """Share of the draws per task: ``1 - replay`` for the taught task ``name``, ``replay`` split
     evenly over ``others`` (all draws for ``name`` when there are none).
 
     Example:
-        >>> from types import SimpleNamespace as Task
-        >>> replay_shares("New", [Task(name="A"), Task(name="B")], 0.5)
+        >>> replay_shares("New", ["A", "B"], 0.5)
         {'New': 0.5, 'A': 0.25, 'B': 0.25}
     """
     if not others:
         return {name: 1.0}
-    return {name: 1.0 - replay, **{t.name: replay / len(others) for t in others}}
+    return {name: 1.0 - replay, **{other: replay / len(others) for other in others}}
 
 
 def stored_datasets(parent: SegmentationModel, skip: str | None = None) -> list[TaskDataset]:

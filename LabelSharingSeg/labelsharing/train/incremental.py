@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 
 from labelsharing.data import compare_datasets
 from labelsharing.model import SegmentationModel, build_model_config, grow_output_channels, package_versions
-from labelsharing.plan import summarise_tasks
+from labelsharing.plan import LabelStats, SharedLabelPlan, summarise_tasks
 from labelsharing.train.checkpoint import run_options
 from labelsharing.train.distributed import DistributedContext, describe_processes
 from labelsharing.train.fine_tuning import DEFAULT_REPLAY, FineTuning, measure, prepare_other_tasks, run_fine_tuning, \
@@ -28,7 +28,7 @@ from labelsharing.train.slice_store import SliceStore
 from labelsharing.train.task_data import prepare_task
 from labelsharing.utils import SILENT, ProgressReporter
 
-__all__ = ["add_task"]
+__all__ = ["add_task", "extend_model"]
 
 
 def add_task(
@@ -72,6 +72,30 @@ def add_task(
                                model_dir, dataset, options, replay, pins, context, store, progress, log))
 
 
+def extend_model(parent: SegmentationModel, name: str, stats: Mapping[str, LabelStats],
+                 pins: Mapping[str, int] | None, look_alike: Sequence[str], terminology: Mapping[str, str],
+                 log: Log) -> tuple[SharedLabelPlan, object, dict]:
+    """The parent's plan with task ``name`` added (old tasks keep their mapping) and its network and
+    architecture, the output layer grown when the new task has more labels than the shared labels.
+
+    Args:
+        stats: the new task's label statistics (label name -> :class:`~labelsharing.plan.LabelStats`).
+        terminology: the new task's label name -> Slicer terminology string.
+
+    Returns:
+        ``(plan, network, architecture)``; the network is the parent's (grown: a copy) on its device.
+    """
+    old_terminology = {t: {n: e["terminology"] for n, e in entry["labels"].items() if "terminology" in e}
+                       for t, entry in parent.config["tasks"].items()}
+    plan = parent.plan.add_task(name, stats, pins, look_alike, {name: terminology, **old_terminology})
+    network, architecture = parent.network, parent.config["architecture"]
+    if plan.n_shared > parent.plan.n_shared:
+        network, architecture = grow_output_channels(network, architecture, plan.n_shared + 1)
+        log(f"'{name}' has {len(stats)} labels, more than the model's {parent.plan.n_shared} shared labels: "
+            f"the output layer grows to {plan.n_shared} shared labels (new channels start from background).")
+    return plan, network, architecture
+
+
 def _prepare(model_dir: Path, dataset: Path, options: TrainingOptions, replay: float, pins,
              context: DistributedContext, store: SliceStore, progress: ProgressReporter, log: Log) -> FineTuning:
     """The parent model grown for the new task, the prepared tasks (slices in ``store``) and Dice before."""
@@ -83,18 +107,10 @@ def _prepare(model_dir: Path, dataset: Path, options: TrainingOptions, replay: f
     appearance = compare_datasets([summary.task, *stored_datasets(parent)], {name: summary.thumbnails})
     look_alike = [t for pair in appearance.look_alike_pairs(involving=name) for t in pair
                   if t != name and t in parent.plan.task_names]
-    terminology = {name: summary.task.terminology, **{t: {n: e["terminology"] for n, e in entry["labels"].items()
-                                                          if "terminology" in e}
-                                                      for t, entry in parent.config["tasks"].items()}}
-    plan = parent.plan.add_task(name, summary.stats, (pins or {}).get(name), look_alike, terminology)
+    plan, network, architecture = extend_model(parent, name, summary.stats, (pins or {}).get(name), look_alike,
+                                               summary.task.terminology, log)
     for note in summary.warnings + appearance.warnings(involving=name) + plan.warnings[len(parent.plan.warnings):]:
         log(f"warning: {note}")
-
-    network, architecture = parent.network, parent.config["architecture"]
-    if plan.n_shared > parent.plan.n_shared:
-        network, architecture = grow_output_channels(network, architecture, plan.n_shared + 1)
-        log(f"'{name}' has {len(summary.stats)} labels, more than the model's {parent.plan.n_shared} shared labels: "
-            f"the output layer grows to {plan.n_shared} shared labels (new channels start from background).")
     input_size = parent.input_size
     new_task = prepare_task(summary.task, plan, input_size, options.val_fraction, options.seed, options.axis,
                             store=store)

@@ -69,14 +69,25 @@ class Trainer:
             and keeps the best weights (the others return the last weights).
         run: the run's working folder: a checkpoint is written there after every epoch (main
             process), and training continues after the checkpoint found there, if any.
+        part: ``(epochs before, epochs in all)`` when this fit is one stretch of a longer run (a
+            federated round: :mod:`labelsharing.federated`): it trains the epochs ``before + 1`` to
+            ``before + options.epochs`` of a run of ``epochs in all`` epochs, so that the warm-up and
+            cosine decay follow the whole run's steps (not restarted every round) and each epoch
+            draws its own batches (its seed is the whole run's epoch number). The optimiser's state
+            starts afresh. Not with ``run`` or a time budget.
     """
 
     def __init__(self, model: SegmentationModel, tasks: Sequence[PreparedTask], options: TrainingOptions, device, *,
                  shares: Mapping[str, float] | None = None, select_on: Sequence[str] | None = None,
                  context: DistributedContext | None = None, run: RunFolder | None = None,
-                 progress: ProgressReporter = SILENT, log: Log = print) -> None:
+                 part: tuple[int, int] | None = None, progress: ProgressReporter = SILENT, log: Log = print) -> None:
         self.model, self.tasks, self.options, self.device = model, list(tasks), options, device
         self.shares, self.run = shares, run
+        if part is not None and (run is not None or options.time_budget is not None
+                                 or not 0 <= part[0] <= part[1] - options.epochs):
+            raise ValueError(f"part {part} of a run: needs no run folder, no time budget, and room for "
+                             f"{options.epochs} epochs")
+        self.part = part
         self.context = context or DistributedContext(device)
         self.progress, self.log = main_process_output(self.context, progress, log)
         self.selectable = [t.name for t in self.tasks if t.validation and (select_on is None or t.name in select_on)]
@@ -119,15 +130,19 @@ class Trainer:
         self._left_out = self._left_out.to(device) if bool(self._left_out.any()) else None
         self._optimizer = torch.optim.AdamW(network.parameters(), lr=options.learning_rate,
                                             weight_decay=options.weight_decay)
-        epochs = options.epochs
-        self._scheduler = WarmupCosineSchedule(self._optimizer, **_schedule_steps(epochs, options))
+        before, whole = self.part or (0, options.epochs)
+        for group in self._optimizer.param_groups:  # a scheduler that starts mid-run reads these
+            group.setdefault("initial_lr", group["lr"])
+        self._scheduler = WarmupCosineSchedule(self._optimizer, **_schedule_steps(whole, options),
+                                               last_epoch=before * options.steps_per_epoch - 1)
         self._use_amp = device.type == "cuda"
         self._scaler = torch.amp.GradScaler("cuda", enabled=self._use_amp)
         result = FitResult(best_state={})
         trainer_state = {"network": network, "optimizer": self._optimizer, "scheduler": self._scheduler,
                          "scaler": self._scaler}
         first_epoch, elapsed = restore_trainer(self.run, trainer_state, result, self.log)
-        epochs = result.planned_epochs or epochs  # a resumed time-budget run keeps the epochs it chose
+        first_epoch += before
+        epochs = result.planned_epochs or before + options.epochs  # a resumed time-budget run keeps its epochs
         if not self.selectable:
             self.log("note: no validation cases to choose the best epoch on; the last epoch's weights are kept.")
         interval = validation_interval(self.tasks, options)
