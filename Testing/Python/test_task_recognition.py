@@ -125,8 +125,8 @@ def test_training_stores_a_reference_per_task(model):
         assert len(reference["feature_mean"]) == 64 * cells  # the bottleneck has 4 x 16 channels
         assert len(reference["intensity_mean"]) == len(familiarity["quantiles"]) * cells
         assert {len(row) for row in reference["feature_slices"]} == {64 * cells}  # nearest-slice references
-    assert "raw_limit" in familiarity["tasks"]["AbdomenCT"] and "raw_limit" not in familiarity["tasks"]["BrainMR"]
         assert reference["feature_limit"] > 0 and 0 <= reference["confidence_floor"] <= 1
+    assert "raw_limit" in familiarity["tasks"]["AbdomenCT"] and "raw_limit" not in familiarity["tasks"]["BrainMR"]
 
 
 def test_auto_recognises_every_test_image_and_records_it(model, demo, tmp_path, capsys):
