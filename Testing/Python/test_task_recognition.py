@@ -16,7 +16,7 @@ from tiny_model import make_model
 from labelsharing.cli import main
 from labelsharing.demo import make_demo_datasets
 from labelsharing.errors import LabelSharingError
-from labelsharing.infer import AUTO_TASK, Predictor, recognise_task
+from labelsharing.infer import AUTO_TASK, Predictor, VolumeSignature, recognise_task, reference_entry, relative_distance
 from labelsharing.model import read_model_config
 
 TINY = ["--progress", "none", "--epochs", "3", "--batch-size", "8", "--device", "cpu"]
@@ -46,6 +46,36 @@ def test_model_without_references_refuses_auto_naming_its_tasks(tmp_path):
     with pytest.raises(LabelSharingError, match="stores no task references.*TaskA, TaskB"):
         predictor.examine(image, AUTO_TASK)
     assert predictor.examine(image, "TaskA") == {"task": "TaskA", "recognition": None, "familiarity": None}
+
+
+def _volume(centre: float, rng: np.random.Generator, slices: int = 16, size: int = 8) -> VolumeSignature:
+    """A synthetic signature whose slices all lie near ``centre`` in every feature and intensity."""
+    return VolumeSignature(rng.normal(centre, 0.1, (slices, size)), rng.normal(centre, 0.1, (slices, size)), 0.9)
+
+
+def test_a_task_of_two_kinds_of_volume_does_not_claim_what_lies_between():
+    """Real slabs of one subject: some mostly empty, some full of brain. A mean-and-spread
+    reference of such a task puts an unrelated image (noise, another modality) near its mean,
+    closer than its own volumes; the nearest-slice distance must call it unfamiliar."""
+    rng = np.random.default_rng(0)
+    reference = reference_entry([_volume(-3, rng), _volume(3, rng), _volume(-3, rng), _volume(3, rng)], [])
+    assert relative_distance(_volume(-3, rng), reference)[0] <= 1  # its own kinds of volume stay familiar
+    assert relative_distance(_volume(3, rng), reference)[0] <= 1
+    assert relative_distance(_volume(0, rng), reference)[0] > 1  # what lies between them is not
+
+
+def test_other_tasks_volumes_lower_a_wide_limit_but_look_alikes_do_not():
+    """The limit is calibrated with the other tasks' volumes as negatives: a task farther than the
+    own volumes' distances, but within MARGIN of them, is shut out; one inside them is left alone."""
+    rng = np.random.default_rng(1)
+    own = [_volume(0, rng) for _ in range(4)]
+    near = [VolumeSignature(v.features + 0.06, v.intensities + 0.06, 0.9) for v in [_volume(0, rng) for _ in range(2)]]
+    loose = reference_entry(own, [])
+    assert relative_distance(near[0], loose)[0] <= 1  # within MARGIN of the own volumes' distances
+    tight = reference_entry(own, [], foreign={"Other": near})
+    assert relative_distance(near[0], tight)[0] > 1 and relative_distance(_volume(0, rng), tight)[0] <= 1
+    lookalike = reference_entry(own, [], foreign={"Twin": [_volume(0, rng)]})
+    assert lookalike["feature_limit"] == pytest.approx(loose["feature_limit"])
 
 
 # ----------------------------------------------------------------------------- a trained model
@@ -94,7 +124,9 @@ def test_training_stores_a_reference_per_task(model):
         cells = familiarity["grid"] ** 2
         assert len(reference["feature_mean"]) == 64 * cells  # the bottleneck has 4 x 16 channels
         assert len(reference["intensity_mean"]) == len(familiarity["quantiles"]) * cells
+        assert {len(row) for row in reference["feature_slices"]} == {64 * cells}  # nearest-slice references
         assert reference["feature_limit"] > 0 and 0 <= reference["confidence_floor"] <= 1
+    assert "raw_limit" in familiarity["tasks"]["AbdomenCT"] and "raw_limit" not in familiarity["tasks"]["BrainMR"]
 
 
 def test_auto_recognises_every_test_image_and_records_it(model, demo, tmp_path, capsys):

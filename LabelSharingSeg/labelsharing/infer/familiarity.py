@@ -9,16 +9,25 @@ through the network, and each slice gives two feature vectors:
   :data:`GRID` x :data:`GRID` grid (so layout counts: a flipped image moves features between cells);
 * the **intensities**: quantiles :data:`QUANTILES` of the normalised slice inside the image
   (padding left out), per cell of the same grid: they see what normalisation hides from the
-  network (a CT in wrong units) and where bright and dark parts lie.
+  network (a CT in wrong units) and where bright and dark parts lie;
+* the **raw intensities**: quantiles of the slice's stored values, before normalisation; used
+  only by tasks whose normalisation has a fixed scale (``ct``), where they keep the HU scale
+  that clipping hides (an MR slice's background and a CT's air both become the lower clip).
 
 A task's reference (stored in ``model.json`` under ``familiarity``, fitted at the end of
-training by :mod:`labelsharing.train.familiarity_fit`) is the mean and spread of both vectors over its
-training volumes' sampled slices, and a limit for each: :data:`MARGIN` times the largest distance
-of its own volumes (held-out and training). The **distance** of a volume to a task is, per
-vector, the mean over its slices of the root-mean-square z-score; the **relative distance**
-is the larger of the two distances over their limits, so below 1 means "as close as the task's
-own images". The volume's **confidence** is the mean, over its sampled slices' image region, of
-the largest softmax probability.
+training by :mod:`labelsharing.train.familiarity_fit`) holds, per vector, the spread over its
+training volumes' sampled slices, up to :data:`REFERENCE_SLICES` of those slices, and a limit.
+The **distance** of a volume to a task is, per vector, the mean over its slices of the
+root-mean-square z-score to the *nearest* reference slice: a task whose volumes differ (slabs
+of different levels, some mostly empty) is described by its slices, not by a mean slice that an
+unrelated image can lie closer to than the task's own. (Models whose references hold no slices
+use their mean slice.) A limit is :data:`MARGIN` times the largest distance of the task's own
+unseen volumes (held-out, and each training volume left out), lowered to the geometric mean of
+that distance and the nearest other task's volumes when those lie farther (the other tasks'
+training volumes calibrate the limit as negatives; look-alike tasks, inside it, leave it alone).
+The **relative distance** is the largest distance over its limit, so below 1 means "as close as
+the task's own images". The volume's **confidence** is the mean, over its sampled slices' image
+region, of the largest softmax probability.
 
 * The out-of-distribution check (:func:`familiarity_report`) warns when the relative distance
   exceeds 1 or the confidence falls below the task's floor (its own volumes' lowest minus
@@ -58,6 +67,10 @@ GRID = 2
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 #: A task's distance limit is MARGIN times the largest distance of its own volumes.
 MARGIN = 1.25
+#: Training slices a reference keeps per vector (evenly chosen), for nearest-slice distances.
+REFERENCE_SLICES = 64
+#: The signature's vectors: reference key prefix -> VolumeSignature attribute.
+CUES = {"feature": "features", "intensity": "intensities", "raw": "raw"}
 #: Confidence floor below the lowest confidence of a task's own volumes.
 CONFIDENCE_SLACK = 0.05
 #: Task scores are proportional to relative distance ** -POWER.
@@ -78,11 +91,14 @@ class VolumeSignature:
         intensities: (n, GRID * GRID * len(QUANTILES)) normalised intensity quantiles of the
             sampled slices' grid cells.
         confidence: mean largest softmax probability over the sampled slices' image region.
+        raw: (n, len(QUANTILES)) quantiles of the sampled slices' stored (raw) intensities, or
+            None (signatures made by hand).
     """
 
     features: np.ndarray
     intensities: np.ndarray
     confidence: float
+    raw: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -145,9 +161,10 @@ def volume_signature(network, image, entry: Mapping, input_size: int, device, sl
     pooled = torch.nn.functional.adaptive_avg_pool2d(captured[0].float(), grid).flatten(1)
     cells = _grid_cells(fit.crop(batch)[:, 0].float(), grid)  # (n, grid * grid, pixels per cell)
     levels = torch.quantile(cells, torch.tensor(list(quantiles), device=cells.device), dim=2)  # (q, n, cells)
+    raw = np.quantile(np.asarray(cut[chosen], np.float64).reshape(len(chosen), -1), list(quantiles), axis=1).T
     return VolumeSignature(pooled.cpu().numpy().astype(np.float64),
                            levels.permute(1, 2, 0).flatten(1).cpu().numpy().astype(np.float64),
-                           float(probabilities.max(dim=1).values.mean()))
+                           float(probabilities.max(dim=1).values.mean()), raw)
 
 
 def _grid_cells(slices, grid: int):
@@ -162,45 +179,66 @@ def _grid_cells(slices, grid: int):
     return cells.reshape(n, grid * grid, ch * cw)
 
 
-def _distance(values: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> float:
-    """Mean over slices of the root-mean-square z-score of ``values`` (n, d)."""
-    z = (values - np.asarray(mean)) / np.asarray(std)
-    return float(np.sqrt((z ** 2).mean(axis=1)).mean())
+def _distance(values: np.ndarray, slices: np.ndarray, std: Sequence[float]) -> float:
+    """Mean over the (n, d) ``values``' rows of the root-mean-square z-score to the nearest of
+    the (m, d) reference ``slices``."""
+    z = (values[:, None, :] - np.asarray(slices)[None]) / np.asarray(std)
+    return float(np.sqrt((z ** 2).mean(axis=2)).min(axis=1).mean())
 
 
-def reference_entry(training: Sequence[VolumeSignature], held_out: Sequence[VolumeSignature]) -> dict:
+def reference_entry(training: Sequence[VolumeSignature], held_out: Sequence[VolumeSignature],
+                    foreign: Mapping[str, Sequence[VolumeSignature]] | None = None, fixed_scale: bool = False) -> dict:
     """A task's reference (its ``familiarity.tasks`` entry of ``model.json``) from its volumes.
 
     The limits must hold for images the reference has not seen, so each training volume's
-    distance is measured to the statistics of the *other* training volumes (leave one volume
-    out) and each held-out volume's to those of all; a limit is :data:`MARGIN` times the largest.
+    distance is measured to the *other* training volumes (leave one volume out) and each
+    held-out volume's to all; a limit is :data:`MARGIN` times the largest, lowered to the
+    geometric mean of that largest and the nearest ``foreign`` task's distance when every volume
+    of that task lies farther than the largest (a task inside it is a look-alike and changes nothing).
 
     Args:
-        training: signatures of the task's training volumes (mean and spread are taken from them).
+        training: signatures of the task's training volumes (the reference slices and spread).
         held_out: signatures of its held-out volumes (they and ``training`` set the limits).
+        foreign: other task -> signatures of its volumes prepared as this task (negatives).
+        fixed_scale: the task's normalisation keeps the intensity scale (``ct``): the raw
+            intensities are a cue too.
     """
     if not training:
         raise ValueError("a reference needs at least one training volume")
     entry = {"volumes": len(training) + len(held_out),
              "confidence_floor": max(0.0, min(s.confidence for s in [*training, *held_out]) - CONFIDENCE_SLACK)}
-    for kind, attribute in (("feature", "features"), ("intensity", "intensities")):
+    for kind, attribute in CUES.items():
+        if kind == "raw" and not fixed_scale:
+            continue
         per_volume = [getattr(s, attribute) for s in training]
-        mean, std = _statistics(per_volume)
-        entry[f"{kind}_mean"], entry[f"{kind}_std"] = [float(f"{v:.5g}") for v in mean], [float(f"{v:.5g}") for v in std]
-        unseen = [_distance(getattr(s, attribute), mean, std) for s in held_out]
+        mean, std, slices = _statistics(per_volume)
+        entry[f"{kind}_mean"], entry[f"{kind}_std"] = _rounded(mean), _rounded(std)
+        entry[f"{kind}_slices"] = [_rounded(row) for row in slices]
+        unseen = [_distance(getattr(s, attribute), slices, std) for s in held_out]
         if len(training) > 1:
-            unseen += [_distance(values, *_statistics(per_volume[:i] + per_volume[i + 1:]))
-                       for i, values in enumerate(per_volume)]
+            for i, values in enumerate(per_volume):
+                _, others_std, others = _statistics(per_volume[:i] + per_volume[i + 1:])
+                unseen.append(_distance(values, others, others_std))
         else:  # nothing to leave out with
-            unseen += [_distance(per_volume[0], mean, std)]
-        entry[f"{kind}_limit"] = MARGIN * max(unseen)
+            unseen += [_distance(per_volume[0], slices, std)]
+        nearest_other = [min(_distance(getattr(s, attribute), slices, std) for s in volumes)
+                         for volumes in (foreign or {}).values() if volumes]
+        separable = [d for d in nearest_other if d > max(unseen)]
+        limit = MARGIN * max(unseen)
+        entry[f"{kind}_limit"] = min(limit, float(np.sqrt(max(unseen) * min(separable)))) if separable else limit
     return entry
 
 
-def _statistics(per_volume: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and floored spread over the slices of several volumes' (n_i, d) vectors."""
+def _rounded(values: np.ndarray) -> list[float]:
+    return [float(f"{v:.5g}") for v in values]
+
+
+def _statistics(per_volume: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, floored spread and up to :data:`REFERENCE_SLICES` evenly chosen rows of several
+    volumes' (n_i, d) vectors."""
     values = np.concatenate(per_volume)
-    return values.mean(axis=0), _spread(values)
+    keep = np.unique(np.linspace(0, len(values) - 1, min(len(values), REFERENCE_SLICES)).round().astype(int))
+    return values.mean(axis=0), _spread(values), values[keep]
 
 
 def _spread(values: np.ndarray) -> np.ndarray:
@@ -213,11 +251,15 @@ def _spread(values: np.ndarray) -> np.ndarray:
     return np.maximum(std, _STD_FLOOR)
 
 
-def relative_distance(signature: VolumeSignature, reference: Mapping) -> tuple[float, float, float]:
-    """``(relative, feature distance, intensity distance)`` of a volume to one task's reference."""
-    feature = _distance(signature.features, reference["feature_mean"], reference["feature_std"])
-    intensity = _distance(signature.intensities, reference["intensity_mean"], reference["intensity_std"])
-    return max(feature / reference["feature_limit"], intensity / reference["intensity_limit"]), feature, intensity
+def relative_distance(signature: VolumeSignature, reference: Mapping) -> tuple[float, float, float, float | None]:
+    """``(relative, feature, intensity, raw distance or None)`` of a volume to one task's reference."""
+    distances = {}
+    for kind, attribute in CUES.items():
+        if f"{kind}_limit" in reference:
+            slices = reference.get(f"{kind}_slices") or [reference[f"{kind}_mean"]]  # older models: the mean
+            distances[kind] = _distance(getattr(signature, attribute), slices, reference[f"{kind}_std"])
+    relative = max(d / reference[f"{kind}_limit"] for kind, d in distances.items())
+    return relative, distances["feature"], distances["intensity"], distances.get("raw")
 
 
 def dimension_mismatch(image, entry: Mapping) -> str | None:
@@ -244,10 +286,11 @@ def familiarity_report(signature: VolumeSignature, reference: Mapping, task: str
 
     Returns:
         ``{"relative_distance", "feature_distance", "feature_limit", "intensity_distance",
-        "intensity_limit", "confidence", "confidence_floor", "familiar", "warning"}``;
+        "intensity_limit", "confidence", "confidence_floor", "familiar", "warning"}`` and, for a
+        task with a raw-intensity reference, ``"raw_distance", "raw_limit"``;
         ``warning`` is ``None`` when the volume looks like the task's training images.
     """
-    relative, feature, intensity = relative_distance(signature, reference)
+    relative, feature, intensity, raw = relative_distance(signature, reference)
     low_confidence = signature.confidence < reference["confidence_floor"]
     familiar = relative <= 1.0 and not low_confidence and mismatch is None
     reasons = [mismatch] if mismatch else []
@@ -257,6 +300,9 @@ def familiarity_report(signature: VolumeSignature, reference: Mapping, task: str
     if intensity > reference["intensity_limit"]:
         reasons.append(f"the intensities after normalisation lie {intensity / reference['intensity_limit']:.1f}x "
                        "farther (check the modality, units and rescale slope/intercept)")
+    if raw is not None and raw > reference["raw_limit"]:
+        reasons.append(f"the stored intensities lie {raw / reference['raw_limit']:.1f}x farther than the task's "
+                       "own images' (another modality or units?)")
     if low_confidence:
         reasons.append(f"the mean softmax confidence {signature.confidence:.2f} is below "
                        f"{reference['confidence_floor']:.2f}")
@@ -266,7 +312,8 @@ def familiarity_report(signature: VolumeSignature, reference: Mapping, task: str
     return {"relative_distance": round(relative, 4), "feature_distance": round(feature, 4),
             "feature_limit": round(reference["feature_limit"], 4), "intensity_distance": round(intensity, 4),
             "intensity_limit": round(reference["intensity_limit"], 4), "confidence": round(signature.confidence, 4),
-            "confidence_floor": round(reference["confidence_floor"], 4), "familiar": familiar, "warning": warning}
+            "confidence_floor": round(reference["confidence_floor"], 4), "familiar": familiar, "warning": warning,
+            **({"raw_distance": round(raw, 4), "raw_limit": round(reference["raw_limit"], 4)} if raw is not None else {})}
 
 
 def recognise_task(relative: Mapping[str, float], all_tasks: Sequence[str]) -> TaskChoice:

@@ -103,11 +103,16 @@ FAMILIARITY = Fields({
     "slices": Integer(1, 4096),
     "grid": Integer(1, 16),
     "quantiles": Array(_FRACTION, 1, 99),
-    "tasks": Names(Fields({
+    "tasks": Names(Fields(required={
         "feature_mean": Array(Number(-1e30, 1e30), 1, 1_000_000), "feature_std": Array(_POSITIVE, 1, 1_000_000),
         "intensity_mean": Array(Number(-1e30, 1e30), 1, 99 * 256), "intensity_std": Array(_POSITIVE, 1, 99 * 256),
         "feature_limit": _POSITIVE, "intensity_limit": _POSITIVE, "confidence_floor": _FRACTION,
         "volumes": Integer(1, 10**9),
+    }, optional={  # nearest-slice references (without them, the mean slice) and the raw-intensity cue
+        "feature_slices": Array(Array(Number(-1e30, 1e30), 1, 1_000_000), 1, 4096),
+        "intensity_slices": Array(Array(Number(-1e30, 1e30), 1, 99 * 256), 1, 4096),
+        "raw_mean": Array(Number(-1e30, 1e30), 1, 99), "raw_std": Array(_POSITIVE, 1, 99),
+        "raw_slices": Array(Array(Number(-1e30, 1e30), 1, 99), 1, 4096), "raw_limit": _POSITIVE,
     }), lo=0, what="task names"),
 })
 
@@ -213,14 +218,19 @@ def _check_config(config: Any) -> None:
 def _check_familiarity(familiarity: Mapping, tasks: Mapping, bottom_channels: int) -> None:
     """References name tasks of the model; their vectors fit the network's bottleneck and the quantiles."""
     cells = familiarity["grid"] ** 2
-    sizes = {"feature": bottom_channels * cells, "intensity": len(familiarity["quantiles"]) * cells}
+    sizes = {"feature": bottom_channels * cells, "intensity": len(familiarity["quantiles"]) * cells,
+             "raw": len(familiarity["quantiles"])}
     for task, entry in familiarity["tasks"].items():
         if task not in tasks:
             raise Refusal(join_path("familiarity.tasks", task), f"is not a task of the model ({sorted(tasks)})")
+        if "raw_limit" in entry and not all(f"raw_{k}" in entry for k in ("mean", "std")):
+            raise Refusal(join_path("familiarity.tasks", task), "has raw_limit without raw_mean and raw_std")
         for kind, size in sizes.items():
-            for key in (f"{kind}_mean", f"{kind}_std"):
-                if len(entry[key]) != size:
-                    raise Refusal(join_path("familiarity.tasks", task, key), f"has {len(entry[key])} items; the rule "
+            rows = [((f"{kind}_mean",), entry.get(f"{kind}_mean")), ((f"{kind}_std",), entry.get(f"{kind}_std"))]
+            rows += [((f"{kind}_slices", i), row) for i, row in enumerate(entry.get(f"{kind}_slices", []))]
+            for keys, row in rows:
+                if row is not None and len(row) != size:
+                    raise Refusal(join_path("familiarity.tasks", task, *keys), f"has {len(row)} items; the rule "
                                                                           f"is {size} (from the network and settings)")
 
 

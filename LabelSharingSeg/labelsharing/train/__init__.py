@@ -17,7 +17,7 @@ _EXPORTS = {
     "task_data": ("PreparedTask", "prepare_task", "split_cases"),
     "checkpoint": ("RunFolder", "work_folder_for"),
     "validation": ("validation_dice",),
-    "familiarity_fit": ("MAX_VOLUMES", "fit_familiarity"),
+    "familiarity_fit": ("FOREIGN_VOLUMES", "MAX_VOLUMES", "fit_familiarity"),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
