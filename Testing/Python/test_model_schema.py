@@ -159,6 +159,17 @@ EDITS = {
                                        "has 10 items; the rule is 256"),
     "familiarity spread zero": (_familiarity("TaskA", std=0.0), r"familiarity\.tasks\.TaskA\.feature_std\[0\]",
                                 "is 0.0; allowed"),
+    "reference slices of another network": (
+        _both(_familiarity("TaskA"), _set("familiarity.tasks.TaskA.feature_slices",
+                                          {"shape": [1, 10], "dtype": "float16", "base64": "AAAAAAAAAAAAAA=="})),
+        r"familiarity\.tasks\.TaskA\.feature_slices\.shape", "rows of 10 items; the rule is 256"),
+    "reference slices cut short": (
+        _both(_familiarity("TaskA"), _set("familiarity.tasks.TaskA.feature_slices",
+                                          {"shape": [2, 256], "dtype": "float16", "base64": "AAAA"})),
+        r"familiarity\.tasks\.TaskA\.feature_slices\.base64", "holds 1 numbers; the rule is shape 2 x 256"),
+    "reference slices as numbers": (
+        _both(_familiarity("TaskA"), _set("familiarity.tasks.TaskA.feature_slices", [[0.0] * 256])),
+        r"familiarity\.tasks\.TaskA\.feature_slices", "an object with keys shape, dtype, base64"),
     "future format": (_set("format_version", 5), "model format 5", "reads formats 1 to 4"),
     "format as text": (_set("format_version", "2"), "model format '2'", "reads formats 1 to 4"),
 }

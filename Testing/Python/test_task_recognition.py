@@ -16,7 +16,8 @@ from tiny_model import make_model
 from labelsharing.cli import main
 from labelsharing.demo import make_demo_datasets
 from labelsharing.errors import LabelSharingError
-from labelsharing.infer import AUTO_TASK, Predictor, VolumeSignature, recognise_task, reference_entry, relative_distance
+from labelsharing.infer import AUTO_TASK, Predictor, VolumeSignature, recognise_task, reference_entry, relative_distance, \
+    unpack_rows
 from labelsharing.model import read_model_config
 
 TINY = ["--progress", "none", "--epochs", "3", "--batch-size", "8", "--device", "cpu"]
@@ -124,7 +125,8 @@ def test_training_stores_a_reference_per_task(model):
         cells = familiarity["grid"] ** 2
         assert len(reference["feature_mean"]) == 64 * cells  # the bottleneck has 4 x 16 channels
         assert len(reference["intensity_mean"]) == len(familiarity["quantiles"]) * cells
-        assert {len(row) for row in reference["feature_slices"]} == {64 * cells}  # nearest-slice references
+        slices = unpack_rows(reference["feature_slices"])  # nearest-slice references, packed (not JSON numbers)
+        assert slices.ndim == 2 and slices.shape[1] == 64 * cells and reference["feature_slices"]["dtype"] == "float16"
         assert reference["feature_limit"] > 0 and 0 <= reference["confidence_floor"] <= 1
     assert "raw_limit" in familiarity["tasks"]["AbdomenCT"] and "raw_limit" not in familiarity["tasks"]["BrainMR"]
 

@@ -11,7 +11,8 @@ _EXPORTS = {
     "dicom_seg": ("SEG_TYPES", "export_dicom_seg", "read_segments", "write_dicom_seg"),
     "familiarity": (
         "AUTO_TASK", "GRID", "QUANTILES", "SAMPLED_SLICES", "TaskChoice", "VolumeSignature", "examine_image",
-        "familiarity_report", "recognise_task", "reference_entry", "relative_distance", "volume_signature",
+        "familiarity_report", "recognise_task", "reference_entry", "relative_distance", "unpack_rows",
+        "volume_signature",
     ),
     "evaluation": ("DiceAccumulator", "evaluate_model", "evaluation_table", "format_dice", "split_warning"),
 }

@@ -14,6 +14,9 @@ Needs no torch or SimpleITK (``labelsharing info`` uses it).
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 import math
 from typing import Any, Callable, Mapping
 
@@ -98,6 +101,9 @@ APPEARANCE = Fields({"tasks": Array(Text(), 1, 100_000),
                      "confusion": Array(Array(Either(_FRACTION, Choice(None)), 1, 100_000), 1, 100_000)})
 
 _POSITIVE = Number(0.0, 1e30, above=True)
+# (n, d) rows packed as little-endian floats in base64 (labelsharing.infer.familiarity.pack_rows).
+_PACKED_ROWS = Fields({"shape": Array(Integer(1, 1_000_000), 2, 2), "dtype": Choice("float16", "float32"),
+                       "base64": Pattern(r"[A-Za-z0-9+/]*={0,2}", "base64 text")})
 # Per task: its training images' feature statistics (labelsharing.infer.familiarity.reference_entry).
 FAMILIARITY = Fields({
     "slices": Integer(1, 4096),
@@ -109,10 +115,9 @@ FAMILIARITY = Fields({
         "feature_limit": _POSITIVE, "intensity_limit": _POSITIVE, "confidence_floor": _FRACTION,
         "volumes": Integer(1, 10**9),
     }, optional={  # nearest-slice references (without them, the mean slice) and the raw-intensity cue
-        "feature_slices": Array(Array(Number(-1e30, 1e30), 1, 1_000_000), 1, 4096),
-        "intensity_slices": Array(Array(Number(-1e30, 1e30), 1, 99 * 256), 1, 4096),
+        "feature_slices": _PACKED_ROWS, "intensity_slices": _PACKED_ROWS,
         "raw_mean": Array(Number(-1e30, 1e30), 1, 99), "raw_std": Array(_POSITIVE, 1, 99),
-        "raw_slices": Array(Array(Number(-1e30, 1e30), 1, 99), 1, 4096), "raw_limit": _POSITIVE,
+        "raw_slices": _PACKED_ROWS, "raw_limit": _POSITIVE,
     }), lo=0, what="task names"),
 })
 
@@ -227,11 +232,26 @@ def _check_familiarity(familiarity: Mapping, tasks: Mapping, bottom_channels: in
             raise Refusal(join_path("familiarity.tasks", task), "has raw_limit without raw_mean and raw_std")
         for kind, size in sizes.items():
             rows = [((f"{kind}_mean",), entry.get(f"{kind}_mean")), ((f"{kind}_std",), entry.get(f"{kind}_std"))]
-            rows += [((f"{kind}_slices", i), row) for i, row in enumerate(entry.get(f"{kind}_slices", []))]
+            if f"{kind}_slices" in entry:
+                _check_packed_rows(entry[f"{kind}_slices"], join_path("familiarity.tasks", task, f"{kind}_slices"), size)
             for keys, row in rows:
                 if row is not None and len(row) != size:
                     raise Refusal(join_path("familiarity.tasks", task, *keys), f"has {len(row)} items; the rule "
                                                                           f"is {size} (from the network and settings)")
+
+
+def _check_packed_rows(packed: Mapping, path: str, columns: int) -> None:
+    """Rows of ``columns`` numbers, and the base64 text holds exactly ``shape``'s rows of ``dtype``."""
+    rows, stored_columns = packed["shape"]
+    if stored_columns != columns:
+        raise Refusal(join_path(path, "shape"), f"has rows of {stored_columns} items; the rule is {columns} "
+                                                "(from the network and settings)")
+    try:
+        size = len(base64.b64decode(packed["base64"], validate=True)) // (2 if packed["dtype"] == "float16" else 4)
+    except binascii.Error:
+        raise Refusal(join_path(path, "base64"), "is not valid base64 text") from None
+    if size != rows * columns:
+        raise Refusal(join_path(path, "base64"), f"holds {size} numbers; the rule is shape {rows} x {columns}")
 
 
 def _check_appearance(appearance: Mapping, tasks: Mapping) -> None:
