@@ -35,8 +35,8 @@ from task_recognition import CHANGES, _altered
 
 from labelsharing.data import read_image
 from labelsharing.errors import LabelSharingError
-from labelsharing.infer import QUANTILES, recognise_task, relative_distance, volume_signature
-from labelsharing.infer.familiarity import MARGIN, MIN_SCORE, POWER, _statistics
+from labelsharing.infer import MARGIN, MIN_SCORE, POWER, QUANTILES, recognise_task, relative_distance, \
+    slice_statistics, volume_signature
 from labelsharing.model import SegmentationModel
 
 
@@ -79,10 +79,10 @@ def prototype(model: SegmentationModel, images: dict, signatures: dict) -> dict:
             def vector(key, cue=cue, task=task):
                 return _raw_quantiles(images[key]) if cue == "raw" else getattr(signatures[(key, task)], cue)
             per_volume = [vector(k) for k in keys if k[0] == task and k[2] == "train"]
-            spread = _statistics(per_volume)[1]
+            spread = slice_statistics(per_volume)[1]
             unseen = [_nearest(vector(k), per_volume, spread) for k in keys if k[0] == task and k[2] == "val"]
-            unseen += [_nearest(v, per_volume[:i] + per_volume[i + 1:], _statistics(per_volume[:i] + per_volume[i + 1:])[1])
-                       for i, v in enumerate(per_volume)]
+            left_out = [per_volume[:i] + per_volume[i + 1:] for i in range(len(per_volume))]
+            unseen += [_nearest(v, others, slice_statistics(others)[1]) for v, others in zip(per_volume, left_out)]
             foreign = {}
             for k in keys:
                 if k[0] != task and k[2] in ("train", "val"):

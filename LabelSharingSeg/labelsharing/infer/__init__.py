@@ -10,7 +10,8 @@ _EXPORTS = {
     "backends": ("BACKENDS", "PRECISIONS"),
     "dicom_seg": ("SEG_TYPES", "export_dicom_seg", "read_segments", "write_dicom_seg"),
     "familiarity": (
-        "AUTO_TASK", "GRID", "QUANTILES", "SAMPLED_SLICES", "TaskChoice", "VolumeSignature", "examine_image",
+        "AUTO_TASK", "GRID", "MARGIN", "MIN_SCORE", "POWER", "QUANTILES", "SAMPLED_SLICES", "TaskChoice",
+        "VolumeSignature", "examine_image", "slice_statistics",
         "familiarity_report", "recognise_task", "reference_entry", "relative_distance", "unpack_rows",
         "volume_signature",
     ),

@@ -53,7 +53,8 @@ from labelsharing.data import Slicing, intensity_normalizer
 from labelsharing.errors import LabelSharingError
 from labelsharing.plan import visible_tasks
 
-__all__ = ["pack_rows", "unpack_rows", "AUTO_TASK", "SAMPLED_SLICES", "GRID", "QUANTILES", "MARGIN", "POWER", "MIN_SCORE", "VolumeSignature",
+__all__ = ["pack_rows", "unpack_rows", "slice_statistics",
+           "AUTO_TASK", "SAMPLED_SLICES", "GRID", "QUANTILES", "MARGIN", "POWER", "MIN_SCORE", "VolumeSignature",
            "TaskChoice", "volume_signature", "reference_entry", "relative_distance", "familiarity_report",
            "recognise_task", "examine_image", "dimension_mismatch", "bottleneck"]
 
@@ -212,14 +213,14 @@ def reference_entry(training: Sequence[VolumeSignature], held_out: Sequence[Volu
         if kind == "raw" and not fixed_scale:
             continue
         per_volume = [getattr(s, attribute) for s in training]
-        mean, std, slices = _statistics(per_volume)
+        mean, std, slices = slice_statistics(per_volume)
         entry[f"{kind}_mean"], entry[f"{kind}_std"] = _rounded(mean), _rounded(std)
         entry[f"{kind}_slices"] = pack_rows(slices)
         slices = unpack_rows(entry[f"{kind}_slices"])  # the limits are measured against what is stored
         unseen = [_distance(getattr(s, attribute), slices, std) for s in held_out]
         if len(training) > 1:
             for i, values in enumerate(per_volume):
-                _, others_std, others = _statistics(per_volume[:i] + per_volume[i + 1:])
+                _, others_std, others = slice_statistics(per_volume[:i] + per_volume[i + 1:])
                 unseen.append(_distance(values, others, others_std))
         else:  # nothing to leave out with
             unseen += [_distance(per_volume[0], slices, std)]
@@ -251,7 +252,7 @@ def _rounded(values: np.ndarray) -> list[float]:
     return [float(f"{v:.5g}") for v in values]
 
 
-def _statistics(per_volume: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def slice_statistics(per_volume: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean, floored spread and up to :data:`REFERENCE_SLICES` evenly chosen rows of several
     volumes' (n_i, d) vectors."""
     values = np.concatenate(per_volume)
