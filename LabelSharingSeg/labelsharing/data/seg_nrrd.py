@@ -151,7 +151,8 @@ def _segment_label_values(path: Path, segments: Sequence[Mapping], labels: Mappi
         layer = segment.get("layer", 0)
         if not 0 <= layer < layers:
             raise LabelSharingError(
-                f"{path}: segment '{name}' is in layer {layer}, but the file has {layers} layer(s). "
+                f"{path}: segment '{name}' is in layer {layer}, but the file has "
+                f"{'a single layer' if layers == 1 else f'{layers} layers'}. "
                 "The file is damaged; save the segmentation again from Slicer."
             )
         key = (layer, segment["labelValue"])
