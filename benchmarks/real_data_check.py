@@ -55,7 +55,8 @@ from comparison_report import machine_info  # noqa: E402
 from real_data import MRICRON_DIR, TASKS, Sources, resample, write_task  # noqa: E402
 from real_data_report import markdown_report  # noqa: E402
 
-__all__ = ["DEFAULT_TASKS", "ComputeBudget", "equal_compute_budget", "build_tasks", "run_check", "main"]
+__all__ = ["DEFAULT_TASKS", "ComputeBudget", "equal_compute_budget", "build_tasks", "file_log", "score_on_test",
+           "train_and_score", "run_check", "main"]
 
 DEFAULT_TASKS = ("ct_abdomen", "ct_chest", "mr_brain_aal", "mr_brain_icbm")
 ADD_TASK_LEARNING_RATE = 5e-4  # the add-task command's default
@@ -133,7 +134,7 @@ def build_tasks(names: Sequence[str], data: Path, sources: Sources) -> list[Path
     return folders
 
 
-def _file_log(path: Path) -> Log:
+def file_log(path: Path) -> Log:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("")
 
@@ -143,7 +144,7 @@ def _file_log(path: Path) -> Log:
     return log
 
 
-def _test(model: SegmentationModel, folders: Sequence[Path]) -> dict:
+def score_on_test(model: SegmentationModel, folders: Sequence[Path]) -> dict:
     """Test-split Dice of ``model`` on ``folders`` (the engine's ``evaluate_model``).
 
     Each task also gets ``per_case``: case -> label -> [intersection, predicted, reference] voxel
@@ -164,7 +165,9 @@ def _test(model: SegmentationModel, folders: Sequence[Path]) -> dict:
     return result
 
 
-def _run(name: str, fn: Callable[[], SegmentationModel], folders: Sequence[Path], epochs: int, steps: int) -> dict:
+def train_and_score(name: str, fn: Callable[[], SegmentationModel], folders: Sequence[Path], epochs: int,
+                    steps: int) -> dict:
+    """Train one model (``fn``), print a line, return its curve, best epoch, shared labels and test Dice."""
     start = time.perf_counter()
     model = fn()
     seconds = time.perf_counter() - start
@@ -176,12 +179,12 @@ def _run(name: str, fn: Callable[[], SegmentationModel], folders: Sequence[Path]
     print(f"  {name}: {epochs} epochs, {steps} steps, {seconds:.0f} s, best epoch {history['best_epoch']}", flush=True)
     return {"epochs": epochs, "steps": steps, "train_seconds": round(seconds, 1), "best_epoch": history["best_epoch"],
             "best_val_dice": history["best_mean_dice"], "curve": curve, "shared_labels": shared,
-            "test": _test(model, folders)}
+            "test": score_on_test(model, folders)}
 
 
 def run_check(folders: Sequence[Path], work: Path, logs: Path, options: TrainingOptions) -> dict:
     """Prepare the tasks as ``train`` does, count slices, run the look-alike check and the three methods."""
-    plan, summaries, appearance = plan_task_datasets(folders, log=_file_log(logs / "plan.log"))
+    plan, summaries, appearance = plan_task_datasets(folders, log=file_log(logs / "plan.log"))
     prepared = [prepare_task(s.task, plan, options.input_size, options.val_fraction, options.seed, options.axis)
                 for s in summaries]
     names = [t.name for t in prepared]
@@ -196,23 +199,23 @@ def run_check(folders: Sequence[Path], work: Path, logs: Path, options: Training
 
     runs: dict[str, dict] = {"per_task": {"models": {}}}
     for folder, name in zip(folders, names):
-        runs["per_task"]["models"][name] = _run(
+        runs["per_task"]["models"][name] = train_and_score(
             f"per-task {name}", partial(train, [folder], work / f"per_task_{name}", with_steps(per_epoch["per_task"]),
-                                        force=True, log=_file_log(logs / f"per_task_{name}.log")),
+                                        force=True, log=file_log(logs / f"per_task_{name}.log")),
             [folder], budget.epochs, budget.per_task_steps[name])
-    runs["label_sharing"] = _run(
+    runs["label_sharing"] = train_and_score(
         "label sharing", partial(train, folders, work / "label_sharing", with_steps(per_epoch["shared"]), force=True,
-                                 log=_file_log(logs / "label_sharing.log")),
+                                 log=file_log(logs / "label_sharing.log")),
         folders, budget.epochs, budget.shared_steps)
-    runs["incremental_base"] = _run(
+    runs["incremental_base"] = train_and_score(
         "incremental base", partial(train, folders[:-1], work / "incremental_base", with_steps(per_epoch["base"]),
-                                    force=True, log=_file_log(logs / "incremental_base.log")),
+                                    force=True, log=file_log(logs / "incremental_base.log")),
         folders[:-1], budget.epochs, budget.base_steps)
     add_options = with_steps(per_epoch["add"], learning_rate=ADD_TASK_LEARNING_RATE)
-    runs["incremental"] = _run(
+    runs["incremental"] = train_and_score(
         f"add-task {names[-1]}", partial(add_task, work / "incremental_base", folders[-1], work / "incremental",
                                          add_options, replay=DEFAULT_REPLAY, force=True,
-                                         log=_file_log(logs / "incremental_add.log")),
+                                         log=file_log(logs / "incremental_add.log")),
         folders, budget.epochs, budget.add_steps)
     runs["per_task"]["test"] = {t: m["test"][t] for t, m in runs["per_task"]["models"].items()}
     return {"tasks": names, "slices": slices, "budget": {**dataclasses.asdict(budget), "per_task_total": budget.per_task_total,

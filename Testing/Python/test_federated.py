@@ -25,7 +25,7 @@ from labelsharing.cli import main  # noqa: E402
 from labelsharing.demo import make_demo_datasets  # noqa: E402
 from labelsharing.errors import LabelSharingError  # noqa: E402
 from labelsharing.federated import check_reply, checkpoint_folder_for, plan_from_statistics, run_local, \
-    site_statistics  # noqa: E402
+    site_statistics, supernode_command  # noqa: E402
 from labelsharing.federated.runtime import free_port  # noqa: E402
 from labelsharing.model import SegmentationModel, build_network, default_architecture  # noqa: E402
 from labelsharing.plan import plan_task_datasets, summarise_tasks  # noqa: E402
@@ -195,7 +195,7 @@ def test_a_coordinator_and_a_site_over_tls_with_supernode_authentication(tmp_pat
     site = subprocess.Popen(  # started first: it retries until the coordinator has registered its key
         [sys.executable, "-m", "labelsharing", "federated", "site", "--dataset", str(folder), "--superlink",
          f"127.0.0.1:{fleet}", "--root-certificates", "certs/ca.crt", "--auth-private-key", "site.key",
-         "--auth-public-key", "site.pub", "--device", "cpu"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+         "--device", "cpu"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, start_new_session=True)
     try:
         assert main(["--progress", "none", "federated", "coordinator", "--sites", str(tmp_path / "sites.toml"),
@@ -243,3 +243,13 @@ def test_a_reply_holding_anything_but_the_network_weights_is_refused():
         check_reply(good)  # no weights expected (a planning answer)
     with pytest.raises(LabelSharingError, match="only numbers and short text"):
         check_reply(RecordDict({"answer": ConfigRecord({"labels": [1, 2, 3]})}))
+
+
+def test_a_site_authenticates_with_its_private_key_alone(tmp_path):
+    """Flower 1.32 derives a SuperNode's public key from its private key and warns that
+    ``--auth-supernode-public-key`` is deprecated (flwr/supernode/cli/flower_supernode.py)."""
+    command = supernode_command("coordinator:9092", [tmp_path], "cpu", "127.0.0.1:9094", "ca.crt", "site.key")
+    assert command[command.index("--auth-supernode-private-key") + 1] == "site.key"
+    assert "--auth-supernode-public-key" not in command and "--insecure" not in command
+    with pytest.raises(SystemExit):
+        main(["federated", "site", "--dataset", str(tmp_path), "--superlink", "h:1", "--auth-public-key", "site.pub"])

@@ -170,8 +170,8 @@ def federated_command(args: argparse.Namespace, progress: ProgressReporter) -> i
     from labelsharing.model import check_model_output
 
     if args.federated_command == "site":
-        return run_site(args.dataset, args.superlink, args.root_certificates, args.auth_private_key,
-                        args.auth_public_key, args.device, args.insecure)
+        return run_site(args.dataset, args.superlink, args.root_certificates, args.auth_private_key, args.device,
+                        args.insecure)
     check_model_output(args.out, force=args.force, inputs=[*getattr(args, "datasets", []), *filter(None, [args.add_to])])
     settings = {"rounds": args.rounds, "local-epochs": args.local_epochs, "steps-per-epoch": args.steps_per_epoch,
                 "batch-size": args.batch_size, "lr": args.lr, "features": args.features, "seed": args.seed,

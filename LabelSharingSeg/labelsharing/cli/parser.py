@@ -270,8 +270,8 @@ def _add_federated_commands(subcommands) -> None:
     site.add_argument("--superlink", required=True, metavar="HOST:PORT",
                       help="[REQUIRED] the coordinator's Fleet API address")
     site.add_argument("--root-certificates", metavar="CA_CRT", help="[OPTIONAL] the coordinator's CA certificate (TLS)")
-    site.add_argument("--auth-private-key", metavar="KEY", help="[OPTIONAL] this site's private key (authentication)")
-    site.add_argument("--auth-public-key", metavar="KEY_PUB", help="[OPTIONAL] this site's public key")
+    site.add_argument("--auth-private-key", metavar="KEY",
+                      help="[OPTIONAL] this site's private key (authentication; its public key goes to the coordinator)")
     site.add_argument("--insecure", action="store_true",
                       help="[OPTIONAL] no TLS: only for a test on one machine, never across a network")
     _add_device_flag(site)

@@ -17,7 +17,7 @@ _EXPORTS = {
     "coordination": ("plan_from_statistics", "input_size_from_statistics", "checkpoint_folder_for", "round_record",
                      "history_entry", "site_weights", "SITE_WEIGHTINGS", "joining_federation", "new_federation"),
     "flower_apps": ("DEFAULT_SETTINGS", "server_app", "client_app", "check_reply", "make_strategy", "average_round"),
-    "launch": ("run_local", "run_coordinator", "run_site", "read_sites_file"),
+    "launch": ("run_local", "run_coordinator", "run_site", "read_sites_file", "supernode_command"),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

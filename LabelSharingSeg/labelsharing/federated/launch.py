@@ -33,15 +33,18 @@ def _settings(out: str | Path, overrides: Mapping[str, object]) -> dict[str, obj
 
 
 def supernode_command(superlink: str, datasets: Sequence[str | Path], device: str, clientappio: str,
-                      root_certificates: str | None = None, private_key: str | None = None,
-                      public_key: str | None = None) -> list[str]:
-    """The ``flower-supernode`` command of a site (insecure when no root certificate is given)."""
+                      root_certificates: str | None = None, private_key: str | None = None) -> list[str]:
+    """The ``flower-supernode`` command of a site (insecure when no root certificate is given).
+
+    Authentication needs only the site's private key: Flower derives the public key from it (the
+    coordinator registers the public key, see :func:`run_coordinator`).
+    """
     config = f'datasets="{os.pathsep.join(str(Path(d).resolve()) for d in datasets)}" device="{device}"'
     command = [flower_tool("flower-supernode"), "--superlink", superlink, "--clientappio-api-address", clientappio,
                "--node-config", config]
     command += ["--root-certificates", root_certificates] if root_certificates else ["--insecure"]
     if private_key:
-        command += ["--auth-supernode-private-key", private_key, "--auth-supernode-public-key", public_key]
+        command += ["--auth-supernode-private-key", private_key]
     return command
 
 
@@ -150,7 +153,7 @@ def _register_sites(sites: Mapping, env: Mapping[str, str], folder: Path) -> Non
 
 
 def run_site(datasets: Sequence[str | Path], superlink: str, root_certificates: str | None = None,
-             private_key: str | None = None, public_key: str | None = None, device: str = "auto",
+             private_key: str | None = None, device: str = "auto",
              insecure: bool = False, retry_seconds: float = 10.0) -> int:
     """Serve the site's datasets as a SuperNode until it is stopped (Ctrl+C); returns its exit code.
 
@@ -170,7 +173,7 @@ def run_site(datasets: Sequence[str | Path], superlink: str, root_certificates: 
         raise LabelSharingError("Give the coordinator's CA certificate (--root-certificates ca.crt), or --insecure "
                                 "for a test on one machine only.")
     command = supernode_command(superlink, datasets, device, f"127.0.0.1:{free_port()}", root_certificates,
-                                private_key, public_key)
+                                private_key)
     with tempfile.TemporaryDirectory(prefix="labelsharing-site-") as home:
         try:
             while True:
