@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from real_data_check import equal_compute_budget  # noqa: E402
 from real_data_report import present_dice  # noqa: E402
+from real_data_spread import spread_table  # noqa: E402
 
 
 def test_every_method_makes_the_per_task_models_steps_together():
@@ -55,3 +56,16 @@ def test_present_dice_leaves_out_cases_absent_from_both_and_counts_false_positiv
     assert present_dice(per_case, "a") == (0.375, 1, 1)  # (0.75 + 0) / 2; "empty" is not counted
     assert present_dice(per_case, "b") == (0.0, 0, 1)
     assert present_dice({"empty": {"a": [0, 0, 0]}}, "a") == (None, 0, 0)
+
+
+def test_the_spread_pairs_each_method_with_the_per_task_models_of_its_own_seed():
+    def result(mean, heart):
+        return {"mean_dice": mean, "labels": {"heart": {"dice": heart}}}
+    by_seed = {0: {"per_task": {"chest": result(0.5, 0.6)}, "label_sharing": {"chest": result(0.4, 0.3)}},
+               1: {"per_task": {"chest": result(0.7, 0.8)}, "label_sharing": {"chest": result(0.75, 0.7)}}}
+    rows = {tuple(line.split()[:2]): line for line in spread_table(by_seed).splitlines()[2:]}
+    assert rows[("chest", "per_task")].split()[2:] == ["0.500", "0.700", "0.600", "[0.500,", "0.700]", "-"]
+    # paired by seed: -0.1 with seed 0, +0.05 with seed 1
+    assert rows[("chest", "label_sharing")].split()[-3:] == ["-0.025", "[-0.100,", "+0.050]"]
+    heart = {tuple(line.split()[:2]): line for line in spread_table(by_seed, "heart").splitlines()[2:]}
+    assert heart[("chest", "label_sharing")].split()[-3:] == ["-0.200", "[-0.300,", "-0.100]"]
