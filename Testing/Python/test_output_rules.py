@@ -7,7 +7,6 @@ import hashlib
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from labelsharing.demo import make_demo_datasets
 from labelsharing.errors import LabelSharingError
 from labelsharing.train import TrainingOptions, add_task, train
+from polling import poll_until
 
 TINY = dict(epochs=1, batch_size=8, input_size=32, features=4, device="cpu", seed=0)
 
@@ -99,11 +99,10 @@ def test_a_second_writer_of_the_same_output_is_refused_at_once(knee, tmp_path, m
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         run_file = out.parent / ".model.work" / "run.json"
-        deadline = time.monotonic() + 120
-        while not run_file.is_file():  # the first run holds the lock from before its working folder exists
-            assert first.poll() is None, first.stderr.read()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        # the first run holds the lock from before its working folder exists
+        poll_until(lambda: run_file.is_file() or first.poll() is not None, timeout=120,
+                   what="the first run wrote no run.json", interval=0.05)
+        assert first.poll() is None, first.stderr.read()
         with pytest.raises(LabelSharingError, match=f"another labelsharing process \\(pid {first.pid}\\)"):
             train([knee], out, TrainingOptions(**TINY), force=True, log=lambda m: None)
         assert first.poll() is None  # refused while the first run holds the output, not after it ended

@@ -10,20 +10,18 @@ interpreter standing in for ``PythonSlicer`` (found with ``shutil.which``, envir
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import sys
-import time
 
 import numpy as np
+import psutil
 import pytest
 import SimpleITK as sitk
 
-from LabelSharingSegLib import EngineJob as EngineJobModule
+from polling import poll_until
 
 from .fakes import FakeSegmentationNode, FakeVolumeNode
-from .widget_harness import buildWidget, loadModuleFile
+from .widget_harness import buildWidgetWithRealEngine
 
 TINY = dict(batch_size=4, steps_per_epoch=5, input_size=32, features=4, device="cpu", seed=0)
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -54,23 +52,13 @@ def _volumeAndLabels(dataset, case: str, name: str, split: str = "Ts"):
 
 
 def _wait(widget, timeout: float = 600.0) -> None:
-    deadline = time.monotonic() + timeout
-    while widget.jobs.isRunning:
-        assert time.monotonic() < deadline, widget.ui.statusLabel.text
-        widget.engine._poll()
-        widget.engine._job._poll()
-        time.sleep(0.05)
+    poll_until(lambda: not widget.jobs.isRunning, lambda: (widget.engine._poll(), widget.engine._job._poll()), timeout,
+               lambda: f"the job is still running: {widget.ui.statusLabel.text}", interval=0.05)
 
 
 def _widget(fakeSlicerModules, tmp_path, monkeypatch):
     slicer = fakeSlicerModules["slicer"]
-    slicer.app.temporaryPath = str(tmp_path)
-    slicer.util.startupEnvironment = lambda: dict(os.environ)
-    monkeypatch.setattr(EngineJobModule.shutil, "which", lambda name: sys.executable if name == "PythonSlicer" else None)
-    widget = buildWidget(loadModuleFile(), slicer)
-    widget.jobs._job = widget.engine  # the module's own runner, not the harness's fake
-    widget.logic.dependencies.missing = lambda distributions=None: []
-    return widget, slicer
+    return buildWidgetWithRealEngine(slicer, tmp_path, monkeypatch), slicer
 
 
 def test_automatic_recognises_the_task_in_the_real_worker(fakeSlicerModules, tmp_path, trainedModel, monkeypatch):
@@ -98,6 +86,7 @@ def test_automatic_recognises_the_task_in_the_real_worker(fakeSlicerModules, tmp
         ["spleen", "liver", "aorta", "left_kidney"]
     assert widget.segmentPanel.taskOfResult() == "AbdomenCT"
     widget.cleanup()
+    assert _engine_processes() == []
 
 
 def test_a_corrected_case_is_added_the_model_updated_and_compared(fakeSlicerModules, tmp_path, trainedModel,
@@ -169,3 +158,11 @@ def test_a_corrected_case_is_added_the_model_updated_and_compared(fakeSlicerModu
     compared = [n for n in slicer.mrmlScene.nodes if getattr(n, "name", "").startswith("ct AbdomenCT (")]
     assert [n.GetName() for n in compared] == ["ct AbdomenCT (abdomen)", "ct AbdomenCT (abdomen_2)"]
     widget.cleanup()
+    assert _engine_processes() == []  # neither model's worker outlives the module
+
+
+def _engine_processes() -> list:
+    """Engine processes (``-m labelsharing ...``) still running under this test process, after a short grace."""
+    engines = [p for p in psutil.Process().children(recursive=True) if "labelsharing" in " ".join(p.cmdline())]
+    _, alive = psutil.wait_procs(engines, timeout=10)
+    return [" ".join(p.cmdline()) for p in alive]

@@ -30,6 +30,8 @@ from LabelSharingSegLib.ModuleError import ModuleError
 from LabelSharingSegLib.RemoteEngine import RoutingEngine
 from LabelSharingSegLib.ServerClient import LOCAL, SERVER, EngineSettings, ServerClient
 
+from polling import poll_until
+
 from .fakes_files import readSegNrrdLikeSlicer
 from .fakes_qt import FakeButton, FakeComboBox, FakeLineEdit, fakeSettingsClass
 
@@ -313,11 +315,9 @@ def test_cancel_ends_the_servers_job(server, tmp_path, monkeypatch):
     call = ServerJobCall("train", tuple(_taskZipFolders(tmp_path)), "cancelled", url, (("epochs", 10000),) + TINY[1:])
     results = []
     engine.start(call, results.append)
+    poll_until(lambda: (engine._running._status or {}).get("status") == "running", timer.slot, 120,
+               "the server job never reported running", interval=0.05)
     deadline = time.monotonic() + 120
-    while engine._running._status is None or engine._running._status["status"] != "running":
-        assert time.monotonic() < deadline
-        timer.slot()
-        time.sleep(0.05)
     engine.cancel()
     while not results and time.monotonic() < deadline:
         timer.slot()

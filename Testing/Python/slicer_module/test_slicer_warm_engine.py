@@ -12,7 +12,6 @@ the real ``labelsharing worker`` on a tiny model.
 
 from __future__ import annotations
 
-import os
 import sys
 import textwrap
 import time
@@ -21,14 +20,15 @@ import numpy as np
 import psutil
 import pytest
 
-from LabelSharingSegLib import EngineJob as EngineJobModule
 from LabelSharingSegLib.EngineCommands import PredictCall
 from LabelSharingSegLib.EngineJob import EngineJob
 from LabelSharingSegLib.ModuleError import ModuleError
 from LabelSharingSegLib.WarmEngine import WarmEngine
 
+from polling import poll_until
+
 from .fakes import FakeSegmentationNode, FakeVolumeNode
-from .widget_harness import buildWidget, loadModuleFile, writeModel
+from .widget_harness import buildWidget, buildWidgetWithRealEngine, loadModuleFile, writeModel
 
 _STAND_IN = textwrap.dedent("""
     import json, os, sys, time
@@ -101,22 +101,14 @@ def _run(warm: WarmEngine, call, timeout: float = 180.0):
     """Start ``call`` and poll both timers' slots until it ends: (result, progress texts, log lines)."""
     results, progress, log = [], [], []
     warm.start(call, results.append, onProgress=lambda u: progress.append(u.text), onLog=log.append)
-    deadline = time.monotonic() + timeout
-    while not results:
-        assert time.monotonic() < deadline, f"no result within {timeout} s; log: {log}"
-        warm._poll()
-        warm._job._poll()
-        time.sleep(0.02)
+    poll_until(lambda: results, lambda: (warm._poll(), warm._job._poll()), timeout, lambda: f"no result; log: {log}")
     return results[0], progress, log
 
 
 def _engineOf(warm: WarmEngine) -> psutil.Process:
     """The stand-in engine: the launcher's child."""
     launcher = psutil.Process(warm.workerPid)
-    deadline = time.monotonic() + 30
-    while not launcher.children():
-        assert time.monotonic() < deadline, "the launcher started no engine"
-        time.sleep(0.02)
+    poll_until(launcher.children, timeout=30, what="the launcher started no engine")
     return launcher.children()[0]
 
 
@@ -160,12 +152,8 @@ def test_an_apply_with_another_model_started_when_the_last_one_finished_runs_to_
     results = []
     engine.start(_call(tmp_path, model="m1"), lambda result: (
         results.append(result), engine.start(_call(tmp_path, model="m2"), results.append)))
-    deadline = time.monotonic() + 120
-    while len(results) < 2 or engine.isRunning:
-        assert time.monotonic() < deadline, results
-        engine._poll()
-        engine._job._poll()
-        time.sleep(0.02)
+    poll_until(lambda: len(results) == 2 and not engine.isRunning, lambda: (engine._poll(), engine._job._poll()), 120,
+               lambda: f"two applies did not end: {results}")
     assert [r.succeeded for r in results] == [True, True] and len(results) == 2
     assert [c[1] for c in engine.commands] == [str(tmp_path / "m1"), str(tmp_path / "m2")]
 
@@ -217,11 +205,8 @@ def test_a_worker_that_died_while_idle_is_restarted_at_the_next_apply(engine, tm
     worker = _engineOf(engine)
     worker.kill()
     assert _ended(worker)
-    deadline = time.monotonic() + 30
-    while engine.workerPid is not None:  # the idle timer notices the end (a few ticks)
-        assert time.monotonic() < deadline, "the worker's end went unnoticed"
-        engine._poll()
-        time.sleep(0.02)
+    # the idle timer notices the end (a few ticks)
+    poll_until(lambda: engine.workerPid is None, engine._poll, 30, "the worker's end went unnoticed")
     result, progress, _ = _run(engine, _call(tmp_path))
     assert result.succeeded and progress == ["predicting 1/1"]  # a new worker, not the one-shot
     assert [c[0] for c in engine.commands] == ["worker", "worker"]
@@ -297,12 +282,7 @@ def test_two_applies_in_the_module_reuse_the_real_worker_until_cleanup(fakeSlice
     """The widget's Apply path with ``labelsharing worker`` as Slicer would run it: ``PythonSlicer`` found
     with ``shutil.which`` and the environment from ``slicer.util.startupEnvironment()`` (util.py line 380)."""
     slicer = fakeSlicerModules["slicer"]
-    slicer.app.temporaryPath = str(tmp_path)
-    slicer.util.startupEnvironment = lambda: dict(os.environ)
-    monkeypatch.setattr(EngineJobModule.shutil, "which", lambda name: sys.executable if name == "PythonSlicer" else None)
-    widget = buildWidget(loadModuleFile(), slicer)
-    widget.jobs._job = widget.engine  # the module's own runner, not the harness's fake
-    widget.logic.dependencies.missing = lambda distributions=None: []
+    widget = buildWidgetWithRealEngine(slicer, tmp_path, monkeypatch)
     node = widget._parameterNode
     volume = FakeVolumeNode(np.random.default_rng(0).normal(0, 100, (4, 20, 24)).astype(np.int16),
                             np.diag([0.8, 0.9, 2.5, 1.0]), "ct")
@@ -314,11 +294,8 @@ def test_two_applies_in_the_module_reuse_the_real_worker_until_cleanup(fakeSlice
     pids = []
     for _ in range(2):
         widget.ui.applyButton.click()
-        deadline = time.monotonic() + 300
-        while widget.jobs.isRunning:
-            assert time.monotonic() < deadline, widget.ui.statusLabel.text
-            widget.engine._poll()
-            time.sleep(0.05)
+        poll_until(lambda: not widget.jobs.isRunning, widget.engine._poll, 300,
+                   lambda: f"the Apply is still running: {widget.ui.statusLabel.text}", interval=0.05)
         slicer.util.errorDisplay.assert_not_called()
         assert widget.ui.statusLabel.text == "Segmentation: done."
         segments = node.outputSegmentation.GetSegmentation()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 from unittest import mock
 
+from LabelSharingSegLib import EngineJob as EngineJobModule
 from LabelSharingSegLib.EngineCommands import PredictCall, ServerJobCall
 from LabelSharingSegLib.EngineJob import EngineJob
 from LabelSharingSegLib.EngineProcess import EngineResult, engineCommand
@@ -102,6 +103,21 @@ def buildWidget(module: types.ModuleType, slicer: Any) -> Any:
         widget.setup()
     widget.fakeJob = FakeEngineJob()
     widget.jobs._job = widget.fakeJob
+    return widget
+
+
+def buildWidgetWithRealEngine(slicer: Any, temporaryPath: Path, monkeypatch: Any) -> Any:
+    """The widget whose jobs run the module's own runner (``WarmEngine``) on the real engine.
+
+    ``PythonSlicer`` is this interpreter, found with ``shutil.which`` (as ``EngineJob`` looks it up), and
+    the engine's environment is ``slicer.util.startupEnvironment()`` (Base/Python/slicer/util.py).
+    """
+    slicer.app.temporaryPath = str(temporaryPath)
+    slicer.util.startupEnvironment = lambda: dict(os.environ)
+    monkeypatch.setattr(EngineJobModule.shutil, "which", lambda name: sys.executable if name == "PythonSlicer" else None)
+    widget = buildWidget(loadModuleFile(), slicer)
+    widget.jobs._job = widget.engine  # the module's own runner, not the harness's fake
+    widget.logic.dependencies.missing = lambda distributions=None: []
     return widget
 
 
