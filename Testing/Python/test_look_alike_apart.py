@@ -1,0 +1,114 @@
+"""Keeping look-alike tasks apart (issue #9): different structures on different shared labels,
+each left out of the other's softmax; opt-in, stored with the plan."""
+
+from __future__ import annotations
+
+import pytest
+
+from labelsharing.errors import LabelSharingError
+from labelsharing.plan import plan_table
+from labelsharing.plan.shared_labels import LabelStats, SharedLabelPlan
+
+
+def stats(**sizes: float) -> dict[str, LabelStats]:
+    return {name: LabelStats(value=i + 1, relative_size=size, presence=1.0) for i, (name, size) in enumerate(sizes.items())}
+
+
+def shared(plan: SharedLabelPlan, task: str) -> dict[str, int]:
+    return {n: a.shared for n, a in plan.labels(task).items()}
+
+
+# Like the real CT pair: abdomen's vertebrae and chest's heart rank first; both label the liver.
+TASKS = {"abdomen": stats(vertebrae=0.3, liver=0.2), "chest": stats(heart=0.4, liver=0.1),
+         "knee": stats(femur=0.5, tibia=0.1)}
+GROUPS = [["abdomen", "chest"]]
+
+
+def test_default_plan_mixes_look_alike_structures_on_one_shared_label():
+    plan = SharedLabelPlan.build(TASKS, look_alike=GROUPS)
+    assert shared(plan, "abdomen") == {"vertebrae": 1, "liver": 2} and shared(plan, "chest") == {"heart": 1, "liver": 2}
+    assert plan.n_shared == 2 and plan.left_out("abdomen") == [] and "apart" not in plan.to_dict()
+    assert any("look alike" in w and "vertebrae" in w for w in plan.warnings)
+    assert SharedLabelPlan.build(TASKS, look_alike=GROUPS, keep_apart=False) == plan
+
+
+def test_apart_puts_unmatched_labels_on_distinct_shared_labels_and_grows():
+    plan = SharedLabelPlan.build(TASKS, look_alike=GROUPS, keep_apart=True)
+    assert shared(plan, "abdomen") == {"vertebrae": 1, "liver": 2}
+    assert shared(plan, "chest") == {"liver": 2, "heart": 3}  # the matched liver still shared
+    assert plan.n_shared == 3 and plan.apart == GROUPS
+    assert shared(plan, "knee") == {"femur": 1, "tibia": 2}  # outside the group: as without the mode
+    assert not any("look alike" in w for w in plan.warnings)  # nothing mixed left to warn about
+
+
+def test_apart_tasks_leave_their_partners_channels_out_of_the_softmax():
+    plan = SharedLabelPlan.build(TASKS, look_alike=GROUPS, keep_apart=True)
+    assert plan.left_out("abdomen") == [3] and plan.left_out("chest") == [1] and plan.left_out("knee") == []
+
+
+def test_user_pins_win_and_the_rest_still_avoids_them():
+    plan = SharedLabelPlan.build(TASKS, pins={"chest": {"heart": 1}}, look_alike=GROUPS, keep_apart=True)
+    assert shared(plan, "chest") == {"heart": 1, "liver": 2}
+    assert shared(plan, "abdomen") == {"liver": 2, "vertebrae": 3}
+    mixed = SharedLabelPlan.build(TASKS, pins={"chest": {"heart": 1}, "abdomen": {"vertebrae": 1}},
+                                  look_alike=GROUPS, keep_apart=True)
+    assert shared(mixed, "chest")["heart"] == shared(mixed, "abdomen")["vertebrae"] == 1 and mixed.n_shared == 2
+    assert mixed.left_out("abdomen") == [] and any("look alike" in w for w in mixed.warnings)
+
+
+def test_apart_without_look_alike_groups_plans_as_today_but_keeps_the_mode():
+    plan = SharedLabelPlan.build(TASKS, keep_apart=True)
+    assert plan.to_dict() == {**SharedLabelPlan.build(TASKS).to_dict(), "apart": []}
+    assert SharedLabelPlan.from_dict(plan.to_dict()).apart == []
+
+
+def test_apart_groups_round_trip_through_json(tmp_path):
+    plan = SharedLabelPlan.build(TASKS, look_alike=GROUPS, keep_apart=True)
+    assert plan.to_dict()["apart"] == GROUPS
+    plan.save_json(tmp_path / "plan.json")
+    loaded = SharedLabelPlan.load_json(tmp_path / "plan.json")
+    assert loaded == plan and loaded.left_out("chest") == [1]
+    assert SharedLabelPlan.from_dict({**plan.to_dict(), "apart": []}).left_out("chest") == []
+
+
+@pytest.mark.parametrize("groups", [[["abdomen"]], [["abdomen", "lungs"]], [["abdomen", "chest"], ["chest", "knee"]]])
+def test_from_dict_refuses_broken_apart_groups(groups):
+    data = {**SharedLabelPlan.build(TASKS, look_alike=GROUPS, keep_apart=True).to_dict(), "apart": groups}
+    with pytest.raises(LabelSharingError, match="kept apart"):
+        SharedLabelPlan.from_dict(data)
+
+
+def test_add_task_to_an_apart_group_grows_the_old_partners_left_out():
+    parent = SharedLabelPlan.build(TASKS, look_alike=GROUPS, keep_apart=True)
+    plan = parent.add_task("thorax", stats(heart=0.3, rib=0.2), look_alike=["chest"])
+    assert shared(plan, "thorax") == {"heart": 3, "rib": 4}  # heart matched; rib off every partner's labels
+    assert plan.n_shared == 4 and plan.apart == [["abdomen", "chest", "thorax"]]
+    assert plan.left_out("abdomen") == [3, 4] and plan.left_out("chest") == [1, 4] and plan.left_out("thorax") == [1, 2]
+    for task in TASKS:
+        assert shared(plan, task) == shared(parent, task)  # old tasks keep their mapping
+
+
+def test_add_task_keeps_the_mode_and_can_switch_it_on():
+    parent = SharedLabelPlan.build(TASKS, look_alike=GROUPS, keep_apart=True)
+    outside = parent.add_task("hand", stats(bone=0.3))
+    assert outside.apart == GROUPS and shared(outside, "hand") == {"bone": 1}
+    today = SharedLabelPlan.build(TASKS)
+    assert today.add_task("thorax", stats(rib=0.3), look_alike=["chest"]).apart is None
+    switched = today.add_task("thorax", stats(rib=0.3), look_alike=["chest"], keep_apart=True)
+    assert switched.apart == [["thorax", "chest"]] and shared(switched, "thorax") == {"rib": 3}
+    assert switched.left_out("chest") == [3] and switched.left_out("thorax") == [1, 2]
+
+
+def test_split_siblings_join_their_first_sub_tasks_apart_group():
+    tasks = {"abdomen": stats(vertebrae=0.3), "C/1": stats(lung=0.4), "C/2": stats(nodule=0.01)}
+    plan = SharedLabelPlan.build(tasks, look_alike=[["abdomen", "C/1"]], splits={"C": ["C/1", "C/2"]}, keep_apart=True)
+    assert plan.apart == [["abdomen", "C/1", "C/2"]]
+    assert shared(plan, "C/1") == {"lung": 1} and shared(plan, "C/2") == {"nodule": 2}
+    assert shared(plan, "abdomen") == {"vertebrae": 3}
+    assert plan.left_out("C/2") == [1, 3] and plan.left_out("abdomen") == [1, 2]
+
+
+def test_plan_table_notes_each_apart_group():
+    table = plan_table(SharedLabelPlan.build(TASKS, look_alike=GROUPS, keep_apart=True))
+    assert "[apart] abdomen, chest look alike: their different structures are on different shared labels" in table
+    assert "[apart]" not in plan_table(SharedLabelPlan.build(TASKS, look_alike=GROUPS))
