@@ -3,6 +3,8 @@ each left out of the other's softmax; opt-in, stored with the plan."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from labelsharing.errors import LabelSharingError
@@ -112,3 +114,48 @@ def test_plan_table_notes_each_apart_group():
     table = plan_table(SharedLabelPlan.build(TASKS, look_alike=GROUPS, keep_apart=True))
     assert "[apart] abdomen, chest look alike: their different structures are on different shared labels" in table
     assert "[apart]" not in plan_table(SharedLabelPlan.build(TASKS, look_alike=GROUPS))
+
+
+# ----------------------------------------------------------------------------- model.json and prediction
+def test_model_json_stores_the_groups_and_the_grown_n_shared(tmp_path):
+    from tiny_model import make_model
+
+    from labelsharing.model import SegmentationModel
+
+    folder = make_model(fake=False, apart=True).save(tmp_path / "model")
+    config = json.loads((folder / "model.json").read_text())
+    assert config["format_version"] == 5 and config["plan"]["apart"] == [["TaskA", "TaskB"]]
+    assert config["plan"]["n_shared"] == 5 and config["architecture"]["kwargs"]["out_channels"] == 6
+    plan = SegmentationModel.load(folder).plan
+    assert plan.left_out("TaskA") == [4, 5] and plan.left_out("TaskB") == [1, 2, 3]
+
+
+@pytest.mark.parametrize("n_shared", [4, 6])
+def test_model_json_n_shared_of_an_apart_plan_is_its_highest_shared_label(n_shared):
+    from tiny_model import make_config
+
+    from labelsharing.model.schema import validate_model_config
+
+    config = make_config(apart=True)
+    config["plan"]["n_shared"], config["architecture"]["kwargs"]["out_channels"] = n_shared, n_shared + 1
+    with pytest.raises(LabelSharingError, match=f"plan.n_shared is {n_shared}; the rule is the largest label count "
+                                                r"of any task or split task or the highest shared label of plan.tasks \(5\)"):
+        validate_model_config(config)
+
+
+def test_predictor_leaves_a_partners_channel_out():
+    """Intensity 3.6: the partner-only shared label 4 has the largest logit, TaskA's own label 3 the next."""
+    import numpy as np
+    import SimpleITK as sitk
+    from tiny_model import make_model
+
+    from labelsharing.infer import Predictor
+
+    image = sitk.GetImageFromArray(np.full((2, 16, 16), 3.6, dtype=np.float32))
+    predictor = Predictor(make_model(fake=True, apart=True), "cpu")
+    labels, probabilities = predictor.predict_probabilities(image, "TaskA")
+    assert (labels == 3).all()  # 'small' (shared 3), not background (what shared 4 maps to in TaskA)
+    assert (predictor.predict_image(image, "TaskA") == 3).all()  # the lean argmax path too
+    assert probabilities[3].min() > 0.99  # shared labels 4 and 5 hold no probability
+    today = Predictor(make_model(fake=True), "cpu")  # without the mode TaskA has no shared label 4 or 5
+    assert today.plan.n_shared == 3 and (today.predict_image(image, "TaskA") == 3).all()
