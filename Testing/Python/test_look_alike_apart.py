@@ -159,3 +159,82 @@ def test_predictor_leaves_a_partners_channel_out():
     assert probabilities[3].min() > 0.99  # shared labels 4 and 5 hold no probability
     today = Predictor(make_model(fake=True), "cpu")  # without the mode TaskA has no shared label 4 or 5
     assert today.plan.n_shared == 3 and (today.predict_image(image, "TaskA") == 3).all()
+
+
+# ----------------------------------------------------------------------------- datasets, CLI, training
+@pytest.fixture
+def look_alike_tasks(tmp_path):
+    """Two 2D tasks with the same images (the look-alike check groups them): 'spine' labels the
+    largest structure as vertebrae, 'chest' the same structure as heart; both label the liver."""
+    from conftest import boxes, write_task
+
+    arrays = [boxes((32, 32), {1: 400, 2: 200})] * 3
+    return [write_task(tmp_path / "spine", {"vertebrae": 1, "liver": 2}, arrays, channel="XR"),
+            write_task(tmp_path / "chest", {"heart": 1, "liver": 2}, arrays, channel="XR")]
+
+
+def test_cli_plan_keeps_look_alikes_apart_only_when_asked(look_alike_tasks, tmp_path, capsys):
+    from labelsharing.cli import main
+
+    folders = [str(f) for f in look_alike_tasks]
+    assert main(["--progress", "none", "plan", *folders, "--json", str(tmp_path / "today.json")]) == 0
+    today = json.loads((tmp_path / "today.json").read_text())
+    assert "put differently named structures on one shared label" in capsys.readouterr().err
+    assert today["tasks"]["chest"]["labels"]["heart"]["shared"] == 1 and "apart" not in today
+    assert main(["--progress", "none", "plan", *folders, "--keep-look-alikes-apart",
+                 "--json", str(tmp_path / "apart.json")]) == 0
+    printed = capsys.readouterr()
+    assert "[apart] spine, chest look alike" in printed.out and "differently named" not in printed.err
+    assert "--keep-look-alikes-apart" in printed.err  # the look-alike warning names the remedy
+    apart = json.loads((tmp_path / "apart.json").read_text())
+    assert apart["apart"] == [["spine", "chest"]] and apart["n_shared"] == 3
+    assert {n: e["shared"] for n, e in apart["tasks"]["chest"]["labels"].items()} == {"liver": 2, "heart": 3}
+
+
+def test_cli_train_and_add_task_pass_the_flag(monkeypatch):
+    from labelsharing import train as train_stage
+    from labelsharing.cli import main
+
+    calls = []
+    monkeypatch.setattr(train_stage, "train", lambda *args, **kwargs: calls.append(("train", kwargs["keep_apart"])))
+    monkeypatch.setattr(train_stage, "add_task", lambda *args, **kwargs: calls.append(("add", kwargs["keep_apart"])))
+    assert main(["train", "a", "b", "--out", "m", "--keep-look-alikes-apart"]) == 0
+    assert main(["train", "a", "b", "--out", "m"]) == 0
+    assert main(["add-task", "m", "c", "--out", "n", "--keep-look-alikes-apart"]) == 0
+    assert calls == [("train", True), ("train", False), ("add", True)]
+
+
+@pytest.mark.slow
+def test_trained_apart_model_predicts_and_its_training_leaves_partner_channels_alone(look_alike_tasks, tmp_path):
+    """Train with keep_apart, predict, then update 'chest' alone (replay 0): the output weights of the
+    channel only 'spine' uses (vertebrae, shared 1) get no gradient, those of chest's heart do."""
+    import numpy as np
+    import SimpleITK as sitk
+    import torch
+
+    from labelsharing.infer import Predictor
+    from labelsharing.model import SegmentationModel
+    from labelsharing.train import TrainingOptions, train, update
+
+    options = dict(batch_size=4, steps_per_epoch=10, input_size=32, features=4, device="cpu", seed=0,
+                   weight_decay=0.0, val_fraction=0.34)
+    model = train(look_alike_tasks, tmp_path / "model", TrainingOptions(epochs=2, **options), log=lambda m: None,
+                  keep_apart=True)
+    assert model.plan.apart == [["spine", "chest"]] and model.plan.n_shared == 3
+    assert model.plan.left_out("spine") == [3] and model.plan.left_out("chest") == [1]
+    predictor = Predictor(SegmentationModel.load(tmp_path / "model"), "cpu")
+    for folder, labels in zip(look_alike_tasks, ({0, 1, 2}, {0, 1, 2})):
+        image = sitk.ReadImage(str(next((folder / "imagesTr").iterdir())))
+        assert set(np.unique(predictor.predict_image(image, folder.name))) <= labels
+
+    def output_weights(folder):
+        network = SegmentationModel.load(folder).network
+        last = [m for m in network.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        assert last.out_channels == 4  # background + 3 shared labels
+        return last.weight.detach().clone(), last.bias.detach().clone()
+
+    update(tmp_path / "model", "chest", look_alike_tasks[1], tmp_path / "updated",
+           TrainingOptions(epochs=1, learning_rate=1e-2, **options), replay=0.0, log=lambda m: None)
+    (weight, bias), (new_weight, new_bias) = output_weights(tmp_path / "model"), output_weights(tmp_path / "updated")
+    assert torch.equal(weight[1], new_weight[1]) and bias[1] == new_bias[1]  # vertebrae: left out of chest's softmax
+    assert not torch.equal(weight[3], new_weight[3])  # heart: trained
