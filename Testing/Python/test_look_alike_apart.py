@@ -138,8 +138,8 @@ def test_model_json_n_shared_of_an_apart_plan_is_its_highest_shared_label(n_shar
 
     config = make_config(apart=True)
     config["plan"]["n_shared"], config["architecture"]["kwargs"]["out_channels"] = n_shared, n_shared + 1
-    with pytest.raises(LabelSharingError, match=f"plan.n_shared is {n_shared}; the rule is the largest label count "
-                                                r"of any task or split task or the highest shared label of plan.tasks \(5\)"):
+    rule = r"the largest label count of any task or split task or the highest shared label of plan.tasks \(5\)"
+    with pytest.raises(LabelSharingError, match=f"plan.n_shared is {n_shared}; the rule is {rule}"):
         validate_model_config(config)
 
 

@@ -77,8 +77,9 @@ def train(
             context.close()
 
 
-def _train(datasets, out: Path, options: TrainingOptions, pins, keep_apart: bool, force: bool, context: DistributedContext,
-           run: RunFolder, resume: bool, progress: ProgressReporter, log: Log) -> SegmentationModel:
+def _train(datasets, out: Path, options: TrainingOptions, pins, keep_apart: bool, force: bool,
+           context: DistributedContext, run: RunFolder, resume: bool, progress: ProgressReporter,
+           log: Log) -> SegmentationModel:
     import torch
 
     device = context.device
