@@ -31,14 +31,7 @@ from labelsharing.plan.layer_split import check_splits, layer_pins, parent_pins,
 from labelsharing.plan.look_alike_apart import apart_placement, check_apart, merge_groups, partner_channels, \
     with_siblings
 
-__all__ = [
-    "BACKGROUND",
-    "FRAGILE_SIZE_RATIO",
-    "LabelStats",
-    "LabelAssignment",
-    "SharedLabelPlan",
-    "rank_labels_by_size",
-]
+__all__ = ["BACKGROUND", "FRAGILE_SIZE_RATIO", "LabelStats", "LabelAssignment", "SharedLabelPlan", "rank_labels_by_size"]
 
 BACKGROUND = 0
 #: Two labels of one task whose sizes differ by less than this fraction rank fragilely.
@@ -126,10 +119,9 @@ class SharedLabelPlan:
             splits: parent task -> its sub-tasks (tasks of ``task_stats``), for a task split by
                 overlapping segments: the parent's labels are ranked together (rank r -> shared
                 label r), so ``n_shared`` is at least its label count; pins may name the parent.
-            keep_apart: keep look-alike tasks apart: in each ``look_alike`` group (with the sibling
-                sub-tasks of its split tasks), labels not pinned together go to shared labels no
-                other task of the group uses (``n_shared`` grows when needed), and each task's
-                softmax leaves out its partners' other shared labels (:meth:`left_out`).
+            keep_apart: in each ``look_alike`` group (with its split tasks' sub-tasks), labels not pinned
+                together go to shared labels no partner uses (``n_shared`` grows when needed), left out
+                of the partners' softmax (:meth:`left_out`).
 
         Raises:
             LabelSharingError: on pins naming unknown tasks/labels, out-of-range shared labels,
@@ -160,9 +152,8 @@ class SharedLabelPlan:
             look_alike: existing tasks whose images look like the new task's: its labels matching
                 theirs (see :meth:`build`) take their shared labels.
             terminology: task -> label name -> Slicer terminology string (old and new tasks).
-            keep_apart: keep the new task apart from ``look_alike`` (see :meth:`build`); a plan
-                that keeps look-alike tasks apart always does. Joining a group kept apart, the new
-                task's other labels avoid every partner's, and the partners' softmax leaves them out.
+            keep_apart: keep the new task apart from ``look_alike`` (see :meth:`build`), as a plan that
+                keeps look-alike tasks apart always does; the old partners' softmax then leaves it out.
         """
         if name in self._tasks:
             raise LabelSharingError(f"The model already has a task named '{name}'; give the new task another name.")
