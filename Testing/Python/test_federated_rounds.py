@@ -115,3 +115,27 @@ def test_a_joining_sites_task_is_planned_as_add_task_plans_it(tmp_path):
     with pytest.raises(LabelSharingError, match="no site holds"):
         joining_federation(parent_dir, without_old, None, 0.5, prepare, log=lambda m: None)
     assert joining_federation(parent_dir, without_old, None, 0.0, prepare, log=lambda m: None).shares[new] == 1.0
+
+
+def test_a_site_joining_a_model_that_keeps_look_alikes_apart_keeps_its_groups(tmp_path, monkeypatch):
+    """The coordinator has no images, so no look-alike check: the joining task is outside every group,
+    and the parent's groups (with their left-out channels) are kept."""
+    from labelsharing.data import Appearance
+
+    folders = make_demo_datasets(tmp_path / "data", cases=3)
+    names = [f.name.split("_", 1)[1] for f in folders]
+    monkeypatch.setattr(Appearance, "groups", lambda self: [names[:2]])  # as if the CT and MR tasks looked alike
+    parent_dir = tmp_path / "parent"
+    train(folders[:2], parent_dir, TrainingOptions(epochs=1, steps_per_epoch=1, **TINY), log=lambda m: None,
+          keep_apart=True)
+    parent = SegmentationModel.load(parent_dir, device="cpu")
+    assert parent.plan.apart == [names[:2]] and parent.plan.n_shared == 7  # 4 + 3 labels, none matched
+    statistics = {f"site-{i}": site_statistics([f]) for i, f in enumerate(folders[:3], 1)}
+
+    def prepare(sites, plan, input_size):
+        return prepare_site(folders[2:3], plan, input_size, TrainingOptions(**TINY), "site-3")[1]
+
+    federation = joining_federation(parent_dir, statistics, None, 0.5, prepare, log=lambda m: None)
+    plan = SegmentationModel(config=federation.config, network=federation.network).plan
+    assert federation.config["plan"]["apart"] == [names[:2]] and plan.n_shared == 7
+    assert plan.left_out(names[0]) == parent.plan.left_out(names[0]) == [5, 6, 7] and plan.left_out(names[2]) == []

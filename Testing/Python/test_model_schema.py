@@ -170,8 +170,11 @@ EDITS = {
     "reference slices as numbers": (
         _both(_familiarity("TaskA"), _set("familiarity.tasks.TaskA.feature_slices", [[0.0] * 256])),
         r"familiarity\.tasks\.TaskA\.feature_slices", "an object with keys shape, dtype, base64"),
-    "future format": (_set("format_version", 5), "model format 5", "reads formats 1 to 4"),
-    "format as text": (_set("format_version", "2"), "model format '2'", "reads formats 1 to 4"),
+    "apart group naming an unknown task": (_set("plan.apart", [["TaskA", "TaskC"]]), r"plan\.apart\[0\]",
+                                           "distinct tasks of plan.tasks"),
+    "apart group of one task": (_set("plan.apart", [["TaskA"]]), r"plan\.apart\[0\]", r"a list of 2\.\."),
+    "future format": (_set("format_version", 6), "model format 6", "reads formats 1 to 5"),
+    "format as text": (_set("format_version", "2"), "model format '2'", "reads formats 1 to 5"),
 }
 
 

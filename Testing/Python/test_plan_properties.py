@@ -169,3 +169,32 @@ def test_add_task_keeps_old_tasks_and_maps_the_new_one_bijectively(stats, new, n
     assert grown.n_shared == max(plan.n_shared, len(new))
     for task in stats:
         assert grown.labels(task) == plan.labels(task)
+
+
+# Names from a small alphabet, so that look-alike tasks often share a label name.
+SHARED_NAMES = st.sampled_from(["liver", "Liver", "heart", "spine", "lung", "kidney"])
+
+
+@PROPERTY
+@given(stats=tasks(), data=st.data())
+def test_keeping_look_alikes_apart_mixes_no_structures_and_leaves_other_tasks_alone(stats, data):
+    from labelsharing.plan.label_matching import normalise_name
+
+    stats = {**stats, **{f"look{i}": {name: LabelStats(v + 1, data.draw(SIZES), 1.0) for v, name in enumerate(
+        data.draw(st.lists(SHARED_NAMES, min_size=1, max_size=4, unique=True)))} for i in range(2)}}
+    group = [t for t in stats if t.startswith("look")] + data.draw(st.lists(st.sampled_from(list(stats)), max_size=1))
+    group = list(dict.fromkeys(group))
+    plan = SharedLabelPlan.build(stats, look_alike=[group], keep_apart=True)
+    today = SharedLabelPlan.build(stats, look_alike=[group])
+    for task in set(stats) - set(group):
+        assert plan.labels(task) == today.labels(task)
+    highest = max(a.shared for t in stats for a in plan.labels(t).values())
+    assert plan.n_shared == max(max(len(labels) for labels in stats.values()), highest)
+    for shared in range(1, plan.n_shared + 1):  # two tasks of the group on one shared label: one structure
+        names = {normalise_name(name) for task, name in plan.group(shared).items() if task in group}
+        assert len(names) <= 1
+    for task in group:
+        own = {a.shared for a in plan.labels(task).values()}
+        partners = {a.shared for t in group if t != task for a in plan.labels(t).values()}
+        assert set(plan.left_out(task)) == partners - own
+    assert SharedLabelPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan

@@ -36,13 +36,17 @@ class IntensityNetwork(torch.nn.Module):
         return -self.scale * (x - self.centres) ** 2
 
 
-def make_config(input_size: int = 32, axis_a: int | None = 2, std: float = 1.0) -> dict:
-    """``model.json`` content; normalisation is the identity (``std=1``) or divides by ``std``."""
+def make_config(input_size: int = 32, axis_a: int | None = 2, std: float = 1.0, apart: bool = False) -> dict:
+    """``model.json`` content; normalisation is the identity (``std=1``) or divides by ``std``.
+
+    ``apart``: TaskA and TaskB look alike and are kept apart: TaskA on shared 1-3, TaskB large -> 4,
+    tiny -> 5, each task's softmax leaving out the other's channels.
+    """
     stats = {
         task: {name: LabelStats(value, _SIZES[task][name], 1.0) for name, value in labels.items()}
         for task, labels in TASK_LABELS.items()
     }
-    plan = SharedLabelPlan.build(stats)
+    plan = SharedLabelPlan.build(stats, look_alike=[list(TASK_LABELS)] if apart else (), keep_apart=apart)
     normalization = {"scheme": "ct", "clip": [-1e6, 1e6], "mean": 0.0, "std": std}
     tasks = {}
     for task, labels in TASK_LABELS.items():

@@ -21,7 +21,7 @@ def plan_command(args: argparse.Namespace, progress: ProgressReporter) -> int:
         check_outputs([args.json], inputs=[*args.datasets, *([args.pins] if args.pins else [])], force=True,
                       option="--json")
     plan, _, _ = plan_task_datasets(args.datasets, read_pins(args.pins) if args.pins else None, progress,
-                                 log=lambda message: print(message, file=sys.stderr))
+                                 log=lambda message: print(message, file=sys.stderr), keep_apart=args.keep_apart)
     print(plan_table(plan))
     print(f"\n{plan.n_shared} shared labels for {len(plan.task_names)} task(s).")
     if args.json:
@@ -61,7 +61,7 @@ def train_command(args: argparse.Namespace, progress: ProgressReporter) -> int:
                               device=args.device, seed=args.seed, axis=args.axis, val_every=args.val_every,
                               slice_memory_mb=args.slice_memory)
     train(args.datasets, args.out, options, pins=read_pins(args.pins) if args.pins else None, force=args.force,
-          progress=progress, log=_log_for(progress), resume=args.resume, command=args.argv)
+          progress=progress, log=_log_for(progress), resume=args.resume, command=args.argv, keep_apart=args.keep_apart)
     return 0
 
 
@@ -75,7 +75,7 @@ def add_task_command(args: argparse.Namespace, progress: ProgressReporter) -> in
                               val_every=args.val_every, slice_memory_mb=args.slice_memory)
     add_task(args.model, args.dataset, args.out, options, replay=args.replay,
              pins=read_pins(args.pins) if args.pins else None, force=args.force, progress=progress,
-             log=_log_for(progress), resume=args.resume, command=args.argv)
+             log=_log_for(progress), resume=args.resume, command=args.argv, keep_apart=args.keep_apart)
     return 0
 
 

@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--pins", metavar="FILE",
                       help='[OPTIONAL] JSON fixing some labels: {"<task>": {"<label>": <shared label>}}')
     plan.add_argument("--json", metavar="FILE", help="[OPTIONAL] write the plan JSON here instead of printing it")
+    _add_keep_apart_flag(plan)
     plan.set_defaults(handler=commands.plan_command)
 
     demo = subcommands.add_parser("demo-data", help="write the built-in synthetic demo tasks")
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "1=P: coronal, 2=S: axial); default: the axis "
                             "with the largest spacing")
     train.add_argument("--pins", metavar="FILE", help="[OPTIONAL] pins file (see 'plan')")
+    _add_keep_apart_flag(train)
     train.add_argument("--force", action="store_true", help="[OPTIONAL] replace an existing MODEL folder")
     train.set_defaults(handler=commands.train_command)
 
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--val-fraction", type=_fraction, default=0.2,
                      help="[OPTIONAL] fraction of the new task's cases held out for validation Dice (0.2)")
     add.add_argument("--pins", metavar="FILE", help="[OPTIONAL] pins file for the new task (see 'plan')")
+    _add_keep_apart_flag(add, " (a MODEL trained with it keeps every new task apart without it)")
     add.add_argument("--force", action="store_true", help="[OPTIONAL] replace an existing NEW_MODEL folder")
     _add_training_flags(add, epochs=10, lr=5e-4)
     add.set_defaults(handler=commands.add_task_command)
@@ -413,6 +416,13 @@ _TYPE_LIMITS = {
 }
 _DEFAULTS_COMMANDS = ("train", "add-task", "update")
 _DEFAULTS_OPTIONS = ("epochs", "steps_per_epoch", "batch_size", "lr", "replay", "val_fraction", "slice_memory")
+
+
+def _add_keep_apart_flag(parser: argparse.ArgumentParser, note: str = "") -> None:
+    parser.add_argument("--keep-look-alikes-apart", dest="keep_apart", action="store_true",
+                        help="[OPTIONAL] tasks whose images look alike get their different structures on different "
+                             "shared labels (more network outputs), each left out of the other's softmax, so an "
+                             "unlabelled structure of one task never teaches the other's channel 'background'" + note)
 
 
 def training_defaults() -> dict:

@@ -148,7 +148,8 @@ class Appearance:
             f"'{a}' and '{b}' look alike ({self.score(a, b):.0%} of one's slices look most like the other's, "
             f"above {CONFUSION_WARNING:.0%}): the network may not tell these tasks apart, so a shared label must "
             f"mean the same structure in both. Labels with one name or terminology code are pinned together "
-            f"automatically; see the plan's notes on the others."
+            f"automatically; see the plan's notes on the others. --keep-look-alikes-apart puts the others on "
+            f"shared labels of their own, each left out of the other task's softmax."
             for a, b in self.look_alike_pairs(involving)
         ]
 

@@ -35,8 +35,9 @@ __all__ = [
 
 #: Version of the ``model.json`` layout written by this package (2: adds ``weights_sha256``;
 #: 3: adds the optional ``familiarity`` references; 4: adds the optional ``plan.splits`` of tasks
-#: split by overlapping segments; formats 2 and 3 read as 4 unchanged).
-FORMAT_VERSION = 4
+#: split by overlapping segments; 5: adds the optional ``plan.apart``, look-alike groups kept apart,
+#: whose shared labels may run beyond the largest label count; formats 2 to 4 read as 5 unchanged).
+FORMAT_VERSION = 5
 #: Most shared labels (network outputs besides background) a model may have.
 MAX_SHARED = 255
 #: Largest task label value (label maps are written as uint16 at most).
@@ -74,7 +75,8 @@ PLAN = Fields({
         {"value": _VALUE, "shared": _SHARED},
         {"relative_size": _FRACTION, "presence": _FRACTION, "pin": Text()},
     ), hi=MAX_SHARED, what="label names")}), what="task names"),
-}, {"splits": Names(Array(Text(), 2, MAX_SHARED), what="split task names")})
+}, {"splits": Names(Array(Text(), 2, MAX_SHARED), what="split task names"),
+    "apart": Array(Array(Text(), 2, 100_000), 0, 100_000)})
 
 NORMALIZATION = Switch("scheme", {
     "ct": Fields({"scheme": Choice("ct"), "clip": Array(Number(), 2, 2), "mean": Number(), "std": Number(0.0, above=True)}),
@@ -267,6 +269,16 @@ def _check_appearance(appearance: Mapping, tasks: Mapping) -> None:
                                                                  f"{len(names)} x {len(names)} (one per task)")
 
 
+def _check_apart_groups(groups: list, planned: Mapping) -> None:
+    """Each look-alike group kept apart names distinct tasks of the plan, each task in one group at most."""
+    seen: set = set()
+    for index, group in enumerate(groups):
+        if not set(group) <= set(planned) or len(set(group)) != len(group) or seen & set(group):
+            raise Refusal(join_path("plan.apart", index), f"is {group}; the rule is distinct tasks of plan.tasks "
+                                                          "(each in one group at most)")
+        seen.update(group)
+
+
 def _check_plan_matches_tasks(plan: Mapping, tasks: Mapping) -> None:
     """The plan and the task entries name the same tasks and labels, each task a bijection."""
     planned, n_shared = plan["tasks"], plan["n_shared"]
@@ -285,11 +297,15 @@ def _check_plan_matches_tasks(plan: Mapping, tasks: Mapping) -> None:
                                   f"is {entry['shared']}, as for sibling '{owners[entry['shared']]}'; sub-tasks of "
                                   f"'{parent}' need their own shared labels")
                 owners[entry["shared"]] = sub
+    _check_apart_groups(plan.get("apart", []), planned)
     most = max([len(body["labels"]) for body in planned.values()]
                + [sum(len(planned[s]["labels"]) for s in subtasks) for subtasks in splits.values()])
+    rule = "the largest label count of any task or split task"
+    if "apart" in plan:  # groups kept apart take shared labels beyond the largest label count
+        most = max([most, *(entry["shared"] for body in planned.values() for entry in body["labels"].values())])
+        rule += " or the highest shared label of plan.tasks"
     if n_shared != most:
-        raise Refusal("plan.n_shared", f"is {n_shared}; the rule is the largest label count of any task or split "
-                                       f"task ({most})")
+        raise Refusal("plan.n_shared", f"is {n_shared}; the rule is {rule} ({most})")
     for task, body in planned.items():
         labels = tasks[task]["labels"]
         if set(labels) != set(body["labels"]):

@@ -123,10 +123,11 @@ def mixing_conflicts(
             warnings.append(
                 f"Tasks {names} look alike but put differently named structures on one shared label "
                 f"({'; '.join(mixed)}). If these are the same structure under other names, pin them together "
-                f"(--pins). If the tasks label the same region differently (e.g. cortex as five lobes in one and "
-                f"as one gray_matter label in the other), no pins can fix it: the network cannot see which "
-                f"labelling an image wants. Train them as one merged task with one set of labels, or as "
-                f"separate models."
+                f"(--pins). Otherwise keep the tasks apart (--keep-look-alikes-apart): each structure then gets a "
+                f"shared label of its own, left out of the other task's softmax. If the tasks label the same "
+                f"region differently (e.g. cortex as five lobes in one and as one gray_matter label in the "
+                f"other), no pins can fix it: keep them apart, or train them as one merged task with one set of "
+                f"labels, or as separate models."
             )
     return warnings
 

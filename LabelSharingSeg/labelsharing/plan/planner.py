@@ -52,17 +52,18 @@ def summarise_tasks(folders: Sequence[str | Path], progress: ProgressReporter = 
 
 def plan_tasks(
     summaries: Sequence[TaskSummary], pins: Mapping[str, Mapping[str, int]] | None = None,
-    look_alike: Sequence[Sequence[str]] = (),
+    look_alike: Sequence[Sequence[str]] = (), keep_apart: bool = False,
 ) -> SharedLabelPlan:
     """Build the shared-label plan of several measured tasks (see ``SharedLabelPlan.build``);
-    ``look_alike`` groups get their matching labels pinned together, sub-tasks of a split task
+    ``look_alike`` groups get their matching labels pinned together (and, with ``keep_apart``,
+    their other labels on shared labels of their own), sub-tasks of a split task
     (``TaskDataset.parent``) are kept on separate shared labels."""
     splits: dict[str, list[str]] = {}
     for summary in summaries:
         if summary.task.parent is not None:
             splits.setdefault(summary.task.parent, []).append(summary.task.name)
     return SharedLabelPlan.build({s.task.name: s.stats for s in summaries}, pins, look_alike,
-                                 {s.task.name: s.task.terminology for s in summaries}, splits)
+                                 {s.task.name: s.task.terminology for s in summaries}, splits, keep_apart)
 
 
 def plan_task_datasets(
@@ -70,9 +71,11 @@ def plan_task_datasets(
     pins: Mapping[str, Mapping[str, int]] | None = None,
     progress: ProgressReporter = SILENT,
     log: Callable[[str], None] = print,
+    keep_apart: bool = False,
 ) -> tuple[SharedLabelPlan, list[TaskSummary], Appearance]:
     """Check and measure the datasets, run the look-alike check, build their plan, and report
-    the warnings of all three. Each case is read once, and no volume is kept.
+    the warnings of all three. Each case is read once, and no volume is kept. ``keep_apart``
+    keeps look-alike tasks apart (see ``SharedLabelPlan.build``).
 
     Returns:
         the plan, the task summaries (with their cases' thumbnails) and the look-alike check's result.
@@ -83,7 +86,7 @@ def plan_task_datasets(
     # Sub-tasks of one split task have the same images: the first stands for all in the look-alike check.
     compared = [s for s in summaries if s.task.parent is None or s.task.name == subtask_name(s.task.parent, 1)]
     appearance = compare_datasets([s.task for s in compared], {s.task.name: s.thumbnails for s in compared})
-    plan = plan_tasks(summaries, pins, appearance.groups())
+    plan = plan_tasks(summaries, pins, appearance.groups(), keep_apart)
     for note in [w for s in summaries for w in s.warnings] + appearance.warnings() + plan.warnings:
         log(f"warning: {note}")
     return plan, summaries, appearance
@@ -94,7 +97,8 @@ def plan_table(plan: SharedLabelPlan) -> str:
 
     Pinned labels are marked ``[pin]`` (the user's own) or ``[auto]`` (matched across look-alike
     tasks); a note under the table gives each automatic pin's reason. A task split by overlapping
-    segments shows each sub-task as ``TASK/g [layer g]``, with a note naming the split.
+    segments shows each sub-task as ``TASK/g [layer g]``, with a note naming the split; a look-alike
+    group kept apart gets a note too.
     """
     rows, notes = [], []
     for shared in range(1, plan.n_shared + 1):
@@ -116,6 +120,10 @@ def plan_table(plan: SharedLabelPlan) -> str:
     notes += [f"[layer] {parent} has overlapping segments: split into {', '.join(subtasks)} (one per layer group, "
               f"never on one shared label); predict --task {parent} writes them as one layered .seg.nrrd"
               for parent, subtasks in plan.splits.items()]
+    for group in plan.apart or []:
+        others = "the other's" if len(group) == 2 else "the others'"
+        notes.append(f"[apart] {', '.join(group)} look alike: their different structures are on different shared "
+                     f"labels, each left out of {others} softmax")
     table = format_table(["shared label", *headers], rows)
     return "\n".join([table, *notes])
 

@@ -9,6 +9,8 @@ then serves all tasks; a task's prediction is mapped back through its inverse ma
 Tasks whose images look alike (``look_alike`` groups, found by :mod:`labelsharing.data.appearance`)
 get their matching labels (same name or terminology code) pinned to one shared label
 (:mod:`labelsharing.plan.label_matching`); every pin's reason is kept (``pin_reasons``).
+With ``keep_apart``, their other labels go to shared labels of their own, left out of the
+partners' softmax (:mod:`labelsharing.plan.look_alike_apart`).
 
 This module needs numpy only (no torch, no SimpleITK), so the Slicer module can use it in
 Slicer's own process to show the grouping while an annotator defines a task.
@@ -26,15 +28,10 @@ import numpy as np
 from labelsharing.errors import LabelSharingError
 from labelsharing.plan.label_matching import match_pins, mixing_conflicts
 from labelsharing.plan.layer_split import check_splits, layer_pins, parent_pins, sibling_channels, split_width
+from labelsharing.plan.look_alike_apart import apart_placement, check_apart, merge_groups, partner_channels, \
+    with_siblings
 
-__all__ = [
-    "BACKGROUND",
-    "FRAGILE_SIZE_RATIO",
-    "LabelStats",
-    "LabelAssignment",
-    "SharedLabelPlan",
-    "rank_labels_by_size",
-]
+__all__ = ["BACKGROUND", "FRAGILE_SIZE_RATIO", "LabelStats", "LabelAssignment", "SharedLabelPlan", "rank_labels_by_size"]
 
 BACKGROUND = 0
 #: Two labels of one task whose sizes differ by less than this fraction rank fragilely.
@@ -76,20 +73,24 @@ class SharedLabelPlan:
     label is pinned (:data:`USER_PIN`, or the automatic match ``same name as B/white_matter``).
     ``splits`` holds parent task -> its sub-tasks for tasks split by overlapping segments
     (:mod:`labelsharing.plan.layer_split`); sub-tasks of one parent never share a shared label.
+    ``apart`` holds the look-alike groups kept apart (:mod:`labelsharing.plan.look_alike_apart`):
+    ``None`` without the mode, a list (maybe empty) with it, so tasks added later are kept apart too.
     """
 
     def __init__(self, tasks: Mapping[str, Mapping[str, LabelAssignment]], n_shared: int, warnings: Iterable[str] = (),
                  pin_reasons: Mapping[str, Mapping[str, str]] | None = None,
-                 splits: Mapping[str, Sequence[str]] | None = None):
+                 splits: Mapping[str, Sequence[str]] | None = None, apart: Sequence[Sequence[str]] | None = None):
         self._tasks = {task: dict(labels) for task, labels in tasks.items()}
         self.n_shared = int(n_shared)
         self.warnings = list(warnings)
         self.pin_reasons = {task: dict(reasons) for task, reasons in (pin_reasons or {}).items() if reasons}
         self.splits = {parent: list(subtasks) for parent, subtasks in (splits or {}).items()}
+        self.apart = None if apart is None else [list(group) for group in apart]
         for task, labels in self._tasks.items():
             _check_task_assignment(task, labels, self.n_shared)
         if self._tasks:
             check_splits(self.splits, {t: [a.shared for a in labels.values()] for t, labels in self._tasks.items()})
+            check_apart(self.apart or [], self._tasks)
 
     # ----------------------------------------------------------------------------- building
     @classmethod
@@ -100,6 +101,7 @@ class SharedLabelPlan:
         look_alike: Sequence[Sequence[str]] = (),
         terminology: Mapping[str, Mapping[str, str]] | None = None,
         splits: Mapping[str, Sequence[str]] | None = None,
+        keep_apart: bool = False,
     ) -> SharedLabelPlan:
         """Rank every task's labels by size and map rank r to shared label r.
 
@@ -117,6 +119,9 @@ class SharedLabelPlan:
             splits: parent task -> its sub-tasks (tasks of ``task_stats``), for a task split by
                 overlapping segments: the parent's labels are ranked together (rank r -> shared
                 label r), so ``n_shared`` is at least its label count; pins may name the parent.
+            keep_apart: in each ``look_alike`` group (with its split tasks' sub-tasks), labels not pinned
+                together go to shared labels no partner uses (``n_shared`` grows when needed), left out
+                of the partners' softmax (:meth:`left_out`).
 
         Raises:
             LabelSharingError: on pins naming unknown tasks/labels, out-of-range shared labels,
@@ -129,11 +134,14 @@ class SharedLabelPlan:
         n_shared = max([len(stats) for stats in task_stats.values()]
                        + [split_width(subtasks, task_stats) for subtasks in splits.values()])
         layered = layer_pins(task_stats, splits, pins, n_shared)
-        return cls({}, n_shared, splits=splits)._with_tasks(task_stats, pins, look_alike, terminology or {}, layered)
+        apart = with_siblings(look_alike, splits) if keep_apart else None
+        return cls({}, n_shared, splits=splits)._with_tasks(task_stats, pins, look_alike, terminology or {}, apart,
+                                                            layered)
 
     def add_task(
         self, name: str, stats: Mapping[str, LabelStats], pins: Mapping[str, int] | None = None,
         look_alike: Sequence[str] = (), terminology: Mapping[str, Mapping[str, str]] | None = None,
+        keep_apart: bool = False,
     ) -> SharedLabelPlan:
         """A new plan with one more task; existing tasks keep their mapping untouched.
 
@@ -144,18 +152,22 @@ class SharedLabelPlan:
             look_alike: existing tasks whose images look like the new task's: its labels matching
                 theirs (see :meth:`build`) take their shared labels.
             terminology: task -> label name -> Slicer terminology string (old and new tasks).
+            keep_apart: keep the new task apart from ``look_alike`` (see :meth:`build`), as a plan that
+                keeps look-alike tasks apart always does; the old partners' softmax then leaves it out.
         """
         if name in self._tasks:
             raise LabelSharingError(f"The model already has a task named '{name}'; give the new task another name.")
         n_shared = max(self.n_shared, len(stats))
-        grown = SharedLabelPlan(self._tasks, n_shared, self.warnings, self.pin_reasons, self.splits)
+        grown = SharedLabelPlan(self._tasks, n_shared, self.warnings, self.pin_reasons, self.splits, self.apart)
         groups = [[name, *look_alike]] if look_alike else []
-        return grown._with_tasks({name: stats}, {name: dict(pins or {})}, groups, terminology or {})
+        apart = self.apart if self.apart is not None else [] if keep_apart else None
+        apart = None if apart is None else merge_groups([*apart, *groups])
+        return grown._with_tasks({name: stats}, {name: dict(pins or {})}, groups, terminology or {}, apart)
 
     def _with_tasks(
         self, task_stats: Mapping[str, Mapping[str, LabelStats]], pins: Mapping[str, Mapping[str, int]],
         groups: Sequence[Sequence[str]], terminology: Mapping[str, Mapping[str, str]],
-        layered: Mapping[str, Mapping[str, int]] | None = None,
+        apart: list[list[str]] | None, layered: Mapping[str, Mapping[str, int]] | None = None,
     ) -> SharedLabelPlan:
         unknown = sorted(set(pins) - set(task_stats) - set(self._tasks))
         if unknown:
@@ -170,6 +182,11 @@ class SharedLabelPlan:
         fixed = {**{t: {n: a.shared for n, a in labels.items()} for t, labels in self._tasks.items()},
                  **{t: {n: s for n, s in pins.get(t, {}).items() if n in task_stats[t]} for t in task_stats}}
         auto, auto_reasons = match_pins(sizes, groups, terminology, fixed, self.n_shared)
+        chosen = {t: {**{n: v for n, v in auto.get(t, {}).items() if n not in pins.get(t, {})},
+                      **(layered or {}).get(t, {}), **pins.get(t, {})} for t in task_stats}
+        placed = apart_placement({t: rank_labels_by_size(stats) for t, stats in task_stats.items()},
+                                 {**fixed, **chosen}, apart or [])
+        n_shared = max([self.n_shared, *(s for labels in placed.values() for s in labels.values())])
         tasks = dict(self._tasks)
         warnings = list(self.warnings)
         reasons = dict(self.pin_reasons)
@@ -177,14 +194,13 @@ class SharedLabelPlan:
             if not stats:
                 raise LabelSharingError(f"Task '{task}' has no labels besides background.")
             user = pins.get(task, {})
-            own_auto = {n: v for n, v in auto.get(task, {}).items() if n not in user}
-            tasks[task] = _assign_task(task, stats, {**own_auto, **(layered or {}).get(task, {}), **user}, self.n_shared)
+            tasks[task] = _assign_task(task, stats, {**placed.get(task, {}), **chosen[task]}, n_shared)
             reasons[task] = {**auto_reasons.get(task, {}), **{label: USER_PIN for label in user}}
             warnings.extend(_fragile_rank_warnings(task, stats))
         assigned = {t: {n: a.shared for n, a in labels.items()} for t, labels in tasks.items()}
         new = next(iter(task_stats)) if self._tasks else None
         warnings.extend(mixing_conflicts(assigned, groups, terminology, involving=new))
-        return SharedLabelPlan(tasks, self.n_shared, warnings, reasons, self.splits)
+        return SharedLabelPlan(tasks, n_shared, warnings, reasons, self.splits, apart)
 
     # ----------------------------------------------------------------------------- queries
     @property
@@ -200,9 +216,12 @@ class SharedLabelPlan:
         return list(self.splits[task]) if task in self.splits else [self._known(task)]
 
     def left_out(self, task: str) -> list[int]:
-        """Shared labels left out of ``task``'s softmax: its sibling sub-tasks' (none for other tasks)."""
-        return sibling_channels(self.splits, {t: [a.shared for a in labels.values()]
-                                              for t, labels in self._tasks.items()}).get(self._known(task), [])
+        """Shared labels left out of ``task``'s softmax: its sibling sub-tasks' and, in a look-alike
+        group kept apart, those its partners use and it does not (none for other tasks)."""
+        task = self._known(task)
+        shared_of = {t: [a.shared for a in labels.values()] for t, labels in self._tasks.items()}
+        return sorted(set(sibling_channels(self.splits, shared_of).get(task, []))
+                      | set(partner_channels(self.apart or [], shared_of).get(task, [])))
 
     def group(self, shared: int) -> dict[str, str]:
         """task -> label name of the task labels mapped to one shared label."""
@@ -272,7 +291,8 @@ class SharedLabelPlan:
     # ----------------------------------------------------------------------------- (de)serialising
     def to_dict(self) -> dict:
         """The plan JSON: ``{"n_shared": n, "tasks": {task: {"labels": {name: {...}}}}}``, and
-        ``"splits": {parent: [sub-task, ...]}`` when a task is split by overlapping segments."""
+        ``"splits": {parent: [sub-task, ...]}`` when a task is split by overlapping segments, and
+        ``"apart": [[task, ...], ...]`` (the look-alike groups kept apart) when the plan keeps them apart."""
         plan = {
             "n_shared": self.n_shared,
             "tasks": {
@@ -280,7 +300,8 @@ class SharedLabelPlan:
                 for task, labels in self._tasks.items()
             },
         }
-        return {**plan, "splits": dict(self.splits)} if self.splits else plan
+        plan = {**plan, "splits": dict(self.splits)} if self.splits else plan
+        return plan if self.apart is None else {**plan, "apart": [list(group) for group in self.apart]}
 
     def _pin_entry(self, task: str, label: str) -> dict:
         reason = self.pin_reasons.get(task, {}).get(label)
@@ -305,7 +326,8 @@ class SharedLabelPlan:
             reasons = {task: {name: str(entry["pin"]) for name, entry in body["labels"].items() if entry.get("pin")}
                        for task, body in data["tasks"].items()}
             splits = {str(parent): [str(s) for s in subtasks] for parent, subtasks in data.get("splits", {}).items()}
-            return cls(tasks, int(data["n_shared"]), pin_reasons=reasons, splits=splits)
+            apart = [[str(t) for t in group] for group in data["apart"]] if "apart" in data else None
+            return cls(tasks, int(data["n_shared"]), pin_reasons=reasons, splits=splits, apart=apart)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise LabelSharingError(f"Not a valid shared-label plan ({type(exc).__name__}: {exc}).") from exc
 

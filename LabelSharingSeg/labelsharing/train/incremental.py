@@ -43,6 +43,7 @@ def add_task(
     log: Log = print,
     resume: bool = False,
     command: Sequence[str] | None = None,
+    keep_apart: bool = False,
 ) -> SegmentationModel:
     """Fine-tune a copy of the model at ``model_dir`` on one more task and write it to ``out``.
 
@@ -55,6 +56,8 @@ def add_task(
             The old tasks' dataset folders (recorded in ``model.json``) must exist unless 0.
         pins: optional pins for the new task.
         resume, command: as for :func:`~labelsharing.train.train_model.train`.
+        keep_apart: keep the new task apart from the old tasks it looks like (see ``train``); a
+            model trained so keeps every new task apart without it.
 
     The forgetting table (Dice before and after, stored in the history) is measured on the
     weights that are written.
@@ -66,37 +69,41 @@ def add_task(
     options = options or TrainingOptions(epochs=10, learning_rate=5e-4)
     model_dir, dataset, out = Path(model_dir), Path(dataset), Path(out)
     identity = {"command": "add-task", "model": str(model_dir.resolve()), "dataset": str(dataset.resolve()),
-                "options": run_options(options), "replay": replay, "pins": pins}
+                "options": run_options(options), "replay": replay, "pins": pins, "keep_apart": keep_apart}
     return run_fine_tuning("add-task", model_dir, dataset, out, options, replay, force, identity, resume, command,
                            progress, log, lambda context, store, progress, log: _prepare(
-                               model_dir, dataset, options, replay, pins, context, store, progress, log))
+                               model_dir, dataset, options, replay, pins, keep_apart, context, store, progress, log))
 
 
 def extend_model(parent: SegmentationModel, name: str, stats: Mapping[str, LabelStats],
                  pins: Mapping[str, int] | None, look_alike: Sequence[str], terminology: Mapping[str, str],
-                 log: Log) -> tuple[SharedLabelPlan, object, dict]:
+                 log: Log, keep_apart: bool = False) -> tuple[SharedLabelPlan, object, dict]:
     """The parent's plan with task ``name`` added (old tasks keep their mapping) and its network and
     architecture, the output layer grown when the new task has more labels than the shared labels.
 
     Args:
         stats: the new task's label statistics (label name -> :class:`~labelsharing.plan.LabelStats`).
         terminology: the new task's label name -> Slicer terminology string.
+        keep_apart: keep the new task apart from ``look_alike`` (a parent that keeps look-alike
+            tasks apart always does; see ``SharedLabelPlan.add_task``).
 
     Returns:
         ``(plan, network, architecture)``; the network is the parent's (grown: a copy) on its device.
     """
     old_terminology = {t: {n: e["terminology"] for n, e in entry["labels"].items() if "terminology" in e}
                        for t, entry in parent.config["tasks"].items()}
-    plan = parent.plan.add_task(name, stats, pins, look_alike, {name: terminology, **old_terminology})
+    plan = parent.plan.add_task(name, stats, pins, look_alike, {name: terminology, **old_terminology}, keep_apart)
     network, architecture = parent.network, parent.config["architecture"]
     if plan.n_shared > parent.plan.n_shared:
         network, architecture = grow_output_channels(network, architecture, plan.n_shared + 1)
-        log(f"'{name}' has {len(stats)} labels, more than the model's {parent.plan.n_shared} shared labels: "
-            f"the output layer grows to {plan.n_shared} shared labels (new channels start from background).")
+        why = (f"has {len(stats)} labels, more than the model's {parent.plan.n_shared} shared labels"
+               if len(stats) > parent.plan.n_shared else "is kept apart from the tasks it looks like")
+        log(f"'{name}' {why}: the output layer grows to {plan.n_shared} shared labels (new channels start from "
+            f"background).")
     return plan, network, architecture
 
 
-def _prepare(model_dir: Path, dataset: Path, options: TrainingOptions, replay: float, pins,
+def _prepare(model_dir: Path, dataset: Path, options: TrainingOptions, replay: float, pins, keep_apart: bool,
              context: DistributedContext, store: SliceStore, progress: ProgressReporter, log: Log) -> FineTuning:
     """The parent model grown for the new task, the prepared tasks (slices in ``store``) and Dice before."""
     device = context.device
@@ -108,7 +115,7 @@ def _prepare(model_dir: Path, dataset: Path, options: TrainingOptions, replay: f
     look_alike = [t for pair in appearance.look_alike_pairs(involving=name) for t in pair
                   if t != name and t in parent.plan.task_names]
     plan, network, architecture = extend_model(parent, name, summary.stats, (pins or {}).get(name), look_alike,
-                                               summary.task.terminology, log)
+                                               summary.task.terminology, log, keep_apart)
     for note in summary.warnings + appearance.warnings(involving=name) + plan.warnings[len(parent.plan.warnings):]:
         log(f"warning: {note}")
     input_size = parent.input_size

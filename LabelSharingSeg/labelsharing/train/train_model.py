@@ -42,6 +42,7 @@ def train(
     log: Log = print,
     resume: bool = False,
     command: Sequence[str] | None = None,
+    keep_apart: bool = False,
 ) -> SegmentationModel:
     """Train one shared-label model on several task datasets and write it to ``out``.
 
@@ -49,10 +50,14 @@ def train(
     return (with the last epoch's weights) once it is written.
 
     Args:
+        pins: the user's pins, task -> label name -> shared label.
         resume: continue the interrupted run into ``out`` from its last checkpoint; the datasets,
-            options and pins must be the interrupted run's.
+            options, pins and ``keep_apart`` must be the interrupted run's.
         command: the command-line arguments of this run, recorded so that an interrupted run
             can say how to resume it (default: the Python call with ``resume=True``).
+        keep_apart: keep look-alike tasks apart: their different structures on different shared
+            labels, each left out of the others' softmax (``SharedLabelPlan.build``); the model
+            keeps the mode for tasks added later.
 
     Raises:
         LabelSharingError: ``out`` exists (without ``force``), is or holds a dataset, cannot be
@@ -62,18 +67,19 @@ def train(
     options = options or TrainingOptions()
     out = Path(out)
     identity = {"command": "train", "datasets": [str(Path(d).resolve()) for d in datasets],
-                "options": run_options(options), "pins": pins}
+                "options": run_options(options), "pins": pins, "keep_apart": keep_apart}
     with claim_output(out, datasets, force, identity, resume, command) as run:
         context = start_distributed(options.device)
         try:
-            return _train(datasets, out, options, pins, force, context, run, resume,
+            return _train(datasets, out, options, pins, keep_apart, force, context, run, resume,
                           *main_process_output(context, progress, log))
         finally:
             context.close()
 
 
-def _train(datasets, out: Path, options: TrainingOptions, pins, force: bool, context: DistributedContext,
-           run: RunFolder, resume: bool, progress: ProgressReporter, log: Log) -> SegmentationModel:
+def _train(datasets, out: Path, options: TrainingOptions, pins, keep_apart: bool, force: bool,
+           context: DistributedContext, run: RunFolder, resume: bool, progress: ProgressReporter,
+           log: Log) -> SegmentationModel:
     import torch
 
     device = context.device
@@ -81,7 +87,7 @@ def _train(datasets, out: Path, options: TrainingOptions, pins, force: bool, con
         if context.is_main and not resume:
             run.start()
     with run.removed_on_failure(context.is_main and not resume), context.together():
-        plan, summaries, appearance = plan_task_datasets(datasets, pins, progress, log)
+        plan, summaries, appearance = plan_task_datasets(datasets, pins, progress, log, keep_apart)
         log(describe_processes(context))
         input_size = options.input_size or _default_input_size([s.task for s in summaries], options.axis)
         store = SliceStore(run.folder, options.slice_memory_mb)
