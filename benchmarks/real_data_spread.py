@@ -5,7 +5,8 @@ on both CT tasks, but also that one task's Dice moved by up to 0.15 between runs
 only in random draws. This script trains the same methods on the same real tasks with several
 seeds (the seed sets the validation case, the network's initial weights, the batches and the
 augmentation) and prints, per task, each method's test Dice per seed, their mean and range, and
-the paired difference to the per-task models (same seed, so same validation case).
+the paired difference to the per-task models (same seed, so same validation case). Methods
+already in ``OUT/results.json`` for a seed are kept, so a method can be added to earlier runs.
 
 Methods, at the check's equal compute (``equal_compute_budget``: the joint model makes the
 per-task models' steps together):
@@ -147,20 +148,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = args.work or args.out / "work"
     size = dict(epochs=2, steps_per_epoch=4, input_size=32, features=8) if args.quick else dict(
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, input_size=96, features=16)
-    by_seed: dict[int, dict] = {}
+    saved = args.out / "results.json"  # a method already measured with a seed is kept, not trained again
+    by_seed = {int(s): r for s, r in json.loads(saved.read_text())["by_seed"].items()} if saved.is_file() else {}
+    commands = json.loads(saved.read_text())["commands"] if saved.is_file() else []
     try:
         folders = build_tasks(args.tasks, work / "data", Sources(args.cache, args.download, args.mricron_dir))
         for seed in args.seeds:
-            print(f"seed {seed}", flush=True)
+            missing = [m for m in args.methods if m not in by_seed.get(seed, {})]
+            print(f"seed {seed}: {', '.join(missing) or 'nothing new'}", flush=True)
             options = TrainingOptions(device="cpu", seed=seed, **size)
-            by_seed[seed] = run_seed(folders, work / f"models_{seed}", args.out / "logs" / f"seed_{seed}", options,
-                                     args.methods)
+            by_seed.setdefault(seed, {}).update(run_seed(folders, work / f"models_{seed}",
+                                                         args.out / "logs" / f"seed_{seed}", options, missing))
             args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "results.json").write_text(json.dumps({"command": sys.argv, "by_seed": by_seed}, indent=1))
+            saved.write_text(json.dumps({"commands": [*commands, " ".join(sys.argv)], "by_seed": by_seed}, indent=1))
     except LabelSharingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    tables = [f"Mean test Dice per task ({time.perf_counter() - start:.0f} s)\n\n" + spread_table(by_seed)]
+    by_seed = {seed: by_seed[seed] for seed in args.seeds}
+    tables = [f"Mean test Dice per task (this run {time.perf_counter() - start:.0f} s)\n\n" + spread_table(by_seed)]
     labels = sorted({label for method in by_seed[args.seeds[0]].values() for task in method.values()
                      for label in task["labels"]})
     tables += [f"Test Dice of {label}\n\n" + spread_table(by_seed, label) for label in labels]

@@ -238,11 +238,12 @@ def _add_federated_commands(subcommands) -> None:
     local.add_argument("datasets", nargs="+", metavar="DATASET", help="[REQUIRED] task dataset folders, one site each")
     for parser in (coordinator, local):
         parser.add_argument("--out", required=True, metavar="MODEL", help="[REQUIRED] model folder to write")
-        parser.add_argument("--rounds", type=_positive_int, default=5, help="[OPTIONAL] federated rounds (5)")
+        parser.add_argument("--rounds", type=_positive_int, default=30,
+                            help="[OPTIONAL] federated rounds (30: many short rounds, see the README)")
         parser.add_argument("--local-epochs", type=_positive_int, default=1,
                             help="[OPTIONAL] epochs each site trains per round (1)")
-        parser.add_argument("--steps-per-epoch", type=_positive_int, default=50,
-                            help="[OPTIONAL] optimisation steps per local epoch (50)")
+        parser.add_argument("--steps-per-epoch", type=_positive_int, default=10,
+                            help="[OPTIONAL] optimisation steps per local epoch (10)")
         parser.add_argument("--batch-size", type=_positive_int, default=16, help="[OPTIONAL] slices per batch (16)")
         parser.add_argument("--lr", type=_learning_rate, default=2e-3, help="[OPTIONAL] peak AdamW learning rate")
         parser.add_argument("--features", type=_positive_int, default=16, help="[OPTIONAL] UNet width (16)")

@@ -62,7 +62,7 @@ client_app = ClientApp()
 
 #: The run's settings (``[tool.flwr.app.config]`` of the app, ``flwr run --run-config`` overrides).
 DEFAULT_SETTINGS: dict[str, object] = {
-    "out": "", "rounds": 5, "local-epochs": 1, "steps-per-epoch": 50, "batch-size": 16, "lr": 2e-3,
+    "out": "", "rounds": 30, "local-epochs": 1, "steps-per-epoch": 10, "batch-size": 16, "lr": 2e-3,
     "features": 16, "seed": 0, "val-fraction": 0.2, "sites": 2, "min-sites": 2, "proximal-mu": 0.0,
     "pins": "", "round-timeout": 3600.0, "wait-timeout": 600.0, "force": False, "site-weighting": "tasks",
     "add-to": "", "replay": DEFAULT_REPLAY,
