@@ -115,6 +115,22 @@ class Sources:
         mricron_dir: folder of Debian's ``mricron-data`` templates.
     """
 
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        """``--cache``, ``--download``, ``--mricron-dir``: where :meth:`from_arguments` finds the packages."""
+        parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "labelsharing-realdata",
+                            help="[OPTIONAL] folder for the PyPI archives (TotalSegmentator sdist, nilearn wheel) "
+                                 "and their extracted files")
+        parser.add_argument("--download", action="store_true",
+                            help="[OPTIONAL] fetch missing PyPI archives with 'pip download' into --cache")
+        parser.add_argument("--mricron-dir", type=Path, default=MRICRON_DIR,
+                            help="[OPTIONAL] templates folder of Debian's mricron-data")
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace) -> Sources:
+        """The sources named by :meth:`add_arguments`' options."""
+        return cls(args.cache, args.download, args.mricron_dir)
+
     def __init__(self, cache: Path, download: bool, mricron_dir: Path) -> None:
         self.cache = cache
         self.download = download
@@ -316,13 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to write one task folder per task into")
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=list(TASKS), help="tasks to build (default: all)")
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "labelsharing-realdata",
-                        help="folder for the PyPI archives (TotalSegmentator sdist, nilearn wheel) and their extracted files")
-    parser.add_argument("--download", action="store_true", help="fetch missing PyPI archives with 'pip download' into --cache")
-    parser.add_argument("--mricron-dir", type=Path, default=MRICRON_DIR, help="templates folder of Debian's mricron-data")
+    Sources.add_arguments(parser)
     parser.add_argument("--spacing", type=float, default=None, help="override every task's isotropic spacing in mm")
     args = parser.parse_args(argv)
-    sources = Sources(args.cache, args.download, args.mricron_dir)
+    sources = Sources.from_arguments(args)
     try:
         for name in args.tasks:
             builder, spacing, n_slabs = TASKS[name]

