@@ -3,8 +3,9 @@
 Three demo tasks (AbdomenCT, BrainMR, KneeXR: three sites) are trained into one shared-label
 model, then ChestXR's site joins (``labelsharing federated local ... --add-to PARENT``): it trains
 its task while the old sites replay theirs locally, the replay share the old tasks' weight in the
-average. The reference is the same story pooled: ``train`` on the three tasks, then ``add-task``
-with the same replay share. Same training on both sides, as in ``federated_vs_pooled.py``: each
+average (``--replay``, default ``tasks``: every task an equal share, as the federated command). The
+reference is the same story pooled: ``train`` on the three tasks, then ``add-task`` with its own
+default replay share (0.5). Same training on both sides, as in ``federated_vs_pooled.py``: each
 site makes ``rounds x steps`` steps per stage, pooled runs ``rounds`` epochs of ``sites x steps``.
 
 Printed per method and task: held-out Dice before and after the join (the forgetting table each
@@ -12,7 +13,7 @@ run stores in the model's history), and test Dice after (``imagesTs``); ratios f
 
 Example::
 
-    python benchmarks/federated_joining.py                              # 12 cases, 5 + 3 rounds of 20 steps
+    python benchmarks/federated_joining.py                              # 12 cases, 30 + 30 rounds of 10 steps
     python benchmarks/federated_joining.py --cases 2 --rounds 1 --join-rounds 1 --steps-per-epoch 1 --features 4
 """
 
@@ -30,7 +31,7 @@ from federated_vs_pooled import _fmt, _ratio, _test_dice
 from labelsharing.demo import make_demo_datasets
 from labelsharing.federated import run_local
 from labelsharing.model import SegmentationModel
-from labelsharing.train import TrainingOptions, add_task, train
+from labelsharing.train import DEFAULT_REPLAY, TrainingOptions, add_task, train
 from labelsharing.utils import format_table, select_device
 
 JOINING = "ChestXR"
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> dict:
     [joining] = [f for f in folders if f.name.endswith(JOINING)]
     pooled = add_task(work / "pooled3", joining, work / "pooled4",
         TrainingOptions(epochs=args.join_rounds, steps_per_epoch=len(folders) * args.steps_per_epoch,
-                        learning_rate=args.join_lr, **pooled_options), replay=args.replay, force=True, log=quiet)
+                        learning_rate=args.join_lr, **pooled_options), replay=DEFAULT_REPLAY, force=True, log=quiet)
     results["pooled"] = {"seconds": time.perf_counter() - start, "forgetting": pooled.config["history"][-1]["forgetting"],
                          "test": _test_dice(pooled, folders, device)}
 
@@ -91,14 +92,15 @@ def report(results: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=12, help="training cases per demo task (12)")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of the three-site model (5)")
-    parser.add_argument("--join-rounds", type=int, default=3, help="rounds after the fourth site joins (3)")
-    parser.add_argument("--steps-per-epoch", type=int, default=20, help="steps per round at a site (20)")
+    parser.add_argument("--rounds", type=int, default=30, help="rounds of the three-site model (30)")
+    parser.add_argument("--join-rounds", type=int, default=30, help="rounds after the fourth site joins (30)")
+    parser.add_argument("--steps-per-epoch", type=int, default=10, help="steps per round at a site (10)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--features", type=int, default=16, help="UNet width (16)")
     parser.add_argument("--lr", type=float, default=2e-3, help="learning rate of the three-task training (2e-3)")
     parser.add_argument("--join-lr", type=float, default=5e-4, help="learning rate after the join (5e-4, add-task's)")
-    parser.add_argument("--replay", type=float, default=0.5, help="the old tasks' share (0.5)")
+    parser.add_argument("--replay", default="tasks",
+                        help="the old tasks' share of the federated average: 'tasks' (equal per task) or a fraction")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", help="folder for data and models (default: a new temporary folder)")

@@ -20,7 +20,7 @@ the Flower processes; the rounds' own seconds are printed apart.
 
 Example::
 
-    python benchmarks/federated_vs_pooled.py                          # 12 cases/task, 5 rounds x 1 x 20 steps
+    python benchmarks/federated_vs_pooled.py                          # 12 cases/task, 30 rounds x 1 x 10 steps
     python benchmarks/federated_vs_pooled.py --cases 3 --rounds 1 --steps-per-epoch 2 --features 4  # smoke
 """
 
@@ -123,9 +123,10 @@ def _ratio(a, b) -> str:
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=12, help="training cases per demo task (12)")
-    parser.add_argument("--rounds", type=int, default=5, help="federated rounds (5)")
+    parser.add_argument("--rounds", type=int, default=30, help="federated rounds (30, the command's default)")
     parser.add_argument("--local-epochs", type=int, default=1, help="local epochs per round (1)")
-    parser.add_argument("--steps-per-epoch", type=int, default=20, help="steps per local epoch at a site (20)")
+    parser.add_argument("--steps-per-epoch", type=int, default=10,
+                        help="steps per local epoch at a site (10, the command's default)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--features", type=int, default=16, help="UNet width (16)")
     parser.add_argument("--lr", type=float, default=2e-3)

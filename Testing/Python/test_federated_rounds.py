@@ -3,6 +3,7 @@ the learning-rate schedule of a round, and the plan of a site joining a trained 
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -11,12 +12,12 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 pytest.importorskip("flwr")
 
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict  # noqa: E402
 
 from labelsharing.demo import make_demo_datasets  # noqa: E402
 from labelsharing.errors import LabelSharingError  # noqa: E402
-from labelsharing.federated import DEFAULT_SETTINGS, average_round, joining_federation, make_strategy, \
-    plan_from_statistics, prepare_site, site_model, site_statistics, site_weights, train_locally  # noqa: E402
+from labelsharing.federated import DEFAULT_SETTINGS, average_round, evaluation_replies, joining_federation, \
+    make_strategy, plan_from_statistics, prepare_site, site_model, site_statistics, site_weights, train_locally  # noqa: E402
 from labelsharing.model import SegmentationModel, build_model_config, default_architecture  # noqa: E402
 from labelsharing.plan import summarise_tasks  # noqa: E402
 from labelsharing.train import TrainingOptions, extend_model, train  # noqa: E402
@@ -115,6 +116,13 @@ def test_a_joining_sites_task_is_planned_as_add_task_plans_it(tmp_path):
     with pytest.raises(LabelSharingError, match="no site holds"):
         joining_federation(parent_dir, without_old, None, 0.5, prepare, log=lambda m: None)
     assert joining_federation(parent_dir, without_old, None, 0.0, prepare, log=lambda m: None).shares[new] == 1.0
+    # the default: every task an equal share, the joining one included (as --site-weighting tasks weighs a round)
+    assert DEFAULT_SETTINGS["replay"] == "tasks"
+    equal = joining_federation(parent_dir, statistics, None, "tasks", prepare, log=lambda m: None)
+    assert equal.shares == pytest.approx({new: 1 / 3, **{t: 1 / 3 for t in parent.config["tasks"]}})
+    assert equal.replay == pytest.approx(2 / 3)
+    with pytest.raises(LabelSharingError, match="--replay must be 'tasks' or lie in"):
+        joining_federation(parent_dir, statistics, None, "most", prepare, log=lambda m: None)
 
 
 def test_a_site_joining_a_model_that_keeps_look_alikes_apart_keeps_its_groups(tmp_path, monkeypatch):
@@ -139,3 +147,20 @@ def test_a_site_joining_a_model_that_keeps_look_alikes_apart_keeps_its_groups(tm
     plan = SegmentationModel(config=federation.config, network=federation.network).plan
     assert federation.config["plan"]["apart"] == [names[:2]] and plan.n_shared == 7
     assert plan.left_out(names[0]) == parent.plan.left_out(names[0]) == [5, 6, 7] and plan.left_out(names[2]) == []
+
+
+def test_a_site_that_fails_or_skips_an_evaluation_is_named():
+    """A last round measured at one site of four once wrote a forgetting table of that site's task alone,
+    and the log named no one. Replies fake only what the coordinator reads of Flower's ``Message``."""
+    from types import SimpleNamespace
+
+    def reply(node, dice=None, reason=None):
+        content = None if dice is None else RecordDict({"dice": ConfigRecord({"per-task": json.dumps(dice)})})
+        return SimpleNamespace(metadata=SimpleNamespace(src_node_id=node), content=content,
+                               has_error=lambda: reason is not None, error=SimpleNamespace(reason=reason))
+
+    site_of = {11: "site-1", 12: "site-2", 13: "site-3"}
+    dice, problems = evaluation_replies([reply(11, {"A": {"mean": 0.9}}), reply(12, reason="ClientApp crashed")],
+                                        [11, 12, 13], site_of)
+    assert dice == {"A": {"mean": 0.9}}
+    assert problems == ["site-2 could not evaluate: ClientApp crashed", "no evaluation from site-3"]

@@ -261,9 +261,10 @@ def _add_federated_commands(subcommands) -> None:
         parser.add_argument("--add-to", metavar="PARENT_MODEL",
                             help="[OPTIONAL] federated add-task: the one site task PARENT_MODEL lacks is added as "
                                  "'add-task' adds it; its site trains it, the old sites replay their own tasks")
-        parser.add_argument("--replay", type=_fraction, default=0.5,
-                            help="[OPTIONAL] with --add-to: the old tasks' share of the average, in [0, 1) "
-                                 "(0.5, as add-task; 0: only the new site trains)")
+        parser.add_argument("--replay", type=_replay_share, default="tasks",
+                            help="[OPTIONAL] with --add-to: the old tasks' share of the average, in [0, 1), or "
+                                 "'tasks' (default): every task an equal share, the new one included (0: only the "
+                                 "new site trains)")
         parser.add_argument("--pins", metavar="FILE", help="[OPTIONAL] pins file (see 'plan'), on the coordinator")
         parser.add_argument("--force", action="store_true", help="[OPTIONAL] replace an existing MODEL folder")
         parser.set_defaults(handler=commands.federated_command)
@@ -389,6 +390,11 @@ def _fraction(text: str) -> float:
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
     return value
+
+
+def _replay_share(text: str) -> float | str:
+    """``tasks`` or a fraction in [0, 1) (federated ``--replay``)."""
+    return text if text == "tasks" else _fraction(text)
 
 
 def _integer(text: str) -> int:

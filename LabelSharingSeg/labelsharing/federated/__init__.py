@@ -15,8 +15,10 @@ _EXPORTS = {
     "site_work": ("site_statistics", "prepare_site", "prepare_for_model", "site_model", "train_locally",
                   "evaluate_locally"),
     "coordination": ("plan_from_statistics", "input_size_from_statistics", "checkpoint_folder_for", "round_record",
-                     "history_entry", "site_weights", "SITE_WEIGHTINGS", "joining_federation", "new_federation"),
-    "flower_apps": ("DEFAULT_SETTINGS", "server_app", "client_app", "check_reply", "make_strategy", "average_round"),
+                     "history_entry", "site_weights", "SITE_WEIGHTINGS", "joining_federation", "new_federation",
+                     "EQUAL_REPLAY"),
+    "flower_apps": ("DEFAULT_SETTINGS", "server_app", "client_app", "check_reply", "make_strategy", "average_round",
+                    "evaluation_replies"),
     "launch": ("run_local", "run_coordinator", "run_site", "read_sites_file", "supernode_command"),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)

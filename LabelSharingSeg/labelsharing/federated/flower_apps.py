@@ -47,15 +47,16 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedProx
 
 from labelsharing.errors import LabelSharingError
-from labelsharing.federated.coordination import SITE_WEIGHTINGS, Checkpoint, Federation, history_entry, \
-    joining_federation, new_federation, round_record, site_weights
+from labelsharing.federated.coordination import EQUAL_REPLAY, SITE_WEIGHTINGS, Checkpoint, Federation, \
+    history_entry, joining_federation, new_federation, round_record, site_weights
 from labelsharing.federated.site_work import evaluate_locally, prepare_for_model, prepare_site, site_model, \
     site_statistics, train_locally
 from labelsharing.model import SegmentationModel
 from labelsharing.plan import SharedLabelPlan, read_pins
-from labelsharing.train import DEFAULT_REPLAY, TrainingOptions, forgetting_table
+from labelsharing.train import TrainingOptions, forgetting_table
 
-__all__ = ["server_app", "client_app", "check_reply", "DEFAULT_SETTINGS", "make_strategy", "average_round"]
+__all__ = ["server_app", "client_app", "check_reply", "DEFAULT_SETTINGS", "make_strategy", "average_round",
+           "evaluation_replies"]
 
 server_app = ServerApp()
 client_app = ClientApp()
@@ -65,7 +66,7 @@ DEFAULT_SETTINGS: dict[str, object] = {
     "out": "", "rounds": 30, "local-epochs": 1, "steps-per-epoch": 10, "batch-size": 16, "lr": 2e-3,
     "features": 16, "seed": 0, "val-fraction": 0.2, "sites": 2, "min-sites": 2, "proximal-mu": 0.0,
     "pins": "", "round-timeout": 3600.0, "wait-timeout": 600.0, "force": False, "site-weighting": "tasks",
-    "add-to": "", "replay": DEFAULT_REPLAY,
+    "add-to": "", "replay": EQUAL_REPLAY,
 }
 #: Longest text a site may send in one record value (the statistics and task entries are JSON text).
 MAX_TEXT = 1_000_000
@@ -233,15 +234,37 @@ def average_round(strategy: FedAvg, number: int, replies: Sequence[Message], wei
 
 
 def _evaluate(grid: Grid, strategy: FedAvg, number: int, arrays: ArrayRecord, config: ConfigRecord,
-              nodes: set[int], timeout: float) -> dict:
-    """Dice per task of ``arrays`` on the sites' held-out cases (task -> ``{"mean", "labels"}``)."""
-    dice = {}
-    for reply in grid.send_and_receive([m for m in strategy.configure_evaluate(number, arrays, config, grid)
-                                        if m.metadata.dst_node_id in nodes], timeout=timeout):
-        if not reply.has_error():
-            check_reply(reply.content)
-            dice.update(json.loads(reply.content["dice"]["per-task"]))
+              nodes: set[int], timeout: float, site_of: Mapping[int, str]) -> dict:
+    """Dice per task of ``arrays`` on the sites' held-out cases (task -> ``{"mean", "labels"}``); a site
+    that fails or does not answer is named in the log."""
+    messages = [m for m in strategy.configure_evaluate(number, arrays, config, grid) if m.metadata.dst_node_id in nodes]
+    dice, problems = evaluation_replies(grid.send_and_receive(messages, timeout=timeout),
+                                        [m.metadata.dst_node_id for m in messages], site_of)
+    for problem in problems:
+        _log(f"round {number}: {problem}" if number else f"before round 1: {problem}")
     return dice
+
+
+def evaluation_replies(replies: Iterable, asked: Sequence[int], site_of: Mapping[int, str]) -> tuple[dict, list[str]]:
+    """Dice per task from the sites' evaluation replies, and one line per site that failed or did not answer.
+
+    Args:
+        replies: Flower ``Message`` replies (``has_error()``, ``error.reason``, ``metadata.src_node_id``, ``content``).
+        asked: the node ids asked to evaluate.
+        site_of: node id -> anonymous site id.
+    """
+    dice: dict = {}
+    problems, answered = [], set()
+    for reply in replies:
+        node = reply.metadata.src_node_id
+        answered.add(node)
+        if reply.has_error():
+            problems.append(f"{site_of.get(node, node)} could not evaluate: {reply.error.reason}")
+            continue
+        check_reply(reply.content)
+        dice.update(json.loads(reply.content["dice"]["per-task"]))
+    problems += [f"no evaluation from {site_of.get(node, node)}" for node in asked if node not in answered]
+    return dice, problems
 
 
 def run_federation(grid: Grid, settings: Mapping) -> SegmentationModel:
@@ -292,8 +315,8 @@ def run_federation(grid: Grid, settings: Mapping) -> SegmentationModel:
 
     torch.manual_seed(int(settings["seed"]))
     if settings["add-to"]:
-        federation = joining_federation(str(settings["add-to"]), statistics, pins, float(settings["replay"]),
-                                        prepare, _log)
+        replay = settings["replay"] if settings["replay"] == EQUAL_REPLAY else float(settings["replay"])
+        federation = joining_federation(str(settings["add-to"]), statistics, pins, replay, prepare, _log)
     else:
         federation = new_federation(statistics, pins, int(settings["features"]), prepare)
     return _train_rounds(grid, settings, federation, sites, site_of, out, timeout, minimum, base, anonymous)
@@ -325,7 +348,7 @@ def _train_rounds(grid: Grid, settings: Mapping, federation: Federation, sites: 
     planned = set(site_of)
     trainers = {node for node in planned if any(federation.shares.get(t, 0) > 0 for t in sites[site_of[node]])}
     if federation.added and before is None:  # add-task's "before": the parent (grown) on every held-out case
-        before = _evaluate(grid, strategy, 0, arrays, train_config, planned, timeout)
+        before = _evaluate(grid, strategy, 0, arrays, train_config, planned, timeout, site_of)
         _log("before round 1: val Dice " + "  ".join(f"{t} {d['mean']:.3f}" for t, d in sorted(before.items())))
         checkpoint.save({"settings": identity, "rounds": rounds, "before": before},
                         {name: tensor.numpy() for name, tensor in arrays.to_torch_state_dict().items()})
@@ -355,7 +378,7 @@ def _train_rounds(grid: Grid, settings: Mapping, federation: Federation, sites: 
                                {site_of[r.metadata.src_node_id]: int(r.content["metrics"]["num-examples"])
                                 for r in answered}, str(settings["site-weighting"]))
         arrays, train_metrics = average_round(strategy, number, answered, [weights[site] for site in answering])
-        dice = _evaluate(grid, strategy, number, arrays, train_config, planned, timeout)
+        dice = _evaluate(grid, strategy, number, arrays, train_config, planned, timeout, site_of)
         bytes_down = arrays.count_bytes() * len(messages)
         record = round_record(number, asked, sorted(summaries), float(train_metrics["loss"]), dice,
                               bytes_down, sum(s["array_bytes"] for s in summaries.values()),
@@ -372,10 +395,18 @@ def _train_rounds(grid: Grid, settings: Mapping, federation: Federation, sites: 
     network.load_state_dict(arrays.to_torch_state_dict())
     entry = history_entry(settings, sites, rounds)
     if federation.added:
-        after = rounds[-1]["val_dice"] if rounds else {}
+        after = dict(rounds[-1]["val_dice"]) if rounds else {}
+        unmeasured = {node for node in planned
+                      if any(t in (before or {}) and t not in after for t in sites[site_of[node]])}
+        if rounds and unmeasured:  # the table must come from the written weights: ask those sites once more
+            _log("measuring the written weights again at " + ", ".join(sorted(site_of[n] for n in unmeasured)))
+            after.update(_evaluate(grid, strategy, len(rounds), arrays, train_config, unmeasured, timeout, site_of))
+        for task in sorted(set(before or {}) - set(after)):
+            _log(f"warning: {task} was not measured after the last round (its site did not answer); it is left out "
+                 "of the forgetting table")
         forgetting = {task: {"before": before[task]["mean"], "after": after[task]["mean"]}
                       for task in after if task in before}
-        entry.update(added_task=federation.added, replay=float(settings["replay"]), parent=federation.parent,
+        entry.update(added_task=federation.added, replay=federation.replay, parent=federation.parent,
                      forgetting=forgetting)
         _log(forgetting_table(forgetting, new_task=federation.added))
     config["history"].append(entry)
