@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +27,7 @@ from labelsharing.demo import make_demo_datasets  # noqa: E402
 from labelsharing.errors import LabelSharingError  # noqa: E402
 from labelsharing.federated import check_reply, checkpoint_folder_for, plan_from_statistics, run_local, \
     site_statistics, supernode_command  # noqa: E402
-from labelsharing.federated.runtime import free_port  # noqa: E402
+from labelsharing.federated.runtime import Processes, flower_environment, free_port  # noqa: E402
 from labelsharing.model import SegmentationModel, build_network, default_architecture  # noqa: E402
 from labelsharing.plan import plan_task_datasets, summarise_tasks  # noqa: E402
 from labelsharing.train import TrainingOptions, extend_model, train  # noqa: E402
@@ -253,3 +254,24 @@ def test_a_site_authenticates_with_its_private_key_alone(tmp_path):
     assert "--auth-supernode-public-key" not in command and "--insecure" not in command
     with pytest.raises(SystemExit):
         main(["federated", "site", "--dataset", str(tmp_path), "--superlink", "h:1", "--auth-public-key", "site.pub"])
+
+
+def test_a_superlink_whose_port_was_taken_meanwhile_starts_again_on_other_ports(tmp_path, monkeypatch):
+    """A CI run failed when another program took a port between ``free_port`` and the SuperLink's bind
+    ("Port in server address 127.0.0.1:39119 is already in use", then "ended at start")."""
+    from labelsharing.federated import launch
+
+    taken = socket.socket()  # bound, not listening: nothing answers there, and no one else can bind it
+    taken.bind(("127.0.0.1", 0))
+    first_try = [free_port(), taken.getsockname()[1], free_port()]  # Fleet, Control (taken), ServerAppIo
+    given = iter(first_try)
+    monkeypatch.setattr(launch, "free_port", lambda: next(given, None) or free_port())
+    try:
+        with Processes(flower_environment(tmp_path / "home"), tmp_path / "logs") as processes:
+            fleet, control = launch.start_local_superlink(processes)
+            assert next(given, None) is None  # the first SuperLink got the taken port and ended
+            assert control != f"127.0.0.1:{first_try[1]}"
+            with socket.create_connection(("127.0.0.1", int(control.rsplit(":", 1)[1])), timeout=5):
+                pass  # the second one listens
+    finally:
+        taken.close()

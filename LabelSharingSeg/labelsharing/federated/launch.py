@@ -74,14 +74,34 @@ def run_local(datasets: Sequence[str | Path], out: str | Path, overrides: Mappin
     with tempfile.TemporaryDirectory(prefix="labelsharing-federated-") as temporary:
         folder = Path(work or temporary)
         env = flower_environment(folder / "flower-home")
-        fleet, control, serverappio = (f"127.0.0.1:{free_port()}" for _ in range(3))
         with Processes(env, folder / "logs") as processes:
-            link = processes.start("superlink", _superlink_command(fleet, control, serverappio, None, False))
-            wait_for_port(control, 60, link)
+            fleet, control = start_local_superlink(processes)
             for i, dataset in enumerate(datasets, 1):
                 processes.start(f"site-{i}", supernode_command(fleet, [dataset], device, f"127.0.0.1:{free_port()}"))
             run_flower_app(write_flower_app(folder / "app", settings), control, settings, env, insecure=True)
     return Path(out)
+
+
+def start_local_superlink(processes: Processes, attempts: int = 3) -> tuple[str, str]:
+    """Start an insecure SuperLink on free 127.0.0.1 ports; returns its Fleet and Control addresses.
+
+    A port found free can be taken by another program before the SuperLink binds it (it then ends
+    at start: "Port ... is already in use"); the SuperLink is started again on other ports.
+    """
+    attempt = 1
+    while True:
+        fleet, control, serverappio = (f"127.0.0.1:{free_port()}" for _ in range(3))
+        link = processes.start("superlink", _superlink_command(fleet, control, serverappio, None, False))
+        try:
+            for address in (control, fleet):
+                wait_for_port(address, 60, link)
+            return fleet, control
+        except LabelSharingError:
+            ended_at_start = link.poll() is not None  # not a timeout
+            processes.stop("superlink")
+            if attempt >= attempts or not ended_at_start:
+                raise
+            attempt += 1
 
 
 def read_sites_file(path: str | Path) -> dict:
