@@ -162,7 +162,10 @@ def test_a_corrected_case_is_added_the_model_updated_and_compared(fakeSlicerModu
 
 
 def _engine_processes() -> list:
-    """Engine processes (``-m labelsharing ...``) still running under this test process, after a short grace."""
+    """Engine processes (``-m labelsharing ...``) still running under this test process.
+
+    Cleanup kills and reaps the worker synchronously; the 60 s wait only lets a process that is
+    already ending finish (a hang guard, not a speed check)."""
     engines = [p for p in psutil.Process().children(recursive=True) if "labelsharing" in " ".join(p.cmdline())]
-    _, alive = psutil.wait_procs(engines, timeout=10)
+    _, alive = psutil.wait_procs(engines, timeout=60)
     return [" ".join(p.cmdline()) for p in alive]
