@@ -132,3 +132,25 @@ def test_correction_loop_benchmark_runs_tiny(tmp_path, capsys):
     assert set(result["runs"]["update"]["forgetting"]) == {"AbdomenCT", "BrainMR", "KneeXR", "ChestXR"}
     printed = capsys.readouterr().out
     assert "x the training time" in printed and "against the control" in printed
+
+
+def test_small_islands_benchmark_runs_tiny(tmp_path, capsys):
+    """benchmarks/small_islands.py on a tiny spread-run layout (work/models_0/label_sharing): it fits
+    the removal, scores without and with it, and reports both tables and the rules kept."""
+    from small_islands import main
+
+    from labelsharing.demo import make_demo_datasets
+    from labelsharing.train import TrainingOptions, train
+
+    tasks = [t for t in make_demo_datasets(tmp_path / "demo", cases=4, seed=1) if t.name.endswith(("KneeXR", "ChestXR"))]
+    train(tasks, tmp_path / "work" / "models_0" / "label_sharing",
+          TrainingOptions(epochs=1, steps_per_epoch=2, batch_size=4, input_size=32, features=4, device="cpu"),
+          log=lambda line: None)
+    assert main(["--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--seeds", "0",
+                 "--methods", "label_sharing"]) == 0
+    result = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(result["raw"]["0"]["label_sharing"]) == set(result["removed"]["0"]["label_sharing"]) == {
+        "KneeXR", "ChestXR"}
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "islands kept" in report and "small islands removed" in report and "Rules kept" in report
+    assert "small islands removed after prediction:" in capsys.readouterr().out  # the fit's log line

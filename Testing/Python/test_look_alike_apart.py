@@ -121,10 +121,11 @@ def test_model_json_stores_the_groups_and_the_grown_n_shared(tmp_path):
     from tiny_model import make_model
 
     from labelsharing.model import SegmentationModel
+    from labelsharing.model.schema import FORMAT_VERSION
 
     folder = make_model(fake=False, apart=True).save(tmp_path / "model")
     config = json.loads((folder / "model.json").read_text())
-    assert config["format_version"] == 5 and config["plan"]["apart"] == [["TaskA", "TaskB"]]
+    assert config["format_version"] == FORMAT_VERSION and config["plan"]["apart"] == [["TaskA", "TaskB"]]
     assert config["plan"]["n_shared"] == 5 and config["architecture"]["kwargs"]["out_channels"] == 6
     plan = SegmentationModel.load(folder).plan
     assert plan.left_out("TaskA") == [4, 5] and plan.left_out("TaskB") == [1, 2, 3]

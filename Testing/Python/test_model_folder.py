@@ -19,6 +19,7 @@ from labelsharing.errors import LabelSharingError
 from labelsharing.infer import Predictor
 from labelsharing.model import SegmentationModel, build_model_config, check_model_output, default_architecture, \
     lock_model_output
+from labelsharing.model.schema import FORMAT_VERSION
 from labelsharing.plan import LabelStats, SharedLabelPlan
 
 MISMATCH = "the weights do not match model.json: the file is damaged or from another model"
@@ -79,19 +80,19 @@ def test_format_1_model_loads_with_a_warning_and_is_upgraded_when_saved(model_di
     with pytest.warns(UserWarning, match="format 1.*cannot be detected"):
         model = SegmentationModel.load(model_dir)
     saved = json.loads((model.save(tmp_path / "resaved") / "model.json").read_text())
-    assert saved["format_version"] == 5 and len(saved["weights_sha256"]) == 64
+    assert saved["format_version"] == FORMAT_VERSION and len(saved["weights_sha256"]) == 64
     (model_dir / "model.safetensors").write_bytes(_truncate((model_dir / "model.safetensors").read_bytes()))
     with pytest.warns(UserWarning), pytest.raises(LabelSharingError, match="not a readable weights file"):
         SegmentationModel.load(model_dir)
 
 
-# before the optional "familiarity" references, before "plan.splits", before "plan.apart"
-@pytest.mark.parametrize("version", [2, 3, 4])
-def test_format_2_to_4_models_load_without_warning_and_still_need_their_checksum(model_dir, recwarn, version):
+# before the optional "familiarity" references, "plan.splits", "plan.apart", "small_islands"
+@pytest.mark.parametrize("version", [2, 3, 4, 5])
+def test_format_2_to_5_models_load_without_warning_and_still_need_their_checksum(model_dir, recwarn, version):
     config = json.loads((model_dir / "model.json").read_text())
     config["format_version"] = version
     (model_dir / "model.json").write_text(json.dumps(config))
-    assert SegmentationModel.load(model_dir).config["format_version"] == 5 and not recwarn.list
+    assert SegmentationModel.load(model_dir).config["format_version"] == FORMAT_VERSION and not recwarn.list
     del config["weights_sha256"]
     (model_dir / "model.json").write_text(json.dumps(config))
     with pytest.raises(LabelSharingError, match="weights_sha256 is missing"):

@@ -173,8 +173,14 @@ EDITS = {
     "apart group naming an unknown task": (_set("plan.apart", [["TaskA", "TaskC"]]), r"plan\.apart\[0\]",
                                            "distinct tasks of plan.tasks"),
     "apart group of one task": (_set("plan.apart", [["TaskA"]]), r"plan\.apart\[0\]", r"a list of 2\.\."),
-    "future format": (_set("format_version", 6), "model format 6", "reads formats 1 to 5"),
-    "format as text": (_set("format_version", "2"), "model format '2'", "reads formats 1 to 5"),
+    "small islands of an unknown task": (_set("small_islands", {"TaskC": {"big": 10.0}}), r"small_islands\.TaskC",
+                                         "not a task of the model"),
+    "small islands of an unknown label": (_set("small_islands", {"TaskA": {"tiny": 10.0}}),
+                                          r"small_islands\.TaskA\.tiny", "not a label of the task"),
+    "small islands of size zero": (_set("small_islands", {"TaskA": {"big": 0.0}}), r"small_islands\.TaskA\.big",
+                                   "allowed"),
+    "future format": (_set("format_version", 7), "model format 7", "reads formats 1 to 6"),
+    "format as text": (_set("format_version", "2"), "model format '2'", "reads formats 1 to 6"),
 }
 
 

@@ -301,3 +301,9 @@ def test_a_run_that_fails_while_preparing_leaves_no_working_folder(tmp_path):
     with pytest.raises(LabelSharingError):
         train([broken], tmp_path / "model", TrainingOptions(**TINY), log=lambda m: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Broken"]
+
+
+def test_train_without_datasets_says_what_to_give(tmp_path):
+    with pytest.raises(LabelSharingError, match="No task datasets given"):  # was numpy's ValueError
+        train([], tmp_path / "model", TrainingOptions(**TINY), log=lambda m: None)
+    assert not (tmp_path / "model").exists()

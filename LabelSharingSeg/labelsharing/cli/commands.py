@@ -105,7 +105,8 @@ def predict_command(args: argparse.Namespace, progress: ProgressReporter) -> int
 
     log = _log_for(progress)
     predictor = Predictor.from_model_dir(args.model, device=args.device, batch_size=args.batch_size,
-                                         backend=args.backend, precision=args.precision, log=log)
+                                         backend=args.backend, precision=args.precision, log=log,
+                                         remove_islands=args.remove_islands)
     log(f"device: {describe_device(predictor.device)}; backend: {predictor.backend.describe()}")
     written = predictor.predict_files(args.inputs, args.task, args.out, file_format=args.format,
                                       probabilities=args.probabilities, progress=progress, force=args.force,
@@ -152,7 +153,8 @@ def evaluate_command(args: argparse.Namespace, progress: ProgressReporter) -> in
     if args.json:
         check_outputs([args.json], inputs=[args.model, *args.datasets], force=True, option="--json")
     predictor = Predictor.from_model_dir(args.model, device=args.device, backend=args.backend, precision=args.precision,
-                                         log=lambda message: print(message, file=sys.stderr))
+                                         log=lambda message: print(message, file=sys.stderr),
+                                         remove_islands=args.remove_islands)
     # a task with overlapping segments is scored per sub-task (one per layer), as it was trained
     tasks = [sub for folder in args.datasets for sub in split_overlapping_task(read_task_dataset(folder))]
     for warning in filter(None, map(split_warning, tasks)):

@@ -15,6 +15,7 @@ _EXPORTS = {
         "familiarity_report", "recognise_task", "reference_entry", "relative_distance", "unpack_rows",
         "volume_signature",
     ),
+    "small_islands": ("ISLAND_FRACTION", "candidate_min_sizes", "choose_min_sizes", "remove_small_islands"),
     "evaluation": ("DiceAccumulator", "evaluate_model", "evaluation_table", "format_dice", "split_warning"),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)

@@ -35,6 +35,7 @@ from labelsharing.data import SegmentInfo, Slicing, case_id_from_path, intensity
     read_dicom_series, read_image, resampled_argmax, write_image, write_layered_label
 from labelsharing.errors import LabelSharingError
 from labelsharing.infer.backends import create_backend, log_line
+from labelsharing.infer.small_islands import remove_small_islands
 from labelsharing.model import SegmentationModel, label_color
 from labelsharing.utils import SILENT, ProgressReporter, check_outputs, select_device, write_atomically, \
     write_json_atomically
@@ -60,6 +61,8 @@ class Predictor:
         precision: ``fp32`` (default) or ``bf16`` (on request: faster on some CPUs, a few voxels differ).
         model_dir: the model's folder, where exported graphs are cached (else the user's cache).
         log: receives a line when a backend builds its graph or is skipped.
+        remove_islands: remove the small islands ``model.json`` lists for a task
+            (:mod:`labelsharing.infer.small_islands`); off while training validates and fits them.
 
     Example:
         >>> predictor = Predictor.from_model_dir("my_model", device="cpu")  # doctest: +SKIP
@@ -67,7 +70,8 @@ class Predictor:
     """
 
     def __init__(self, model: SegmentationModel, device="cpu", batch_size: int = 16, backend: str = "torch",
-                 precision: str = "fp32", model_dir: str | Path | None = None, log: Callable[[str], None] = log_line):
+                 precision: str = "fp32", model_dir: str | Path | None = None, log: Callable[[str], None] = log_line,
+                 remove_islands: bool = True):
         import torch
 
         if batch_size < 1:
@@ -78,15 +82,18 @@ class Predictor:
         self.plan = model.plan
         self.network = model.network.to(self.device).eval()
         self.log = log
+        self.remove_islands = remove_islands
         self.backend = create_backend(self.network, self.device, model.input_size, backend, precision, model_dir, log,
                                       self.batch_size)
 
     @classmethod
     def from_model_dir(cls, folder: str | Path, device="auto", batch_size: int = 16, backend: str = "auto",
-                       precision: str = "fp32", log: Callable[[str], None] = log_line) -> Predictor:
+                       precision: str = "fp32", log: Callable[[str], None] = log_line,
+                       remove_islands: bool = True) -> Predictor:
         """Load a model folder (``model.json`` + ``model.safetensors``) for prediction on ``device``."""
         device = select_device(device) if isinstance(device, str) else device
-        return cls(SegmentationModel.load(folder, device="cpu"), device, batch_size, backend, precision, folder, log)
+        return cls(SegmentationModel.load(folder, device="cpu"), device, batch_size, backend, precision, folder, log,
+                   remove_islands)
 
     # ------------------------------------------------------------------------------ images
     def task_labels(self, task: str) -> list[SegmentInfo]:
@@ -138,6 +145,9 @@ class Predictor:
 
     def predict_probabilities(self, image: sitk.Image, task: str) -> tuple[np.ndarray, np.ndarray]:
         """Labels and per-task-label probabilities of ``image``.
+
+        The labels have their small islands removed (:mod:`labelsharing.infer.small_islands`), the
+        probabilities are the network's: a removed speck keeps its probability.
 
         Returns:
             ``(labels, probabilities)``: ``labels`` as :meth:`predict_image`; ``probabilities`` a
@@ -191,6 +201,10 @@ class Predictor:
                     prob_slices[0][start:stop] = background.half().cpu().numpy()
                     for c, channel in enumerate(channels, start=1):
                         prob_slices[c][start:stop] = full[:, channel].half().cpu().numpy()
+        min_sizes = self.model.config.get("small_islands", {}).get(task) if self.remove_islands else None
+        if min_sizes:
+            remove_small_islands(output, image.GetSpacing(), {label.value: min_sizes[label.name]
+                                                               for label in labels if label.name in min_sizes})
         return output, probs
 
     def examine(self, image: sitk.Image, task: str) -> dict:

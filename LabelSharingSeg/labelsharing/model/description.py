@@ -33,6 +33,7 @@ def describe_model(folder: str | Path) -> str:
         "Shared labels",
         plan_table(plan),
     ]
+    lines += _island_lines(config)
     lines += _history_lines(config.get("history", []))
     versions = config.get("versions", {})
     if versions:
@@ -55,6 +56,16 @@ def _task_rows(tasks: dict, plan: SharedLabelPlan) -> list[list[str]]:
             rows.append([label, task["modality"], _slicing(task), task["normalization"]["scheme"],
                          ", ".join(f"{label}={entry['value']}" for label, entry in task["labels"].items())])
     return rows
+
+
+def _island_lines(config: dict) -> list[str]:
+    """Which labels lose their small islands after prediction (``predict --keep-small-islands`` keeps them)."""
+    if "small_islands" not in config:
+        return []
+    rows = [[task, label, f"{size:,.1f} {'mm²' if config['tasks'][task].get('plane', 0) is None else 'mm³'}"]
+            for task, sizes in config["small_islands"].items() for label, size in sizes.items()]
+    return ["", "Small islands removed after prediction (--keep-small-islands keeps them)",
+            format_table(["task", "label", "islands under"], rows) if rows else "none: no label passed the held-out check"]
 
 
 def _history_lines(history: list) -> list[str]:

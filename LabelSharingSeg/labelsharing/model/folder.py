@@ -111,8 +111,8 @@ def read_model_config(folder: str | Path) -> dict:
 
     Format 1 (written before the weights' checksum was stored) is read as format
     :data:`FORMAT_VERSION` without ``weights_sha256``, with a warning that its weights cannot be
-    verified; formats 2 (before the ``familiarity`` references), 3 (before ``plan.splits``) and 4
-    (before ``plan.apart``) as they are.
+    verified; formats 2 (before the ``familiarity`` references), 3 (before ``plan.splits``), 4
+    (before ``plan.apart``) and 5 (before ``small_islands``) as they are.
 
     Raises:
         LabelSharingError: no ``model.json``, not JSON, an unknown format or a field that breaks
@@ -134,7 +134,7 @@ def read_model_config(folder: str | Path) -> dict:
     if not isinstance(config, dict):
         raise LabelSharingError(f"{path} does not hold a JSON object, so it is not a model.json. {_RESTORE}")
     version = config.get("format_version")
-    if type(version) is int and version in (2, 3, 4):  # formats 3, 4 and 5 only add optional fields
+    if type(version) is int and version in (2, 3, 4, 5):  # formats 3 to 6 only add optional fields
         config["format_version"] = version = FORMAT_VERSION
     if type(version) is int and version == 1:
         warnings.warn(f"{path} has model format 1, written before labelsharing stored a checksum of the weights: "

@@ -36,8 +36,9 @@ __all__ = [
 #: Version of the ``model.json`` layout written by this package (2: adds ``weights_sha256``;
 #: 3: adds the optional ``familiarity`` references; 4: adds the optional ``plan.splits`` of tasks
 #: split by overlapping segments; 5: adds the optional ``plan.apart``, look-alike groups kept apart,
-#: whose shared labels may run beyond the largest label count; formats 2 to 4 read as 5 unchanged).
-FORMAT_VERSION = 5
+#: whose shared labels may run beyond the largest label count; 6: adds the optional ``small_islands``
+#: removed after prediction; formats 2 to 5 read as 6 unchanged).
+FORMAT_VERSION = 6
 #: Most shared labels (network outputs besides background) a model may have.
 MAX_SHARED = 255
 #: Largest task label value (label maps are written as uint16 at most).
@@ -123,6 +124,10 @@ FAMILIARITY = Fields({
     }), lo=0, what="task names"),
 })
 
+# Per task, per label: the smallest predicted island kept, in mm³ (mm² for 2D images);
+# labelsharing.infer.small_islands.
+SMALL_ISLANDS = Names(Names(_POSITIVE, what="label names"), lo=0, what="task names")
+
 MODEL_CONFIG = Fields(
     required={
         "format_version": Choice(FORMAT_VERSION),
@@ -140,6 +145,7 @@ MODEL_CONFIG = Fields(
         "versions": Names(Field(), lo=0, what="package names"),
         "appearance": APPEARANCE,
         "familiarity": FAMILIARITY,
+        "small_islands": SMALL_ISLANDS,
     },
 )
 
@@ -220,6 +226,13 @@ def _check_config(config: Any) -> None:
         _check_appearance(config["appearance"], config["tasks"])
     if "familiarity" in config:
         _check_familiarity(config["familiarity"], config["tasks"], kwargs["channels"][-1])
+    for task, sizes in config.get("small_islands", {}).items():
+        labels = config["tasks"].get(task, {}).get("labels")
+        if labels is None:
+            raise Refusal(join_path("small_islands", task), f"is not a task of the model ({sorted(config['tasks'])})")
+        for name in sizes:
+            if name not in labels:
+                raise Refusal(join_path("small_islands", task, name), f"is not a label of the task ({sorted(labels)})")
 
 
 def _check_familiarity(familiarity: Mapping, tasks: Mapping, bottom_channels: int) -> None:

@@ -18,6 +18,7 @@ _EXPORTS = {
     "checkpoint": ("RunFolder", "work_folder_for"),
     "validation": ("validation_dice",),
     "familiarity_fit": ("FOREIGN_VOLUMES", "MAX_VOLUMES", "fit_familiarity"),
+    "island_fit": ("fit_small_islands",),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

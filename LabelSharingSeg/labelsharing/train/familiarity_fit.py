@@ -30,7 +30,7 @@ MAX_VOLUMES = 40
 FOREIGN_VOLUMES = 8
 
 
-def _chosen(items, count: int) -> list:
+def chosen(items, count: int) -> list:
     """Up to ``count`` evenly spaced items of ``items``."""
     items = list(items)
     return [items[i] for i in np.unique(np.linspace(0, len(items) - 1, min(len(items), count)).round().astype(int))]
@@ -65,9 +65,9 @@ def fit_familiarity(model: SegmentationModel, tasks: Sequence[PreparedTask], dev
             def measure(case):
                 return volume_signature(network, read_image(case.image), entry, model.input_size, device)
 
-            foreign = {other.name: [measure(case) for case in _chosen(other.dataset.training, FOREIGN_VOLUMES)]
+            foreign = {other.name: [measure(case) for case in chosen(other.dataset.training, FOREIGN_VOLUMES)]
                        for other in tasks if other is not task and _same_dimension(other, entry, model)}
-            references[task.name] = reference_entry([measure(case) for case in _chosen(training, MAX_VOLUMES)],
+            references[task.name] = reference_entry([measure(case) for case in chosen(training, MAX_VOLUMES)],
                                                     [measure(case) for case in task.validation], foreign,
                                                     fixed_scale=entry["normalization"]["scheme"] == "ct")
     finally:

@@ -24,6 +24,7 @@ from labelsharing.plan import SharedLabelPlan
 from labelsharing.train.checkpoint import RunFolder, claim_output
 from labelsharing.train.distributed import DistributedContext, main_process_output, start_distributed
 from labelsharing.train.familiarity_fit import fit_familiarity
+from labelsharing.train.island_fit import fit_small_islands
 from labelsharing.train.options import Log, TrainingOptions
 from labelsharing.train.slice_store import SliceStore
 from labelsharing.train.task_data import PreparedTask, prepare_task
@@ -108,6 +109,7 @@ def _fine_tune(kind: str, job: FineTuning, model_dir: Path, dataset: Path, out: 
         if context.is_main:
             model.network.load_state_dict(result.best_state)
             model.config["familiarity"] = fit_familiarity(model, tasks, context.device, log)  # the network changed
+            model.config["small_islands"] = fit_small_islands(model, tasks, context.device, log)
             after = measure(model, tasks, context)  # the weights that are written
             forgetting = {task: {"before": job.before[task]["mean"], "after": after[task]["mean"]}
                           for task in after if task in job.before}

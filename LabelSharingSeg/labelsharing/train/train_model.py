@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from labelsharing.data import choose_input_size, plan_slicing, read_image_header
+from labelsharing.errors import LabelSharingError
 from labelsharing.model import SegmentationModel, build_model_config, build_network, default_architecture, \
     package_versions
 from labelsharing.plan import plan_task_datasets
@@ -23,6 +24,7 @@ from labelsharing.train.checkpoint import RunFolder, claim_output, run_options
 from labelsharing.train.distributed import DistributedContext, describe_processes, main_process_output, \
     start_distributed
 from labelsharing.train.familiarity_fit import fit_familiarity
+from labelsharing.train.island_fit import fit_small_islands
 from labelsharing.train.options import Log, TrainingOptions
 from labelsharing.train.slice_store import SliceStore
 from labelsharing.train.task_data import prepare_task
@@ -60,10 +62,12 @@ def train(
             keeps the mode for tasks added later.
 
     Raises:
-        LabelSharingError: ``out`` exists (without ``force``), is or holds a dataset, cannot be
+        LabelSharingError: no datasets; ``out`` exists (without ``force``), is or holds a dataset, cannot be
             written, is being written by another process; a leftover working folder of an
             interrupted run (without ``resume``); invalid datasets or pins.
     """
+    if not datasets:
+        raise LabelSharingError("No task datasets given: train needs at least one task folder.")
     options = options or TrainingOptions()
     out = Path(out)
     identity = {"command": "train", "datasets": [str(Path(d).resolve()) for d in datasets],
@@ -108,6 +112,7 @@ def _train(datasets, out: Path, options: TrainingOptions, pins, keep_apart: bool
         if context.is_main:
             model.network.load_state_dict(result.best_state)
             config["familiarity"] = fit_familiarity(model, tasks, device, log)
+            config["small_islands"] = fit_small_islands(model, tasks, device, log)
             config["history"].append(result.history_entry("train", options, device, [t.name for t in tasks],
                                                           context.world_size))
             model.save(out, overwrite=force, inputs=datasets)

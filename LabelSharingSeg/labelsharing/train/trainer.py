@@ -102,7 +102,7 @@ class Trainer:
         """The predictor that validates the model (by default the one inference uses)."""
         from labelsharing.infer import Predictor
 
-        return Predictor(self.model, self.device)
+        return Predictor(self.model, self.device, remove_islands=False)  # the raw network picks the epoch
 
     # ------------------------------------------------------------------------------- the loop
     def fit(self) -> FitResult:
