@@ -172,6 +172,28 @@ def test_training_defaults_and_limits_come_from_the_engine(env, tmp_path):
     assert widget.fakeJob.args[widget.fakeJob.args.index("--epochs") + 1] == "3"
 
 
+def test_keep_look_alikes_apart_adds_the_flag_to_local_train_and_add_task_only_when_checked(env, tmp_path):
+    """The checkbox writes ``keepLookAlikesApart`` (QCheckBoxToBoolConnector, guiConnectors.py); the runs read it."""
+    module, widget, slicer = env
+    node = widget._parameterNode
+    assert node.keepLookAlikesApart is False
+    writeModel(tmp_path / "base")
+    widget.ui.modelPathLineEdit.currentPath = str(tmp_path / "base")
+    widget.trainPanel.addDatasetFolder(str(tmp_path / "task"))
+    node.modelsFolder = tmp_path
+    widget.logic.dependencies._version = lambda name: "1.0"
+    commands = {}
+    for checked in (False, True):
+        node.keepLookAlikesApart = checked
+        for button in (widget.ui.trainButton, widget.ui.addTaskButton):
+            button.click()
+            commands[checked, widget.fakeJob.args[0]] = widget.fakeJob.args
+            widget.fakeJob.cancel()
+    for kind in ("train", "add-task"):
+        assert "--keep-look-alikes-apart" not in commands[False, kind]
+        assert commands[True, kind] == commands[False, kind] + ["--keep-look-alikes-apart"]
+
+
 def test_a_saved_parameter_node_keeps_its_training_values(env):
     module, widget, slicer = env
     node = widget._parameterNode
