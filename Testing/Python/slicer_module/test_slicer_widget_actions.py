@@ -194,6 +194,24 @@ def test_keep_look_alikes_apart_adds_the_flag_to_local_train_and_add_task_only_w
         assert commands[True, kind] == commands[False, kind] + ["--keep-look-alikes-apart"]
 
 
+def test_an_engine_warning_naming_the_keep_apart_flag_is_followed_by_the_checkbox_that_sets_it(env, tmp_path):
+    """The engine's look-alike warnings (``warning: ...`` lines: plan/planner.py, train/incremental.py) name the
+    command-line flag; the log adds where the panel sets it. Other lines get nothing added."""
+    module, widget, slicer = env
+    widget.trainPanel.addDatasetFolder(str(tmp_path / "task"))
+    widget._parameterNode.modelsFolder = tmp_path
+    widget.logic.dependencies._version = lambda name: "1.0"
+    widget.ui.trainButton.click()
+    log = widget.ui.logTextEdit.appendPlainText
+    log.reset_mock()
+    warning = "warning: 'a' and 'b' look alike (...). --keep-look-alikes-apart puts the others on shared labels"
+    for line in ("epoch   1/1 | step 2 | loss 2.289", warning):
+        widget.fakeJob.onLog(line)
+    assert [call.args[0] for call in log.call_args_list] == [
+        "epoch   1/1 | step 2 | loss 2.289", warning,
+        "  (in this module: Train / add task section, 'Keep look-alike tasks apart')"]
+
+
 def test_a_saved_parameter_node_keeps_its_training_values(env):
     module, widget, slicer = env
     node = widget._parameterNode
