@@ -112,6 +112,7 @@ class LabelSharingSegParameterNode:
     addTaskEpochs: int = 0
     replay: float = 0.0
     trainingDefaultsSet: bool = False
+    keepLookAlikesApart: bool = False  # train / add-task --keep-look-alikes-apart (opt-in in the engine too)
     exportSegmentation: vtkMRMLSegmentationNode
     exportAll: bool = False
     exportFolder: pathlib.Path = pathlib.Path.home()

@@ -79,7 +79,8 @@ class ServerJobCall:
 
     ``datasets`` are local task folders (zipped and uploaded, with ``pins`` as ``pins.json``);
     ``name`` is the new model's name on the server; ``model`` the server model extended by
-    ``add-task``; ``options`` the query options (``epochs``, ``replay``).
+    ``add-task``; ``options`` the query options (``epochs``, ``replay``, ``keep_look_alikes_apart``: a bool,
+    the engine's bare flag when true).
 
     Raises:
         ModuleError: an unknown kind, no dataset, no name, or add-task without a model.
@@ -105,17 +106,19 @@ class ServerJobCall:
 
     @property
     def args(self) -> List[str]:
-        """What the server runs, for the log."""
-        options = [f"--{key.replace('_', '-')} {value}" for key, value in self.options]
+        """What the server runs, for the log (a true bool option as its bare flag, a false one left out)."""
+        options = [f"--{key.replace('_', '-')}" + ("" if isinstance(value, bool) else f" {value}")
+                   for key, value in self.options if value is not False]
         return [self.kind, *([self.model] if self.model else []), *self.datasets, "--out", self.name, *options,
                 f"(on {self.server})"]
 
 
 def trainArgs(
     datasets: Sequence[PathLike], outFolder: PathLike, epochs: Optional[int], device: str,
-    pinsFile: Optional[PathLike] = None,
+    pinsFile: Optional[PathLike] = None, keepLookAlikesApart: bool = False,
 ) -> List[str]:
-    """``train DATASET... --out MODEL [--epochs N] --device D [--pins FILE]``; ``epochs=None``: the engine's default."""
+    """``train DATASET... --out MODEL [--epochs N] --device D [--pins FILE] [--keep-look-alikes-apart]``;
+    ``epochs=None``: the engine's default."""
     _checkDevice(device)
     if not datasets:
         raise ModuleError(_("Add at least one task dataset folder to train on."))
@@ -123,14 +126,15 @@ def trainArgs(
         raise ModuleError(_("Choose the folder where the new model is written."))
     epochArgs = ["--epochs", str(int(epochs))] if epochs is not None else []
     args = ["train", *[str(d) for d in datasets], "--out", str(outFolder), *epochArgs, "--device", device]
-    return args + (["--pins", str(pinsFile)] if pinsFile else [])
+    return args + _optionalArgs(pinsFile, keepLookAlikesApart)
 
 
 def addTaskArgs(
     modelFolder: PathLike, dataset: PathLike, outFolder: PathLike, epochs: int, replay: float, device: str,
-    pinsFile: Optional[PathLike] = None,
+    pinsFile: Optional[PathLike] = None, keepLookAlikesApart: bool = False,
 ) -> List[str]:
-    """``add-task MODEL DATASET --out NEW_MODEL --epochs N --replay F --device D [--pins FILE]``."""
+    """``add-task MODEL DATASET --out NEW_MODEL --epochs N --replay F --device D [--pins FILE]
+    [--keep-look-alikes-apart]``."""
     _checkDevice(device)
     if not isSetPath(outFolder):
         raise ModuleError(_("Choose the folder where the extended model is written."))
@@ -140,7 +144,7 @@ def addTaskArgs(
         "add-task", str(modelFolder), str(dataset), "--out", str(outFolder),
         "--epochs", str(int(epochs)), "--replay", f"{float(replay):g}", "--device", device,
     ]
-    return args + (["--pins", str(pinsFile)] if pinsFile else [])
+    return args + _optionalArgs(pinsFile, keepLookAlikesApart)
 
 
 def updateArgs(
@@ -172,6 +176,12 @@ def writePins(path: PathLike, task: str, pins: Mapping[str, int]) -> Optional[Pa
     path = Path(path)
     path.write_text(json.dumps({task: {label: int(shared) for label, shared in pins.items()}}, indent=2) + "\n")
     return path
+
+
+def _optionalArgs(pinsFile: Optional[PathLike], keepLookAlikesApart: bool) -> List[str]:
+    """``[--pins FILE] [--keep-look-alikes-apart]`` of ``train`` and ``add-task``."""
+    pins = ["--pins", str(pinsFile)] if pinsFile else []
+    return pins + (["--keep-look-alikes-apart"] if keepLookAlikesApart else [])
 
 
 def _checkDevice(device: str) -> None:

@@ -28,6 +28,8 @@ from .Translation import tr as _
 __all__ = ["JobPanel", "userAction", "showError"]
 
 _DEVICE_LINE = "device: "
+#: the engine's look-alike warnings name this flag, which the Train / add task section sets with a checkbox
+_KEEP_APART_FLAG = "--keep-look-alikes-apart"
 
 
 def showError(slicerModule: Any, message: str, details: str = "") -> None:
@@ -198,6 +200,9 @@ class JobPanel:
         self.ui.logTextEdit.appendPlainText(line)
         if line.startswith(_DEVICE_LINE):  # the engine names the device it runs on
             self.ui.torchInfoLabel.text = _("Engine device: {device}").format(device=line[len(_DEVICE_LINE):])
+        if line.startswith("warning: ") and _KEEP_APART_FLAG in line:
+            self.ui.logTextEdit.appendPlainText(
+                _("  (in this module: Train / add task section, 'Keep look-alike tasks apart')"))
 
     def _setBusy(self, title: str, button: Optional[Any]) -> None:
         if button is not None:

@@ -1,4 +1,6 @@
-"""The "Train / add task" section: task folders, where the new model goes, epochs, replay.
+"""The "Train / add task" section: task folders, where the new model goes, epochs, replay, and whether
+look-alike tasks are kept apart (``keepLookAlikesApart``: ``--keep-look-alikes-apart``, or the server
+job's ``keep_look_alikes_apart`` option).
 
 The new model is written to ``<models folder>/<model name>`` (``ModelOutput``), shown under the
 two fields before anything runs. Epochs (one field for Train, one for Add task) and replay take
@@ -141,12 +143,14 @@ class TrainPanel:
         node = self._parameterNode()
         if self._serverUrl():
             call = ServerJobCall("train", tuple(self.datasetFolders()), node.modelName, self._serverUrl(),
-                                 _positive(epochs=node.trainEpochs), pins=str(self._pinsFile("train") or ""))
+                                 _positive(epochs=node.trainEpochs) + _keepApart(node),
+                                 pins=str(self._pinsFile("train") or ""))
             self._runOnServer(_("Training"), call, self.ui.trainButton)
             return
         outFolder = modelOutputFolder(node.modelsFolder, node.modelName)
         self.jobs.installMissing(self.logic.dependencies)
-        args = trainArgs(self.datasetFolders(), outFolder, node.trainEpochs, node.device, self._pinsFile("train"))
+        args = trainArgs(self.datasetFolders(), outFolder, node.trainEpochs, node.device, self._pinsFile("train"),
+                         node.keepLookAlikesApart)
         self._run(_("Training"), args, self.ui.trainButton, outFolder, "trained")
 
     @userAction(_("Adding the task"))
@@ -166,14 +170,15 @@ class TrainPanel:
             raise ModuleError(_("Select the task dataset folder to add in the list."))
         if model.server:
             call = ServerJobCall("add-task", (item.text(),), node.modelName, model.server,
-                                 _positive(epochs=node.addTaskEpochs) + (("replay", float(node.replay)),),
+                                 _positive(epochs=node.addTaskEpochs) + (("replay", float(node.replay)),)
+                                 + _keepApart(node),
                                  model=model.name, pins=str(self._pinsFile("add") or ""))
             self._runOnServer(_("Adding the task"), call, self.ui.addTaskButton)
             return
         outFolder = modelOutputFolder(node.modelsFolder, node.modelName)
         self.jobs.installMissing(self.logic.dependencies)
         args = addTaskArgs(model.folder, item.text(), outFolder, node.addTaskEpochs, node.replay, node.device,
-                           self._pinsFile("add"))
+                           self._pinsFile("add"), node.keepLookAlikesApart)
         self._run(_("Adding the task"), args, self.ui.addTaskButton, outFolder, "added task")
 
     def _run(self, title: str, args: List[str], button: Any, outFolder: Path, source: str) -> None:
@@ -211,3 +216,8 @@ class TrainPanel:
 def _positive(**options: float) -> tuple:
     """``((name, value), ...)`` of the options above 0 (0: the engine's defaults were not read; the server's apply)."""
     return tuple((name, int(value)) for name, value in options.items() if value and value > 0)
+
+
+def _keepApart(node: Any) -> tuple:
+    """``(("keep_look_alikes_apart", True),)`` when the checkbox is checked, else nothing (the server's default)."""
+    return (("keep_look_alikes_apart", True),) if node.keepLookAlikesApart else ()

@@ -33,7 +33,8 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
 from labelsharing.errors import LabelSharingError  # noqa: E402
-from labelsharing.serve import Job, check_listen_address, load_or_create_token, unpack_zip  # noqa: E402
+from labelsharing.serve import Job, ServerSettings, check_listen_address, create_app, load_or_create_token, \
+    unpack_zip  # noqa: E402
 
 ENGINE = str(Path(__file__).resolve().parents[2] / "LabelSharingSeg")
 ENV = {**os.environ, "PYTHONPATH": ENGINE}
@@ -346,6 +347,36 @@ def test_job_progress_is_read_from_progress_and_epoch_lines(tmp_path):
     job.read_line("PROGRESS 12.0 training 60/500 epoch=2/10 loss=0.8")
     assert (job.percent, job.step, job.epoch) == (12.0, 60, 2)
     assert list(job.log) == ["epoch   1/10 | step 50 | loss 0.912 | val Dice TaskA 0.412  TaskB 0.300 | mean 0.356  *best*"]
+
+
+def test_keep_look_alikes_apart_reaches_the_jobs_command_line_as_a_bare_flag_only_when_true(tmp_path):
+    """The app in this process (``TestClient``), so each job's command line (``queue.get(id).argv``) can be
+    read; leaving the client closes the queue, which ends the one job that started (workers=1)."""
+    from fastapi.testclient import TestClient
+
+    models = tmp_path / "models"
+    models.mkdir()
+    make_model(fake=False, input_size=32).save(models / "tiny")
+    settings = ServerSettings(models, models / ".labelsharing-serve" / "jobs", "secret", 2**20, device="cpu")
+    app = create_app(settings, log=lambda line: None)
+    one_task = _tasks_zip(tmp_path / "upload-one", "one")
+    with TestClient(app, headers={"Authorization": "Bearer secret"}) as client:
+        def argv(kind: str, **params) -> list[str]:
+            body = one_task if kind == "add-task" else _tasks_zip(tmp_path / "upload")
+            answer = client.post(f"/v1/jobs/{kind}", params=params, content=body)
+            assert answer.status_code == 202, answer.text
+            return app.state.queue.get(answer.json()["id"]).argv
+
+        train = argv("train", name="apart", epochs=3, keep_look_alikes_apart="true")
+        assert train.count("--keep-look-alikes-apart") == 1 and train[-1] == "--keep-look-alikes-apart"
+        assert train[train.index("--epochs"):] == ["--epochs", "3", "--keep-look-alikes-apart"]  # a bare flag
+        # a Python True in a query string (urllib.parse.urlencode, the Slicer module's client) reads "True"
+        added = argv("add-task", model="tiny", name="apart_2", replay=0.25, keep_look_alikes_apart="True")
+        assert added[added.index("--replay"):] == ["--replay", "0.25", "--keep-look-alikes-apart"]
+        assert "--keep-look-alikes-apart" not in argv("train", name="shared", keep_look_alikes_apart="false")
+        assert "--keep-look-alikes-apart" not in argv("add-task", model="tiny", name="shared_2")  # the default
+        refused = client.post("/v1/jobs/train", params={"name": "x", "keep_look_alikes_apart": "maybe"}, content=b"")
+        assert refused.status_code == 422
 
 
 @pytest.mark.slow

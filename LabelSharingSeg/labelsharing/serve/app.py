@@ -17,9 +17,10 @@ elsewhere first (as multipart parsing would), and a client needs only ``urllib``
                                               ``<case>.prediction.json`` (task, recognition, warning)
 ``GET  /v1/models/{name}/download``           the model folder, zipped
 ``POST /v1/jobs/train``                       body: a zip of nnU-Net task folders (and ``pins.json`` at its
-                                              root, as ``--pins``); ``name`` + options
+                                              root, as ``--pins``); ``name`` + options;
+                                              ``keep_look_alikes_apart=true``: ``--keep-look-alikes-apart``
 ``POST /v1/jobs/add-task``                    body: a zip of one task folder (and ``pins.json``); ``model``,
-                                              ``name`` + options
+                                              ``name`` + options (``replay``, ``keep_look_alikes_apart`` too)
 ``GET  /v1/jobs``, ``GET /v1/jobs/{id}``      status, progress (epoch, step, Dice), log tail
 ``POST /v1/jobs/{id}/cancel``                 ends the job (its process group)
 ============================================  ==================================================
@@ -158,11 +159,11 @@ def create_app(settings: ServerSettings, log=print) -> FastAPI:
                     steps_per_epoch: Optional[int] = Query(None, ge=1), batch_size: Optional[int] = Query(None, ge=1),
                     lr: Optional[float] = Query(None, gt=0, le=1), time_budget: Optional[float] = Query(None, gt=0),
                     seed: Optional[int] = Query(None, ge=0), val_fraction: Optional[float] = Query(None, ge=0, lt=1),
-                    input_size: Optional[int] = Query(None, ge=16), features: Optional[int] = Query(None, ge=1)
-                    ) -> dict:
+                    input_size: Optional[int] = Query(None, ge=16), features: Optional[int] = Query(None, ge=1),
+                    keep_look_alikes_apart: bool = Query(False)) -> dict:
         flags = _flags(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr,
                        time_budget=time_budget, seed=seed, val_fraction=val_fraction, input_size=input_size,
-                       features=features)
+                       features=features, keep_look_alikes_apart=keep_look_alikes_apart)
         return await _submit(request, "train", name, None, flags)
 
     @api.post("/jobs/add-task", status_code=202)
@@ -171,9 +172,11 @@ def create_app(settings: ServerSettings, log=print) -> FastAPI:
                        batch_size: Optional[int] = Query(None, ge=1), lr: Optional[float] = Query(None, gt=0, le=1),
                        time_budget: Optional[float] = Query(None, gt=0), seed: Optional[int] = Query(None, ge=0),
                        val_fraction: Optional[float] = Query(None, ge=0, lt=1),
-                       replay: Optional[float] = Query(None, ge=0, lt=1)) -> dict:
+                       replay: Optional[float] = Query(None, ge=0, lt=1),
+                       keep_look_alikes_apart: bool = Query(False)) -> dict:
         flags = _flags(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr,
-                       time_budget=time_budget, seed=seed, val_fraction=val_fraction, replay=replay)
+                       time_budget=time_budget, seed=seed, val_fraction=val_fraction, replay=replay,
+                       keep_look_alikes_apart=keep_look_alikes_apart)
         return await _submit(request, "add-task", name, library.folder(model), flags)
 
     async def _submit(request: Request, kind: str, name: str, parent: Optional[Path], flags: list) -> dict:
@@ -261,11 +264,15 @@ def _check_free(out: Path, queue: JobQueue) -> None:
 
 
 def _flags(**options) -> list[str]:
-    """``--steps-per-epoch 5 ...`` for the options given."""
+    """``--steps-per-epoch 5 ...`` for the options given; a boolean option is a bare flag, present when true
+    (``keep_look_alikes_apart=True``: ``--keep-look-alikes-apart``, the engine's ``store_true`` flag)."""
     flags = []
     for key, value in options.items():
-        if value is not None:
-            flags += [f"--{key.replace('_', '-')}", str(value)]
+        flag = f"--{key.replace('_', '-')}"
+        if isinstance(value, bool):
+            flags += [flag] if value else []
+        elif value is not None:
+            flags += [flag, str(value)]
     return flags
 
 

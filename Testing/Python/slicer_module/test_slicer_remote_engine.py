@@ -28,7 +28,7 @@ from LabelSharingSegLib.EngineCommands import PredictCall, ServerJobCall
 from LabelSharingSegLib.ModelInfo import ModelInfo
 from LabelSharingSegLib.ModuleError import ModuleError
 from LabelSharingSegLib.RemoteEngine import RoutingEngine
-from LabelSharingSegLib.ServerClient import LOCAL, SERVER, EngineSettings, ServerClient
+from LabelSharingSegLib.ServerClient import LOCAL, SERVER, EngineSettings, ServerClient, zipDatasets
 
 from polling import poll_until
 
@@ -326,7 +326,8 @@ def test_cancel_ends_the_servers_job(server, tmp_path, monkeypatch):
     assert not (models / "cancelled").exists()
 
 
-def test_with_a_server_engine_train_and_add_task_become_server_jobs(fakeSlicerModules, server, tmp_path):
+def _serverWidget(fakeSlicerModules, server, tmp_path):
+    """The module's widget with the Engine section connected to ``server`` (its model ``tiny`` chosen)."""
     from .widget_harness import buildWidget, loadModuleFile
 
     url, token, _ = server
@@ -334,11 +335,18 @@ def test_with_a_server_engine_train_and_add_task_become_server_jobs(fakeSlicerMo
     slicer.app.temporaryPath = str(tmp_path)
     slicer.app.slicerUserSettingsFilePath = str(tmp_path / "settings" / "Slicer.ini")
     widget = buildWidget(loadModuleFile(), slicer)
-    panel, node = widget.enginePanel, widget._parameterNode
+    panel = widget.enginePanel
     panel.engineCombo.setCurrentIndex(1)
     panel.urlEdit.text, panel.tokenEdit.text = url, token
     panel.connectButton.click()
     assert widget.segmentPanel.model.server == url
+    return widget, slicer
+
+
+def test_with_a_server_engine_train_and_add_task_become_server_jobs(fakeSlicerModules, server, tmp_path):
+    url, token, _ = server
+    widget, slicer = _serverWidget(fakeSlicerModules, server, tmp_path)
+    panel, node = widget.enginePanel, widget._parameterNode
     node.modelName, node.trainEpochs, node.addTaskEpochs, node.replay = "abdomen", 3, 2, 0.25
     widget.trainPanel.addDatasetFolder(str(tmp_path / "TaskC"))
     widget.ui.trainButton.click()
@@ -359,6 +367,38 @@ def test_with_a_server_engine_train_and_add_task_become_server_jobs(fakeSlicerMo
     widget.segmentPanel.model = ServerClient(url, token).models()[0]
     widget.ui.addTaskButton.click()
     assert "must be where the Engine section runs" in slicer.util.errorDisplay.call_args[0][0]
+
+
+def test_keep_look_alikes_apart_becomes_the_server_jobs_option_only_when_checked(fakeSlicerModules, server, tmp_path):
+    widget, _ = _serverWidget(fakeSlicerModules, server, tmp_path)
+    node = widget._parameterNode
+    node.modelName, node.trainEpochs, node.addTaskEpochs, node.replay = "abdomen", 3, 2, 0.25
+    widget.trainPanel.addDatasetFolder(str(tmp_path / "TaskC"))
+    options = {}
+    for checked in (False, True):
+        node.keepLookAlikesApart = checked
+        for button in (widget.ui.trainButton, widget.ui.addTaskButton):
+            button.click()
+            options[checked, widget.fakeJob.work.kind] = dict(widget.fakeJob.work.options)
+            widget.fakeJob.cancel()
+    assert options[False, "train"] == {"epochs": 3} and options[False, "add-task"] == {"epochs": 2, "replay": 0.25}
+    for kind in ("train", "add-task"):
+        assert options[True, kind] == {**options[False, kind], "keep_look_alikes_apart": True}
+
+
+@pytest.mark.slow
+def test_keep_look_alikes_apart_as_the_module_sends_it_trains_a_model_that_keeps_tasks_apart(server, tmp_path):
+    """The option as ``ServerClient`` sends it (a Python True, urlencoded as "True") reaches the engine: the model's
+    plan has its ``apart`` entry, present (even empty) only in a plan made with the flag (docs/CONTRACTS.md)."""
+    url, token, models = server
+    client = ServerClient(url, token)
+    call = ServerJobCall("train", tuple(_taskZipFolders(tmp_path)), "apart", url,
+                         TINY + (("keep_look_alikes_apart", True),))
+    job = client.submitJob(call, zipDatasets(call.datasets, None, tmp_path / "datasets.zip"))
+    poll_until(lambda: client.job(job["id"])["status"] in ("done", "failed", "cancelled"), timeout=180,
+               what="the training job never ended")
+    assert client.job(job["id"])["status"] == "done", client.job(job["id"])["log"][-5:]
+    assert json.loads((models / "apart" / "model.json").read_text(encoding="utf-8"))["plan"]["apart"] == []
 
 
 def test_the_servers_models_appear_in_the_model_library_beside_the_local_ones(fakeSlicerModules, server, tmp_path):

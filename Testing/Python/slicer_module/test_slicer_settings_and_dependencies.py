@@ -12,7 +12,8 @@ import pytest
 
 from .fakes import MODULE_DIR, fakeSlicer
 from LabelSharingSegLib.Dependencies import Dependencies
-from LabelSharingSegLib.EngineCommands import addTaskArgs, isSetPath, predictArgs, trainArgs, writePins
+from LabelSharingSegLib.EngineCommands import ServerJobCall, addTaskArgs, isSetPath, predictArgs, trainArgs, \
+    writePins
 from LabelSharingSegLib.ModelInfo import ModelInfo, defaultColor
 from LabelSharingSegLib.ModuleError import ModuleError
 
@@ -46,12 +47,23 @@ def test_arguments_follow_the_contract(tmp_path):
         "add-task", "/m", "/d", "--out", "/m2", "--epochs", "5", "--replay", "0.25", "--device", "auto"]
     with pytest.raises(ModuleError, match="new folder"):
         addTaskArgs(tmp_path, "/d", tmp_path, 5, 0.2, "auto")
+    assert trainArgs(["/d"], "/new", 3, "cpu", "/p.json", keepLookAlikesApart=True)[-3:] == [
+        "--pins", "/p.json", "--keep-look-alikes-apart"]
+    assert addTaskArgs("/m", "/d", "/m2", 5, 0.25, "auto", keepLookAlikesApart=True)[-1] == "--keep-look-alikes-apart"
     with pytest.raises(ModuleError, match="Device"):
         predictArgs("/m", "knee", "/in", "/out", "gpu")
     assert not isSetPath(".") and not isSetPath("") and isSetPath("/x")
     assert writePins(tmp_path / "p.json", "knee", {}) is None
     assert json.loads(writePins(tmp_path / "p.json", "knee", {"tibia": 1}).read_text()) == {"knee": {"tibia": 1}}
 
+
+
+def test_a_server_jobs_log_line_shows_a_true_option_as_the_engines_bare_flag():
+    """``ServerJobCall.args`` is what the log shows the server runs: ``--keep-look-alikes-apart``, not ``... True``."""
+    call = ServerJobCall("train", ("/d",), "new", "https://gpu", (("epochs", 3), ("keep_look_alikes_apart", True)))
+    assert call.args == ["train", "/d", "--out", "new", "--epochs 3", "--keep-look-alikes-apart", "(on https://gpu)"]
+    unchecked = ServerJobCall("train", ("/d",), "new", "https://gpu", (("keep_look_alikes_apart", False),))
+    assert unchecked.args == ["train", "/d", "--out", "new", "(on https://gpu)"]
 
 def _dependencies(missing, confirm=True, torchInstalls=True):
     """FAKE slicer and PyTorchUtils (fepegar/SlicerPyTorch PyTorchUtils.py: installTorch(askConfirmation,

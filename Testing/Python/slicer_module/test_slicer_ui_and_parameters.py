@@ -100,6 +100,23 @@ def test_every_slicer_parameter_name_is_a_field_of_a_bindable_type():
         )
 
 
+def test_the_train_section_has_the_keep_look_alikes_apart_checkbox_bound_to_a_false_by_default_field():
+    """A QCheckBox bound to a bool field (``QCheckBoxToBoolConnector``, guiConnectors.py, 5.8.0 and main)."""
+    root = ElementTree.parse(UI_FILE).getroot()
+    [train] = [w for w in root.iter("widget") if w.get("name") == "trainCollapsibleButton"]
+    inTrain = {w.get("name"): w for w in train.iter("widget")}
+    box, label = inTrain["keepLookAlikesApartCheckBox"], inTrain["keepLookAlikesApartLabel"]
+    assert box.get("class") == "QCheckBox" and label.find("property[@name='text']/string").text == (
+        "Keep look-alike tasks apart:")
+    properties = {prop.get("name"): prop[0].text for prop in box.findall("property")}
+    assert properties["SlicerParameterName"] == "keepLookAlikesApart"
+    assert "shared labels" in properties["toolTip"] and "output channels" in properties["toolTip"]
+    tree = ast.parse((MODULE_DIR / "LabelSharingSeg.py").read_text())
+    [cls] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "LabelSharingSegParameterNode"]
+    [field] = [n for n in cls.body if isinstance(n, ast.AnnAssign) and n.target.id == "keepLookAlikesApart"]
+    assert ast.unparse(field.annotation) == "bool" and ast.literal_eval(field.value) is False
+
+
 def test_choice_parameters_match_the_code_constants():
     text = (MODULE_DIR / "LabelSharingSeg.py").read_text()
     for field, constant in [("device", "DEVICES"), ("modality", "MODALITIES"), ("exportFormat", "EXPORT_FORMATS")]:

@@ -172,6 +172,46 @@ def test_training_defaults_and_limits_come_from_the_engine(env, tmp_path):
     assert widget.fakeJob.args[widget.fakeJob.args.index("--epochs") + 1] == "3"
 
 
+def test_keep_look_alikes_apart_adds_the_flag_to_local_train_and_add_task_only_when_checked(env, tmp_path):
+    """The checkbox writes ``keepLookAlikesApart`` (QCheckBoxToBoolConnector, guiConnectors.py); the runs read it."""
+    module, widget, slicer = env
+    node = widget._parameterNode
+    assert node.keepLookAlikesApart is False
+    writeModel(tmp_path / "base")
+    widget.ui.modelPathLineEdit.currentPath = str(tmp_path / "base")
+    widget.trainPanel.addDatasetFolder(str(tmp_path / "task"))
+    node.modelsFolder = tmp_path
+    widget.logic.dependencies._version = lambda name: "1.0"
+    commands = {}
+    for checked in (False, True):
+        node.keepLookAlikesApart = checked
+        for button in (widget.ui.trainButton, widget.ui.addTaskButton):
+            button.click()
+            commands[checked, widget.fakeJob.args[0]] = widget.fakeJob.args
+            widget.fakeJob.cancel()
+    for kind in ("train", "add-task"):
+        assert "--keep-look-alikes-apart" not in commands[False, kind]
+        assert commands[True, kind] == commands[False, kind] + ["--keep-look-alikes-apart"]
+
+
+def test_an_engine_warning_naming_the_keep_apart_flag_is_followed_by_the_checkbox_that_sets_it(env, tmp_path):
+    """The engine's look-alike warnings (``warning: ...`` lines: plan/planner.py, train/incremental.py) name the
+    command-line flag; the log adds where the panel sets it. Other lines get nothing added."""
+    module, widget, slicer = env
+    widget.trainPanel.addDatasetFolder(str(tmp_path / "task"))
+    widget._parameterNode.modelsFolder = tmp_path
+    widget.logic.dependencies._version = lambda name: "1.0"
+    widget.ui.trainButton.click()
+    log = widget.ui.logTextEdit.appendPlainText
+    log.reset_mock()
+    warning = "warning: 'a' and 'b' look alike (...). --keep-look-alikes-apart puts the others on shared labels"
+    for line in ("epoch   1/1 | step 2 | loss 2.289", warning):
+        widget.fakeJob.onLog(line)
+    assert [call.args[0] for call in log.call_args_list] == [
+        "epoch   1/1 | step 2 | loss 2.289", warning,
+        "  (in this module: Train / add task section, 'Keep look-alike tasks apart')"]
+
+
 def test_a_saved_parameter_node_keeps_its_training_values(env):
     module, widget, slicer = env
     node = widget._parameterNode
