@@ -259,13 +259,13 @@ def test_a_site_authenticates_with_its_private_key_alone(tmp_path):
 def test_a_superlink_whose_port_was_taken_meanwhile_starts_again_on_other_ports(tmp_path, monkeypatch):
     """A CI run failed when another program took a port between ``free_port`` and the SuperLink's bind
     ("Port in server address 127.0.0.1:39119 is already in use", then "ended at start")."""
-    from labelsharing.federated import launch
+    from labelsharing.federated import launch, runtime
 
     taken = socket.socket()  # bound, not listening: nothing answers there, and no one else can bind it
     taken.bind(("127.0.0.1", 0))
     first_try = [free_port(), taken.getsockname()[1], free_port()]  # Fleet, Control (taken), ServerAppIo
     given = iter(first_try)
-    monkeypatch.setattr(launch, "free_port", lambda: next(given, None) or free_port())
+    monkeypatch.setattr(runtime, "free_port", lambda: next(given, None) or free_port())
     try:
         with Processes(flower_environment(tmp_path / "home"), tmp_path / "logs") as processes:
             fleet, control = launch.start_local_superlink(processes)
@@ -275,3 +275,41 @@ def test_a_superlink_whose_port_was_taken_meanwhile_starts_again_on_other_ports(
                 pass  # the second one listens
     finally:
         taken.close()
+
+
+def test_a_supernode_whose_port_was_taken_meanwhile_starts_again_on_another_port(tmp_path, monkeypatch):
+    """As the SuperLink's: another program takes a SuperNode's ClientAppIo port between ``free_port`` and the
+    SuperNode's bind ("Port in server address ... is already in use"); that site's SuperNode ended at start
+    and ``flwr run`` waited for it."""
+    from labelsharing.federated import launch, runtime
+
+    taken = socket.socket()  # bound, not listening: nothing answers there, and no one else can bind it
+    taken.bind(("127.0.0.1", 0))
+    first_try = [free_port(), free_port(), free_port(), taken.getsockname()[1]]  # the SuperLink's 3, site-1's
+    given = iter(first_try)
+    monkeypatch.setattr(runtime, "free_port", lambda: next(given, None) or free_port())
+    found = {}
+
+    def the_supernodes_listen(app, control, settings, env, insecure):  # instead of ``flwr run``
+        assert next(given, None) is None  # site-1 got the taken port first
+        deadline = time.monotonic() + 30
+        while len(found) < 2 and time.monotonic() < deadline:  # a SuperNode on the taken port never gets here
+            for process in _flower_processes(str(tmp_path / "work")):
+                command = process.cmdline()
+                if "flower-supernode" in " ".join(command):
+                    address = command[command.index("--clientappio-api-address") + 1]
+                    try:
+                        with socket.create_connection(("127.0.0.1", int(address.rsplit(":", 1)[1])), timeout=1):
+                            found[command[command.index("--node-config") + 1]] = address
+                    except OSError:
+                        pass
+            time.sleep(0.5)
+
+    monkeypatch.setattr(launch, "run_flower_app", the_supernodes_listen)
+    try:
+        launch.run_local([tmp_path / "a", tmp_path / "b"], tmp_path / "model", work=tmp_path / "work", device="cpu")
+    finally:
+        taken.close()
+    assert len(found) == 2  # each site's SuperNode listened, site-1's on another port
+    assert f"127.0.0.1:{first_try[3]}" not in found.values()
+    assert _wait_until_no_flower_process(str(tmp_path / "work")) == []

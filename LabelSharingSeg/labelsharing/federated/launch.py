@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -66,9 +67,10 @@ def run_local(datasets: Sequence[str | Path], out: str | Path, overrides: Mappin
               work: str | Path | None = None, device: str = "auto") -> Path:
     """Train a model federatedly on one machine, each dataset one site; returns ``out``.
 
-    A SuperLink and one SuperNode per dataset run on 127.0.0.1 in insecure mode, ``flwr run``
-    drives the run, and every process is stopped at the end, also on failure or Ctrl+C. Their
-    logs go to ``work`` (default: a temporary folder, removed afterwards).
+    A SuperLink and one SuperNode per dataset run on 127.0.0.1 in insecure mode (each started again
+    on other ports when one was taken before it bound it), ``flwr run`` drives the run once all
+    listen, and every process is stopped at the end, also on failure or Ctrl+C. Their logs go to
+    ``work`` (default: a temporary folder, removed afterwards).
     """
     settings = _settings(out, {"sites": len(datasets), "min-sites": len(datasets), **(overrides or {})})
     with tempfile.TemporaryDirectory(prefix="labelsharing-federated-") as temporary:
@@ -76,32 +78,19 @@ def run_local(datasets: Sequence[str | Path], out: str | Path, overrides: Mappin
         env = flower_environment(folder / "flower-home")
         with Processes(env, folder / "logs") as processes:
             fleet, control = start_local_superlink(processes)
-            for i, dataset in enumerate(datasets, 1):
-                processes.start(f"site-{i}", supernode_command(fleet, [dataset], device, f"127.0.0.1:{free_port()}"))
+            for i, dataset in enumerate(datasets, 1):  # a SuperNode opens its ClientAppIo API before it connects
+                processes.start_listening(f"site-{i}", partial(supernode_command, fleet, [dataset], device), 1)
             run_flower_app(write_flower_app(folder / "app", settings), control, settings, env, insecure=True)
     return Path(out)
 
 
 def start_local_superlink(processes: Processes, attempts: int = 3) -> tuple[str, str]:
-    """Start an insecure SuperLink on free 127.0.0.1 ports; returns its Fleet and Control addresses.
-
-    A port found free can be taken by another program before the SuperLink binds it (it then ends
-    at start: "Port ... is already in use"); the SuperLink is started again on other ports.
-    """
-    attempt = 1
-    while True:
-        fleet, control, serverappio = (f"127.0.0.1:{free_port()}" for _ in range(3))
-        link = processes.start("superlink", _superlink_command(fleet, control, serverappio, None, False))
-        try:
-            for address in (control, fleet):
-                wait_for_port(address, 60, link)
-            return fleet, control
-        except LabelSharingError:
-            ended_at_start = link.poll() is not None  # not a timeout
-            processes.stop("superlink")
-            if attempt >= attempts or not ended_at_start:
-                raise
-            attempt += 1
+    """Start an insecure SuperLink on free 127.0.0.1 ports (again on other ports when one was taken
+    meanwhile, see :meth:`Processes.start_listening`); returns its Fleet and Control addresses once
+    its three APIs listen."""
+    fleet, control, _ = processes.start_listening(
+        "superlink", partial(_superlink_command, certificates=None, authenticate=False), 3, attempts)
+    return fleet, control
 
 
 def read_sites_file(path: str | Path) -> dict:

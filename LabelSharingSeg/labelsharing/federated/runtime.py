@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Mapping, Sequence
+from typing import IO, Callable, Mapping, Sequence
 
 from labelsharing.errors import LabelSharingError
 
@@ -110,6 +110,33 @@ class Processes:
                                    start_new_session=True)
         self.started[name] = process
         return process
+
+    def start_listening(self, name: str, command: Callable[..., Sequence[str]], ports: int, attempts: int = 3,
+                        timeout: float = 60.0) -> list[str]:
+        """Start ``command(*addresses)`` as ``name`` on ``ports`` fresh 127.0.0.1 addresses and wait until
+        something listens on each of them; returns the addresses.
+
+        A port found free can be taken by another program before the process binds it: a Flower process
+        then ends at start ("Port in server address ... is already in use") and is started again on
+        other ports, up to ``attempts`` times. One still running at the timeout is not started again.
+
+        Raises:
+            LabelSharingError: the last attempt ended at start, or nothing listened within ``timeout``.
+        """
+        attempt = 1
+        while True:
+            addresses = [f"127.0.0.1:{free_port()}" for _ in range(ports)]
+            process = self.start(name, command(*addresses))
+            try:
+                for address in addresses:
+                    wait_for_port(address, timeout, process)
+                return addresses
+            except LabelSharingError:
+                ended_at_start = process.poll() is not None  # not a timeout
+                self.stop(name)
+                if attempt >= attempts or not ended_at_start:
+                    raise
+                attempt += 1
 
     def stop(self, name: str) -> None:
         """End ``name``'s whole process group: SIGTERM, then SIGKILL after a grace period."""
