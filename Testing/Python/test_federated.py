@@ -313,3 +313,20 @@ def test_a_supernode_whose_port_was_taken_meanwhile_starts_again_on_another_port
     assert len(found) == 2  # each site's SuperNode listened, site-1's on another port
     assert f"127.0.0.1:{first_try[3]}" not in found.values()
     assert _wait_until_no_flower_process(str(tmp_path / "work")) == []
+
+
+def test_a_site_starts_its_supernode_again_on_a_fresh_clientappio_port(tmp_path, monkeypatch):
+    """``federated site`` restarts its SuperNode when it stops; the old code reused the first ClientAppIo
+    port, so a port taken by another program failed every restart while the message blamed the coordinator."""
+    from labelsharing.federated import launch
+
+    dataset = make_demo_datasets(tmp_path / "demo", cases=2, seed=0)[2]
+    addresses, codes = [], iter([1, 1, 0])  # stopped twice (e.g. its port was taken), then ends normally
+
+    def supernode(command, env):
+        addresses.append(command[command.index("--clientappio-api-address") + 1])
+        return subprocess.CompletedProcess(command, next(codes))
+
+    monkeypatch.setattr(subprocess, "run", supernode)
+    assert launch.run_site([dataset], "127.0.0.1:9092", insecure=True, retry_seconds=0) == 0
+    assert len(addresses) == 3 and len(set(addresses)) == 3

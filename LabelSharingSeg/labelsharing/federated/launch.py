@@ -181,17 +181,18 @@ def run_site(datasets: Sequence[str | Path], superlink: str, root_certificates: 
     if root_certificates is None and not insecure:
         raise LabelSharingError("Give the coordinator's CA certificate (--root-certificates ca.crt), or --insecure "
                                 "for a test on one machine only.")
-    command = supernode_command(superlink, datasets, device, f"127.0.0.1:{free_port()}", root_certificates,
-                                private_key)
     with tempfile.TemporaryDirectory(prefix="labelsharing-site-") as home:
         try:
-            while True:
+            while True:  # a fresh ClientAppIo port each start: the last one may have been taken meanwhile
+                command = supernode_command(superlink, datasets, device, f"127.0.0.1:{free_port()}",
+                                            root_certificates, private_key)
                 code = subprocess.run(command, env=flower_environment(Path(home))).returncode
                 if code == 0:
                     return 0
                 print(f"[labelsharing] the SuperNode stopped (exit {code}): the coordinator at {superlink} is not up, "
-                      f"or has not registered this site's key yet; starting it again in {retry_seconds:g} s "
-                      "(Ctrl+C to stop)", file=sys.stderr, flush=True)
+                      "or has not registered this site's key yet, or its local port was taken (its output above "
+                      f"says which); starting it again in {retry_seconds:g} s (Ctrl+C to stop)",
+                      file=sys.stderr, flush=True)
                 time.sleep(retry_seconds)
         except KeyboardInterrupt:
             return 130
