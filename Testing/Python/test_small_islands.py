@@ -159,7 +159,7 @@ def test_the_fit_keeps_a_rule_unless_it_lowers_held_out_dice(tmp_path, monkeypat
                                         "c": ISLAND_FRACTION * 4 * voxel})  # not in the held-out case: unchecked
     assert "b" not in rules["T"]  # it would remove b's true 2 mm³ island: Dice down
     assert rules["Other"] == {"x": 5.0}  # a task not fitted (its data not here) keeps its rule
-    assert "T: 2 of 3 labels (a 0.962->1.000 held-out Dice)" in lines[-1]
+    assert "T: 2 of 3 labels (held-out Dice: a 0.962->1.000)" in lines[-1]
 
 
 def test_a_task_without_held_out_cases_keeps_every_rule(tmp_path, monkeypatch):

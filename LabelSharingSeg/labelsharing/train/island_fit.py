@@ -55,9 +55,9 @@ def fit_small_islands(model: SegmentationModel, tasks: Sequence[PreparedTask], d
         kept = choose_min_sizes(candidates, before, after)
         if kept:
             result[task.name] = kept
-        changed = [f"{name} {before[name]:.3f}->{after[name]:.3f}" if name in after else f"{name} specks only"
+        changed = [f"{name} {before[name]:.3f}->" + (f"{after[name]:.3f}" if name in after else "none (only specks)")
                    for name in kept if after.get(name) != before.get(name)]
         lines.append(f"{task.name}: {len(kept)} of {len(candidates)} labels"
-                     + (f" ({', '.join(changed)} held-out Dice)" if changed else ""))
+                     + (f" (held-out Dice: {', '.join(changed)})" if changed else ""))
     log("small islands removed after prediction: " + ("; ".join(lines) or "no task measured"))
     return result
