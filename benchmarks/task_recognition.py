@@ -80,6 +80,7 @@ def run(datasets: list[Path], out: Path, epochs: int, device: str, seed: int, lo
     rng = np.random.default_rng(seed)
     recognition = {t: {"right": 0, "wrong": 0, "refused": 0, "scores": []} for t in tasks}
     own = {t: [0, 0] for t in tasks}  # warned, volumes
+    own_relative = {t: [] for t in tasks}  # relative distance of each own test image to its task
     other = {t: [0, 0] for t in tasks}
     altered = {c: {t: [0, 0] for t in tasks} for c in CHANGES}
     start = time.perf_counter()
@@ -97,7 +98,10 @@ def run(datasets: list[Path], out: Path, epochs: int, device: str, seed: int, lo
                 log(f"{path.name}: {exc}")
             recognition[name][outcome] += 1
             for task in tasks:
-                warned = predictor.examine(image, task)["familiarity"]["warning"] is not None
+                familiarity = predictor.examine(image, task)["familiarity"]
+                warned = familiarity["warning"] is not None
+                if task == name:
+                    own_relative[name].append(familiarity["relative_distance"])
                 tally = own[name] if task == name else other[task]
                 tally[0] += warned
                 tally[1] += 1
@@ -105,7 +109,8 @@ def run(datasets: list[Path], out: Path, epochs: int, device: str, seed: int, lo
                 warned = predictor.examine(_altered(image, change, rng), name)["familiarity"]["warning"] is not None
                 altered[change][name][0] += warned
                 altered[change][name][1] += 1
-    return {"tasks": tasks, "recognition": recognition, "own": own, "other": other, "altered": altered,
+    return {"tasks": tasks, "recognition": recognition, "own": own, "own_relative": own_relative, "other": other,
+            "altered": altered,
             "seconds": time.perf_counter() - start, "epochs": epochs}
 
 
@@ -115,10 +120,13 @@ def report(result: dict) -> str:
         n = r["right"] + r["wrong"] + r["refused"]
         score = f"{np.mean(r['scores']):.3f}" if r["scores"] else "-"
         lines.append(f"| {task} | {n} | {r['right']} | {r['wrong']} | {r['refused']} | {score} |")
-    lines += ["", "| predicted as task | own test images warned | other tasks' test images warned |", "|---|---|---|"]
+    lines += ["", "| predicted as task | own test images warned | own: largest relative distance "
+              "| other tasks' test images warned |", "|---|---|---|---|"]
     for task in result["tasks"]:
         (ow, on), (xw, xn) = result["own"][task], result["other"][task]
-        lines.append(f"| {task} | {ow}/{on} | {xw}/{xn} |")
+        relative = result["own_relative"][task]
+        largest = f"{max(relative):.2f}" if relative else "-"
+        lines.append(f"| {task} | {ow}/{on} | {largest} | {xw}/{xn} |")
     lines += ["", "| altered test image, predicted as its own task: warned | " + " | ".join(result["tasks"]) + " |",
               "|---|" + "---|" * len(result["tasks"])]
     for change, per_task in result["altered"].items():

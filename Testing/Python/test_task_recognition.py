@@ -16,8 +16,8 @@ from tiny_model import make_model
 from labelsharing.cli import main
 from labelsharing.demo import make_demo_datasets
 from labelsharing.errors import LabelSharingError
-from labelsharing.infer import AUTO_TASK, Predictor, VolumeSignature, recognise_task, reference_entry, relative_distance, \
-    unpack_rows
+from labelsharing.infer import AUTO_TASK, Predictor, VolumeSignature, recognise_task, reference_entry, \
+    relative_distance, unpack_rows
 from labelsharing.model import read_model_config
 
 TINY = ["--progress", "none", "--epochs", "3", "--batch-size", "8", "--device", "cpu"]
@@ -77,6 +77,21 @@ def test_other_tasks_volumes_lower_a_wide_limit_but_look_alikes_do_not():
     assert relative_distance(near[0], tight)[0] > 1 and relative_distance(_volume(0, rng), tight)[0] <= 1
     lookalike = reference_entry(own, [], foreign={"Twin": [_volume(0, rng)]})
     assert lookalike["feature_limit"] == pytest.approx(loose["feature_limit"])
+
+
+def test_a_2d_task_with_two_training_images_keeps_a_limit_that_warns():
+    """A 2D task's volume is one slice: with two training images, each left-out image's reference is
+    the other one slice, whose own spread is nil. Measured in that spread's floor, the left-out
+    distances were ~1000x the test images', so the limit let in images 3 spreads away (the demo's
+    chest X-ray then looked as familiar to the knee task as to its own, 3 training cases)."""
+    rng = np.random.default_rng(2)
+
+    def image(shift: float = 0.0) -> VolumeSignature:
+        return VolumeSignature(rng.normal(shift, 1.0, (1, 64)), rng.normal(shift, 1.0, (1, 64)), 0.9)
+
+    reference = reference_entry([image(), image()], [image()])
+    assert all(relative_distance(image(), reference)[0] <= 1 for _ in range(10))  # its own kind of image
+    assert relative_distance(image(3.0), reference)[0] > 1  # 3 spreads away is unfamiliar
 
 
 # ----------------------------------------------------------------------------- a trained model

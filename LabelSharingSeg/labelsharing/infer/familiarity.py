@@ -193,10 +193,13 @@ def reference_entry(training: Sequence[VolumeSignature], held_out: Sequence[Volu
     """A task's reference (its ``familiarity.tasks`` entry of ``model.json``) from its volumes.
 
     The limits must hold for images the reference has not seen, so each training volume's
-    distance is measured to the *other* training volumes (leave one volume out) and each
-    held-out volume's to all; a limit is :data:`MARGIN` times the largest, lowered to the
-    geometric mean of that largest and the nearest ``foreign`` task's distance when every volume
-    of that task lies farther than the largest (a task inside it is a look-alike and changes nothing).
+    distance is measured to the *other* training volumes' slices (leave one volume out) and each
+    held-out volume's to all, every distance in the spread of all training slices (the one test
+    images are measured in: the others' own spread is nil when they are a single slice, a 2D task
+    with two training images, and its floor made the limit ~100x too wide); a limit is
+    :data:`MARGIN` times the largest, lowered to the geometric mean of that largest and the nearest
+    ``foreign`` task's distance when every volume of that task lies farther than the largest (a
+    task inside it is a look-alike and changes nothing).
 
     Args:
         training: signatures of the task's training volumes (the reference slices and spread).
@@ -218,10 +221,9 @@ def reference_entry(training: Sequence[VolumeSignature], held_out: Sequence[Volu
         entry[f"{kind}_slices"] = pack_rows(slices)
         slices = unpack_rows(entry[f"{kind}_slices"])  # the limits are measured against what is stored
         unseen = [_distance(getattr(s, attribute), slices, std) for s in held_out]
-        if len(training) > 1:
+        if len(training) > 1:  # in the stored spread: the one test images are measured in (see the docstring)
             for i, values in enumerate(per_volume):
-                _, others_std, others = slice_statistics(per_volume[:i] + per_volume[i + 1:])
-                unseen.append(_distance(values, others, others_std))
+                unseen.append(_distance(values, slice_statistics(per_volume[:i] + per_volume[i + 1:])[2], std))
         else:  # nothing to leave out with
             unseen += [_distance(per_volume[0], slices, std)]
         nearest_other = [min(_distance(getattr(s, attribute), slices, std) for s in volumes)
