@@ -21,6 +21,7 @@ pytest.importorskip("flwr")
 psutil = pytest.importorskip("psutil")
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict  # noqa: E402
+from polling import poll_until  # noqa: E402
 
 from labelsharing.cli import main  # noqa: E402
 from labelsharing.demo import make_demo_datasets  # noqa: E402
@@ -290,20 +291,22 @@ def test_a_supernode_whose_port_was_taken_meanwhile_starts_again_on_another_port
     monkeypatch.setattr(runtime, "free_port", lambda: next(given, None) or free_port())
     found = {}
 
+    def both_listen() -> bool:
+        for process in _flower_processes(str(tmp_path / "work")):
+            command = process.cmdline()
+            if "flower-supernode" in " ".join(command):
+                address = command[command.index("--clientappio-api-address") + 1]
+                try:
+                    with socket.create_connection(("127.0.0.1", int(address.rsplit(":", 1)[1])), timeout=1):
+                        found[command[command.index("--node-config") + 1]] = address
+                except OSError:
+                    pass
+        return len(found) == 2
+
     def the_supernodes_listen(app, control, settings, env, insecure):  # instead of ``flwr run``
         assert next(given, None) is None  # site-1 got the taken port first
-        deadline = time.monotonic() + 30
-        while len(found) < 2 and time.monotonic() < deadline:  # a SuperNode on the taken port never gets here
-            for process in _flower_processes(str(tmp_path / "work")):
-                command = process.cmdline()
-                if "flower-supernode" in " ".join(command):
-                    address = command[command.index("--clientappio-api-address") + 1]
-                    try:
-                        with socket.create_connection(("127.0.0.1", int(address.rsplit(":", 1)[1])), timeout=1):
-                            found[command[command.index("--node-config") + 1]] = address
-                    except OSError:
-                        pass
-            time.sleep(0.5)
+        poll_until(both_listen, timeout=120, interval=0.5,  # a hang guard: a SuperNode on the taken port never listens
+                   what=lambda: f"SuperNodes listening: {found or 'none'}")
 
     monkeypatch.setattr(launch, "run_flower_app", the_supernodes_listen)
     try:

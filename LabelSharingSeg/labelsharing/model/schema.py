@@ -226,10 +226,16 @@ def _check_config(config: Any) -> None:
         _check_appearance(config["appearance"], config["tasks"])
     if "familiarity" in config:
         _check_familiarity(config["familiarity"], config["tasks"], kwargs["channels"][-1])
-    for task, sizes in config.get("small_islands", {}).items():
-        labels = config["tasks"].get(task, {}).get("labels")
-        if labels is None:
-            raise Refusal(join_path("small_islands", task), f"is not a task of the model ({sorted(config['tasks'])})")
+    if "small_islands" in config:
+        _check_small_islands(config["small_islands"], config["tasks"])
+
+
+def _check_small_islands(small_islands: Mapping, tasks: Mapping) -> None:
+    """Rules name tasks of the model and labels of those tasks."""
+    for task, sizes in small_islands.items():
+        if task not in tasks:
+            raise Refusal(join_path("small_islands", task), f"is not a task of the model ({sorted(tasks)})")
+        labels = tasks[task]["labels"]
         for name in sizes:
             if name not in labels:
                 raise Refusal(join_path("small_islands", task, name), f"is not a label of the task ({sorted(labels)})")

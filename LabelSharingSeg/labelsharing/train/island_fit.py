@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from labelsharing.data import load_case
+from labelsharing.data import read_label
 from labelsharing.infer import DiceAccumulator, Predictor, candidate_min_sizes, choose_min_sizes, remove_small_islands
 from labelsharing.model import SegmentationModel
 from labelsharing.train.familiarity_fit import MAX_VOLUMES, chosen
@@ -39,10 +39,11 @@ def fit_small_islands(model: SegmentationModel, tasks: Sequence[PreparedTask], d
         held_out = set(task.validation_ids)
         sizes: dict[str, list[float]] = {name: [] for name in values}
         for case in chosen([c for c in task.dataset.training if c.case_id not in held_out], MAX_VOLUMES):
-            _, label = load_case(task.dataset, case)
+            label = read_label(case.label, task.dataset.labels, skip=task.dataset.other_labels)  # sizes: no image
             counts = np.bincount(sitk.GetArrayViewFromImage(label).ravel(), minlength=max(values.values()) + 1)
+            voxel = float(np.prod(label.GetSpacing()))
             for name, value in values.items():
-                sizes[name].append(float(counts[value]) * float(np.prod(label.GetSpacing())))
+                sizes[name].append(float(counts[value]) * voxel)
         candidates = candidate_min_sizes(sizes)
         by_value = {values[name]: size for name, size in candidates.items()}
         raw, removed = DiceAccumulator(values), DiceAccumulator(values)
